@@ -1,0 +1,93 @@
+"""The pipeline as a Prefect flow: one task per DVC stage, run in order.
+
+Each task runs `dvc repro --single-item <stage>`: DVC decides whether the stage is up to date,
+runs `lmp <stage>` if not, and records the result in dvc.lock. So there is one execution path,
+and after a flow run `dvc status` is clean and `dvc repro` has nothing to do. Prefect adds the
+schedule, retries on the I/O-bound stages, state and logs.
+
+    python -m flows.pipeline            # run once (same as `lmp run` / `make run`)
+    lmp deploy --cron "0 2 * * *"       # serve on a schedule
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "register")
+IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@task(task_run_name="{stage}")
+def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
+    """Reproduce one DVC stage; returns 'ran' or 'skipped'."""
+    logger = get_run_logger()
+    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    env = os.environ | {"LMP_FLOW_RUN_ID": str(flow_run.id or "")}
+    proc = subprocess.Popen(cmd, cwd=project_dir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail: list[str] = []
+    for line in proc.stdout:  # stream the stage's output into the flow run's logs
+        line = line.rstrip()
+        if line:
+            logger.info(line)
+            tail = (tail + [line])[-20:]
+    if proc.wait() != 0:
+        raise StageFailed(f"stage {stage} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+
+
+@flow(name="lm-pipeline", log_prints=True)
+def pipeline(project_dir: str = ".", force: bool = False) -> dict:
+    """ingest -> validate -> preprocess -> train -> evaluate -> register."""
+    outcome = {}
+    for stage in STAGES:
+        retries = {"retries": 2, "retry_delay_seconds": [5, 30]} if stage in IO_BOUND else {}
+        outcome[stage] = run_stage.with_options(**retries)(stage, project_dir, force)
+    summary = summarize(Path(project_dir))
+    create_markdown_artifact(key="lm-pipeline-summary", markdown=summary["markdown"],
+                             description="metrics and registry decision of this run")
+    print(summary["text"])
+    return outcome
+
+
+def summarize(project_dir: Path) -> dict[str, str]:
+    from lm_pipeline.config import load_config
+
+    cfg = load_config(project_dir / "params.yaml")
+    metrics = json.loads((project_dir / cfg.evaluate.metrics_file).read_text())
+    decision = json.loads((project_dir / cfg.register_.record_file).read_text())
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, int | float))
+    markdown = (f"## {decision['model_name']} v{decision['version']}\n\n{decision['reason']}\n\n"
+                f"| metric | value |\n|---|---|\n{rows}\n")
+    alias = "champion" if decision["promoted"] else "challenger"
+    text = (f"\nDone: {decision['reason']}\n"
+            f"  test perplexity {metrics['perplexity']:.2f} (unigram baseline "
+            f"{metrics['unigram_perplexity']:.2f}), BLEU {metrics['bleu']:.2f}, "
+            f"largest bias gap {metrics['bias_max_gap']:.3f}\n"
+            f"  model URI:  models:/{decision['model_name']}@{alias}  "
+            f"(version {decision['version']})\n"
+            f"  MLflow UI:  mlflow ui --backend-store-uri {cfg.tracking_uri}  "
+            "-> http://127.0.0.1:5000\n"
+            f"  try it:     lmp generate --model models:/{decision['model_name']}@{alias} \"The\"\n")
+    return {"markdown": markdown, "text": text}
+
+
+def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
+    """Serve the flow from this process with a cron schedule (Ctrl-C stops it)."""
+    pipeline.serve(name=name, cron=cron, parameters={"project_dir": str(Path.cwd())},
+                   tags=["lm-pipeline"])
+
+
+if __name__ == "__main__":
+    pipeline()

@@ -1,0 +1,119 @@
+"""`lmp`: one subcommand per stage, plus `run`, `deploy` and `generate`. Thin on purpose.
+
+Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from lm_pipeline.config import ConfigError, load_config
+
+# Stage name -> (module with run(cfg), one-line help). The order is the pipeline's order.
+STAGES = {
+    "ingest": ("lm_pipeline.data.ingest", "materialize the corpus as documents in data/raw/"),
+    "validate": ("lm_pipeline.data.validate", "check the documents with Great Expectations"),
+    "preprocess": ("lm_pipeline.data.preprocess", "train the tokenizer and write token files"),
+    "train": ("lm_pipeline.training.trainer", "train the Transformer with Ray Train"),
+    "evaluate": ("lm_pipeline.evaluation.evaluate", "perplexity, BLEU and bias probes"),
+    "register": ("lm_pipeline.registry.register", "register in MLflow and gate the champion"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmp", description="lm-pipeline: corpus -> validated -> tokenized -> trained -> "
+        "evaluated -> registered language model.")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default: %(default)s)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, description=f"Stage {name}: {help_text}. "
+                       "Reads its settings from the params file.")
+    run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow (DVC skips what "
+                         "is up to date)", description="Run every stage through the Prefect flow. "
+                         "Each task runs its DVC stage (params.yaml), so unchanged stages are "
+                         "skipped and dvc.lock stays true.")
+    run.add_argument("--force", action="store_true", help="rerun every stage even if up to date")
+    deploy = sub.add_parser("deploy", help="serve the flow on a cron schedule (blocks)",
+                            description="Register a Prefect deployment with a cron schedule and "
+                            "serve it from this process until interrupted.")
+    deploy.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)s)")
+    deploy.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
+    gen = sub.add_parser("generate", help="generate text from a trained or registered model",
+                         description="Continue a prompt with a model folder or an MLflow model URI.")
+    gen.add_argument("prompt", help="text to continue")
+    gen.add_argument("--model", default=None, help="model folder or models:/<name>@<alias> "
+                     "(default: train.model_dir from the params file)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    gen.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Our own progress at INFO; libraries only when they warn.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lm_pipeline").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as err:
+        print(f"lmp: config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if args.command in STAGES:
+            importlib.import_module(STAGES[args.command][0]).run(cfg)
+        elif args.command == "run":
+            from flows.pipeline import pipeline
+
+            pipeline(force=args.force)
+        elif args.command == "deploy":
+            from flows.pipeline import serve
+
+            serve(name=args.name, cron=args.cron)
+        else:
+            print(generate_text(cfg, args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # every stage error ends here: one clear line, non-zero exit
+        logging.getLogger("lmp").debug("traceback", exc_info=True)
+        print(f"lmp {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def generate_text(cfg, args) -> str:
+    import torch
+
+    sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
+    model_ref = args.model or str(cfg.train.model_dir)
+    if model_ref.startswith("models:/") or model_ref.startswith("runs:/"):
+        import mlflow
+        import pandas as pd
+
+        from lm_pipeline.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        model = mlflow.pyfunc.load_model(model_ref)
+        params = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                  **{k: v or 0 for k, v in sampling.items()}}
+        return model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)[0]
+    from lm_pipeline.model.generate import complete
+    from lm_pipeline.model.pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained(Path(model_ref))
+    generator = torch.Generator().manual_seed(args.seed)
+    return complete(model, tokenizer, args.prompt, args.max_new_tokens, generator=generator, **sampling)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

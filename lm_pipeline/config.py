@@ -1,0 +1,182 @@
+"""The typed configuration: `params.yaml` loads into one validated `Config`.
+
+Every number and path the pipeline uses lives in params.yaml. An unknown key or a bad value fails
+here, before any compute, with a message naming the key (e.g. `train.lr`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, malformed, or has a bad key or value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    source: str = Field("python-docs", description="'python-docs' or a .txt/.jsonl/.parquet path or folder")
+    raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
+    processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
+    min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")
+
+
+class ValidateConfig(Section):
+    min_rows: int = Field(100, ge=1, description="fewest documents a corpus may have")
+    min_chars: int = Field(1, ge=1, description="shortest allowed document, in characters")
+    max_chars: int = Field(1_000_000, ge=1, description="longest allowed document, in characters")
+    max_duplicate_ratio: float = Field(0.1, ge=0, le=1, description="largest share of duplicate texts")
+    report_dir: Path = Field(Path("reports/validation"), description="result JSON and Data Docs")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+class TokenizerConfig(Section):
+    kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or character-level")
+    vocab_size: int = Field(4096, ge=64, le=1_000_000, description="BPE vocabulary size")
+    min_frequency: int = Field(2, ge=1, description="BPE: fewest occurrences for a merge")
+
+
+class SplitConfig(Section):
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    test_fraction: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = Field(1337, description="seeds the hash that assigns documents to splits")
+
+
+class ModelConfig(Section):
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    block_size: int = Field(128, ge=8, description="context length in tokens")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class TrainConfig(Section):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1, description="sequences per worker per micro-step")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    max_steps: int = Field(300, ge=1, description="optimizer steps")
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-4, ge=0, description="floor of the cosine schedule")
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+    eval_interval: int = Field(50, ge=1, description="steps between validation losses")
+    eval_batches: int = Field(8, ge=1, description="batches per validation loss")
+    checkpoint_interval: int = Field(100, ge=1, description="steps between checkpoints")
+    seed: int = 1337
+    model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")
+    curves_dir: Path = Field(Path("reports/training"), description="loss curves as CSV (dvc plots)")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError("warmup_steps must be smaller than max_steps")
+        if self.min_lr > self.lr:
+            raise ValueError("min_lr must not exceed lr")
+        return self
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    stride: int = Field(0, ge=0, description="perplexity sliding-window step; 0 = block_size // 2")
+    bleu_documents: int = Field(32, ge=1, description="held-out documents used as BLEU prompts")
+    prompt_tokens: int = Field(32, ge=1, description="tokens of each document given as prompt")
+    continuation_tokens: int = Field(32, ge=1, description="tokens generated and compared")
+    probes: Path = Field(Path("lm_pipeline/evaluation/probes/bias_templates.json"))
+    metrics_file: Path = Field(Path("reports/metrics.json"))
+    report_dir: Path = Field(Path("reports/evaluation"))
+
+
+class RegisterConfig(Section):
+    model_name: str = Field("lm-pipeline", min_length=1)
+    min_improvement: float = Field(0.0, ge=0, description="perplexity drop needed to take champion")
+    record_file: Path = Field(Path("reports/registry.json"))
+
+
+class TrackingConfig(Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides")
+    experiment: str = "lm-pipeline"
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="existing cluster; RAY_ADDRESS overrides")
+
+
+class Config(Section):
+    """The whole params.yaml. `validate` and `register` are read as `validate_` and `register_`
+    (pydantic reserves the plain names)."""
+
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    mlflow: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _stride_fits_context(self) -> Config:
+        if self.evaluate.stride > self.model.block_size:
+            raise ValueError("evaluate.stride must not exceed model.block_size (tokens would be skipped)")
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow.tracking_uri
+
+    @property
+    def ray_address(self) -> str | None:
+        return os.environ.get("RAY_ADDRESS") or self.ray.address
+
+
+def load_config(path: str | os.PathLike = "params.yaml") -> Config:
+    """Read and validate params.yaml; raise ConfigError naming each bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"

@@ -1,0 +1,32 @@
+"""The registered model, as an MLflow "model from code": MLflow runs this file on load.
+
+The weights travel as safetensors in the `model_dir` artifact, so loading unpickles nothing.
+Input: a DataFrame with a `prompt` column. Output: one generated continuation per prompt.
+"""
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+
+from lm_pipeline.model.generate import complete
+from lm_pipeline.model.pretrained import load_pretrained
+
+
+class LanguageModel(PythonModel):
+    def load_context(self, context):
+        self.model, self.tokenizer = load_pretrained(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+        params = params or {}
+        generator = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        sampling = {"temperature": float(params.get("temperature", 0.0)),
+                    "top_k": int(params.get("top_k", 0)) or None,
+                    "top_p": float(params.get("top_p", 1.0))}
+        return [complete(self.model, self.tokenizer, prompt, int(params.get("max_new_tokens", 32)),
+                         generator=generator, **sampling) for prompt in model_input["prompt"]]
+
+
+mlflow.models.set_model(LanguageModel())

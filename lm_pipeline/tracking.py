@@ -1,0 +1,95 @@
+"""MLflow helpers: one MLflow run per pipeline run, artifacts in the project.
+
+The train stage opens the run and records its id next to the model (models/model/run.json);
+evaluate and register attach to that same run, so params, curves, metrics and the registered
+model all sit on one run. Only rank 0 of the training workers logs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lm_pipeline.config import Config
+
+# Quiet, offline defaults; users can still override any of them in the environment.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+RUN_FILE = "run.json"
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The configured URI with a relative sqlite path made absolute (workers run elsewhere)."""
+    uri = cfg.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the store and experiment; return the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A local store keeps artifacts beside the database, not in ./mlruns of whoever ran first.
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+
+
+def start_run(cfg: Config, run_name: str, tags: dict[str, str]) -> str:
+    import mlflow
+
+    experiment_id = setup(cfg)
+    run = mlflow.MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+class MetricLogger:
+    """Streams step metrics to an existing run (used on training rank 0).
+
+    Metrics are sent in batches at most once per `interval` seconds: the run stays live in the
+    UI while a local SQLite store sees few writes.
+    """
+
+    def __init__(self, uri: str, run_id: str, interval: float = 2.0):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id, self.interval = MlflowClient(uri), run_id, interval
+        self.pending, self.last_flush = [], time.monotonic()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):  # MLflow's per-request limit
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending, self.last_flush = [], time.monotonic()
+
+
+def flatten(prefix: str, data: dict) -> dict:
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, for logging nested config as params."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(name, value))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,185 @@
+"""Stage 4, train: Ray Train's TorchTrainer runs the loop on num_workers DDP ranks.
+
+The driver opens the pipeline's MLflow run (params, system info, live system metrics), starts or
+joins Ray, runs the trainer, and exports the final checkpoint as a safetensors model folder with
+the run id beside it. The loss curves are written as CSV for `dvc plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Ray reads these at import: quiet, fast start on a small machine. Users may override them.
+for _key, _value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Reporting training result",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import torch  # noqa: E402
+
+from lm_pipeline import tracking  # noqa: E402
+from lm_pipeline.config import Config  # noqa: E402
+from lm_pipeline.data.preprocess import TOKENIZER_FILE  # noqa: E402
+from lm_pipeline.io import atomic_path, read_json  # noqa: E402
+from lm_pipeline.model.pretrained import save_pretrained  # noqa: E402
+from lm_pipeline.model.transformer import GPT  # noqa: E402
+from lm_pipeline.training.loop import STATE_FILE, model_config, train_loop_per_worker  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training failed on the workers; the message carries each failing rank's error."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    run_id: str
+    steps: int
+    final_train_loss: float
+    final_val_loss: float
+
+
+def run(cfg: Config) -> TrainResult:
+    import mlflow
+
+    meta = read_json(cfg.data.processed_dir / "meta.json")
+    run_id = tracking.start_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags=run_tags(cfg, meta))
+    log.info("train: MLflow run %s (%s)", run_id, tracking.tracking_uri(cfg))
+    with mlflow.start_run(run_id=run_id, log_system_metrics=True) as active:
+        mlflow.log_params(tracking.flatten("", {
+            "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
+            "tokenizer": cfg.tokenizer.model_dump(), "data": {
+                "source": cfg.data.source, "vocab_size": meta["vocab_size"],
+                "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"]}}))
+        mlflow.log_params(system_info())
+        try:
+            result = fit(cfg, run_id)
+        except Exception:
+            mlflow.set_tag("failed_stage", "train")
+            raise
+        model = export_model(cfg, result.checkpoint, meta, run_id)
+        mlflow.log_param("model.num_params", model.num_params())
+        write_curves(mlflow.MlflowClient(), run_id, cfg.train.curves_dir)
+        mlflow.log_artifacts(str(cfg.train.curves_dir), "training")
+        final = result.metrics
+    log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
+             final["train_loss"], final["val_loss"], cfg.train.model_dir, active.info.run_id)
+    return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
+
+
+def fit(cfg: Config, run_id: str):
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json", by_alias=True) | {"data": absolute_data(cfg)},
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking.tracking_uri(cfg),
+            "progress_bar": sys.stderr.isatty(),
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=f"run-{run_id}",
+            storage_path=str(cfg.train.checkpoint_dir.resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()}},
+        ),
+    )
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrainingError(f"train: training failed: {worker_errors(err)}") from None
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+             num_cpus=None if address else max(os.cpu_count() or 1,
+                                               cfg.train.num_workers * cfg.train.cpus_per_worker))
+    log.info("train: Ray %s with %s CPUs", address or "local instance", ray.cluster_resources().get("CPU"))
+
+
+def worker_errors(err) -> str:
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        return str(err)
+    return "; ".join(f"rank {rank}: {type(getattr(e, 'cause', None) or e).__name__}: "
+                     f"{getattr(e, 'cause', None) or e}" for rank, e in sorted(failures.items()))
+
+
+def absolute_data(cfg: Config) -> dict:
+    """Workers may run in another directory (or node): hand them absolute paths."""
+    return cfg.data.model_dump(mode="json") | {"processed_dir": str(cfg.data.processed_dir.resolve()),
+                                               "raw_dir": str(cfg.data.raw_dir.resolve())}
+
+
+def project_pythonpath() -> str:
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
+    model = GPT(model_config(cfg, meta["vocab_size"]))
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
+                "step": state["step"], "tokens_seen": state["tokens_seen"],
+                "tokenizer_sha256": meta["tokenizer_sha256"]}
+    save_pretrained(model, cfg.data.processed_dir / TOKENIZER_FILE, cfg.train.model_dir,
+                    extra={tracking.RUN_FILE: run_info})
+    return model
+
+
+def write_curves(client, run_id: str, out_dir: Path) -> None:
+    """{train,val}_loss.csv from the run's metric history."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for key in ("train_loss", "val_loss"):
+            history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            with open(tmp / f"{key}.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["step", key])
+                writer.writerows((m.step, m.value) for m in history)
+
+
+def run_tags(cfg: Config, meta: dict) -> dict[str, str]:
+    from lm_pipeline.lineage import git_commit
+
+    return {"pipeline.stage": "train", "git_commit": git_commit(),
+            "data.tokenizer_sha256": meta["tokenizer_sha256"],
+            "prefect.flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", "")}
+
+
+def system_info() -> dict[str, str]:
+    import ray
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"system.python": platform.python_version(), "system.torch": torch.__version__,
+            "system.ray": ray.__version__, "system.platform": platform.platform(),
+            "system.cpu_count": str(os.cpu_count()), "system.gpu": gpu}
