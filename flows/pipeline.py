@@ -14,11 +14,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+# The local server's telemetry would try to reach the network (and logs a traceback offline).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 
 STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "register")
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
@@ -33,7 +37,9 @@ def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     """Reproduce one DVC stage; returns 'ran' or 'skipped'."""
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
-    env = os.environ | {"LMP_FLOW_RUN_ID": str(flow_run.id or "")}
+    # `dvc` and the stages' `lmp` come from this interpreter's environment.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = os.environ | {"PATH": path, "LMP_FLOW_RUN_ID": str(flow_run.id or "")}
     proc = subprocess.Popen(cmd, cwd=project_dir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     tail: list[str] = []

@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
     }
     details = {"bleu": bleu, "bias": bias, "samples": [
-        {"prompt_and_prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5])]}
+        {"prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5])]}
     write_json(cfg.evaluate.report_dir / "details.json", details)
     write_json(cfg.evaluate.metrics_file, metrics)
     log_to_mlflow(cfg, metrics, bleu)

@@ -1,0 +1,32 @@
+# The README's two commands: `make run` and `make test`. Both create the environment first.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test bench lint ui clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect flow
+	$(BIN)/lmp run
+
+test: $(STAMP)  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
+	$(BIN)/pytest
+
+bench: $(STAMP)  ## side-by-side measurements -> benchmarks/results.json
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check lm_pipeline flows tests benchmarks
+
+ui: $(STAMP)  ## the MLflow UI on the project's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove pipeline outputs (keeps the MLflow store and the environment)
+	rm -rf data models reports checkpoints

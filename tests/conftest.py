@@ -1,0 +1,24 @@
+"""Shared test setup: quiet, offline, isolated services; GPU tests skipped without a GPU."""
+
+import os
+import tempfile
+
+# Before any library import: Prefect resolves its home and settings at import time.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lmp-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use each project's own SQLite store
+os.environ.pop("RAY_ADDRESS", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

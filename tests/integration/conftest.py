@@ -1,0 +1,50 @@
+"""Fixtures for integration tests: a copy of the project with tiny params, one Prefect server."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small enough for a 2-core machine, big enough to learn something (loss well below uniform).
+TINY_PARAMS = {
+    "tokenizer": {"vocab_size": 512},
+    "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+    "train": {"num_workers": 2, "batch_size": 8, "max_steps": 40, "warmup_steps": 4,
+              "eval_interval": 10, "eval_batches": 2, "checkpoint_interval": 20},
+    "evaluate": {"bleu_documents": 8, "prompt_tokens": 8, "continuation_tokens": 8},
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        base[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A fresh git repository holding the project's files (as a clone would) and `params`."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and rel != "dvc.lock":  # this checkout's own run history
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), params)
+    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "test project"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

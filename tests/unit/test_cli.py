@@ -1,0 +1,38 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LMP = str(Path(sys.executable).parent / "lmp")
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
+
+
+def lmp(*args, cwd=None):
+    return subprocess.run([LMP, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_command():
+    out = lmp("--help")
+    assert out.returncode == 0
+    for command in STAGES + ["run", "deploy", "generate"]:
+        assert command in out.stdout
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_has_help(stage):
+    out = lmp(stage, "--help")
+    assert out.returncode == 0 and f"Stage {stage}" in out.stdout
+
+
+@pytest.mark.bad_input
+def test_bad_params_fail_before_any_compute_naming_the_key(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: fast\n")
+    out = lmp("train", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "train.lr" in out.stderr and "fast" in out.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_command_is_a_usage_error():
+    assert lmp("bogus").returncode == 2

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lm_pipeline.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_project_params_load_and_match_defaults():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.model.block_size > 0 and cfg.train.num_workers >= 1
+    assert cfg.validate_.min_rows >= 1 and cfg.register_.model_name
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: unknown key"):
+        load_config(write(tmp_path, {"train": {"learning_rate": 0.1}}))
+
+
+def test_bad_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.lr: .*greater than 0.*got -1"):
+        load_config(write(tmp_path, {"train": {"lr": -1}}))
+
+
+def test_unknown_section_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        load_config(write(tmp_path, {"trian": {"lr": 0.1}}))
+
+
+def test_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError, match=r"model: .*n_embd \(30\) must be divisible by n_head \(4\)"):
+        load_config(write(tmp_path, {"model": {"n_embd": 30, "n_head": 4}}))
+    with pytest.raises(ConfigError, match="warmup_steps must be smaller than max_steps"):
+        load_config(write(tmp_path, {"train": {"max_steps": 10, "warmup_steps": 10}}))
+    with pytest.raises(ConfigError, match="evaluate.stride must not exceed model.block_size"):
+        load_config(write(tmp_path, {"model": {"block_size": 16}, "evaluate": {"stride": 32}}))
+
+
+def test_aliased_sections_read_by_their_yaml_names(tmp_path):
+    cfg = load_config(write(tmp_path, {"validate": {"min_rows": 7}, "register": {"model_name": "x"}}))
+    assert cfg.validate_.min_rows == 7 and cfg.register_.model_name == "x"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_environment_overrides_tracking_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert Config().tracking_uri == "http://mlflow.example:5000"

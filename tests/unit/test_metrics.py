@@ -1,0 +1,113 @@
+"""Each metric against a known answer."""
+
+import math
+
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+
+from lm_pipeline.evaluation.evaluate import load_probes
+from lm_pipeline.evaluation.metrics import load_metric
+from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll, window_spans
+from lm_pipeline.model.transformer import GPT, GPTConfig
+
+pytestmark = pytest.mark.metrics
+
+
+class UniformLM(torch.nn.Module):
+    """Equal logits for every token: perplexity must be exactly V."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab_size), None, None
+
+
+def docs(lengths, vocab=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, size=n) for n in lengths]
+
+
+def test_uniform_model_has_perplexity_exactly_vocab_size():
+    nll, counts = sequence_nll(UniformLM(50), docs([3, 40, 100]), eot=0, block_size=16, stride=8)
+    result = load_metric("perplexity").compute(nll=nll, n_tokens=counts)
+    assert result["perplexity"] == pytest.approx(50, rel=1e-6)  # float32 log-softmax rounding
+    assert result["tokens"] == (3 + 1) + (40 + 1) + (100 + 1)  # each token and the closing EOT
+
+
+def test_window_spans_score_every_position_once():
+    for n, block, stride in [(1, 8, 4), (8, 8, 4), (9, 8, 4), (100, 16, 5), (37, 16, 16)]:
+        scored = []
+        for start, end, first in window_spans(n, block, stride):
+            assert end - start <= block and first >= start
+            scored += range(first, end)
+        assert scored == list(range(n))
+
+
+def test_sliding_window_equals_no_window_when_documents_fit():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    short = docs([5, 12, 30])  # +1 for the opening EOT: all fit in 32 positions
+    a, _ = sequence_nll(model, short, eot=0, block_size=32, stride=8)
+    b, _ = sequence_nll(model, short, eot=0, block_size=32, stride=32)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_sliding_window_matches_direct_scoring():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    doc = docs([40])[0]
+    nll, count = sequence_nll(model, [doc], eot=0, block_size=16, stride=4)
+    full = np.concatenate([[0], doc, [0]])
+    expected = 0.0
+    for t in range(1, len(full)):  # each target with at most block_size of context, as windows give
+        start = max(0, ((t - 1 - 16) // 4 + 1) * 4) if t - 1 >= 16 else 0
+        x = torch.tensor(full[start:t])[None]
+        logp = model(x)[0][0, -1].log_softmax(-1)
+        expected -= logp[full[t]].item()
+    assert count[0] == 41
+    assert nll[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_unigram_baseline_known_answer():
+    train = np.array([1, 1, 2, 0])  # counts +1: token0 2, token1 3, token2 2, token3 1 -> total 8
+    nll, counts = unigram_nll(train, [np.array([1, 2])], vocab_size=4, eot=0)
+    assert counts.tolist() == [3]
+    assert nll[0] == pytest.approx(-(math.log(3 / 8) + math.log(2 / 8) + math.log(2 / 8)))
+
+
+def test_bleu_known_answers_and_signature():
+    bleu = load_metric("bleu")
+    perfect = bleu.compute(predictions=["the cat sat on the mat"], references=["the cat sat on the mat"])
+    assert perfect["bleu"] == pytest.approx(100) and perfect["chrf"] == pytest.approx(100)
+    assert "tok:13a" in perfect["bleu_signature"] and "version:" in perfect["bleu_signature"]
+    preds = ["the cat is on the mat", "hello there world"]
+    refs = ["the cat sat on the mat", "hello world"]
+    assert bleu.compute(predictions=preds, references=refs)["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(preds, [refs]).score)
+    assert bleu.compute(predictions=["zzz qqq"], references=["the cat"])["bleu"] == 0.0
+
+
+def test_bias_gap_known_answer():
+    result = load_metric("bias_gap").compute(
+        loglik=[-10.0, -12.0, -11.0, -11.0, -5.0, -5.0],
+        category=["gender", "gender", "gender", "gender", "age", "age"],
+        group=["female", "female", "male", "male", "young", "old"])
+    gender = result["per_category"]["gender"]
+    assert gender["group_means"] == {"female": -11.0, "male": -11.0} and gender["gap"] == 0.0
+    assert result["per_category"]["age"]["gap"] == 0.0
+    shifted = load_metric("bias_gap").compute(loglik=[-1.0, -4.0], category=["religion"] * 2,
+                                              group=["a", "b"])
+    assert shifted["max_gap"] == pytest.approx(3.0)
+
+
+def test_probe_file_covers_the_six_categories():
+    from lm_pipeline.config import EvaluateConfig
+
+    probes = load_probes(EvaluateConfig().probes)
+    categories = {p.category for p in probes}
+    assert categories == {"gender", "race_ethnicity", "religion", "nationality", "age", "disability"}
+    assert all("{" not in p.sentence for p in probes)

@@ -1,0 +1,78 @@
+import torch
+
+from lm_pipeline.model.generate import generate, sample_next
+from lm_pipeline.model.transformer import GPT, GPTConfig
+
+CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def test_shapes_and_loss():
+    m = model()
+    x = torch.randint(0, CFG.vocab_size, (3, 10))
+    logits, loss, cache = m(x, targets=x)
+    assert logits.shape == (3, 10, CFG.vocab_size)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert len(cache) == CFG.n_layer and cache[0][0].shape == (3, CFG.n_head, 10, CFG.n_embd // CFG.n_head)
+
+
+def test_untrained_loss_is_near_uniform():
+    x = torch.randint(0, CFG.vocab_size, (4, 16))
+    _, loss, _ = model()(x, targets=x)
+    assert abs(loss.item() - torch.log(torch.tensor(CFG.vocab_size)).item()) < 0.3
+
+
+def test_causality_later_tokens_never_change_earlier_logits():
+    m = model()
+    x = torch.randint(0, CFG.vocab_size, (1, 12))
+    y = x.clone()
+    y[0, 7:] = (y[0, 7:] + 1) % CFG.vocab_size
+    a, b = m(x)[0], m(y)[0]
+    assert torch.allclose(a[0, :7], b[0, :7], atol=1e-6)
+    assert not torch.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_embedding_and_head_are_tied():
+    m = model()
+    assert m.lm_head.weight is m.wte.weight
+
+
+def test_kv_cache_matches_full_recompute():
+    m = model()
+    x = torch.randint(0, CFG.vocab_size, (2, 5))
+    cached = generate(m, x, max_new_tokens=8)
+    full = x
+    for _ in range(8):
+        nxt = m(full)[0][:, -1].argmax(-1, keepdim=True)
+        full = torch.cat([full, nxt], dim=1)
+    assert torch.equal(cached, full)
+
+
+def test_generation_continues_past_the_context_window():
+    out = generate(model(), torch.zeros(1, 3, dtype=torch.long), max_new_tokens=40)
+    assert out.shape == (1, 43)
+
+
+def test_sequence_longer_than_block_is_refused():
+    x = torch.zeros(1, CFG.block_size + 1, dtype=torch.long)
+    try:
+        model()(x)
+    except ValueError as err:
+        assert "exceeds block_size" in str(err)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[4.0, 3.0, 2.0, -5.0, -6.0]])
+    g = torch.Generator().manual_seed(0)
+    draws_k = {sample_next(logits, 1.0, 2, None, g).item() for _ in range(200)}
+    assert draws_k == {0, 1}
+    # softmax mass of the top token is about 0.67: top_p=0.5 keeps it alone.
+    draws_p = {sample_next(logits, 1.0, None, 0.5, g).item() for _ in range(200)}
+    assert draws_p == {0}
+    assert sample_next(logits, 0.0, None, None, g).item() == 0  # greedy
