@@ -17,10 +17,10 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.preprocess import load_tokens, split_documents
+from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.model.generate import decode_until_eot, generate
 from lm_pipeline.model.pretrained import load_pretrained
 from lm_pipeline.tracking import RUN_FILE
@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
     }
     details = {"bleu": bleu, "bias": bias, "samples": [
-        {"prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5])]}
+        {"prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5], strict=True)]}
     write_json(cfg.evaluate.report_dir / "details.json", details)
     write_json(cfg.evaluate.metrics_file, metrics)
     log_to_mlflow(cfg, metrics, bleu)

@@ -47,17 +47,18 @@ def run(cfg: Config) -> Decision:
         info = log_pyfunc(cfg.train.model_dir)
     client = mlflow.MlflowClient()
     name = cfg.register_.model_name
-    mv = mlflow.register_model(info.model_uri, name, tags=version_tags(cfg, run_id, metrics))
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    decision = decide(client, name, mv.version, metrics["perplexity"], cfg.register_.min_improvement)
+    registered = mlflow.register_model(info.model_uri, name, tags=version_tags(cfg, run_id, metrics))
+    version = str(registered.version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    decision = decide(client, name, version, metrics["perplexity"], cfg.register_.min_improvement)
     if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-    client.set_model_version_tag(name, mv.version, "promotion.decision",
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promotion.decision",
                                  "champion" if decision.promoted else "challenger")
-    client.set_model_version_tag(name, mv.version, "promotion.reason", decision.reason)
-    client.update_model_version(name, mv.version, description=decision.reason)
+    client.set_model_version_tag(name, version, "promotion.reason", decision.reason)
+    client.update_model_version(name, version, description=decision.reason)
     write_json(cfg.register_.record_file, asdict(decision))
-    log.info("register: %s version %s: %s", name, mv.version, decision.reason)
+    log.info("register: %s version %s: %s", name, version, decision.reason)
     return decision
 
 

@@ -36,7 +36,7 @@ class BiasGap(evaluate.Metric):
 
     def _compute(self, loglik, category, group):
         sums = defaultdict(lambda: defaultdict(list))
-        for value, cat, grp in zip(loglik, category, group):
+        for value, cat, grp in zip(loglik, category, group, strict=True):
             sums[cat][grp].append(value)
         per_category = {}
         for cat, groups in sorted(sums.items()):

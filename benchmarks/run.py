@@ -1,0 +1,114 @@
+"""Side-by-side measurements, printed as a Markdown table and saved to benchmarks/results.json.
+
+    make bench        # or: python -m benchmarks.run [--steps 60]
+
+train_vs_bare_loop_ratio: steady-state tokens/s of the real train stage (Ray Train, 1 worker,
+MLflow logging, checkpoints) over a bare single-process loop of the same model, batch, optimizer
+and threads. Ray's start-up is reported apart as train_startup_seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("results.json")
+WARMUP_STEPS = 10  # excluded from steady state: allocator warm-up, first checkpoint
+
+
+def bench_config(workdir: Path, steps: int):
+    from lm_pipeline.config import Config
+
+    return Config.model_validate({
+        "data": {"raw_dir": str(workdir / "raw"), "processed_dir": str(workdir / "processed")},
+        "validate": {"report_dir": str(workdir / "validation")},
+        "train": {"num_workers": 1, "cpus_per_worker": 2, "max_steps": steps, "warmup_steps": 5,
+                  "eval_interval": steps, "checkpoint_interval": steps,
+                  "model_dir": str(workdir / "model"), "checkpoint_dir": str(workdir / "ckpt"),
+                  "curves_dir": str(workdir / "curves")},
+        "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "bench"},
+    })
+
+
+def prepare_data(cfg) -> None:
+    from lm_pipeline.data import ingest, preprocess
+
+    ingest.run(cfg)
+    preprocess.run(cfg)
+
+
+def train_stage_throughput(cfg) -> dict[str, float]:
+    """Median tokens/s of the train stage after warm-up, and the seconds around the steps."""
+    import mlflow
+
+    from lm_pipeline.training import trainer
+
+    start = time.perf_counter()
+    result = trainer.run(cfg)
+    wall = time.perf_counter() - start
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "tokens_per_s")
+    rates = [m.value for m in sorted(history, key=lambda m: m.step)]
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps
+    step_seconds = sum(tokens_per_step / r for r in rates)
+    return {"tokens_per_s": statistics.median(rates[WARMUP_STEPS:]), "overhead_s": wall - step_seconds}
+
+
+def bare_loop_throughput(cfg) -> float:
+    """The same model, batch and optimizer step, in this process, with no Ray and no logging."""
+    import torch
+
+    from lm_pipeline.data.preprocess import load_tokens
+    from lm_pipeline.io import read_json
+    from lm_pipeline.model.transformer import GPT
+    from lm_pipeline.training.loop import model_config, train_step
+    from lm_pipeline.training.schedule import get_lr
+
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    meta = read_json(cfg.data.processed_dir / "meta.json")
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(model_config(cfg, meta["vocab_size"]))
+    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
+                                          (cfg.train.beta1, cfg.train.beta2))
+    tokens = load_tokens(cfg.data.processed_dir, "train")
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps
+    rates = []
+    for step in range(cfg.train.max_steps):
+        t0 = time.perf_counter()
+        train_step(model, optimizer, tokens, [cfg.train.seed, 0, step], get_lr(step, cfg.train), cfg, "cpu")
+        rates.append(tokens_per_step / (time.perf_counter() - t0))
+    return statistics.median(rates[WARMUP_STEPS:])
+
+
+def markdown_table(results: dict[str, float]) -> str:
+    rows = "\n".join(f"| {name} | {value:.3f} |" for name, value in results.items())
+    return f"| measurement | value |\n|---|---|\n{rows}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per measurement")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lmp-bench-") as tmp:
+        cfg = bench_config(Path(tmp), args.steps)
+        prepare_data(cfg)
+        bare = bare_loop_throughput(cfg)
+        stage = train_stage_throughput(cfg)
+    results = {
+        "train_vs_bare_loop_ratio": stage["tokens_per_s"] / bare,
+        "train_stage_tokens_per_s": stage["tokens_per_s"],
+        "bare_loop_tokens_per_s": bare,
+        "train_startup_seconds": stage["overhead_s"],
+    }
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")
+    print(markdown_table(results))
+    print(f"\nwritten to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
