@@ -1,6 +1,7 @@
 """Shared test setup: quiet, offline, isolated services; GPU tests skipped without a GPU."""
 
 import os
+import sys
 import tempfile
 
 # Before any library import: Prefect resolves its home and settings at import time.
@@ -10,6 +11,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use each project's own SQLite store
 os.environ.pop("RAY_ADDRESS", None)
+# DVC stages call `lmp`; find it (and `dvc`) in this interpreter's environment.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -108,6 +108,7 @@ def expectations(cfg: ValidateConfig) -> list:
 def validate_frame(frame: pd.DataFrame, cfg: ValidateConfig) -> ValidationReport:
     import great_expectations as gx
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs setup chatter at INFO
     context = gx.get_context(mode="ephemeral")  # in-memory: nothing written but our reports
     context.variables.progress_bars = {"globally": False}
     docs_dir = (cfg.report_dir / DOCS_DIR).resolve()

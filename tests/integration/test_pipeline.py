@@ -60,9 +60,11 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert run.data.params["train.num_workers"] == "2"
 
 
-def test_flow_leaves_dvc_clean(project):
+def test_flow_leaves_dvc_clean_and_pushable(project):
     assert json.loads(dvc(project, "status", "--json")) == {}
     assert "Data and pipelines are up to date" in dvc(project, "repro")
+    dvc(project, "push")  # the committed default remote works out of the box
+    assert any((project / "dvc-remote").rglob("*")), "nothing reached the local remote"
 
 
 def test_champion_loads_from_the_registry_and_generates(project):
@@ -79,8 +81,7 @@ def test_changing_a_train_param_reruns_train_and_what_follows_only(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["lr"] = params["train"]["lr"] / 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = set(json.loads(dvc(project, "status", "--json")))
-    assert changed == {"train", "evaluate", "register"}
+    assert set(json.loads(dvc(project, "status", "--json"))) == {"train"}  # directly changed
     out = dvc(project, "repro")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "register"}
@@ -101,7 +102,7 @@ def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
     root = make_project(tmp_path / "project", TINY_PARAMS | {"data": {"source": str(corpus)}})
     state = pipeline(project_dir=str(root), return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"stage validate failed.*text length in \[1, 1000000\] "
+    with pytest.raises(Exception, match=r"(?s)stage validate failed.*text length in \[1, 1000000\] "
                                          r"\(non-empty\)\): 100 rows broke it"):
         state.result()
     assert (root / "reports/validation/data_docs/index.html").is_file()
