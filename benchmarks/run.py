@@ -78,7 +78,7 @@ def bare_loop_throughput(cfg) -> float:
     rates = []
     for step in range(cfg.train.max_steps):
         t0 = time.perf_counter()
-        train_step(model, optimizer, tokens, [cfg.train.seed, 0, step], get_lr(step, cfg.train), cfg, "cpu")
+        train_step(model, optimizer, tokens, [cfg.train.seed, step], get_lr(step, cfg.train), cfg, "cpu")
         rates.append(tokens_per_step / (time.perf_counter() - t0))
     return statistics.median(rates[WARMUP_STEPS:])
 

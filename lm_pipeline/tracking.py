@@ -67,11 +67,21 @@ class MetricLogger:
         from mlflow import MlflowClient
 
         self.client, self.run_id, self.interval = MlflowClient(uri), run_id, interval
-        self.pending, self.last_flush = [], time.monotonic()
+        self.pending, self.last_flush, self.logged_through = [], time.monotonic(), -1
+
+    def last_step(self, key: str) -> int:
+        """The highest step already logged for `key` (-1 if none)."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
+
+    def skip_through(self, step: int) -> None:
+        """Drop metrics of steps up to `step`: a resumed run redoes steps a killed one logged."""
+        self.logged_through = step
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if time.monotonic() - self.last_flush >= self.interval:

@@ -6,14 +6,18 @@ import numpy as np
 import torch
 
 
-def random_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: list[int]):
-    """batch_size random windows: inputs x (B, T) and next-token targets y (B, T).
+def random_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: list[int],
+                 rank: int = 0, world_size: int = 1):
+    """This rank's share of a global batch of random windows: x (B, T) and targets y (B, T).
 
-    The windows are a pure function of `seed` (e.g. [run seed, rank, step, micro-step]), so a
-    resumed run draws exactly the batches the uninterrupted run would have drawn.
+    The global batch (batch_size * world_size windows) is a pure function of `seed` (e.g.
+    [run seed, step, micro-step]) and rank r takes slice r of it. So a resumed run draws exactly
+    the batches the uninterrupted run drew, and 1 worker with batch 2B sees the same data per
+    step as 2 workers with batch B.
     """
-    starts = np.random.default_rng(seed).integers(0, len(tokens) - block_size, size=batch_size)
-    return windows(tokens, starts.tolist(), block_size)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size * world_size)
+    return windows(tokens, starts[rank * batch_size:(rank + 1) * batch_size].tolist(), block_size)
 
 
 def fixed_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int):

@@ -7,12 +7,10 @@ rank calls `ray.train.report` the same number of times (it is a barrier).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,16 +19,10 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.preprocess import load_tokens
 from lm_pipeline.io import read_json
 from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
 from lm_pipeline.training.schedule import get_lr
-
-STATE_FILE = "state.pt"
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    tokens_seen: int = 0
+from lm_pipeline.training.state import TrainState
 
 
 def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
@@ -56,7 +48,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            restore(os.path.join(d, STATE_FILE), model, optimizer, state, rank)
+            state = checkpoint_state.load(d, model, optimizer, rank)
+        print(f"[rank {rank}] resumed from the checkpoint at step {state.step}", flush=True)
     ddp_model = ray.train.torch.prepare_model(model)
     device = next(ddp_model.parameters()).device
 
@@ -68,14 +61,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         from lm_pipeline.tracking import MetricLogger
 
         logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+        if checkpoint:  # a restart: record it, and don't log the steps it will redo twice
+            logger.log({"resumed_from_step": state.step}, state.step)
+            logger.skip_through(logger.last_step("train_loss"))
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
 
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
         lr = get_lr(state.step, cfg.train)
-        loss = train_step(ddp_model, optimizer, train_tokens, [cfg.train.seed, rank, state.step], lr,
-                          cfg, device)
+        loss = train_step(ddp_model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
+        if not np.isfinite(loss):  # before any checkpoint or log: a bad state is never saved
+            raise FloatingPointError(f"train loss is {loss} at step {state.step + 1}; lower train.lr, "
+                                     "raise train.warmup_steps or set train.grad_clip")
         state.step += 1
         state.tokens_seen += tokens_per_step
         metrics = {"train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / (time.perf_counter() - t0),
@@ -83,9 +81,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last = state.step == cfg.train.max_steps
         if state.step % cfg.train.eval_interval == 0 or last:
             metrics["val_loss"] = validation_loss(model, val_batches, device)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"train loss is {loss} at step {state.step}; lower train.lr "
-                                     "or raise train.warmup_steps")
         if logger:
             logger.log(metrics, state.step)
         progress.update(state.step, metrics)
@@ -97,25 +92,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def train_step(ddp_model, optimizer, tokens, seed: list[int], lr: float, cfg: Config, device) -> float:
-    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss."""
+    """One optimizer step over grad_accum_steps micro-batches; returns the global mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     ddp_model.train()
     accum = cfg.train.grad_accum_steps
-    total = 0.0
+    rank, world = distributed_rank_and_size()
+    total = torch.zeros((), device=device)
     for micro in range(accum):
-        x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed + [micro])
+        x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed + [micro], rank, world)
         # Gradients are all-reduced on the last micro-step only.
         sync = micro == accum - 1 or not hasattr(ddp_model, "no_sync")
         with nullcontext() if sync else ddp_model.no_sync():
             _, loss, _ = ddp_model(x.to(device), y.to(device))
             (loss / accum).backward()
-        total += loss.item()
+        total += loss.detach()
+    if world > 1:  # the loss of the whole global batch, as one worker would have computed it
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / accum
+    return total.item() / accum
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 @torch.no_grad()
@@ -126,28 +130,16 @@ def validation_loss(model: GPT, batches, device) -> float:
 
 
 def report(metrics: dict, model: GPT, optimizer, state: TrainState, rank: int) -> None:
-    """Report metrics from every rank; rank 0 attaches the checkpoint (DDP weights are equal)."""
+    """Every rank reports; each adds its own files, and Ray merges them into one checkpoint."""
     import ray.train
 
     tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
     try:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "step": state.step, "tokens_seen": state.tokens_seen},
-                       os.path.join(tmpdir, STATE_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(tmpdir)
-        ray.train.report(metrics, checkpoint=checkpoint)  # copies the files before returning
+        checkpoint_state.save(tmpdir, model, optimizer, state, rank)
+        # The sync upload copies the files before report returns, so tmpdir can go after.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def restore(path: str, model: GPT, optimizer, state: TrainState, rank: int) -> None:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    state.step, state.tokens_seen = saved["step"], saved["tokens_seen"]
-    print(f"[rank {rank}] resumed from step {state.step}")
 
 
 class Progress:

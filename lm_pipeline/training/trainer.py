@@ -8,9 +8,12 @@ the run id beside it. The loss curves are written as CSV for `dvc plots`.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ for _key, _value in {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Reporting training result",
+    "RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[rank \d+\]",  # per-rank lines are not repeats
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -31,12 +35,14 @@ import torch  # noqa: E402
 from lm_pipeline import tracking  # noqa: E402
 from lm_pipeline.config import Config  # noqa: E402
 from lm_pipeline.data.preprocess import TOKENIZER_FILE  # noqa: E402
-from lm_pipeline.io import atomic_path, read_json  # noqa: E402
+from lm_pipeline.io import atomic_path, read_json, write_json  # noqa: E402
 from lm_pipeline.model.pretrained import save_pretrained  # noqa: E402
 from lm_pipeline.model.transformer import GPT  # noqa: E402
-from lm_pipeline.training.loop import STATE_FILE, model_config, train_loop_per_worker  # noqa: E402
+from lm_pipeline.training.loop import model_config, train_loop_per_worker  # noqa: E402
+from lm_pipeline.training.state import read_state  # noqa: E402
 
 log = logging.getLogger(__name__)
+MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
 
 
 class TrainingError(RuntimeError):
@@ -56,9 +62,17 @@ def run(cfg: Config) -> TrainResult:
     import mlflow
 
     meta = read_json(cfg.data.processed_dir / "meta.json")
-    run_id = tracking.start_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags=run_tags(cfg, meta))
-    log.info("train: MLflow run %s (%s)", run_id, tracking.tracking_uri(cfg))
+    run_dir = (cfg.train.checkpoint_dir / f"train-{config_digest(cfg, meta)}").resolve()
+    run_id = resumable_run_id(cfg, run_dir)
+    if run_id:
+        log.info("train: resuming %s from its latest checkpoint (same config and data; delete "
+                 "the folder to start over); MLflow run %s", run_dir, run_id)
+    else:
+        run_id = tracking.start_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    tags=run_tags(cfg, meta))
+        write_json(run_dir / MLFLOW_RUN_FILE, {"mlflow_run_id": run_id})
+        log.info("train: fresh run in %s; MLflow run %s (%s)", run_dir, run_id,
+                 tracking.tracking_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True) as active:
         mlflow.log_params(tracking.flatten("", {
             "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
@@ -67,7 +81,7 @@ def run(cfg: Config) -> TrainResult:
                 "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"]}}))
         mlflow.log_params(system_info())
         try:
-            result = fit(cfg, run_id)
+            result = fit(cfg, run_id, run_dir)
         except Exception:
             mlflow.set_tag("failed_stage", "train")
             raise
@@ -81,7 +95,38 @@ def run(cfg: Config) -> TrainResult:
     return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
 
 
-def fit(cfg: Config, run_id: str):
+def config_digest(cfg: Config, meta: dict) -> str:
+    """What makes two training runs the same run: model, training recipe and data.
+
+    Where checkpoints go and how many failures to tolerate do not change the run.
+    """
+    operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir"}
+    recipe = {"model": cfg.model.model_dump(),
+              "train": cfg.train.model_dump(mode="json", exclude=operational),
+              "tokenizer": meta["tokenizer_sha256"], "tokens": meta["tokens"]}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
+    """The MLflow run of an earlier attempt at this run, if it left one we can continue."""
+    import mlflow
+
+    record = run_dir / MLFLOW_RUN_FILE
+    if not record.exists():
+        return None
+    run_id = read_json(record)["mlflow_run_id"]
+    tracking.setup(cfg)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        log.warning("train: %s names MLflow run %s, which this store lacks; starting over",
+                    record, run_id)
+        shutil.rmtree(run_dir)
+        return None
+    return run_id
+
+
+def fit(cfg: Config, run_id: str, run_dir: Path):
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -99,8 +144,8 @@ def fit(cfg: Config, run_id: str):
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=f"run-{run_id}",
-            storage_path=str(cfg.train.checkpoint_dir.resolve()),
+            name=run_dir.name,  # the same name resumes from the latest checkpoint in it
+            storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()}},
@@ -146,7 +191,7 @@ def project_pythonpath() -> str:
 def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
     model = GPT(model_config(cfg, meta["vocab_size"]))
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_state(d)
     model.load_state_dict(state["model"])
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
                 "step": state["step"], "tokens_seen": state["tokens_seen"],

@@ -1,0 +1,125 @@
+"""Training that survives failures and scales: real Ray Train on this machine."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+
+LMP = str(Path(sys.executable).parent / "lmp")
+# Slow enough (tens of ms a step) that a test can act between a checkpoint and the end.
+TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
+         "train": {"batch_size": 16, "max_steps": 240, "warmup_steps": 10, "eval_interval": 60,
+                   "eval_batches": 2, "checkpoint_interval": 40, "max_failures": 2}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project whose data is ingested and tokenized, ready to train."""
+    root = make_project(tmp_path_factory.mktemp("train-project"), deep_update(TINY_PARAMS, TRAIN))
+    for stage in ("ingest", "preprocess"):
+        subprocess.run([LMP, "-q", stage], cwd=root, check=True)
+    return root
+
+
+def params_file(project: Path, name: str, **train) -> Path:
+    """params for one training run, with its own checkpoint and model folders."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update({"checkpoint_dir": f"runs/{name}/checkpoints",
+                            "model_dir": f"runs/{name}/model", "curves_dir": f"runs/{name}/curves"},
+                           **train)
+    path = project / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def start_train(project: Path, params: Path) -> subprocess.Popen:
+    return subprocess.Popen([LMP, "--params", str(params), "train"], cwd=project, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def train(project: Path, params: Path) -> str:
+    return finish(start_train(project, params))
+
+
+def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(run_root.glob("checkpoints/*/checkpoint_*")):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+
+
+def curve(project: Path, run_name: str, key: str = "train_loss") -> list[tuple[int, float]]:
+    run_id = json.loads((project / f"runs/{run_name}/model/run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.fault_tolerance
+def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
+    train(project, params_file(project, "straight", num_workers=1))
+    killed = start_train(project, params_file(project, "killed", num_workers=1))
+    wait_for_checkpoint(project / "runs/killed", killed)
+    os.killpg(killed.pid, signal.SIGKILL)  # the whole stage: driver, Ray and workers
+    killed.wait()
+    out = train(project, project / "killed.yaml")
+    assert "resuming" in out and "resumed from the checkpoint at step" in out
+    straight, resumed = curve(project, "straight"), curve(project, "killed")
+    assert [s for s, _ in resumed] == list(range(1, TRAIN["train"]["max_steps"] + 1))
+    assert resumed == straight  # the same floats, step for step
+
+
+@pytest.mark.fault_tolerance
+@pytest.mark.distributed
+def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
+    proc = start_train(project, params_file(project, "worker-kill", num_workers=2))
+    wait_for_checkpoint(project / "runs/worker-kill", proc)
+    workers = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    finish(proc)
+    steps = [s for s, _ in curve(project, "worker-kill")]
+    assert steps == list(range(1, TRAIN["train"]["max_steps"] + 1))  # no gap, no duplicate
+    restarts = curve(project, "worker-kill", "resumed_from_step")
+    assert len(restarts) == 1 and restarts[0][1] % TRAIN["train"]["checkpoint_interval"] == 0
+
+
+@pytest.mark.distributed
+def test_one_and_two_workers_follow_the_same_loss_curve(project):
+    """Same seed and global batch (1 x 16 = 2 x 8): the curves agree to float rounding."""
+    steps = {"max_steps": 30, "checkpoint_interval": 30, "eval_interval": 30}
+    train(project, params_file(project, "w1", num_workers=1, batch_size=16, **steps))
+    train(project, params_file(project, "w2", num_workers=2, batch_size=8, **steps))
+    one, two = curve(project, "w1"), curve(project, "w2")
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 31))
+    for (_, a), (_, b) in zip(one, two, strict=True):
+        assert b == pytest.approx(a, rel=2e-4)
+    assert one[-1][1] < one[0][1] - 0.5  # and it learned
+
+
+@pytest.mark.fault_tolerance
+@pytest.mark.bad_input
+def test_non_finite_loss_stops_training_naming_the_step(project):
+    proc = start_train(project, params_file(project, "nan", lr=1e30, max_failures=0))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "FloatingPointError" in out and re.search(r"train loss is (nan|inf|-inf) at step \d+", out)
+    assert not (project / "runs/nan/model").exists()
+    assert not any((project / "runs/nan").glob("checkpoints/*/checkpoint_*"))
