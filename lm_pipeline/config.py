@@ -72,6 +72,10 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="replicated (DDP) or sharded (FSDP2)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU fast path)")
+    compile: bool = Field(False, description="torch.compile the model")
+    peak_tflops: float = Field(0.0, ge=0, description="per-device peak for MFU; 0 = known GPUs only")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1)

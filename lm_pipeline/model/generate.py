@@ -25,7 +25,7 @@ def generate(
     block_size = model.config.block_size
     idx_cond, past = idx[:, -(block_size - 1):], None  # leave room for at least one new token
     for _ in range(max_new_tokens):
-        logits, _, past = model(idx_cond, past=past)
+        logits, _, past = model(idx_cond, past=past, use_cache=True)
         next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat([idx, next_token], dim=1)
         if past[0][0].size(2) >= block_size:

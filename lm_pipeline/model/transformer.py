@@ -38,7 +38,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -52,7 +52,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y)), (k, v)
+        return self.resid_dropout(self.proj(y)), (k, v) if use_cache else None
 
 
 def _causal_mask(t_new: int, t_total: int, device: torch.device) -> torch.Tensor:
@@ -81,8 +81,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past=None):
-        a, present = self.attn(self.ln_1(x), past)
+    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False):
+        a, present = self.attn(self.ln_1(x), past, use_cache)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
@@ -117,10 +117,12 @@ class GPT(nn.Module):
         """Parameters excluding position embeddings (the tied head is counted once)."""
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past: KVCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                past: KVCache | None = None, use_cache: bool = False):
         """idx (B, T) token ids -> logits (B, T, V); with targets also the mean cross-entropy.
 
-        `past` continues from cached keys/values; the returned cache covers all positions seen.
+        With use_cache, also the keys/values of all positions seen (continuing from `past`), for
+        generation; training leaves it off and gets None.
         """
         B, T = idx.shape
         start = 0 if past is None else past[0][0].size(2)
@@ -130,13 +132,18 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, None if past is None else past[i])
+            x, present = block(x, None if past is None else past[i], use_cache)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss, presents
+        return logits, loss, presents if use_cache else None
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per parameter plus attention (PaLM appendix B)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
         """AdamW with weight decay on matrices only (not on biases and norms)."""

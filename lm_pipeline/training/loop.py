@@ -1,8 +1,8 @@
 """The per-worker training loop that Ray Train runs on every rank.
 
 The loop only coordinates: restore, then `train_step` until max_steps, with validation, logging
-and checkpoints at their intervals. Rank 0 alone logs to MLflow and writes checkpoints; every
-rank calls `ray.train.report` the same number of times (it is a barrier).
+and checkpoints at their intervals. Rank 0 alone logs to MLflow; every rank writes its part of
+each checkpoint and calls `ray.train.report` the same number of times (it is a barrier).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from lm_pipeline.io import read_json
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
+from lm_pipeline.training.parallel import gradient_sync, parallelize, unwrap
 from lm_pipeline.training.schedule import get_lr
 from lm_pipeline.training.state import TrainState
+
+# Dense bf16 peak of known accelerators, for MFU (train.peak_tflops overrides).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
 def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
@@ -32,6 +36,7 @@ def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -40,18 +45,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     meta = read_json(cfg.data.processed_dir / "meta.json")
 
+    device = ray.train.torch.get_device()
+    print(f"[rank {rank}/{world}] node {ray.get_runtime_context().get_node_id()[:12]} device {device} "
+          f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
+    enable_fast_math(device)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = GPT(model_config(cfg, meta["vocab_size"]))
-    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
-                                          (cfg.train.beta1, cfg.train.beta2))
+    model = parallelize(GPT(model_config(cfg, meta["vocab_size"])), cfg.train.strategy, device)
+    optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
+                                                  (cfg.train.beta1, cfg.train.beta2))
+    flops_per_token = unwrap(model).flops_per_token()
+    if cfg.train.compile:
+        model = torch.compile(model)
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = checkpoint_state.load(d, model, optimizer, rank)
         print(f"[rank {rank}] resumed from the checkpoint at step {state.step}", flush=True)
-    ddp_model = ray.train.torch.prepare_model(model)
-    device = next(ddp_model.parameters()).device
+    peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
     train_tokens = load_tokens(cfg.data.processed_dir, "train")
     val_batches = fixed_batches(load_tokens(cfg.data.processed_dir, "val"), cfg.train.eval_batches,
@@ -70,17 +81,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
         lr = get_lr(state.step, cfg.train)
-        loss = train_step(ddp_model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
+        loss = train_step(model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
         if not np.isfinite(loss):  # before any checkpoint or log: a bad state is never saved
             raise FloatingPointError(f"train loss is {loss} at step {state.step + 1}; lower train.lr, "
                                      "raise train.warmup_steps or set train.grad_clip")
         state.step += 1
         state.tokens_seen += tokens_per_step
-        metrics = {"train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / (time.perf_counter() - t0),
+        tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
+        metrics = {"train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_s,
                    "tokens_seen": state.tokens_seen}
+        if peak:
+            metrics["mfu"] = flops_per_token * tokens_per_s / peak
         last = state.step == cfg.train.max_steps
         if state.step % cfg.train.eval_interval == 0 or last:
-            metrics["val_loss"] = validation_loss(model, val_batches, device)
+            metrics["val_loss"] = validation_loss(model, val_batches, device, cfg.train.precision)
         if logger:
             logger.log(metrics, state.step)
         progress.update(state.step, metrics)
@@ -91,29 +105,47 @@ def train_loop_per_worker(loop_config: dict) -> None:
     progress.close()
 
 
-def train_step(ddp_model, optimizer, tokens, seed: list[int], lr: float, cfg: Config, device) -> float:
+def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config, device) -> float:
     """One optimizer step over grad_accum_steps micro-batches; returns the global mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    ddp_model.train()
+    model.train()
     accum = cfg.train.grad_accum_steps
     rank, world = distributed_rank_and_size()
     total = torch.zeros((), device=device)
     for micro in range(accum):
         x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed + [micro], rank, world)
-        # Gradients are all-reduced on the last micro-step only.
-        sync = micro == accum - 1 or not hasattr(ddp_model, "no_sync")
-        with nullcontext() if sync else ddp_model.no_sync():
-            _, loss, _ = ddp_model(x.to(device), y.to(device))
+        with gradient_sync(model, enabled=micro == accum - 1), autocast(device, cfg.train.precision):
+            _, loss, _ = model(x.to(device), y.to(device))
             (loss / accum).backward()
-        total += loss.detach()
+        total += loss.detach().float()
     if world > 1:  # the loss of the whole global batch, as one worker would have computed it
         torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
     if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total.item() / accum
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast keeps fp32 master weights and optimizer state; fp32 runs as is."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def enable_fast_math(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def peak_tflops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -123,9 +155,11 @@ def distributed_rank_and_size() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def validation_loss(model: GPT, batches, device) -> float:
+def validation_loss(model, batches, device, precision: str = "fp32") -> float:
+    """Every rank runs it (FSDP's forward is collective); all get the same value."""
     model.eval()
-    losses = [model(x.to(device), y.to(device))[1].item() for x, y in batches]
+    with autocast(device, precision):
+        losses = [model(x.to(device), y.to(device))[1].float().item() for x, y in batches]
     return float(np.mean(losses))
 
 

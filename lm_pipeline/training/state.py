@@ -1,23 +1,29 @@
 """Complete training state in a checkpoint folder, so a resumed run continues exactly.
 
-  state.pt          model, optimizer, step, tokens seen (rank 0; DDP weights are equal on all ranks)
-  rng_rank{r}.pt    every RNG of rank r: python, numpy, torch CPU and CUDA
+  .metadata, __{r}_0.distcp   model and optimizer through torch.distributed.checkpoint (DCP):
+                              each rank writes its own shards, nothing is gathered on one rank
+  trainer_state.json          step and tokens seen (rank 0)
+  rng_rank{r}.pt              every RNG of rank r: python, numpy, torch CPU and CUDA
 
-The data loader's position needs no entry: each step's batch is a pure function of
-(seed, rank, step), so restoring `step` restores the position. Everything loads with
-weights_only=True (no arbitrary unpickling).
+Each rank writes into its own folder and Ray Train merges them into one checkpoint. The data
+loader's position needs no entry: each step's batch is a pure function of (seed, step), so
+restoring `step` restores the position. Nothing here unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-STATE_FILE = "state.pt"
+from lm_pipeline.io import read_json, write_json
+
+TRAINER_STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -31,26 +37,34 @@ def rng_file(rank: int) -> str:
 
 
 def save(folder: Path, model, optimizer, state: TrainState, rank: int) -> None:
+    """Collective: every rank calls it with its own (local) folder."""
     folder = Path(folder)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder)
     if rank == 0:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": state.step, "tokens_seen": state.tokens_seen}, folder / STATE_FILE)
+        write_json(folder / TRAINER_STATE_FILE, asdict(state))
     torch.save(rng_state(), folder / rng_file(rank))
 
 
 def load(folder: Path, model, optimizer, rank: int) -> TrainState:
+    """Collective: every rank reads its shards of the merged checkpoint folder."""
     folder = Path(folder)
-    saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    saved = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(saved, checkpoint_id=folder)
+    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
     rng = folder / rng_file(rank)
     if rng.exists():  # absent when resuming with more ranks than were saved
         set_rng_state(torch.load(rng, weights_only=True))
-    return TrainState(saved["step"], saved["tokens_seen"])
+    return TrainState(**read_json(folder / TRAINER_STATE_FILE))
 
 
-def read_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+def load_weights(folder: Path, model) -> TrainState:
+    """Into a plain, unwrapped model in a single process (the driver's export)."""
+    saved = {"model": model.state_dict()}
+    dcp.load(saved, checkpoint_id=Path(folder))
+    model.load_state_dict(saved["model"])
+    return TrainState(**read_json(Path(folder) / TRAINER_STATE_FILE))
 
 
 def rng_state() -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 # Ray reads these at import: quiet, fast start on a small machine. Users may override them.
 for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",  # Ray's default, said explicitly (it warns otherwise)
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -39,7 +40,7 @@ from lm_pipeline.io import atomic_path, read_json, write_json  # noqa: E402
 from lm_pipeline.model.pretrained import save_pretrained  # noqa: E402
 from lm_pipeline.model.transformer import GPT  # noqa: E402
 from lm_pipeline.training.loop import model_config, train_loop_per_worker  # noqa: E402
-from lm_pipeline.training.state import read_state  # noqa: E402
+from lm_pipeline.training.state import load_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
@@ -191,10 +192,9 @@ def project_pythonpath() -> str:
 def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
     model = GPT(model_config(cfg, meta["vocab_size"]))
     with checkpoint.as_directory() as d:
-        state = read_state(d)
-    model.load_state_dict(state["model"])
+        state = load_weights(d, model)
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
-                "step": state["step"], "tokens_seen": state["tokens_seen"],
+                "step": state.step, "tokens_seen": state.tokens_seen,
                 "tokenizer_sha256": meta["tokenizer_sha256"]}
     save_pretrained(model, cfg.data.processed_dir / TOKENIZER_FILE, cfg.train.model_dir,
                     extra={tracking.RUN_FILE: run_info})

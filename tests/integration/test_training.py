@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,3 +124,51 @@ def test_non_finite_loss_stops_training_naming_the_step(project):
     assert "FloatingPointError" in out and re.search(r"train loss is (nan|inf|-inf) at step \d+", out)
     assert not (project / "runs/nan/model").exists()
     assert not any((project / "runs/nan").glob("checkpoints/*/checkpoint_*"))
+
+
+def curves_match(a: list, b: list, rel: float) -> None:
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=rel)
+
+
+@pytest.mark.distributed
+def test_fsdp_trains_and_matches_ddp(project):
+    """FSDP2 shards the same model; over a short horizon it follows DDP to float rounding."""
+    steps = {"max_steps": 20, "checkpoint_interval": 10, "eval_interval": 20, "num_workers": 2}
+    train(project, params_file(project, "ddp", strategy="ddp", **steps))
+    out = train(project, params_file(project, "fsdp", strategy="fsdp", **steps))
+    assert "strategy fsdp" in out
+    curves_match(curve(project, "ddp"), curve(project, "fsdp"), rel=1e-3)
+    checkpoint = next((project / "runs/fsdp").glob("checkpoints/*/checkpoint_*"))
+    shards = sorted(p.name for p in checkpoint.glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
+    assert (project / "runs/fsdp/model/model.safetensors").is_file()
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A real Ray cluster of two nodes on this machine, one CPU each."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = "26379"
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false", f"--temp-dir={temp_dir}"], check=True, env=env,
+                   capture_output=True)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
+                       env=env, capture_output=True)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
+
+
+@pytest.mark.distributed
+def test_two_node_cluster_runs_one_worker_per_node(project, two_node_cluster, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", two_node_cluster)
+    steps = {"max_steps": 20, "checkpoint_interval": 10, "eval_interval": 20}
+    out = train(project, params_file(project, "multinode", num_workers=2, cpus_per_worker=1, **steps))
+    nodes = dict(re.findall(r"\[rank (\d)/2\] node (\w+)", out))
+    assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], out[-3000:]
+    assert len(curve(project, "multinode")) == 20

@@ -14,7 +14,7 @@ def model() -> GPT:
 def test_shapes_and_loss():
     m = model()
     x = torch.randint(0, CFG.vocab_size, (3, 10))
-    logits, loss, cache = m(x, targets=x)
+    logits, loss, cache = m(x, targets=x, use_cache=True)
     assert logits.shape == (3, 10, CFG.vocab_size)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert len(cache) == CFG.n_layer and cache[0][0].shape == (3, CFG.n_head, 10, CFG.n_embd // CFG.n_head)
