@@ -5,6 +5,9 @@
 train_vs_bare_loop_ratio: steady-state tokens/s of the real train stage (Ray Train, 1 worker,
 MLflow logging, checkpoints) over a bare single-process loop of the same model, batch, optimizer
 and threads. Ray's start-up is reported apart as train_startup_seconds.
+
+ddp2_vs_ddp1_throughput_ratio: the train stage with 2 DDP workers over 1 worker, one CPU each and
+the same per-worker batch (2.0 would be perfect scaling).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ RESULTS = Path(__file__).with_name("results.json")
 WARMUP_STEPS = 10  # excluded from steady state: allocator warm-up, first checkpoint
 
 
-def bench_config(workdir: Path, steps: int):
+def bench_config(workdir: Path, steps: int, **train):
     from lm_pipeline.config import Config
 
-    return Config.model_validate({
+    config = {
         "data": {"raw_dir": str(workdir / "raw"), "processed_dir": str(workdir / "processed")},
         "validate": {"report_dir": str(workdir / "validation")},
         "train": {"num_workers": 1, "cpus_per_worker": 2, "max_steps": steps, "warmup_steps": 5,
@@ -31,7 +34,9 @@ def bench_config(workdir: Path, steps: int):
                   "model_dir": str(workdir / "model"), "checkpoint_dir": str(workdir / "ckpt"),
                   "curves_dir": str(workdir / "curves")},
         "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "bench"},
-    })
+    }
+    config["train"].update(train)
+    return Config.model_validate(config)
 
 
 def prepare_data(cfg) -> None:
@@ -52,7 +57,8 @@ def train_stage_throughput(cfg) -> dict[str, float]:
     wall = time.perf_counter() - start
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "tokens_per_s")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]
-    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps
+    tokens_per_step = (cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps
+                       * cfg.train.num_workers)
     step_seconds = sum(tokens_per_step / r for r in rates)
     return {"tokens_per_s": statistics.median(rates[WARMUP_STEPS:]), "overhead_s": wall - step_seconds}
 
@@ -98,11 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         prepare_data(cfg)
         bare = bare_loop_throughput(cfg)
         stage = train_stage_throughput(cfg)
+        ddp1 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1))
+        ddp2 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1,
+                                                   num_workers=2))
     results = {
         "train_vs_bare_loop_ratio": stage["tokens_per_s"] / bare,
         "train_stage_tokens_per_s": stage["tokens_per_s"],
         "bare_loop_tokens_per_s": bare,
         "train_startup_seconds": stage["overhead_s"],
+        "ddp2_vs_ddp1_throughput_ratio": ddp2["tokens_per_s"] / ddp1["tokens_per_s"],
+        "ddp1_tokens_per_s": ddp1["tokens_per_s"],
+        "ddp2_tokens_per_s": ddp2["tokens_per_s"],
     }
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")

@@ -81,7 +81,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
         lr = get_lr(state.step, cfg.train)
-        loss = train_step(model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
+        try:
+            loss = train_step(model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
+        except torch.OutOfMemoryError as err:
+            raise MemoryError(
+                f"out of memory at step {state.step + 1} on {device}: lower train.batch_size (and raise "
+                "train.grad_accum_steps to keep the global batch), lower model.block_size or model size, "
+                "set train.precision: bf16, or train.strategy: fsdp to shard weights") from err
         if not np.isfinite(loss):  # before any checkpoint or log: a bad state is never saved
             raise FloatingPointError(f"train loss is {loss} at step {state.step + 1}; lower train.lr, "
                                      "raise train.warmup_steps or set train.grad_clip")
