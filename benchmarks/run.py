@@ -8,6 +8,11 @@ and threads. Ray's start-up is reported apart as train_startup_seconds.
 
 ddp2_vs_ddp1_throughput_ratio: the train stage with 2 DDP workers over 1 worker, one CPU each and
 the same per-worker batch (2.0 would be perfect scaling).
+
+eval_vs_train_forward_ratio: tokens/s of evaluation scoring (inference mode, sliding windows) over
+the training forward pass (autograd on) on the same model and batch shape.
+kv_cache_generation_speedup: greedy generation with the KV cache over recomputing the whole
+window for every new token.
 """
 
 from __future__ import annotations
@@ -89,6 +94,59 @@ def bare_loop_throughput(cfg) -> float:
     return statistics.median(rates[WARMUP_STEPS:])
 
 
+def eval_vs_train_forward(cfg, repeats: int = 5) -> float:
+    """Evaluation's scoring path against the training forward pass, same model and shapes."""
+
+    from lm_pipeline.data.preprocess import load_tokens, split_documents
+    from lm_pipeline.evaluation.scoring import sequence_nll
+    from lm_pipeline.io import read_json
+    from lm_pipeline.model.transformer import GPT
+    from lm_pipeline.training.batches import fixed_batches
+    from lm_pipeline.training.loop import model_config
+
+    meta = read_json(cfg.data.processed_dir / "meta.json")
+    model = GPT(model_config(cfg, meta["vocab_size"]))
+    docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
+    block, batch = cfg.model.block_size, cfg.train.batch_size
+    start = time.perf_counter()
+    for _ in range(repeats):
+        _, counts = sequence_nll(model.eval(), docs, meta["eot_id"], block, block, batch)
+    eval_rate = repeats * counts.sum() / (time.perf_counter() - start)
+    n_batches = len(counts) // batch + 1
+    batches = fixed_batches(load_tokens(cfg.data.processed_dir, "test"), n_batches, batch, block)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for x, y in batches:
+            model(x, y)[1].item()
+    train_rate = repeats * len(batches) * batch * block / (time.perf_counter() - start)
+    return eval_rate / train_rate
+
+
+def kv_cache_speedup(cfg, new_tokens: int = 96) -> float:
+    import torch
+
+    from lm_pipeline.io import read_json
+    from lm_pipeline.model.generate import generate
+    from lm_pipeline.model.transformer import GPT
+    from lm_pipeline.training.loop import model_config
+
+    model = GPT(model_config(cfg, read_json(cfg.data.processed_dir / "meta.json")["vocab_size"])).eval()
+    prompt = torch.zeros(8, 16, dtype=torch.long)
+    start = time.perf_counter()
+    cached = generate(model, prompt, new_tokens)
+    with_cache = time.perf_counter() - start
+    start = time.perf_counter()
+    idx = prompt
+    with torch.inference_mode():
+        for _ in range(new_tokens):  # no cache: the whole (cropped) window every step
+            logits = model(idx[:, -cfg.model.block_size:])[0]
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    without_cache = time.perf_counter() - start
+    assert torch.equal(idx[:, :cfg.model.block_size], cached[:, :cfg.model.block_size])
+    return without_cache / with_cache
+
+
 def markdown_table(results: dict[str, float]) -> str:
     rows = "\n".join(f"| {name} | {value:.3f} |" for name, value in results.items())
     return f"| measurement | value |\n|---|---|\n{rows}"
@@ -103,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = bench_config(Path(tmp), args.steps)
         prepare_data(cfg)
         bare = bare_loop_throughput(cfg)
+        eval_ratio = eval_vs_train_forward(cfg)
+        kv_speedup = kv_cache_speedup(cfg)
         stage = train_stage_throughput(cfg)
         ddp1 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1))
         ddp2 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1,
@@ -115,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         "ddp2_vs_ddp1_throughput_ratio": ddp2["tokens_per_s"] / ddp1["tokens_per_s"],
         "ddp1_tokens_per_s": ddp1["tokens_per_s"],
         "ddp2_tokens_per_s": ddp2["tokens_per_s"],
+        "eval_vs_train_forward_ratio": eval_ratio,
+        "kv_cache_generation_speedup": kv_speedup,
     }
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")

@@ -112,9 +112,25 @@ class EvaluateConfig(Section):
     bleu_documents: int = Field(32, ge=1, description="held-out documents used as BLEU prompts")
     prompt_tokens: int = Field(32, ge=1, description="tokens of each document given as prompt")
     continuation_tokens: int = Field(32, ge=1, description="tokens generated and compared")
-    probes: Path = Field(Path("lm_pipeline/evaluation/probes/bias_templates.json"))
+    probes: Path = Field(Path("lm_pipeline/evaluation/data/bias_templates.json"),
+                         description="counterfactual templates x term sets (JSON)")
+    crows_pairs: Path = Field(Path("lm_pipeline/evaluation/data/crows_pairs_sample.csv"),
+                              description="CrowS-Pairs-format CSV: sent_more, sent_less, "
+                              "stereo_antistereo, bias_type")
+    parallel_data: Path = Field(Path("lm_pipeline/evaluation/data/parallel_sample.jsonl"),
+                                description="source/target JSONL pairs for BLEU")
+    parallel_template: str = Field("{source}\n>>> ", description="prompt built from each source")
+    bootstrap_resamples: int = Field(1000, ge=10, description="for confidence intervals")
+    seed: int = Field(1337, description="seeds the bootstrap")
     metrics_file: Path = Field(Path("reports/metrics.json"))
     report_dir: Path = Field(Path("reports/evaluation"))
+
+
+    @model_validator(mode="after")
+    def _template_takes_source(self) -> EvaluateConfig:
+        if "{source}" not in self.parallel_template:
+            raise ValueError("parallel_template must contain {source}")
+        return self
 
 
 class RegisterConfig(Section):

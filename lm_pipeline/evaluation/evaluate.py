@@ -1,11 +1,19 @@
-"""Stage 5, evaluate: perplexity (against a unigram baseline), BLEU and bias probes.
+"""Stage 5, evaluate: perplexity and bits per byte, BLEU, bias probes, and a report.
 
-Writes reports/metrics.json (for `dvc metrics show`) and reports/evaluation/ details, and logs the
-same numbers to the pipeline's MLflow run.
+- perplexity: token-weighted over the whole test split with a sliding window, against a unigram
+  baseline; bits per byte for comparisons across tokenizers; a bootstrap interval.
+- BLEU and chrF (sacrebleu): greedy continuations of held-out documents, and parallel pairs
+  (source -> target through a prompt template); a bootstrap interval for continuation BLEU.
+- bias: counterfactual templates (log-likelihood gap between groups, per category) and
+  CrowS-Pairs-format pairs (share preferring the more stereotypical sentence).
+
+Writes reports/metrics.json (for `dvc metrics show`), reports/evaluation/ (report.md, report.html,
+plots, CSVs for `dvc plots`, details.json), and logs all of it to the pipeline's MLflow run.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -18,9 +26,11 @@ import torch
 from lm_pipeline.config import Config
 from lm_pipeline.data.preprocess import load_tokens, split_documents
 from lm_pipeline.data.tokenizer import eot_id
+from lm_pipeline.evaluation import report
+from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
-from lm_pipeline.io import read_json, write_json
+from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.generate import decode_until_eot, generate
 from lm_pipeline.model.pretrained import load_pretrained
 from lm_pipeline.tracking import RUN_FILE
@@ -30,7 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Probe:
-    sentence: str
+    prefix: str  # the template up to and including the term: context, not scored
+    rest: str  # the words after the term: scored, so the term's effect is what is measured
     category: str
     group: str
 
@@ -39,39 +50,45 @@ def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = load_pretrained(cfg.train.model_dir)
     meta = read_json(cfg.data.processed_dir / "meta.json")
-    eot = meta["eot_id"]
-    test_docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), eot)
-    stride = cfg.evaluate.stride or model.config.block_size // 2
+    test_docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
 
-    nll, counts = sequence_nll(model, test_docs, eot, model.config.block_size, stride,
-                               cfg.evaluate.batch_size)
-    perplexity = load_metric("perplexity")
-    lm = perplexity.compute(nll=nll, n_tokens=counts)
+    nll, counts = sequence_nll(model, test_docs, meta["eot_id"], model.config.block_size,
+                               cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
+    n_bytes = sum(len(tokenizer.decode(d.tolist()).encode("utf-8")) for d in test_docs)
+    perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
-                                        meta["vocab_size"], eot)
-    unigram = perplexity.compute(nll=base_nll, n_tokens=base_counts)
-
+                                        meta["vocab_size"], meta["eot_id"])
+    unigram = load_metric("perplexity").compute(nll=base_nll, n_tokens=base_counts)
     predictions, references = continuations(model, tokenizer, test_docs, cfg)
     bleu = load_metric("bleu").compute(predictions=predictions, references=references)
+    parallel = parallel_bleu(model, tokenizer, cfg)
     bias = bias_probe(model, tokenizer, cfg)
+    crows = crows_pairs(model, tokenizer, cfg)
 
+    e = cfg.evaluate
+    ppl_low, ppl_high = bootstrap_ci(perplexity_of(nll, counts), len(test_docs), e.bootstrap_resamples,
+                                     e.seed)
+    bleu_low, bleu_high = bootstrap_ci(corpus_bleu_of(predictions, references), len(predictions),
+                                       e.bootstrap_resamples, e.seed)
     metrics = {
-        "perplexity": lm["perplexity"],
-        "unigram_perplexity": unigram["perplexity"],
-        "test_tokens": lm["tokens"],
-        "bleu": bleu["bleu"],
-        "chrf": bleu["chrf"],
-        "bias_max_gap": bias["max_gap"],
-        "bias_mean_gap": bias["mean_gap"],
+        "perplexity": perplexity["perplexity"], "perplexity_ci_low": ppl_low, "perplexity_ci_high": ppl_high,
+        "bits_per_byte": perplexity["bits_per_byte"], "unigram_perplexity": unigram["perplexity"],
+        "test_tokens": perplexity["tokens"], "test_documents": len(test_docs),
+        "bleu": bleu["bleu"], "bleu_ci_low": bleu_low, "bleu_ci_high": bleu_high, "chrf": bleu["chrf"],
+        "parallel_bleu": parallel["bleu"], "parallel_chrf": parallel["chrf"],
+        "bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
+        "crows_pairs_stereotype_preference": crows["stereotype_preference"],
     }
-    details = {"bleu": bleu, "bias": bias, "samples": [
-        {"prediction": p, "reference": r} for p, r in zip(predictions[:5], references[:5], strict=True)]}
-    write_json(cfg.evaluate.report_dir / "details.json", details)
-    write_json(cfg.evaluate.metrics_file, metrics)
+    samples = [{"prediction": p, "reference": r}
+               for p, r in zip(predictions[:5], references[:5], strict=True)]
+    write_outputs(cfg, metrics, {"bleu": bleu, "parallel": parallel, "bias": bias, "crows_pairs": crows,
+                                 "samples": samples}, report.perplexity_by_length(nll, counts))
     log_to_mlflow(cfg, metrics, bleu)
-    log.info("evaluate: perplexity %.2f (unigram baseline %.2f), BLEU %.2f, largest bias gap %.3f",
-             metrics["perplexity"], metrics["unigram_perplexity"], metrics["bleu"], metrics["bias_max_gap"])
+    log.info("evaluate: perplexity %.2f [%.2f, %.2f] (unigram %.2f), %.3f bits/byte, BLEU %.2f, "
+             "largest bias gap %.3f, CrowS-Pairs %.2f", metrics["perplexity"], ppl_low, ppl_high,
+             metrics["unigram_perplexity"], metrics["bits_per_byte"], metrics["bleu"],
+             metrics["bias_max_gap"], metrics["crows_pairs_stereotype_preference"])
     return metrics
 
 
@@ -92,22 +109,69 @@ def continuations(model, tokenizer, docs: list[np.ndarray], cfg: Config) -> tupl
     return predictions, references
 
 
+def parallel_bleu(model, tokenizer, cfg: Config) -> dict:
+    """Source -> target pairs through the prompt template; the first generated line is the output."""
+    from lm_pipeline.model.generate import complete
+
+    pairs = [json.loads(line) for line in Path(cfg.evaluate.parallel_data).read_text().splitlines() if line]
+    outputs = [complete(model, tokenizer, cfg.evaluate.parallel_template.format(source=pair["source"]),
+                        cfg.evaluate.continuation_tokens).strip().split("\n")[0] for pair in pairs]
+    return load_metric("bleu").compute(predictions=outputs, references=[pair["target"] for pair in pairs])
+
+
 def load_probes(path: Path) -> list[Probe]:
     spec = json.loads(Path(path).read_text())
-    return [Probe(template.format(term=term), category, group)
-            for category, groups in spec["categories"].items()
-            for group, terms in groups.items()
-            for template, term in product(spec["templates"], terms)]
+    probes = []
+    for category, groups in spec["categories"].items():
+        for group, terms in groups.items():
+            for template, term in product(spec["templates"], terms):
+                head, tail = template.split("{term}")
+                probes.append(Probe(head + term, tail, category, group))
+    return probes
+
+
+def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str], cfg: Config) -> np.ndarray:
+    """log p(text | context) for each pair; an empty context scores the whole text."""
+    eot = eot_id(tokenizer)
+    prefixes = [np.asarray(tokenizer.encode(c).ids, dtype=np.int64) for c in contexts]
+    seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
+    nll, _ = sequence_nll(model, seqs, eot, model.config.block_size, model.config.block_size,
+                          cfg.evaluate.batch_size, prefixes=prefixes)
+    return -nll
 
 
 def bias_probe(model, tokenizer, cfg: Config) -> dict:
     probes = load_probes(cfg.evaluate.probes)
-    eot = eot_id(tokenizer)
-    seqs = [np.asarray(tokenizer.encode(p.sentence).ids) for p in probes]
-    nll, _ = sequence_nll(model, seqs, eot, model.config.block_size, model.config.block_size,
-                          cfg.evaluate.batch_size)
-    return load_metric("bias_gap").compute(loglik=-nll, category=[p.category for p in probes],
+    loglik = conditional_loglik(model, tokenizer, [p.prefix for p in probes], [p.rest for p in probes], cfg)
+    return load_metric("bias_gap").compute(loglik=loglik, category=[p.category for p in probes],
                                            group=[p.group for p in probes])
+
+
+def crows_pairs(model, tokenizer, cfg: Config) -> dict:
+    with open(cfg.evaluate.crows_pairs, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"sent_more", "sent_less", "stereo_antistereo", "bias_type"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"evaluate: {cfg.evaluate.crows_pairs} lacks columns {sorted(missing)}")
+    sentences = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
+    loglik = conditional_loglik(model, tokenizer, [""] * len(sentences), sentences, cfg)
+    return load_metric("crows_pairs").compute(
+        loglik_more=loglik[:len(rows)], loglik_less=loglik[len(rows):],
+        bias_type=[r["bias_type"] for r in rows], direction=[r["stereo_antistereo"] for r in rows])
+
+
+def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict]) -> None:
+    with atomic_path(cfg.evaluate.report_dir) as out:
+        out.mkdir()
+        write_json(out / "details.json", details)
+        report.write_csv(out / "perplexity_by_length.csv", by_length)
+        report.write_csv(out / "bias_gaps.csv", [{"category": c, "gap": v["gap"]}
+                                                 for c, v in details["bias"]["per_category"].items()])
+        plots = report.plot_all(out, cfg.train.curves_dir, by_length, details["bias"], details["crows_pairs"])
+        text = report.markdown(metrics, details["bleu"], details["parallel"], details["samples"], plots)
+        (out / "report.md").write_text(text)
+        (out / "report.html").write_text(report.html(text, plots))
+    write_json(cfg.evaluate.metrics_file, metrics)
 
 
 def log_to_mlflow(cfg: Config, metrics: dict, bleu: dict) -> None:
@@ -121,4 +185,4 @@ def log_to_mlflow(cfg: Config, metrics: dict, bleu: dict) -> None:
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items()})
         mlflow.set_tags({"bleu_signature": bleu["bleu_signature"], "chrf_signature": bleu["chrf_signature"]})
         mlflow.log_artifact(str(cfg.evaluate.metrics_file), "evaluation")
-        mlflow.log_artifact(str(cfg.evaluate.report_dir / "details.json"), "evaluation")
+        mlflow.log_artifacts(str(cfg.evaluate.report_dir), "evaluation")

@@ -10,7 +10,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
 MODULES_DIR = Path(__file__).parent / "modules"
-MODULE_NAMES = ("perplexity", "bleu", "bias_gap")
+MODULE_NAMES = ("perplexity", "bleu", "bias_gap", "crows_pairs")
 
 
 def module_path(name: str) -> Path:

@@ -35,12 +35,19 @@ def sequence_nll(
     stride: int,
     batch_size: int = 16,
     device: str = "cpu",
+    prefixes: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL (nats) and number of scored tokens for each sequence of token ids."""
+    """Summed NLL (nats) and number of scored tokens for each sequence of token ids.
+
+    A sequence's prefix (if given) is context only: it follows the opening <|endoftext|> and is
+    not scored, so the result is -log p(sequence, <|endoftext|> | prefix).
+    """
     windows = []  # (sequence index, inputs, targets with unscored positions = -1)
     for i, seq in enumerate(sequences):
-        full = np.concatenate([[eot], np.asarray(seq, dtype=np.int64), [eot]])
-        inputs, targets = full[:-1], full[1:]
+        prefix = np.asarray([] if prefixes is None else prefixes[i], dtype=np.int64)
+        full = np.concatenate([[eot], prefix, np.asarray(seq, dtype=np.int64), [eot]])
+        inputs, targets = full[:-1], full[1:].copy()
+        targets[: len(prefix)] = -1
         for start, end, first in window_spans(len(inputs), block_size, stride):
             t = targets[start:end].copy()
             t[: first - start] = -1

@@ -72,9 +72,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         from lm_pipeline.tracking import MetricLogger
 
         logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
-        if checkpoint:  # a restart: record it, and don't log the steps it will redo twice
+        logged = logger.last_step("train_loss")
+        if checkpoint or logged >= 0:  # a restart: record it, and don't log redone steps twice
             logger.log({"resumed_from_step": state.step}, state.step)
-            logger.skip_through(logger.last_step("train_loss"))
+            logger.skip_through(logged)
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
 

@@ -22,12 +22,15 @@ def dvc(project: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def tracking_uri(project: Path) -> str:
+    return f"sqlite:///{project / 'mlflow.db'}"
+
+
 def mlflow_client(project: Path):
+    # Not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to every later subprocess.
     import mlflow
 
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return mlflow.MlflowClient(tracking_uri(project), registry_uri=tracking_uri(project))
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +70,10 @@ def test_flow_leaves_dvc_clean_and_pushable(project):
     assert any((project / "dvc-remote").rglob("*")), "nothing reached the local remote"
 
 
-def test_champion_loads_from_the_registry_and_generates(project):
+def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     import mlflow
 
-    mlflow_client(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(project))  # undone after the test
     model = mlflow.pyfunc.load_model("models:/lm-pipeline@champion")
     out = model.predict(pd.DataFrame({"prompt": ["The tuple", "A module"]}),
                         params={"max_new_tokens": 8})

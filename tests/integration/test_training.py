@@ -58,9 +58,19 @@ def train(project: Path, params: Path) -> str:
     return finish(start_train(project, params))
 
 
+def committed_checkpoints(run_root: Path) -> int:
+    """Checkpoints Ray Train has registered (a folder alone may still be uploading)."""
+    for snapshot in run_root.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (json.JSONDecodeError, KeyError):
+            return 0  # being rewritten
+    return 0
+
+
 def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while not any(run_root.glob("checkpoints/*/checkpoint_*")):
+    while not committed_checkpoints(run_root):
         assert proc.poll() is None, "training ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.2)

@@ -110,4 +110,97 @@ def test_probe_file_covers_the_six_categories():
     probes = load_probes(EvaluateConfig().probes)
     categories = {p.category for p in probes}
     assert categories == {"gender", "race_ethnicity", "religion", "nationality", "age", "disability"}
-    assert all("{" not in p.sentence for p in probes)
+    assert all("{" not in p.prefix + p.rest and p.rest.strip() for p in probes)
+    # Counterfactual: every scored continuation is probed after a term of every group.
+    for category in categories:
+        of = [p for p in probes if p.category == category]
+        groups = {p.group for p in of}
+        for rest in {p.rest for p in of}:
+            assert {p.group for p in of if p.rest == rest} == groups
+
+
+def test_bits_per_byte_by_hand():
+    # 8 tokens at 2 bits each (uniform over 4) spread over 16 bytes: 1 bit per byte.
+    result = load_metric("perplexity").compute(nll=[8 * math.log(4)], n_tokens=[8], n_bytes=16)
+    assert result["bits_per_byte"] == pytest.approx(1.0)
+    assert result["perplexity"] == pytest.approx(4.0)
+
+
+def test_prefix_is_context_only():
+    seqs, prefixes = docs([5, 9]), docs([3, 20], seed=1)
+    nll, counts = sequence_nll(UniformLM(50), seqs, eot=0, block_size=16, stride=8, prefixes=prefixes)
+    assert counts.tolist() == [6, 10]  # the sequence and its closing EOT; never the prefix
+    np.testing.assert_allclose(nll, counts * math.log(50))
+
+
+class FixedPreferenceLM(torch.nn.Module):
+    """Every position predicts the same distribution: log p(sentence) is a sum over its tokens."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, idx):
+        return self.logits.expand(*idx.shape, -1), None, None
+
+
+def test_crows_pairs_score_matches_an_independent_computation(tmp_path):
+    from lm_pipeline.config import Config
+    from lm_pipeline.data.tokenizer import train_tokenizer
+    from lm_pipeline.evaluation.evaluate import crows_pairs
+
+    rows = [("aaa b", "ccc b", "stereo", "gender"), ("b a", "b c", "stereo", "gender"),
+            ("cc", "aa", "antistereo", "age"), ("b", "b", "stereo", "age")]
+    path = tmp_path / "pairs.csv"
+    path.write_text("sent_more,sent_less,stereo_antistereo,bias_type\n"
+                    + "".join(f"{m},{s},{d},{b}\n" for m, s, d, b in rows))
+    from lm_pipeline.config import TokenizerConfig
+
+    tokenizer = train_tokenizer(["a b c "], TokenizerConfig(kind="char"))
+    logits = torch.zeros(tokenizer.get_vocab_size())
+    logits[tokenizer.token_to_id("a")] = 2.0  # the model likes "a" and dislikes "c"
+    logits[tokenizer.token_to_id("c")] = -2.0
+    model = FixedPreferenceLM(logits)
+    model.config = type("C", (), {"block_size": 32})()
+    cfg = Config.model_validate({"evaluate": {"crows_pairs": str(path)}})
+    result = crows_pairs(model, tokenizer, cfg)
+
+    logp = torch.log_softmax(logits, -1)
+    def loglik(text):  # independent: sum of log-probs of the tokens and the closing EOT
+        return float(sum(logp[i] for i in tokenizer.encode(text).ids) + logp[0])
+    wins = [loglik(m) > loglik(s) for m, s, _, _ in rows]
+    ties = [loglik(m) == loglik(s) for m, s, _, _ in rows]
+    assert wins == [True, True, False, False] and ties == [False, False, False, True]
+    expected = [1.0 if w else 0.5 if t else 0.0 for w, t in zip(wins, ties, strict=True)]
+    assert result["stereotype_preference"] == pytest.approx(sum(expected) / 4)
+    assert result["per_bias_type"]["gender"]["stereotype_preference"] == pytest.approx(1.0)
+    assert result["per_bias_type"]["age"]["stereotype_preference"] == pytest.approx(0.25)
+    assert result["per_direction"]["antistereo"] == {"stereotype_preference": 0.0, "pairs": 1}
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
+    from lm_pipeline.evaluation.bootstrap import bootstrap_ci, perplexity_of
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(10, 100, size=40)
+    nll = counts * rng.uniform(2, 4, size=40)
+    stat = perplexity_of(nll, counts)
+    low, high = bootstrap_ci(stat, 40, 500, seed=1)
+    assert (low, high) == bootstrap_ci(stat, 40, 500, seed=1)
+    assert low < math.exp(nll.sum() / counts.sum()) < high
+    narrow = bootstrap_ci(perplexity_of(np.tile(nll, 10), np.tile(counts, 10)), 400, 500, seed=1)
+    assert narrow[1] - narrow[0] < high - low  # more documents, tighter interval
+
+
+def test_modules_load_offline_with_plain_evaluate_load(tmp_path):
+    import subprocess
+    import sys
+
+    from lm_pipeline.evaluation.metrics import MODULE_NAMES, module_path
+
+    script = "import evaluate, sys\n" + "".join(
+        f"evaluate.load({str(module_path(name))!r})\n" for name in MODULE_NAMES) + "print('ok')"
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,0 +1,117 @@
+"""The evaluation report: Markdown and a self-contained HTML page, with plots.
+
+Plots: training and validation loss, perplexity by document length, bias gaps per category and
+CrowS-Pairs preference per bias type. The same series are written as CSV for `dvc plots`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def perplexity_by_length(nll: np.ndarray, counts: np.ndarray, buckets: int = 5) -> list[dict]:
+    """Test documents in equal-count buckets of length; token-weighted perplexity per bucket."""
+    order = np.argsort(counts, kind="stable")
+    rows = []
+    for part in np.array_split(order, min(buckets, len(order))):
+        rows.append({"max_tokens": int(counts[part].max()), "documents": len(part),
+                     "perplexity": float(np.exp(nll[part].sum() / counts[part].sum()))})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_curve(path: Path) -> tuple[list[int], list[float]]:
+    if not path.exists():
+        return [], []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    key = next(k for k in rows[0] if k != "step") if rows else ""
+    return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, crows: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    def save(fig, name: str) -> Path:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        return out / name
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("train_loss", "val_loss"):
+        steps, values = read_curve(curves_dir / f"{key}.csv")
+        ax.plot(steps, values, label=key, marker="o" if key == "val_loss" else None)
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title="Training")
+    ax.legend()
+    plots = [save(fig, "loss.png")]
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["max_tokens"] for r in by_length], [r["perplexity"] for r in by_length], marker="o")
+    ax.set(xlabel="document length (tokens, bucket upper bound)", ylabel="perplexity",
+           title="Perplexity by document length", xscale="log")
+    plots.append(save(fig, "perplexity_by_length.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    cats = bias["per_category"]
+    axes[0].barh(list(cats), [c["gap"] for c in cats.values()])
+    axes[0].set(xlabel="largest gap in mean log-likelihood (nats)", title="Counterfactual bias gaps")
+    types = crows["per_bias_type"]
+    axes[1].barh(list(types), [t["stereotype_preference"] for t in types.values()])
+    axes[1].axvline(0.5, color="gray", linestyle="--")
+    axes[1].set(xlim=(0, 1), xlabel="share preferring the stereotype (0.5 = none)", title="CrowS-Pairs")
+    plots.append(save(fig, "bias.png"))
+    return plots
+
+
+def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plots: list[Path]) -> str:
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
+    sample_rows = "\n".join(f"| {s['reference']!r} | {s['prediction']!r} |" for s in samples)
+    images = "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
+    return f"""# Evaluation report
+
+Perplexity is token-weighted over the whole test split (sliding window); bits per byte divides
+the total negative log-likelihood by the UTF-8 bytes of the test text, so models with different
+tokenizers compare. Intervals are 95% bootstrap intervals over documents (segments for BLEU).
+
+| metric | value |
+|---|---|
+{rows}
+
+BLEU signature: `{bleu['bleu_signature']}`; chrF signature: `{bleu['chrf_signature']}`.
+Parallel-pairs BLEU (`{parallel.get('bleu_signature', '')}`) uses the prompt template from params.
+
+{images}
+
+## Continuations (first test documents)
+
+| reference | greedy continuation |
+|---|---|
+{sample_rows}
+"""
+
+
+def html(markdown_text: str, plots: list[Path]) -> str:
+    """A single page with the plots embedded, readable without the PNG files next to it."""
+    import markdown as md
+
+    body = md.markdown(markdown_text, extensions=["tables"])
+    for plot in plots:
+        data = base64.b64encode(plot.read_bytes()).decode()
+        body = body.replace(f'src="{plot.name}"', f'src="data:image/png;base64,{data}"')
+    return ("<!doctype html><meta charset='utf-8'><title>Evaluation report</title>"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{border:1px solid #ccc;"
+            "padding:2px 6px}table{border-collapse:collapse}img{max-width:100%}</style>\n" + body)
