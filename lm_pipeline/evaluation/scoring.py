@@ -52,6 +52,7 @@ def sequence_nll(
             t = targets[start:end].copy()
             t[: first - start] = -1
             windows.append((i, inputs[start:end], t))
+    windows.sort(key=lambda w: len(w[1]))  # similar lengths share a batch: little padding
     nll = np.zeros(len(sequences))
     count = np.zeros(len(sequences), dtype=np.int64)
     for b in range(0, len(windows), batch_size):
@@ -59,10 +60,10 @@ def sequence_nll(
         x, y = _pad([w[1] for w in chunk], 0), _pad([w[2] for w in chunk], -1)
         logits = model(x.to(device))[0].float()
         losses = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
-                                 ignore_index=-1, reduction="none").view(y.shape)
-        for (i, _, _), row_loss, row_y in zip(chunk, losses.cpu(), y, strict=True):
-            nll[i] += float(row_loss.double().sum())
-            count[i] += int((row_y >= 0).sum())
+                                 ignore_index=-1, reduction="none").view(y.shape)  # 0 where ignored
+        rows = [w[0] for w in chunk]
+        np.add.at(nll, rows, losses.double().sum(dim=1).cpu().numpy())
+        np.add.at(count, rows, (y >= 0).sum(dim=1).numpy())
     return nll, count
 
 
