@@ -45,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "serve it from this process until interrupted.")
     deploy.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)s)")
     deploy.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
+    promote = sub.add_parser("promote", help="make a registered version the champion, by hand",
+                             description="Move the champion alias to VERSION; the reason is recorded "
+                             "on the version and in the promotion log.")
+    promote.add_argument("version", help="registered model version number")
+    promote.add_argument("--reason", required=True, help="why (recorded)")
+    rollback = sub.add_parser("rollback", help="give champion back to the previous champion",
+                              description="Move the champion alias back to the version that was "
+                              "champion before the current one; recorded in the promotion log.")
+    rollback.add_argument("--reason", required=True, help="why (recorded)")
+    lineage = sub.add_parser("lineage", help="where a registered version came from, and how to rebuild it",
+                             description="Print a version's lineage tags (git commit, data, params, "
+                             "dvc.lock and weights hashes, runs) and the commands that rebuild it.")
+    lineage.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>")
     gen = sub.add_parser("generate", help="generate text from a trained or registered model",
                          description="Continue a prompt with a model folder or an MLflow model URI.")
     gen.add_argument("prompt", help="text to continue")
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             from flows.pipeline import serve
 
             serve(name=args.name, cron=args.cron)
+        elif args.command in ("promote", "rollback", "lineage"):
+            print(registry_command(cfg, args))
         else:
             print(generate_text(cfg, args))
     except KeyboardInterrupt:
@@ -89,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmp {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def registry_command(cfg, args) -> str:
+    from lm_pipeline.registry import manage
+
+    if args.command == "lineage":
+        return manage.lineage(cfg, args.model_uri)
+    entry = (manage.promote(cfg, args.version, args.reason) if args.command == "promote"
+             else manage.rollback(cfg, args.reason))
+    return (f"{entry['model_name']}: champion {entry['champion_before']} -> {entry['champion_after']} "
+            f"({entry['action']}: {entry['reason']})")
 
 
 def generate_text(cfg, args) -> str:

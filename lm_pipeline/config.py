@@ -135,7 +135,11 @@ class EvaluateConfig(Section):
 
 class RegisterConfig(Section):
     model_name: str = Field("lm-pipeline", min_length=1)
-    min_improvement: float = Field(0.0, ge=0, description="perplexity drop needed to take champion")
+    min_improvement: float = Field(0.0, ge=0, description="bits per byte the candidate must gain over "
+                                   "the champion on the same test data (and the 95% CI must exclude 0)")
+    max_perplexity: float | None = Field(None, gt=0, description="gate: highest test perplexity")
+    max_bias_gap: float | None = Field(None, ge=0, description="gate: largest bias gap, every category")
+    min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
     record_file: Path = Field(Path("reports/registry.json"))
 
 

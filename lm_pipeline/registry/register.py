@@ -1,8 +1,10 @@
 """Stage 6, register: log the model as an MLflow pyfunc, register a version, gate champion.
 
-Every new version gets the alias `challenger`. `champion` moves to it only when it beats the
-current champion's test perplexity by at least register.min_improvement (the first version
-becomes champion). A failed run never reaches this stage, so it never touches the champion.
+Every new version gets the alias `challenger`. `champion` moves to it only when every gate passes
+(quality bars from params, and beating the current champion on this run's test data with a
+bootstrap interval above zero; see gates.py). The decision and each gate's value, threshold and
+result go to the version's tags and description and to the append-only promotion log. A failed
+run never reaches this stage, so it never touches the champion.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
+from lm_pipeline.data.preprocess import load_tokens, split_documents
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.lineage import git_commit, tree_sha256
+from lm_pipeline.lineage import file_sha256, git_commit, tree_sha256
+from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
+from lm_pipeline.registry import gates as gating
+from lm_pipeline.registry import history
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +39,84 @@ class Decision:
     version: str
     promoted: bool
     reason: str
-    perplexity: float
-    champion_perplexity: float | None
+    champion_before: str | None
+    champion_after: str | None
+    gates: list[dict]
     model_uri: str
 
 
 def run(cfg: Config) -> Decision:
     import mlflow
 
-    tracking.setup(cfg)
+    experiment_id = tracking.setup(cfg)
+    client = mlflow.MlflowClient()
     run_id = read_json(cfg.train.model_dir / tracking.RUN_FILE)["mlflow_run_id"]
     metrics = read_json(cfg.evaluate.metrics_file)
+    name = cfg.register_.model_name
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(cfg.train.model_dir)
-    client = mlflow.MlflowClient()
-    name = cfg.register_.model_name
-    registered = mlflow.register_model(info.model_uri, name, tags=version_tags(cfg, run_id, metrics))
+    registered = mlflow.register_model(info.model_uri, name, tags=lineage_tags(cfg, run_id, metrics))
     version = str(registered.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    decision = decide(client, name, version, metrics["perplexity"], cfg.register_.min_improvement)
-    if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion.decision",
-                                 "champion" if decision.promoted else "challenger")
-    client.set_model_version_tag(name, version, "promotion.reason", decision.reason)
-    client.update_model_version(name, version, description=decision.reason)
+    with history.registry_lock(tracking.tracking_uri(cfg), name):  # read, compare, move: one step
+        decision = decide(client, cfg, version, metrics)
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        record(client, decision)
+        history.append(client, history.log_run_id(client, experiment_id, name),
+                       {"action": "register"} | asdict(decision))
     write_json(cfg.register_.record_file, asdict(decision))
     log.info("register: %s version %s: %s", name, version, decision.reason)
     return decision
+
+
+def decide(client, cfg: Config, version: str, metrics: dict) -> Decision:
+    name = cfg.register_.model_name
+    champion = current_champion(client, name)
+    checks = gating.quality_gates(metrics, cfg)
+    if champion is not None:
+        comparison = compare_with_champion(cfg, champion)
+        checks.append(gating.champion_gate(comparison, cfg.register_.min_improvement))
+    failed = [g.name for g in checks if not g.passed]
+    promoted = not failed
+    if promoted:
+        reason = ("first version: becomes champion" if champion is None
+                  else f"all {len(checks)} gates passed: promoted to champion")
+    else:
+        reason = f"stays challenger: failed {', '.join(failed)}"
+    return Decision(name, version, promoted, reason, champion, version if promoted else champion,
+                    [g.to_dict() for g in checks], f"models:/{name}/{version}")
+
+
+def current_champion(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def compare_with_champion(cfg: Config, champion_version: str) -> gating.Comparison:
+    candidate = load_pretrained(cfg.train.model_dir)
+    meta = read_json(cfg.data.processed_dir / "meta.json")
+    docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
+    texts = [candidate[1].decode(d.tolist()) for d in docs]
+    champion = gating.load_registered(cfg.register_.model_name, champion_version)
+    return gating.compare(champion, candidate, texts, champion_version, cfg)
+
+
+def record(client, d: Decision) -> None:
+    """The decision on the version itself: tags per gate, and the reason as its description."""
+    client.set_model_version_tag(d.model_name, d.version, "promotion.decision",
+                                 CHAMPION if d.promoted else CHALLENGER)
+    client.set_model_version_tag(d.model_name, d.version, "promotion.reason", d.reason)
+    for g in d.gates:
+        client.set_model_version_tag(d.model_name, d.version, f"gate.{g['name']}",
+                                     f"{'pass' if g['passed'] else 'FAIL'}: {g['detail']}")
+    gate_lines = "\n".join(f"- {'pass' if g['passed'] else 'FAIL'} {g['name']}: {g['detail']}"
+                           for g in d.gates)
+    client.update_model_version(d.model_name, d.version, description=f"{d.reason}\n{gate_lines}".strip())
 
 
 def log_pyfunc(model_dir: Path):
@@ -90,34 +147,22 @@ def log_pyfunc(model_dir: Path):
 
 def pip_requirements() -> list[str]:
     packages = ("mlflow", "torch", "tokenizers", "safetensors", "pandas", "numpy")
-    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
+    return [f"{p}=={package_version(p).split('+')[0]}" for p in packages]
 
 
-def version_tags(cfg: Config, run_id: str, metrics: dict) -> dict[str, str]:
+def lineage_tags(cfg: Config, run_id: str, metrics: dict) -> dict[str, str]:
+    """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
     params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
+    commit = git_commit()
+    model, _ = load_pretrained(cfg.train.model_dir)
     return {
-        "git_commit": git_commit(),
+        "git_commit": commit.removesuffix("-dirty"),
+        "git_dirty": str(commit.endswith("-dirty")).lower(),
+        "dvc_lock_sha256": file_sha256(Path("dvc.lock")) if Path("dvc.lock").exists() else "",
         "data_sha256": tree_sha256(cfg.data.processed_dir),
         "params_sha256": hashlib.sha256(params.encode()).hexdigest(),
+        "weights_sha256": weights_sha256(model),
         "mlflow_run_id": run_id,
+        "prefect_flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", ""),
         **{f"test.{k}": str(v) for k, v in metrics.items()},
     }
-
-
-def decide(client, name: str, candidate: str, perplexity: float, min_improvement: float) -> Decision:
-    """Compare with the current champion (read before any alias moves)."""
-    from mlflow.exceptions import MlflowException
-
-    uri = f"models:/{name}/{candidate}"
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return Decision(name, candidate, True, "first version: becomes champion", perplexity, None, uri)
-    best = float(champion.tags["test.perplexity"])
-    if perplexity < best - min_improvement:
-        reason = (f"test perplexity {perplexity:.3f} beats champion v{champion.version} "
-                  f"({best:.3f}) by more than {min_improvement}: promoted to champion")
-        return Decision(name, candidate, True, reason, perplexity, best, uri)
-    reason = (f"test perplexity {perplexity:.3f} does not beat champion v{champion.version} "
-              f"({best:.3f}) by more than {min_improvement}: stays challenger")
-    return Decision(name, candidate, False, reason, perplexity, best, uri)

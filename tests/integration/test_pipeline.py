@@ -61,6 +61,23 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert [m.step for m in history] == list(range(1, steps + 1))  # every step, once, on one run
     assert history[-1].value < history[0].value
     assert run.data.params["train.num_workers"] == "2"
+    assert metrics["test/perplexity_ci_low"] < metrics["test/perplexity"] < metrics["test/perplexity_ci_high"]
+    assert 0 < metrics["test/bits_per_byte"] < 8
+    assert 0 <= metrics["test/crows_pairs_stereotype_preference"] <= 1
+
+
+@pytest.mark.metrics
+def test_evaluation_report_is_logged_and_plotted(project):
+    client = mlflow_client(project)
+    run_id = json.loads((project / "models/model/run.json").read_text())["mlflow_run_id"]
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/report.html", "evaluation/report.md", "evaluation/loss.png",
+            "evaluation/perplexity_by_length.png", "evaluation/bias.png"} <= logged
+    html = (project / "reports/evaluation/report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+    assert "bits_per_byte" in dvc(project, "metrics", "show")
+    out = dvc(project, "plots", "show", "-o", str(project / "dvc_plots"))
+    assert (project / "dvc_plots/index.html").is_file(), out
 
 
 def test_flow_leaves_dvc_clean_and_pushable(project):

@@ -15,7 +15,7 @@ def lmp(*args, cwd=None):
 def test_help_lists_every_command():
     out = lmp("--help")
     assert out.returncode == 0
-    for command in STAGES + ["run", "deploy", "generate"]:
+    for command in STAGES + ["run", "deploy", "generate", "promote", "rollback", "lineage"]:
         assert command in out.stdout
 
 

@@ -1,0 +1,98 @@
+"""Promotion gates: absolute quality bars, and beating the champion on the same test data.
+
+The champion comparison re-scores the current champion on this run's test documents (as text,
+so a champion with another tokenizer compares fairly, in bits per byte) and bootstraps the
+paired difference over documents: `champion` moves only if the improvement is at least
+register.min_improvement and its 95% interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lm_pipeline.config import Config
+from lm_pipeline.evaluation.bootstrap import bootstrap_ci
+from lm_pipeline.evaluation.scoring import sequence_nll
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    champion_version: str
+    champion_bits_per_byte: float
+    candidate_bits_per_byte: float
+    improvement: float  # champion minus candidate bits per byte: > 0 means the candidate is better
+    ci_low: float
+    ci_high: float
+
+
+def quality_gates(metrics: dict, cfg: Config) -> list[Gate]:
+    r, gates = cfg.register_, []
+    if r.max_perplexity is not None:
+        gates.append(_at_most("max_perplexity", metrics["perplexity"], r.max_perplexity))
+    if r.min_bleu is not None:
+        gates.append(Gate("min_bleu", metrics["bleu"], r.min_bleu, metrics["bleu"] >= r.min_bleu,
+                          f"BLEU {metrics['bleu']:.3f} >= {r.min_bleu}"))
+    if r.max_bias_gap is not None:
+        for key in sorted(k for k in metrics if k.startswith("bias_gap_")):
+            gates.append(_at_most(f"max_bias_gap.{key.removeprefix('bias_gap_')}", metrics[key],
+                                  r.max_bias_gap))
+    return gates
+
+
+def _at_most(name: str, value: float, threshold: float) -> Gate:
+    return Gate(name, value, threshold, value <= threshold, f"{value:.4g} <= {threshold:.4g}")
+
+
+def champion_gate(comparison: Comparison, min_improvement: float) -> Gate:
+    c = comparison
+    passed = c.improvement >= min_improvement and c.ci_low > 0
+    return Gate("beats_champion", c.improvement, min_improvement, passed,
+                f"bits/byte {c.candidate_bits_per_byte:.4f} vs champion v{c.champion_version} "
+                f"{c.champion_bits_per_byte:.4f}: improvement {c.improvement:.4f} "
+                f"(95% CI [{c.ci_low:.4f}, {c.ci_high:.4f}]) must be >= {min_improvement} "
+                "with the interval above zero")
+
+
+def bits_per_document(model, tokenizer, texts: list[str], cfg: Config) -> np.ndarray:
+    """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
+    seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
+    nll, _ = sequence_nll(model, seqs, tokenizer.token_to_id("<|endoftext|>"), model.config.block_size,
+                          cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
+    return nll / math.log(2)
+
+
+def compare(champion, candidate, texts: list[str], champion_version: str, cfg: Config) -> Comparison:
+    """champion / candidate: (model, tokenizer) pairs, scored on the same texts."""
+    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
+    old, new = bits_per_document(*champion, texts, cfg), bits_per_document(*candidate, texts, cfg)
+
+    def improvement(idx: np.ndarray) -> float:
+        return float((old[idx].sum() - new[idx].sum()) / n_bytes[idx].sum())
+
+    low, high = bootstrap_ci(improvement, len(texts), cfg.evaluate.bootstrap_resamples, cfg.evaluate.seed)
+    everything = np.arange(len(texts))
+    return Comparison(champion_version, float(old.sum() / n_bytes.sum()), float(new.sum() / n_bytes.sum()),
+                      improvement(everything), low, high)
+
+
+def load_registered(name: str, version: str):
+    """A registered version's (model, tokenizer), through its own pyfunc loader."""
+    import mlflow
+
+    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    return wrapper.model, wrapper.tokenizer

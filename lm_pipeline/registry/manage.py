@@ -1,0 +1,86 @@
+"""Moving the champion by hand, and tracing a version back to what made it.
+
+    lmp promote 3 --reason "hand-checked samples"     champion -> version 3
+    lmp rollback --reason "bad outputs in prod"      champion -> the one before it
+    lmp lineage models:/lm-pipeline/3                 tags and the commands that rebuild it
+
+Every move is appended to the promotion log with who, when and why.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lm_pipeline import tracking
+from lm_pipeline.config import Config
+from lm_pipeline.registry import history
+from lm_pipeline.registry.register import CHAMPION, current_champion
+
+
+class RegistryError(ValueError):
+    """A registry action cannot be done; the message says why."""
+
+
+def _client_and_log(cfg: Config):
+    import mlflow
+
+    experiment_id = tracking.setup(cfg)
+    client = mlflow.MlflowClient()
+    return client, history.log_run_id(client, experiment_id, cfg.register_.model_name)
+
+
+def move_champion(cfg: Config, version: str, reason: str, action: str) -> dict:
+    client, log_run = _client_and_log(cfg)
+    name = cfg.register_.model_name
+    with history.registry_lock(tracking.tracking_uri(cfg), name):
+        client.get_model_version(name, version)  # raises if there is no such version
+        before = current_champion(client, name)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "promotion.decision", CHAMPION)
+        client.set_model_version_tag(name, version, "promotion.reason", f"{action}: {reason}")
+        entry = {"action": action, "model_name": name, "version": version, "reason": reason,
+                 "champion_before": before, "champion_after": version, "promoted": True}
+        history.append(client, log_run, entry)
+    return entry
+
+
+def promote(cfg: Config, version: str, reason: str) -> dict:
+    return move_champion(cfg, version, reason, "promote")
+
+
+def rollback(cfg: Config, reason: str) -> dict:
+    """Back to the version that was champion before the current one took over."""
+    client, log_run = _client_and_log(cfg)
+    name = cfg.register_.model_name
+    current = current_champion(client, name)
+    took_over = [e for e in history.read_log(client, log_run)
+                 if e["champion_after"] == current and e["champion_before"] not in (None, current)]
+    if current is None or not took_over:
+        raise RegistryError(f"{name}: no earlier champion to roll back to (champion: {current})")
+    return move_champion(cfg, took_over[-1]["champion_before"], reason, "rollback")
+
+
+def lineage(cfg: Config, model_uri: str) -> str:
+    import mlflow
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(\w+))", model_uri)
+    if not match:
+        raise RegistryError(f"{model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    tracking.setup(cfg)
+    client = mlflow.MlflowClient()
+    name, number, alias = match.groups()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    tags = mv.tags
+    keys = ["git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
+            "weights_sha256", "mlflow_run_id", "prefect_flow_run_id", "promotion.decision"]
+    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in keys]
+    dirty = " (the tree was dirty: uncommitted changes are not in this commit)" \
+        if tags.get("git_dirty") == "true" else ""
+    lines += ["", f"Rebuild it{dirty}:",
+              f"  git checkout {tags.get('git_commit', '<unknown>')}",
+              "  dvc pull            # cached data and models, if this remote has them",
+              "  dvc repro train     # or rebuild: ingest, validate, preprocess, train",
+              f"  python -c \"from lm_pipeline.model.pretrained import load_pretrained, weights_sha256; "
+              f"print(weights_sha256(load_pretrained('{cfg.train.model_dir}')[0]))\"",
+              f"  # expect {tags.get('weights_sha256', '')}"]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The model registry on real MLflow: gated promotion, manual moves, the log, serving."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.integration.conftest import TINY_PARAMS, make_project
+
+pytestmark = [pytest.mark.registry, pytest.mark.integration]
+
+BIN = Path(sys.executable).parent
+
+
+def lmp(project: Path, *args: str) -> str:
+    out = subprocess.run([str(BIN / "lmp"), *args], cwd=project, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def train_and_register(project: Path, max_steps: int) -> dict:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("train", "evaluate", "register"):
+        lmp(project, "-q", stage)
+    return json.loads((project / "reports/registry.json").read_text())
+
+
+def client(project: Path):
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def champion(project: Path) -> str:
+    return str(client(project).get_model_version_by_alias("lm-pipeline", "champion").version)
+
+
+def promotion_log(project: Path) -> list[dict]:
+    c = client(project)
+    run = c.search_runs([c.get_experiment_by_name("lm-pipeline").experiment_id],
+                        filter_string="tags.`lmp.promotion_log` = 'lm-pipeline'")[0]
+    path = c.download_artifacts(run.info.run_id, "promotion_log.jsonl", str(project))
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Three registrations: a champion, a worse model, a better model."""
+    root = make_project(tmp_path_factory.mktemp("registry"), TINY_PARAMS)
+    for stage in ("ingest", "validate", "preprocess"):
+        lmp(root, "-q", stage)
+    decisions = [train_and_register(root, steps) for steps in (150, 15, 450)]
+    root.joinpath("decisions.json").write_text(json.dumps(decisions))
+    return root
+
+
+def test_first_version_becomes_champion(project):
+    first = json.loads((project / "decisions.json").read_text())[0]
+    assert first["version"] == "1" and first["promoted"] and first["champion_before"] is None
+
+
+def test_worse_model_stays_challenger_and_says_which_gate_failed(project):
+    worse = json.loads((project / "decisions.json").read_text())[1]
+    assert worse["version"] == "2" and not worse["promoted"]
+    assert worse["champion_before"] == worse["champion_after"] == "1"
+    tags = client(project).get_model_version("lm-pipeline", "2").tags
+    assert tags["promotion.decision"] == "challenger"
+    assert "failed beats_champion" in tags["promotion.reason"]
+    assert tags["gate.beats_champion"].startswith("FAIL: bits/byte")
+
+
+def test_better_model_takes_champion_with_a_significant_gain(project):
+    better = json.loads((project / "decisions.json").read_text())[2]
+    assert better["version"] == "3" and better["promoted"] and better["champion_before"] == "1"
+    gate = next(g for g in better["gates"] if g["name"] == "beats_champion")
+    assert gate["passed"] and gate["value"] > 0
+    assert "95% CI [" in gate["detail"]
+    description = client(project).get_model_version("lm-pipeline", "3").description
+    assert description.startswith("all 1 gates passed") and "pass beats_champion" in description
+
+
+def test_rollback_restores_the_previous_champion_and_the_log_keeps_both(project):
+    assert champion(project) == "3"
+    out = lmp(project, "rollback", "--reason", "bad samples in review")
+    assert "champion 3 -> 1" in out and champion(project) == "1"
+    log = promotion_log(project)
+    assert [(e["action"], e["champion_before"], e["champion_after"]) for e in log] == [
+        ("register", None, "1"), ("register", "1", "1"), ("register", "1", "3"), ("rollback", "3", "1")]
+    assert log[-1]["reason"] == "bad samples in review" and log[-1]["user"]
+    lmp(project, "promote", "3", "--reason", "reviewed again")
+    assert champion(project) == "3" and promotion_log(project)[-1]["action"] == "promote"
+
+
+def test_lineage_prints_tags_and_rebuild_commands(project):
+    out = lmp(project, "lineage", "models:/lm-pipeline/1")
+    tags = client(project).get_model_version("lm-pipeline", "1").tags
+    assert f"git checkout {tags['git_commit']}" in out and "dvc repro" in out
+    assert tags["weights_sha256"] in out and len(tags["data_sha256"]) == 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_generated_text(project):
+    port = free_port()
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        body = json.dumps({"dataframe_records": [{"prompt": "The tuple"}, {"prompt": "A module"}],
+                           "params": {"max_new_tokens": 8}}).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not answer in time"
+                time.sleep(1)
+        predictions = answer["predictions"]
+        assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
