@@ -138,3 +138,79 @@ def test_mlflow_models_serve_answers_with_generated_text(project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server (SQLite backend, proxied artifacts) on a loopback port."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "-h", "127.0.0.1", "-p", str(port),
+         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stderr.read().decode()[-3000:]
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=5)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(1)
+    yield url
+    server.terminate()
+    server.wait(timeout=60)
+
+
+def test_two_processes_registering_at_once_get_distinct_versions_and_one_champion(project, mlflow_server):
+    server = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    experiment = server.create_experiment("lm-pipeline")
+    procs = {}
+    for name in ("a", "b"):  # each process: its own copy of the model, with a run on the server
+        model_dir = project / f"models/concurrent-{name}"
+        subprocess.run(["cp", "-r", str(project / "models/model"), str(model_dir)], check=True)
+        run_id = server.create_run(experiment).info.run_id
+        (model_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["model_dir"] = str(model_dir)
+        params["register"]["record_file"] = f"reports/concurrent-{name}.json"
+        (project / f"concurrent-{name}.yaml").write_text(yaml.safe_dump(params))
+    for name in ("a", "b"):
+        procs[name] = subprocess.Popen(
+            [str(BIN / "lmp"), "-q", "--params", f"concurrent-{name}.yaml", "register"], cwd=project,
+            env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_server}, stderr=subprocess.PIPE, text=True)
+    for proc in procs.values():
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    decisions = [json.loads((project / f"reports/concurrent-{n}.json").read_text()) for n in ("a", "b")]
+    assert sorted(d["version"] for d in decisions) == ["1", "2"]
+    promoted = [d["version"] for d in decisions if d["promoted"]]
+    assert len(promoted) == 1  # identical weights: the second cannot beat the first
+    assert str(server.get_model_version_by_alias("lm-pipeline", "champion").version) == promoted[0]
+
+
+@pytest.fixture(scope="module")
+def clean_registration(tmp_path_factory):
+    """A version registered from a clean commit (nothing uncommitted), ready to be rebuilt."""
+    root = make_project(tmp_path_factory.mktemp("lineage"), TINY_PARAMS | {"train": {
+        **TINY_PARAMS["train"], "max_steps": 60, "checkpoint_interval": 60, "eval_interval": 60}})
+    for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "register"):
+        lmp(root, "-q", stage)
+    return root
+
+
+def test_lineage_commands_rebuild_the_same_weights_in_a_fresh_clone(clean_registration, tmp_path):
+    tags = client(clean_registration).get_model_version("lm-pipeline", "1").tags
+    assert tags["git_dirty"] == "false"
+    out = lmp(clean_registration, "lineage", "models:/lm-pipeline/1")
+    commands = [line.split("#")[0].strip() for line in out.splitlines()
+                if line.strip().startswith(("git checkout", "dvc repro"))]
+    assert commands == [f"git checkout {tags['git_commit']}", "dvc repro train"]
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(clean_registration), str(clone)], check=True)
+    for command in commands:
+        subprocess.run(command.split(), cwd=clone, check=True, capture_output=True,
+                       env=os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
+
+    assert weights_sha256(load_pretrained(clone / "models/model")[0]) == tags["weights_sha256"]
