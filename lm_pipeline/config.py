@@ -138,7 +138,8 @@ class RegisterConfig(Section):
     min_improvement: float = Field(0.0, ge=0, description="bits per byte the candidate must gain over "
                                    "the champion on the same test data (and the 95% CI must exclude 0)")
     max_perplexity: float | None = Field(None, gt=0, description="gate: highest test perplexity")
-    max_bias_gap: float | None = Field(None, ge=0, description="gate: largest bias gap, every category")
+    max_bias_gap: float | dict[str, float] | None = Field(
+        None, description="gate: largest bias gap, for every category or per category {name: gap}")
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
     record_file: Path = Field(Path("reports/registry.json"))
 

@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
@@ -52,7 +51,3 @@ def weights_sha256(model: GPT) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def device_for(use_gpu: bool) -> str:
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"

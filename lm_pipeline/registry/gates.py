@@ -48,9 +48,14 @@ def quality_gates(metrics: dict, cfg: Config) -> list[Gate]:
         gates.append(Gate("min_bleu", metrics["bleu"], r.min_bleu, metrics["bleu"] >= r.min_bleu,
                           f"BLEU {metrics['bleu']:.3f} >= {r.min_bleu}"))
     if r.max_bias_gap is not None:
-        for key in sorted(k for k in metrics if k.startswith("bias_gap_")):
-            gates.append(_at_most(f"max_bias_gap.{key.removeprefix('bias_gap_')}", metrics[key],
-                                  r.max_bias_gap))
+        categories = sorted(k.removeprefix("bias_gap_") for k in metrics if k.startswith("bias_gap_"))
+        limits = r.max_bias_gap if isinstance(r.max_bias_gap, dict) else dict.fromkeys(categories,
+                                                                                       r.max_bias_gap)
+        for category, limit in sorted(limits.items()):
+            if f"bias_gap_{category}" not in metrics:
+                raise ValueError(f"register.max_bias_gap names category {category!r}, which the bias "
+                                 f"probes do not measure ({', '.join(categories)})")
+            gates.append(_at_most(f"max_bias_gap.{category}", metrics[f"bias_gap_{category}"], limit))
     return gates
 
 

@@ -52,14 +52,17 @@ def run(cfg: Config) -> Decision:
     client = mlflow.MlflowClient()
     run_id = read_json(cfg.train.model_dir / tracking.RUN_FILE)["mlflow_run_id"]
     metrics = read_json(cfg.evaluate.metrics_file)
+    checks = gating.quality_gates(metrics, cfg)  # first: a misconfigured gate fails before registering
     name = cfg.register_.model_name
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(cfg.train.model_dir)
-    registered = mlflow.register_model(info.model_uri, name, tags=lineage_tags(cfg, run_id, metrics))
+        info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
+    candidate = load_pretrained(cfg.train.model_dir)  # the one copy this stage holds
+    registered = mlflow.register_model(info.model_uri, name,
+                                       tags=lineage_tags(cfg, run_id, metrics, candidate[0]))
     version = str(registered.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     with history.registry_lock(tracking.tracking_uri(cfg), name):  # read, compare, move: one step
-        decision = decide(client, cfg, version, metrics)
+        decision = decide(client, cfg, version, checks, candidate)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
         record(client, decision)
@@ -70,12 +73,12 @@ def run(cfg: Config) -> Decision:
     return decision
 
 
-def decide(client, cfg: Config, version: str, metrics: dict) -> Decision:
+def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candidate) -> Decision:
     name = cfg.register_.model_name
     champion = current_champion(client, name)
-    checks = gating.quality_gates(metrics, cfg)
+    checks = list(checks)
     if champion is not None:
-        comparison = compare_with_champion(cfg, champion)
+        comparison = compare_with_champion(cfg, champion, candidate)
         checks.append(gating.champion_gate(comparison, cfg.register_.min_improvement))
     failed = [g.name for g in checks if not g.passed]
     promoted = not failed
@@ -97,8 +100,7 @@ def current_champion(client, name: str) -> str | None:
         return None
 
 
-def compare_with_champion(cfg: Config, champion_version: str) -> gating.Comparison:
-    candidate = load_pretrained(cfg.train.model_dir)
+def compare_with_champion(cfg: Config, champion_version: str, candidate) -> gating.Comparison:
     meta = read_json(cfg.data.processed_dir / "meta.json")
     docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
     texts = [candidate[1].decode(d.tolist()) for d in docs]
@@ -150,11 +152,10 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={package_version(p).split('+')[0]}" for p in packages]
 
 
-def lineage_tags(cfg: Config, run_id: str, metrics: dict) -> dict[str, str]:
+def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, str]:
     """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
     params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
     commit = git_commit()
-    model, _ = load_pretrained(cfg.train.model_dir)
     return {
         "git_commit": commit.removesuffix("-dirty"),
         "git_dirty": str(commit.endswith("-dirty")).lower(),
