@@ -67,31 +67,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_tokens = load_tokens(cfg.data.processed_dir, "train")
     val_batches = fixed_batches(load_tokens(cfg.data.processed_dir, "val"), cfg.train.eval_batches,
                                 cfg.train.batch_size, cfg.model.block_size)
-    logger = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
-        from lm_pipeline.tracking import MetricLogger
-
-        logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
-        logged = logger.last_step("train_loss")
-        if checkpoint or logged >= 0:  # a restart: record it, and don't log redone steps twice
-            logger.log({"resumed_from_step": state.step}, state.step)
-            logger.skip_through(logged)
+    logger = metric_logger(loop_config, state, restarted=checkpoint is not None) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
 
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
         lr = get_lr(state.step, cfg.train)
-        try:
-            loss = train_step(model, optimizer, train_tokens, [cfg.train.seed, state.step], lr, cfg, device)
-        except torch.OutOfMemoryError as err:
-            raise MemoryError(
-                f"out of memory at step {state.step + 1} on {device}: lower train.batch_size (and raise "
-                "train.grad_accum_steps to keep the global batch), lower model.block_size or model size, "
-                "set train.precision: bf16, or train.strategy: fsdp to shard weights") from err
-        if not np.isfinite(loss):  # before any checkpoint or log: a bad state is never saved
-            raise FloatingPointError(f"train loss is {loss} at step {state.step + 1}; lower train.lr, "
-                                     "raise train.warmup_steps or set train.grad_clip")
+        loss = guarded_step(model, optimizer, train_tokens, state.step, lr, cfg, device)
         state.step += 1
         state.tokens_seen += tokens_per_step
         tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
@@ -110,6 +93,38 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logger.flush()  # the curve is complete up to every checkpoint
             report(metrics | {"step": state.step}, model, optimizer, state, rank)
     progress.close()
+
+
+def metric_logger(loop_config: dict, state: TrainState, restarted: bool):
+    """Rank 0's MLflow logger; on a restart it marks the step and skips steps already logged."""
+    if not loop_config.get("mlflow_run_id"):
+        return None
+    from lm_pipeline.tracking import MetricLogger
+
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+    logged = logger.last_step("train_loss")
+    if restarted or logged >= 0:  # an earlier attempt of this run got this far
+        logger.log({"resumed_from_step": state.step}, state.step)
+        logger.skip_through(logged)
+    return logger
+
+
+def guarded_step(model, optimizer, tokens, step: int, lr: float, cfg: Config, device) -> float:
+    """train_step, with out-of-memory and non-finite losses turned into errors that say what to do.
+
+    The check comes before any checkpoint or log, so a bad state is never saved.
+    """
+    try:
+        loss = train_step(model, optimizer, tokens, [cfg.train.seed, step], lr, cfg, device)
+    except torch.OutOfMemoryError as err:
+        raise MemoryError(
+            f"out of memory at step {step + 1} on {device}: lower train.batch_size (and raise "
+            "train.grad_accum_steps to keep the global batch), lower model.block_size or model size, "
+            "set train.precision: bf16, or train.strategy: fsdp to shard weights") from err
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"train loss is {loss} at step {step + 1}; lower train.lr, "
+                                 "raise train.warmup_steps or set train.grad_clip")
+    return loss
 
 
 def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config, device) -> float:
