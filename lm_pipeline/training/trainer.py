@@ -25,7 +25,6 @@ for _key, _value in {
     "RAY_AUTH_MODE": "token",  # Ray's default, said explicitly (it warns otherwise)
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Reporting training result",
     "RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[rank \d+\]",  # per-rank lines are not repeats
 }.items():
