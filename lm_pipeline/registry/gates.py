@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lm_pipeline.config import Config
+from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.scoring import sequence_nll
 
@@ -76,7 +77,7 @@ def champion_gate(comparison: Comparison, min_improvement: float) -> Gate:
 def bits_per_document(model, tokenizer, texts: list[str], cfg: Config) -> np.ndarray:
     """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
     seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
-    nll, _ = sequence_nll(model, seqs, tokenizer.token_to_id("<|endoftext|>"), model.config.block_size,
+    nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.config.block_size,
                           cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
     return nll / math.log(2)
 
