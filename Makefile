@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test bench lint ui clean
+.PHONY: run test bench lint ui clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect flow
 	$(BIN)/lmp run
 
-test: $(STAMP)  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
+test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest
+
+system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
+	infra/dev/system-packages.sh
 
 bench: $(STAMP)  ## side-by-side measurements -> benchmarks/results.json
 	$(BIN)/python -m benchmarks.run

@@ -6,7 +6,8 @@ and after a flow run `dvc status` is clean and `dvc repro` has nothing to do. Pr
 schedule, retries on the I/O-bound stages, state and logs.
 
     python -m flows.pipeline            # run once (same as `lmp run` / `make run`)
-    lmp deploy --cron "0 2 * * *"       # serve on a schedule
+    lmp deploy --cron "0 2 * * *"       # a deployment on a Prefect server (flows/deploy.py)
+    lmp deploy --serve                  # or: schedule and run from this process
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from pathlib import Path
 # The local server's telemetry would try to reach the network (and logs a traceback offline).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_client, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.client.schemas.actions import ArtifactCreate  # noqa: E402
+from prefect.logging.loggers import flow_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
 
 STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "register")
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+              "retry_jitter_factor": 0.5}  # waits of about 5, 10, 20 s
 
 
 class StageFailed(RuntimeError):
@@ -53,12 +59,24 @@ def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
 
 
-@flow(name="lm-pipeline", log_prints=True)
+def report_failure(flow, run, state) -> None:
+    """on_failure hook: say which stage failed and why, in the logs and as an artifact on the run."""
+    message = state.message or "no message"
+    flow_run_logger(run, flow).error("lm-pipeline failed; the champion was not touched. %s", message)
+    with get_client(sync_client=True) as client:
+        client.create_artifact(ArtifactCreate(
+            flow_run_id=run.id, key="lm-pipeline-failure", type="markdown",
+            description="what failed in this run",
+            data=f"## lm-pipeline failed\n\n```\n{message}\n```\n\n"
+                 "Nothing after the failed stage ran; the registered champion is unchanged.\n"))
+
+
+@flow(name="lm-pipeline", log_prints=True, on_failure=[report_failure])
 def pipeline(project_dir: str = ".", force: bool = False) -> dict:
     """ingest -> validate -> preprocess -> train -> evaluate -> register."""
     outcome = {}
     for stage in STAGES:
-        retries = {"retries": 2, "retry_delay_seconds": [5, 30]} if stage in IO_BOUND else {}
+        retries = IO_RETRIES if stage in IO_BOUND else {}
         outcome[stage] = run_stage.with_options(**retries)(stage, project_dir, force)
     summary = summarize(Path(project_dir))
     create_markdown_artifact(key="lm-pipeline-summary", markdown=summary["markdown"],
@@ -83,16 +101,21 @@ def summarize(project_dir: Path) -> dict[str, str]:
             f"largest bias gap {metrics['bias_max_gap']:.3f}\n"
             f"  model URI:  models:/{decision['model_name']}@{alias}  "
             f"(version {decision['version']})\n"
-            f"  MLflow UI:  mlflow ui --backend-store-uri {cfg.tracking_uri}  "
-            "-> http://127.0.0.1:5000\n"
+            f"  MLflow UI:  {ui_hint(cfg.tracking_uri)}\n"
             f"  try it:     lmp generate --model models:/{decision['model_name']}@{alias} \"The\"\n")
     return {"markdown": markdown, "text": text}
+
+
+def ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return uri  # a tracking server serves its own UI
+    return f"mlflow ui --backend-store-uri {uri}  -> http://127.0.0.1:5000"
 
 
 def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
     """Serve the flow from this process with a cron schedule (Ctrl-C stops it)."""
     pipeline.serve(name=name, cron=cron, parameters={"project_dir": str(Path.cwd())},
-                   tags=["lm-pipeline"])
+                   tags=["lm-pipeline"], limit=1)  # one run at a time: DVC locks the workspace
 
 
 if __name__ == "__main__":

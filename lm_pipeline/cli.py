@@ -40,11 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "Each task runs its DVC stage (params.yaml), so unchanged stages are "
                          "skipped and dvc.lock stays true.")
     run.add_argument("--force", action="store_true", help="rerun every stage even if up to date")
-    deploy = sub.add_parser("deploy", help="serve the flow on a cron schedule (blocks)",
-                            description="Register a Prefect deployment with a cron schedule and "
-                            "serve it from this process until interrupted.")
+    deploy = sub.add_parser("deploy", help="deploy the flow to a Prefect server on a cron schedule",
+                            description="Create or update a Prefect deployment of the pipeline with a "
+                            "cron schedule, a process work pool and a concurrency limit of 1, on the "
+                            "server at PREFECT_API_URL; then start a worker with `prefect worker start "
+                            "--pool POOL`. With --serve, no server or worker is needed: this process "
+                            "schedules and runs the flow itself until interrupted.")
     deploy.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)s)")
+    deploy.add_argument("--timezone", default="UTC", help="of the cron schedule (default: %(default)s)")
     deploy.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
+    deploy.add_argument("--pool", default="lm-pipeline", help="work pool (default: %(default)s)")
+    deploy.add_argument("--image", default=None, help="run in this image, on a Docker or Kubernetes "
+                        "pool (default: a process pool running in this checkout)")
+    deploy.add_argument("--serve", action="store_true", help="serve from this process (blocks)")
     promote = sub.add_parser("promote", help="make a registered version the champion, by hand",
                              description="Move the champion alias to VERSION; the reason is recorded "
                              "on the version and in the promotion log.")
@@ -90,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline(force=args.force)
         elif args.command == "deploy":
-            from flows.pipeline import serve
-
-            serve(name=args.name, cron=args.cron)
+            print(deploy_flow(args))
         elif args.command in ("promote", "rollback", "lineage"):
             print(registry_command(cfg, args))
         else:
@@ -104,6 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmp {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def deploy_flow(args) -> str:
+    if args.serve:
+        from flows.pipeline import serve
+
+        serve(name=args.name, cron=args.cron)
+        return "stopped serving"
+    from flows.deploy import deploy
+
+    deployment_id = deploy(args.name, args.cron, args.pool, args.timezone, args.image)
+    return (f"deployment lm-pipeline/{args.name} ({deployment_id}): cron '{args.cron}' "
+            f"{args.timezone}, pool {args.pool}, one run at a time\n"
+            f"  start a worker:  prefect worker start --pool {args.pool}\n"
+            f"  run it now:      prefect deployment run lm-pipeline/{args.name}")
 
 
 def registry_command(cfg, args) -> str:

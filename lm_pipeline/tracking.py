@@ -29,6 +29,12 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def client_env() -> dict[str, str]:
+    """The MLflow client settings of this process (server credentials among them), for training
+    workers that may run on other nodes. They come from the environment, never from params."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_")}
+
+
 def setup(cfg: Config) -> str:
     """Point MLflow at the store and experiment; return the experiment id."""
     import mlflow

@@ -148,7 +148,7 @@ def fit(cfg: Config, run_id: str, run_dir: Path):
             storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()}},
+            worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()} | tracking.client_env()},
         ),
     )
     try:

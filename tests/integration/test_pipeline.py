@@ -128,3 +128,12 @@ def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
     assert (root / "reports/validation/data_docs/index.html").is_file()
     assert not (root / "data/processed").exists() and not (root / "models").exists()
     assert not (root / "mlflow.db").exists()  # nothing was trained or registered
+    # The on_failure hook left a report on the flow run saying what failed.
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    report = {a.key: a.data for a in artifacts}["lm-pipeline-failure"]
+    assert "stage validate failed" in report and "champion is unchanged" in report

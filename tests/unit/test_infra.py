@@ -1,6 +1,7 @@
 """The deployment manifests parse and describe the same job (they are not applied here: no
 Kubernetes cluster or Docker engine on this machine)."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -32,3 +33,93 @@ def test_cluster_launcher_starts_head_and_workers_from_the_project_env():
     assert any("--head" in c for c in launcher["head_start_ray_commands"])
     assert any("--address" in c for c in launcher["worker_start_ray_commands"])
     assert len(launcher["provider"]["worker_ips"]) == launcher["max_workers"]
+
+
+COMPOSE = INFRA / "docker-compose.yml"
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
+SERVICES = {"postgres", "minio", "buckets", "mlflow", "prefect-server", "prefect-worker", "ray-head",
+            "ray-worker"}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def env_example() -> dict[str, str]:
+    lines = (INFRA / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_compose_runs_every_service_and_waits_on_health_checks():
+    services = compose()
+    assert set(services) == SERVICES
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            if rule["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}"
+    assert services["mlflow"]["depends_on"]["buckets"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_takes_every_secret_from_the_env_file():
+    text = COMPOSE.read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    assert used <= set(env_example()), used - set(env_example())
+    for service in compose().values():
+        environment = service.get("environment", {})
+        for key, value in environment.items():
+            if any(word in key for word in SECRET_WORDS):
+                assert str(value).startswith("${"), f"{key} is written into the compose file"
+    assert all(value.startswith("change-me") or not any(w in key for w in SECRET_WORDS)
+               for key, value in env_example().items())
+    assert "/infra/.env" in (INFRA.parent / ".gitignore").read_text().splitlines()
+
+
+def test_compose_clients_point_at_the_servers_ports():
+    services = compose()
+    worker = services["prefect-worker"]["environment"]
+    assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    prefect_port = flag(services["prefect-server"], "--port")
+    assert worker["PREFECT_API_URL"] == f"http://prefect-server:{prefect_port}/api"
+    assert worker["RAY_ADDRESS"] == "ray-head:" + flag(services["ray-head"], "--port")
+    assert "--app-name basic-auth" in (INFRA / "compose/mlflow-server.sh").read_text()
+    assert "--pool lm-pipeline" in " ".join(services["prefect-worker"]["command"])
+    databases = re.findall(r"CREATE DATABASE (\w+)", (INFRA / "compose/postgres-init.sql").read_text())
+    urls = (INFRA / "compose/mlflow-server.sh").read_text() + COMPOSE.read_text()
+    assert set(re.findall(r"@postgres:5432/(\w+)", urls)) == set(databases)
+
+
+def test_readme_names_the_published_ports():
+    readme = (INFRA.parent / "README.md").read_text()
+    published = {int(p.split(":")[0]) for s in compose().values() for p in s.get("ports", [])}
+    documented = {int(p) for p in re.findall(r"http://localhost:(\d+)", readme)}
+    assert published == documented
+
+
+def test_kubernetes_manifests_agree_on_service_names_and_secrets():
+    mlflow_deployment, mlflow_service = yaml.safe_load_all((INFRA / "k8s/mlflow.yaml").read_text())
+    port = mlflow_service["spec"]["ports"][0]["port"]
+    container = mlflow_deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == port
+    job = yaml.safe_load((INFRA / "kuberay/rayjob.yaml").read_text())
+    namespace = mlflow_service["metadata"]["namespace"]
+    assert job["metadata"]["namespace"] == namespace
+    assert (f"MLFLOW_TRACKING_URI: http://{mlflow_service['metadata']['name']}.{namespace}.svc:{port}"
+            in job["spec"]["runtimeEnvYAML"])
+    secret_keys = {ref["valueFrom"]["secretKeyRef"]["key"]
+                   for c in [container, *pods(job["spec"]["rayClusterSpec"])]
+                   for ref in c.get("env", []) if "valueFrom" in ref}
+    assert secret_keys and secret_keys <= set(env_example())
+    worker = yaml.safe_load((INFRA / "k8s/prefect-worker-values.yaml").read_text())["worker"]
+    assert worker["config"]["type"] == "kubernetes"
+    assert worker["selfHostedServerApiConfig"]["apiUrl"].endswith(f".{namespace}.svc:4200/api")
+
+
+def flag(service: dict, name: str) -> str:
+    """The value of `--name value` or `--name=value` in a service's command."""
+    command = service["command"]
+    for i, arg in enumerate(command):
+        if arg == name:
+            return command[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise KeyError(name)

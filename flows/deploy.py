@@ -1,0 +1,60 @@
+"""Deploy the pipeline flow to a Prefect server: a work pool, a cron schedule, one run at a time.
+
+    prefect server start                              # or the one in infra/docker-compose.yml
+    lmp deploy --cron "0 2 * * *"                     # registers the deployment (PREFECT_API_URL)
+    prefect worker start --pool lm-pipeline           # runs it, in this checkout
+    prefect deployment run lm-pipeline/nightly        # on demand, besides the schedule
+
+The deployment's concurrency limit is 1 and extra runs queue (ENQUEUE): DVC holds a lock on the
+workspace, so two runs in one checkout would fail or interleave. Runs execute in the directory
+the deployment was made from (a process work pool), with the worker's environment: credentials
+such as MLFLOW_TRACKING_USERNAME/PASSWORD come from there, never from the repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.exceptions import ObjectAlreadyExists
+
+ENTRYPOINT = "flows/pipeline.py:pipeline"
+
+
+def ensure_work_pool(name: str) -> None:
+    """A process work pool: the worker runs each flow run as a subprocess on its own machine."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def deploy(name: str, cron: str, pool: str, timezone: str = "UTC", image: str | None = None) -> str:
+    """Create or update the deployment from the project root (the working directory); returns its id.
+
+    Without `image`: a process pool (created if missing) runs the flow in this checkout.
+    With `image`: a Docker or Kubernetes pool runs it in that image, whose working directory is
+    the project root (infra/Dockerfile); the pool comes from its worker (infra/k8s/).
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import RunnerDeployment
+
+    root = str(Path.cwd())
+    deployment = RunnerDeployment.from_entrypoint(
+        ENTRYPOINT,
+        name=name,
+        schedule=CronSchedule(cron=cron, timezone=timezone),
+        concurrency_limit=ConcurrencyLimitConfig(limit=1,
+                                                 collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        parameters={"project_dir": "." if image else root},
+        tags=["lm-pipeline", f"schedule:{name}"],
+        description="ingest -> validate -> preprocess -> train -> evaluate -> register",
+        job_variables={} if image else {"working_dir": root},
+    )
+    if not image:
+        ensure_work_pool(pool)
+    return str(deployment.apply(work_pool_name=pool, image=image))  # registers; builds nothing

@@ -1,0 +1,109 @@
+"""Real servers as processes on loopback: PostgreSQL, an MLflow tracking server, a Prefect server
+and worker. The same services that infra/docker-compose.yml runs in containers."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None,
+            ready_url: str | None = None, timeout: float = 120) -> Iterator[subprocess.Popen]:
+    """Run `cmd` in its own process group until the block ends; wait for `ready_url` to answer."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+    try:
+        if ready_url:
+            wait_until_up(ready_url, proc, log, timeout)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=2)
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def url(self, database: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        cmd = ["psql", "-qtA", "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database,
+               "-c", sql]
+        return subprocess.run(cmd, env=os.environ | {"PGPASSWORD": self.password}, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def create_database(self, name: str) -> None:
+        self.psql(f"CREATE DATABASE {name}")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster with password authentication, on a free loopback port."""
+    bindir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+    # PostgreSQL refuses to run as root; its own user must be able to reach the folder.
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="lmp-pg-"))
+    if as_owner:
+        shutil.chown(root, "postgres")
+    db = Postgres("127.0.0.1", free_port(), "lmp", secrets.token_urlsafe(16))
+    (root / "pw").write_text(db.password)
+    if as_owner:
+        shutil.chown(root / "pw", "postgres")
+    data, log = root / "data", root / "postgres.log"
+    try:
+        subprocess.run(as_owner + [str(bindir / "initdb"), "-D", str(data), "-U", db.user,
+                                   "--pwfile", str(root / "pw"), "-A", "scram-sha-256"],
+                       check=True, capture_output=True)
+        subprocess.run(as_owner + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
+                                   "-o", f"-h {db.host} -p {db.port} -k {root}", "start"],
+                       check=True, capture_output=True)
+        yield db
+    finally:
+        subprocess.run(as_owner + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""Production mode: the pipeline deployed on a real Prefect server, run by a worker, tracked and
+registered on a real MLflow server backed by PostgreSQL with basic-auth."""
+
+import base64
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from uuid import UUID
+
+import pytest
+
+from tests.production.conftest import MODEL_NAME, PARAMS, lmp_deploy, prefect_client, prefect_env
+from tests.production.services import BIN
+
+pytestmark = [pytest.mark.production, pytest.mark.integration]
+
+
+def mlflow_client(server, monkeypatch):
+    import mlflow
+
+    for key, value in server.env().items():  # credentials reach MLflow only through the environment
+        monkeypatch.setenv(key, value)
+    return mlflow.MlflowClient(server.uri)
+
+
+def test_deployment_has_cron_schedule_process_pool_and_limit_of_one(deployment):
+    client = prefect_client(deployment.api_url)
+    dep = client.read_deployment(UUID(deployment.deployment_id))
+    assert [s.schedule.cron for s in dep.schedules] == [dep.schedules[0].schedule.cron]
+    assert dep.schedules[0].active and dep.schedules[0].schedule.cron.startswith("0 ")
+    assert dep.global_concurrency_limit.limit == 1
+    assert dep.concurrency_options.collision_strategy == "ENQUEUE"
+    assert client.read_work_pool(dep.work_pool_name).type == "process"
+    assert {"lm-pipeline", "schedule:nightly"} <= set(dep.tags)
+    assert dep.parameters == {"project_dir": str(deployment.project)}
+    assert dep.job_variables == {"working_dir": str(deployment.project)}
+    # The server's scheduler has already queued the schedule's upcoming runs.
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+
+    upcoming = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+        flow_run_filter=FlowRunFilter(id={"not_any_": [UUID(r) for r in deployment.flow_run_ids]}))
+    assert upcoming and all(r.state.is_scheduled() and r.auto_scheduled for r in upcoming)
+
+
+def test_second_trigger_waits_for_the_first_and_both_complete(deployment):
+    client = prefect_client(deployment.api_url)
+    first, second = (client.read_flow_run(UUID(r)) for r in deployment.flow_run_ids)
+    assert first.state.is_completed() and second.state.is_completed(), (first.state, second.state)
+    waited = [s.name for s in client.read_flow_run_states(second.id)]
+    assert "AwaitingConcurrencySlot" in waited, waited
+    assert second.start_time >= first.end_time  # never both in the workspace at once
+    assert {"lm-pipeline", "schedule:nightly"} <= set(first.tags)
+    # The second run found everything up to date: DVC skipped every stage.
+    assert dvc_status(deployment.project) == {}
+
+
+def test_each_run_has_a_summary_artifact_with_the_registry_decision(deployment):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    client = prefect_client(deployment.api_url)
+    summaries = ArtifactFilter(key=ArtifactFilterKey(any_=["lm-pipeline-summary"]))
+    artifacts = client.read_artifacts(artifact_filter=summaries)
+    by_run = {str(a.flow_run_id): a for a in artifacts}
+    assert set(deployment.flow_run_ids) <= set(by_run)
+    assert "| perplexity |" in by_run[deployment.flow_run_ids[0]].data
+    assert f"## {MODEL_NAME} v1" in by_run[deployment.flow_run_ids[0]].data
+
+
+def test_pipeline_tracks_and_registers_on_the_postgres_backed_server(deployment, mlflow_server, postgres,
+                                                                     monkeypatch):
+    client = mlflow_client(mlflow_server, monkeypatch)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == "1"
+    run = client.get_run(champion.run_id)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == PARAMS["train"]["max_steps"]
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    assert {"test/perplexity", "test/bleu", "test/bias_max_gap"} <= set(run.data.metrics)
+    # Artifacts go through the server's proxy, not to a path on the client.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert "evaluation" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # ...and the rows really are in PostgreSQL.
+    assert postgres.psql("SELECT count(*) FROM model_versions", "mlflow") == "1"
+    assert int(postgres.psql("SELECT count(*) FROM metrics WHERE key = 'train_loss'", "mlflow")) >= len(steps)
+
+
+def test_unauthenticated_and_wrong_password_requests_are_refused(deployment, mlflow_server):
+    url = f"{mlflow_server.uri}/api/2.0/mlflow/registered-models/search"
+    assert http_status(url) == 401
+    assert http_status(url, mlflow_server.username, "not-the-password") == 401
+    assert http_status(url, mlflow_server.username, mlflow_server.password) == 200
+
+
+def test_no_credentials_were_written_into_the_project(deployment, mlflow_server):
+    tracked = subprocess.run(["git", "grep", "-l", mlflow_server.password], cwd=deployment.project,
+                             capture_output=True, text=True)
+    assert tracked.returncode == 1 and not tracked.stdout  # git grep: 1 means no match
+    record = json.loads((deployment.project / "models/model/run.json").read_text())
+    assert record["tracking_uri"] == mlflow_server.uri
+
+
+def dvc_status(project) -> dict:
+    out = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+def http_status(url: str, username: str | None = None, password: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if username:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_image_deployment_targets_a_kubernetes_pool_with_the_project_image(deployment, services_dir):
+    """`lmp deploy --image` for infra/k8s: the flow runs from the image's working directory."""
+    env = prefect_env(services_dir, deployment.api_url)
+    # As the Helm chart's worker would: a pool with Prefect's Kubernetes job template.
+    subprocess.run([str(BIN / "prefect"), "work-pool", "create", "lm-pipeline-k8s", "--type", "kubernetes"],
+                   env=env, check=True, capture_output=True)
+    lmp_deploy(deployment.project, env, "--name", "nightly-k8s", "--pool", "lm-pipeline-k8s",
+               "--image", "lm-pipeline:latest")
+    client = prefect_client(deployment.api_url)
+    dep = client.read_deployment_by_name("lm-pipeline/nightly-k8s")
+    assert dep.work_pool_name == "lm-pipeline-k8s" and dep.job_variables["image"] == "lm-pipeline:latest"
+    assert dep.entrypoint == "flows/pipeline.py:pipeline" and dep.parameters == {"project_dir": "."}
+    assert dep.global_concurrency_limit.limit == 1
