@@ -27,6 +27,12 @@ class DataConfig(Section):
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
     min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")
+    on_bad_file: Literal["fail", "skip"] = Field(
+        "fail", description="an unreadable, empty, binary or non-UTF-8 file, a broken symlink")
+    on_bad_record: Literal["fail", "skip"] = Field(
+        "fail", description="a malformed JSONL line, a record without a string 'text'")
+    report_file: Path = Field(Path("reports/ingest.json"), description="documents read, inputs skipped")
+    shard_tokens: int = Field(1 << 24, ge=1024, description="tokens per shard file (the last is shorter)")
 
 
 class ValidateConfig(Section):
@@ -34,6 +40,24 @@ class ValidateConfig(Section):
     min_chars: int = Field(1, ge=1, description="shortest allowed document, in characters")
     max_chars: int = Field(1_000_000, ge=1, description="longest allowed document, in characters")
     max_duplicate_ratio: float = Field(0.1, ge=0, le=1, description="largest share of duplicate texts")
+    max_control_share: float = Field(0.001, ge=0, le=1, description="largest share of control "
+                                     "characters (C0 but tab/newline) in one document")
+    min_median_chars: int = Field(20, ge=0, description="smallest median document length")
+    min_letter_share: float = Field(0.5, ge=0, le=1, description="letters among visible characters, "
+                                    "in 95% of documents (charset sanity: not symbols, base64, binary)")
+    min_common_word_share: float = Field(0.05, ge=0, le=1, description="language sanity: mean share of "
+                                         "common English words; 0 for other languages")
+    max_near_duplicate_ratio: float = Field(0.1, ge=0, le=1, description="largest share of near duplicates")
+    near_duplicate_jaccard: float = Field(0.8, gt=0, le=1, description="word 5-gram Jaccard similarity "
+                                          "above which two documents are near duplicates")
+    contamination_ngram: int = Field(13, ge=1, description="n of the word n-grams compared test vs train")
+    contamination_overlap: float = Field(0.8, gt=0, le=1, description="a test document sharing more "
+                                         "of its n-grams with the training split is contaminated")
+    max_contaminated_share: float = Field(0.01, ge=0, le=1, description="largest share of "
+                                          "contaminated test documents")
+    sample_documents: int = Field(20_000, ge=1, description="documents whose features are checked "
+                                  "one by one (a seeded sample beyond this); counters see them all")
+    seed: int = Field(1337, description="seeds the sample and the MinHash permutations")
     report_dir: Path = Field(Path("reports/validation"), description="result JSON and Data Docs")
 
     @model_validator(mode="after")
@@ -47,6 +71,8 @@ class TokenizerConfig(Section):
     kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or character-level")
     vocab_size: int = Field(4096, ge=64, le=1_000_000, description="BPE vocabulary size")
     min_frequency: int = Field(2, ge=1, description="BPE: fewest occurrences for a merge")
+    max_train_chars: int = Field(100_000_000, ge=1000, description="train the tokenizer on a seeded "
+                                 "sample of about this much text when the corpus is larger")
 
 
 class SplitConfig(Section):

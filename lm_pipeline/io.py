@@ -29,6 +29,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def remove_leftovers(final: Path) -> None:
+    """Delete the temporaries a killed writer of `final` left behind (a stage owns its outputs)."""
+    for stale in Path(final).parent.glob(f".{Path(final).name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_json(path: Path, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,28 +1,36 @@
 """Stage 1, ingest: materialize the corpus as documents {id, text, source} in data/raw/.
 
 Sources: the built-in `python-docs` corpus (the prose that ships with the running Python), or a
-local .txt / .jsonl / .parquet file or a folder of them. Bytes that are not valid UTF-8 are kept
-as lone surrogates (surrogateescape) so that validation can name the documents that hold them.
+local .txt / .jsonl / .parquet file or a folder of them, read a line or a batch at a time.
+
+Broken input is found here and named by file (and line): unreadable files, symlink loops, binary
+data, text that is not UTF-8, malformed or text-less records. By default it stops the stage
+(`data.on_bad_file` / `data.on_bad_record: fail`); with `skip` it is left out and listed in
+reports/ingest.json. Either way nothing half-written is left behind.
 """
 
 from __future__ import annotations
 
 import ast
+import codecs
 import json
 import logging
 import sysconfig
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lm_pipeline.config import Config
-from lm_pipeline.io import atomic_path
+from lm_pipeline.io import atomic_path, remove_leftovers, write_json
 
 log = logging.getLogger(__name__)
 
 BUILTIN_SOURCE = "python-docs"
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
 DOCUMENTS_FILE = "documents.jsonl"
+REPORT_EXAMPLES = 100  # skipped inputs listed by name in the report (all are counted)
 # Standard-library folders that hold tests, tools or vendored code rather than documentation.
 _STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "ensurepip", "site-packages", "turtledemo",
                 "pydoc_data", "__pycache__"}
@@ -33,23 +41,62 @@ class IngestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Problem:
+    """A file or a record that cannot become a document: where it is and what is wrong."""
+
+    where: str  # "path" or "path:line"
+    reason: str
+    scope: Literal["file", "record"]
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True)
 class IngestResult:
     path: Path
     documents: int
     characters: int
+    skipped: tuple[Problem, ...] = ()
 
 
 def run(cfg: Config) -> IngestResult:
     out = cfg.data.raw_dir / DOCUMENTS_FILE
+    remove_leftovers(out)
+    policy = {"file": cfg.data.on_bad_file, "record": cfg.data.on_bad_record}
     count = chars = 0
+    skipped: list[Problem] = []
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for doc in iter_documents(cfg.data.source, cfg.data.min_doc_chars):
+        for item in iter_documents(cfg.data.source, cfg.data.min_doc_chars):
+            if isinstance(item, Problem):
+                if policy[item.scope] == "fail":
+                    raise IngestError(f"{item} (data.on_bad_{item.scope}: skip to skip and report it)")
+                skipped.append(item)
+                continue
             # ensure_ascii keeps lone surrogates (undecodable bytes) representable in JSON.
-            f.write(json.dumps(doc, ensure_ascii=True) + "\n")
+            f.write(json.dumps(item, ensure_ascii=True) + "\n")
             count += 1
-            chars += len(doc["text"])
-    log.info("ingest: %d documents, %d characters from %s -> %s", count, chars, cfg.data.source, out)
-    return IngestResult(out, count, chars)
+            chars += len(item["text"])
+        if count == 0:
+            raise IngestError(f"{cfg.data.source}: no documents"
+                              + (f"; all {len(skipped)} inputs were skipped, first: {skipped[0]}"
+                                 if skipped else ""))
+    write_report(cfg.data.report_file, count, chars, skipped)
+    for problem in skipped[:10]:
+        log.warning("ingest: skipped %s", problem)
+    log.info("ingest: %d documents, %d characters from %s -> %s (%d inputs skipped)",
+             count, chars, cfg.data.source, out, len(skipped))
+    return IngestResult(out, count, chars, tuple(skipped))
+
+
+def write_report(path: Path, documents: int, characters: int, skipped: list[Problem]) -> None:
+    write_json(path, {
+        "documents": documents,
+        "characters": characters,
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(p.reason.split(" (")[0] for p in skipped)),
+        "skipped_examples": [{"where": p.where, "reason": p.reason} for p in skipped[:REPORT_EXAMPLES]],
+    })
 
 
 def read_documents(path: Path) -> Iterator[dict]:
@@ -58,59 +105,136 @@ def read_documents(path: Path) -> Iterator[dict]:
             yield json.loads(line)
 
 
-def iter_documents(source: str, min_doc_chars: int = 1) -> Iterator[dict]:
+def iter_documents(source: str, min_doc_chars: int = 1) -> Iterator[dict | Problem]:
     if source == BUILTIN_SOURCE:
         yield from python_docs(min_doc_chars)
         return
-    root = Path(source).expanduser()
+    for item in corpus_files(Path(source).expanduser()):
+        if isinstance(item, Problem):
+            yield item
+        else:
+            yield from from_file(item)
+
+
+def corpus_files(root: Path) -> Iterator[Path | Problem]:
+    """The corpus files under `root`, in a stable order; broken links are problems, not silence."""
     if not root.exists():
-        raise IngestError(f"{root}: corpus path does not exist (data.source in params.yaml)")
-    files = sorted(p for p in root.rglob("*") if p.suffix in SUPPORTED_SUFFIXES and p.is_file()) \
-        if root.is_dir() else [root]
+        what = "symlink loop or broken symlink" if root.is_symlink() else "corpus path does not exist"
+        raise IngestError(f"{root}: {what} (data.source in params.yaml)")
+    if not root.is_dir():
+        if root.suffix not in SUPPORTED_SUFFIXES:
+            raise IngestError(f"{root}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})")
+        yield root
+        return
+    candidates = sorted(p for p in root.rglob("*") if p.suffix in SUPPORTED_SUFFIXES)
+    files = [p for p in candidates if p.is_file() or (p.is_symlink() and not p.exists())]
     if not files:
         raise IngestError(f"{root}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
     for path in files:
-        yield from read_file(path)
+        yield path if path.exists() else Problem(str(path), "symlink loop or broken symlink", "file")
 
 
-def read_file(path: Path) -> Iterator[dict]:
+def from_file(path: Path) -> Iterator[dict | Problem]:
     readers = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
-    if path.suffix not in readers:
-        raise IngestError(f"{path}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})")
-    yield from readers[path.suffix](path)
+    try:
+        yield from readers[path.suffix](path)
+    except OSError as err:  # permissions, I/O errors, a file removed while reading
+        yield Problem(str(path), f"cannot read ({err.strerror or err})", "file")
 
 
-def read_txt(path: Path) -> Iterator[dict]:
+def read_txt(path: Path) -> Iterator[dict | Problem]:
     """A .txt file is one document."""
-    yield {"id": str(path), "text": path.read_bytes().decode("utf-8", "surrogateescape"),
-           "source": str(path)}
+    data = path.read_bytes()
+    if problem := binary_or_wrong_encoding(data):
+        yield Problem(str(path), problem, "file")
+        return
+    try:
+        text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        yield Problem(f"{path}:{line}", f"invalid UTF-8 (byte {err.start} of the file)", "file")
+        return
+    if not text.strip():
+        yield Problem(str(path), "empty file", "file")
+        return
+    yield {"id": str(path), "text": text, "source": str(path)}
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
+def read_jsonl(path: Path) -> Iterator[dict | Problem]:
     """One JSON object per line with a string `text` field (and optionally `id`)."""
+    records = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and (problem := binary_or_wrong_encoding(raw)):
+                yield Problem(str(path), problem, "file")
+                return
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw.decode("utf-8", "surrogateescape"))
-            except json.JSONDecodeError as err:
-                raise IngestError(f"{path}:{lineno}: malformed JSON: {err.msg}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise IngestError(f"{path}:{lineno}: expected an object with a string 'text' field")
+            record = parse_record(raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw)
+            if isinstance(record, str):
+                yield Problem(f"{path}:{lineno}", record, "record")
+                continue
+            records += 1
             yield {"id": str(record.get("id", f"{path}:{lineno}")), "text": record["text"],
                    "source": str(path)}
+    if not records:
+        yield Problem(str(path), "empty file (no JSON records)", "file")
 
 
-def read_parquet(path: Path) -> Iterator[dict]:
+def parse_record(raw: bytes) -> dict | str:
+    """The record on one JSONL line, or what is wrong with it."""
+    if b"\0" in raw:
+        return "NUL byte (binary data, not text)"
+    try:
+        record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"invalid UTF-8 (byte {err.start} of the line)"
+    except json.JSONDecodeError as err:
+        return f"malformed JSON: {err.msg} (column {err.colno})"
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if "text" not in record:
+        return f"no 'text' field (fields: {', '.join(record) or 'none'})"
+    if not isinstance(record["text"], str):
+        return f"'text' is {type(record['text']).__name__}, not a string"
+    return record
+
+
+def binary_or_wrong_encoding(head: bytes) -> str | None:
+    """UTF-16/32 (told by their byte-order mark) or NUL bytes: not UTF-8 text."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if head.startswith(bom):
+            return f"{name} text (byte-order mark); convert it to UTF-8: iconv -f {name} -t UTF-8"
+    if (offset := head.find(b"\0")) >= 0:
+        return f"binary file (NUL byte at offset {offset})"
+    return None
+
+
+def read_parquet(path: Path) -> Iterator[dict | Problem]:
+    """Rows with a string `text` column (and optionally `id`), read a batch at a time."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    if "text" not in table.column_names:
-        raise IngestError(f"{path}: no 'text' column (columns: {', '.join(table.column_names)})")
-    ids = table.column("id").to_pylist() if "id" in table.column_names else None
-    for row, text in enumerate(table.column("text").to_pylist()):
-        yield {"id": str(ids[row]) if ids else f"{path}:{row}", "text": text, "source": str(path)}
+    try:
+        parquet = pq.ParquetFile(path)
+    except pa.ArrowException as err:
+        yield Problem(str(path), f"not a readable Parquet file ({err})", "file")
+        return
+    columns = parquet.schema_arrow.names
+    if "text" not in columns:
+        yield Problem(str(path), f"no 'text' column (columns: {', '.join(columns)})", "file")
+        return
+    row = 0
+    for batch in parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else [])):
+        ids = batch.column("id").to_pylist() if "id" in columns else None
+        for i, text in enumerate(batch.column("text").to_pylist()):
+            if isinstance(text, str):
+                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": str(path)}
+            else:
+                yield Problem(f"{path}:row {row}", f"'text' is {type(text).__name__}, not a string",
+                              "record")
+            row += 1
 
 
 def python_docs(min_doc_chars: int) -> Iterator[dict]:

@@ -1,15 +1,21 @@
-"""Stage 3, preprocess: dedupe, split by document, train the tokenizer, write token files.
+"""Stage 3, preprocess: dedupe, split by document, train the tokenizer, write token shards.
+
+Streams data/raw/documents.jsonl twice and never holds the corpus in memory: once to train the
+tokenizer on the training split (a seeded sample of it when the corpus is larger than
+tokenizer.max_train_chars), once to encode every document in batches on all cores (the
+tokenizer's own threads) and write fixed-size shards.
 
 Output (data/processed/, written atomically as one folder):
-  tokenizer.json            the trained tokenizer (HF `tokenizers` format)
-  {train,val,test}.bin      contiguous token ids, each document followed by <|endoftext|>
-  meta.json                 vocab size, dtype, token and document counts, tokenizer hash
+  tokenizer.json              the trained tokenizer (HF `tokenizers` format)
+  {train,val,test}/NNNNN.bin  token shards of data.shard_tokens ids; each document ends with <|endoftext|>
+  meta.json                   the index (shards per split) plus vocab size, dtype, counts, tokenizer hash
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +23,9 @@ import numpy as np
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
+from lm_pipeline.data.shards import ShardWriter, TokenShards
 from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
-from lm_pipeline.io import atomic_path, read_json, write_json
+from lm_pipeline.io import atomic_path, read_json, remove_leftovers, write_json
 from lm_pipeline.lineage import file_sha256
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
+ENCODE_BATCH_CHARS = 2_000_000  # text per encode_batch call: enough to keep every core busy
 
 
 @dataclass(frozen=True)
@@ -37,50 +45,95 @@ class PreprocessResult:
 
 
 def run(cfg: Config) -> PreprocessResult:
-    docs, dropped = dedupe(read_documents(cfg.data.raw_dir / DOCUMENTS_FILE))
-    splits = {name: [] for name in SPLITS}
-    for doc in docs:
-        splits[assign_split(doc["text"], cfg)].append(doc["text"])
-    for name, texts in splits.items():
-        if not texts:
-            raise ValueError(f"preprocess: the {name} split is empty ({len(docs)} documents); "
-                             "add documents or raise split fractions in params.yaml")
-    tokenizer = train_tokenizer(splits["train"], cfg.tokenizer)
-    out = cfg.data.processed_dir
+    out, source = cfg.data.processed_dir, cfg.data.raw_dir / DOCUMENTS_FILE
+    remove_leftovers(out)
+    tokenizer = train_tokenizer(tokenizer_sample(source, cfg), cfg.tokenizer)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         tokenizer.save(str(tmp / TOKENIZER_FILE))
         dtype = token_dtype(tokenizer.get_vocab_size())
-        tokens = {name: write_tokens(tokenizer, texts, tmp / f"{name}.bin", dtype)
-                  for name, texts in splits.items()}
+        writers = {name: ShardWriter(tmp / name, dtype, cfg.data.shard_tokens) for name in SPLITS}
+        texts = UniqueTexts(source)
+        counts = encode_into_shards(texts, tokenizer, writers, cfg)
+        for name in SPLITS:
+            if not counts["documents"][name]:
+                raise ValueError(f"preprocess: the {name} split is empty ({sum(counts['documents'].values())}"
+                                 " documents); add documents or raise split fractions in params.yaml")
         meta = {
             "vocab_size": tokenizer.get_vocab_size(),
             "dtype": np.dtype(dtype).name,
             "eot_id": eot_id(tokenizer),
             "tokenizer_kind": cfg.tokenizer.kind,
             "tokenizer_sha256": file_sha256(tmp / TOKENIZER_FILE),
-            "tokens": tokens,
-            "documents": {name: len(texts) for name, texts in splits.items()},
-            "characters": {name: sum(map(len, texts)) for name, texts in splits.items()},
-            "duplicates_dropped": dropped,
+            "shards": {name: writer.close() for name, writer in writers.items()},
+            **counts,
+            "duplicates_dropped": texts.duplicates,
         }
         write_json(tmp / META_FILE, meta)
-    log.info("preprocess: vocab %d, tokens %s, %d duplicates dropped -> %s",
-             meta["vocab_size"], tokens, dropped, out)
-    return PreprocessResult(out, meta["vocab_size"], tokens, dropped)
+    log.info("preprocess: vocab %d, tokens %s in shards of %d, %d duplicates dropped -> %s",
+             meta["vocab_size"], meta["tokens"], cfg.data.shard_tokens, texts.duplicates, out)
+    return PreprocessResult(out, meta["vocab_size"], meta["tokens"], texts.duplicates)
 
 
-def dedupe(docs) -> tuple[list[dict], int]:
-    """Keep the first document of each exact text."""
-    seen, kept, dropped = set(), [], 0
-    for doc in docs:
-        digest = hashlib.sha256(doc["text"].encode("utf-8", "surrogatepass")).digest()
-        if digest in seen:
-            dropped += 1
-            continue
-        seen.add(digest)
-        kept.append(doc)
-    return kept, dropped
+class UniqueTexts:
+    """The texts of documents.jsonl, streamed, the first copy of each text only."""
+
+    def __init__(self, path: Path):
+        self.path, self.duplicates = path, 0
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[bytes] = set()  # 8-byte digests: the one thing that grows with the corpus
+        self.duplicates = 0
+        for doc in read_documents(self.path):
+            digest = hashlib.blake2b(doc["text"].encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            if digest in seen:
+                self.duplicates += 1
+                continue
+            seen.add(digest)
+            yield doc["text"]
+
+
+def tokenizer_sample(source: Path, cfg: Config) -> Iterator[str]:
+    """Training-split texts for the tokenizer: all of them, or a seeded share of about
+    tokenizer.max_train_chars when the corpus is larger (sized from the file, no extra pass)."""
+    share = min(1.0, cfg.tokenizer.max_train_chars / max(source.stat().st_size, 1))
+    for text in UniqueTexts(source):
+        if assign_split(text, cfg) == "train" and (share == 1.0 or stable_fraction(text, "tok") < share):
+            yield text
+
+
+def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: Config) -> dict:
+    """Encode batches of texts on all cores and append each to its split's shards."""
+    eot = eot_id(tokenizer)
+    counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "documents", "characters")}
+    batch: list[tuple[str, str]] = []
+    size = 0
+
+    def flush() -> None:
+        encodings = tokenizer.encode_batch_fast([text for _, text in batch])
+        for (split, text), encoding in zip(batch, encodings, strict=True):
+            ids = np.append(np.asarray(encoding.ids, dtype=writers[split].dtype), eot)
+            writers[split].append(ids)
+            counts["tokens"][split] += len(ids)
+            counts["documents"][split] += 1
+            counts["characters"][split] += len(text)
+        batch.clear()
+
+    for text in texts:
+        batch.append((assign_split(text, cfg), text))
+        size += len(text)
+        if size >= ENCODE_BATCH_CHARS:
+            flush()
+            size = 0
+    if batch:
+        flush()
+    return counts
+
+
+def stable_fraction(text: str, salt: str) -> float:
+    """A number in [0, 1) fixed by the text (and salt): seeded, order-independent selection."""
+    digest = hashlib.blake2b(f"{salt}\0{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def assign_split(text: str, cfg: Config) -> str:
@@ -98,22 +151,15 @@ def token_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def write_tokens(tokenizer, texts: list[str], path: Path, dtype) -> int:
-    eot = eot_id(tokenizer)
-    ids = [np.append(np.asarray(e.ids, dtype=dtype), dtype(eot)) for e in tokenizer.encode_batch(texts)]
-    stream = np.concatenate(ids)
-    stream.tofile(path)
-    return int(stream.size)
-
-
-def load_tokens(processed_dir: Path, split: str) -> np.ndarray:
-    """Memory-map a split's token file."""
+def load_tokens(processed_dir: Path, split: str) -> TokenShards:
+    """A split's token shards, memory-mapped, as one sequence."""
     meta = read_json(processed_dir / META_FILE)
-    return np.memmap(processed_dir / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    return TokenShards(processed_dir, meta["shards"][split], meta["dtype"])
 
 
-def split_documents(tokens: np.ndarray, eot: int) -> list[np.ndarray]:
+def split_documents(tokens, eot: int) -> list[np.ndarray]:
     """Cut a token stream back into documents at <|endoftext|> (the separator is dropped)."""
+    tokens = np.asarray(tokens)
     ends = np.flatnonzero(tokens == eot)
     starts = np.concatenate([[0], ends[:-1] + 1])
     return [tokens[s:e] for s, e in zip(starts, ends, strict=True)]

@@ -74,9 +74,9 @@ def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:
     return out
 
 
-def unigram_nll(train_tokens: np.ndarray, sequences: Sequence[np.ndarray], vocab_size: int, eot: int):
+def unigram_nll(train_tokens, sequences: Sequence[np.ndarray], vocab_size: int, eot: int):
     """The same targets scored by an add-one-smoothed unigram model of the training split."""
-    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size) + 1.0
+    counts = train_tokens.token_counts(vocab_size) + 1.0
     logp = np.log(counts / counts.sum())
     nll = np.array([-(logp[np.asarray(s, dtype=np.int64)].sum() + logp[eot]) for s in sequences])
     return nll, np.array([len(s) + 1 for s in sequences])

@@ -60,8 +60,10 @@ def run(cfg: Config) -> Decision:
     registered = mlflow.register_model(info.model_uri, name,
                                        tags=lineage_tags(cfg, run_id, metrics, candidate[0]))
     version = str(registered.version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    with history.registry_lock(tracking.tracking_uri(cfg), name):  # read, compare, move: one step
+    # Alias moves, reads and comparisons in one step. The alias itself too: MLflow's SQL store
+    # moves an alias with a delete and an insert, which two concurrent moves can collide on.
+    with history.registry_lock(tracking.tracking_uri(cfg), name):
+        client.set_registered_model_alias(name, CHALLENGER, version)
         decision = decide(client, cfg, version, checks, candidate)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)

@@ -80,6 +80,7 @@ def run(cfg: Config) -> TrainResult:
                 "source": cfg.data.source, "vocab_size": meta["vocab_size"],
                 "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"]}}))
         mlflow.log_params(system_info())
+        log_data_quality(cfg)
         try:
             result = fit(cfg, run_id, run_dir)
         except Exception:
@@ -93,6 +94,17 @@ def run(cfg: Config) -> TrainResult:
     log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
              final["train_loss"], final["val_loss"], cfg.train.model_dir, active.info.run_id)
     return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
+
+
+def log_data_quality(cfg: Config) -> None:
+    """The validate stage's corpus figures (duplicates, contamination, ...) as data/* metrics."""
+    import mlflow
+
+    from lm_pipeline.data.validate import METRICS_FILE
+
+    path = cfg.validate_.report_dir / METRICS_FILE
+    if path.is_file():
+        mlflow.log_metrics({f"data/{k}": float(v) for k, v in read_json(path).items()})
 
 
 def config_digest(cfg: Config, meta: dict) -> str:

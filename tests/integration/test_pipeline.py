@@ -55,6 +55,8 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     run = client.get_run(champion.run_id)
     metrics = run.data.metrics
     assert {"test/perplexity", "test/unigram_perplexity", "test/bleu", "test/bias_max_gap"} <= set(metrics)
+    assert {"data/duplicate_share", "data/near_duplicate_share", "data/test_train_overlap_max"} <= set(
+        metrics)
     assert metrics["test/perplexity"] < 0.8 * metrics["test/unigram_perplexity"]
     history = client.get_metric_history(run.info.run_id, "train_loss")
     steps = TINY_PARAMS["train"]["max_steps"]

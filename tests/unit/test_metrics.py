@@ -72,8 +72,12 @@ def test_sliding_window_matches_direct_scoring():
     assert nll[0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_unigram_baseline_known_answer():
-    train = np.array([1, 1, 2, 0])  # counts +1: token0 2, token1 3, token2 2, token3 1 -> total 8
+def test_unigram_baseline_known_answer(tmp_path):
+    from lm_pipeline.data.shards import ShardWriter, TokenShards
+
+    writer = ShardWriter(tmp_path / "train", np.uint16, shard_tokens=3)  # two shards: [1 1 2] [0]
+    writer.append(np.array([1, 1, 2, 0]))  # counts +1: token0 2, token1 3, token2 2, token3 1 -> 8
+    train = TokenShards(tmp_path, writer.close(), np.uint16)
     nll, counts = unigram_nll(train, [np.array([1, 2])], vocab_size=4, eot=0)
     assert counts.tolist() == [3]
     assert nll[0] == pytest.approx(-(math.log(3 / 8) + math.log(2 / 8) + math.log(2 / 8)))

@@ -1,51 +1,117 @@
 import json
+import random
 
 import pytest
 
-from lm_pipeline.config import Config, DataConfig, ValidateConfig
+from lm_pipeline.config import Config, DataConfig, SplitConfig, ValidateConfig
 from lm_pipeline.data import validate
 from lm_pipeline.data.ingest import DOCUMENTS_FILE
+from lm_pipeline.data.preprocess import assign_split
+
+WORDS = ("the of and to a in is it that for as with was on be by this are or not from at an which "
+         "interpreter reads file line list tuple string module class function value name object "
+         "method call return type error module package import loop index key dict set byte number "
+         "thread socket path buffer stream iterator generator context manager attribute default "
+         "argument keyword parameter result exception handler frame code text encoding").split()
 
 
-def write_docs(tmp_path, texts) -> Config:
+def prose(i: int, words: int = 60) -> str:
+    """A distinct document of English-like word soup (seeded by i)."""
+    rng = random.Random(i)
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+
+def write_docs(tmp_path, texts, **limits) -> Config:
     raw = tmp_path / "raw"
-    raw.mkdir()
+    raw.mkdir(exist_ok=True)
     with open(raw / DOCUMENTS_FILE, "w") as f:
         for i, text in enumerate(texts):
-            f.write(json.dumps({"id": str(i), "text": text, "source": "test"}, ensure_ascii=True) + "\n")
-    return Config(data=DataConfig(raw_dir=raw),
-                  validate=ValidateConfig(min_rows=5, max_chars=200, max_duplicate_ratio=0.1,
-                                          report_dir=tmp_path / "reports"))
+            f.write(json.dumps({"id": f"doc{i}", "text": text, "source": "test"}, ensure_ascii=True) + "\n")
+    limits = {"min_rows": 5, "max_chars": 1000, "report_dir": tmp_path / "reports"} | limits
+    return Config(data=DataConfig(raw_dir=raw), validate=ValidateConfig(**limits))
 
 
 def test_clean_corpus_passes_and_writes_reports(tmp_path):
-    cfg = write_docs(tmp_path, [f"document number {i} is fine" for i in range(20)])
+    cfg = write_docs(tmp_path, [prose(i) for i in range(60)])
     report = validate.run(cfg)
-    assert report.success and report.rows == 20 and len(report.checks) == 7
-    assert json.loads(report.result_path.read_text())["success"] is True
+    assert report.success and report.rows == 60 and len(report.checks) == 10
+    assert all(r["success"] for r in json.loads(report.result_path.read_text()))
     assert report.data_docs.is_file()
+    metrics = json.loads((tmp_path / "reports" / validate.METRICS_FILE).read_text())
+    assert metrics["documents"] == 60 and metrics["duplicate_share"] == 0
+    assert metrics["near_duplicate_share"] == 0 and 0.2 < metrics["common_word_share"] < 0.6
 
 
 @pytest.mark.bad_input
-def test_broken_corpus_names_each_failed_expectation_and_rows(tmp_path):
-    texts = [f"good document {i}" for i in range(20)]
-    texts += ["", "", "has a NUL\x00 here", "bad \udcff utf8", "x" * 500] + ["dup"] * 4
+def test_broken_corpus_names_each_failed_expectation_and_documents(tmp_path):
+    texts = [prose(i) for i in range(40)]
+    texts += ["", "has a NUL\x00 here " * 3, "bad \udcff utf8 in prose", "x" * 1500] + [texts[0]] * 6
     cfg = write_docs(tmp_path, texts)
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(cfg)
     message = str(err.value)
-    assert "failed 4 of 7 expectations" in message
-    assert "text length in [1, 200] (non-empty)): 3 rows broke it" in message
-    assert "no NUL or control characters): 1 rows broke it" in message
-    assert "valid UTF-8): 1 rows broke it" in message
-    assert "at most 10% duplicate texts): observed" in message
+    assert "failed 4 of 10 expectations" in message
+    assert "text length in [1, 1000] (non-empty)): observed 2 (e.g. doc40, doc43)" in message
+    assert "control characters at most 0.1% of a text): observed 1 (e.g. doc41)" in message
+    assert "valid UTF-8): observed 1 (e.g. doc42)" in message
+    assert "at most 10% duplicate texts): observed 0.12 (e.g. doc44, doc45" in message
     docs = tmp_path / "reports" / "data_docs" / "index.html"
     assert str(docs) in message and docs.is_file()
-    assert json.loads((tmp_path / "reports" / "result.json").read_text())["success"] is False
+    corpus, documents = json.loads((tmp_path / "reports" / "result.json").read_text())
+    assert corpus["success"] is False and documents["success"] is True
 
 
 @pytest.mark.bad_input
 def test_too_few_rows_fails(tmp_path):
-    cfg = write_docs(tmp_path, ["only one"])
-    with pytest.raises(validate.ValidationFailed, match="enough documents.*observed 1"):
+    cfg = write_docs(tmp_path, [prose(1)])
+    with pytest.raises(validate.ValidationFailed, match=r"at least 5 documents\): observed 1"):
         validate.run(cfg)
+
+
+@pytest.mark.bad_input
+def test_symbols_and_non_prose_fail_charset_and_language_checks(tmp_path):
+    junk = ["QUJDREVGR0hJSktMTU5PUA== 0x3f 0x41 0x7e ++ -- == // ## @@ %% && 12345 67890" * 2] * 1
+    texts = [f"{j} {i}" for i in range(40) for j in junk]
+    cfg = write_docs(tmp_path, texts, max_near_duplicate_ratio=1.0)
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(cfg)
+    message = str(err.value)
+    assert "letters at least 50% of visible characters (95% of documents)): 40 of 40 documents" in message
+    assert "English prose: common words at least 5% of words on average): observed 0" in message
+
+
+@pytest.mark.bad_input
+def test_near_duplicates_are_flagged(tmp_path):
+    base = [prose(i) for i in range(40)]
+    near = [text[:-1] + " indeed." for text in base[:10]]  # one word more
+    cfg = write_docs(tmp_path, base + near)
+    with pytest.raises(validate.ValidationFailed, match=r"at most 10% near duplicates.*: 10 of 50 "
+                                                        r"documents broke it \(e.g. doc40, doc41"):
+        validate.run(cfg)
+
+
+@pytest.mark.bad_input
+def test_a_test_split_copied_from_training_text_is_flagged_as_contamination(tmp_path):
+    """Test documents that paste whole passages of training documents (with a new first line, so
+    they are not exact duplicates) are caught by their n-gram overlap with the training split."""
+    split = SplitConfig(val_fraction=0.1, test_fraction=0.3, seed=7)
+    texts = [prose(i) for i in range(60)]
+    train = [t for t in texts if assign_split(t, Config(split=split)) == "train"]
+    copies = []
+    for i, passage in enumerate(train * 3):  # enough tries for a dozen copies to land in test
+        copy = f"Copied note {i}. {passage}"
+        if assign_split(copy, Config(split=split)) == "test":
+            copies.append(copy)
+    assert len(copies) >= 10
+    cfg = write_docs(tmp_path, texts + copies[:10], max_near_duplicate_ratio=1.0)
+    cfg = cfg.model_copy(update={"split": split})
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(cfg)
+    assert "test not copied from train" in str(err.value)
+    assert "failed 1 of 10" in str(err.value)
+    metrics = json.loads((tmp_path / "reports" / validate.METRICS_FILE).read_text())
+    assert metrics["test_train_overlap_max"] > 0.9
+
+    (tmp_path / "clean").mkdir()
+    clean = write_docs(tmp_path / "clean", texts).model_copy(update={"split": split})
+    assert validate.run(clean).success  # the same corpus without the copies passes

@@ -1,0 +1,80 @@
+"""Token shards: a split's token stream cut into fixed-size files, read back through memory maps.
+
+Writing holds at most one shard in memory, whatever the corpus size; reading maps the files and
+loads only the windows asked for. A document may continue from one shard into the next: the
+stream is what counts, and readers see it whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ShardWriter:
+    """Appends token arrays; writes `<folder>/<n>.bin` each time `shard_tokens` have gathered."""
+
+    def __init__(self, folder: Path, dtype, shard_tokens: int):
+        self.folder, self.dtype, self.shard_tokens = folder, np.dtype(dtype), shard_tokens
+        self.folder.mkdir(parents=True)
+        self.buffer = np.empty(shard_tokens, dtype=self.dtype)
+        self.filled = 0
+        self.shards: list[dict] = []
+
+    def append(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            take = min(len(tokens), self.shard_tokens - self.filled)
+            self.buffer[self.filled:self.filled + take] = tokens[:take]
+            self.filled += take
+            tokens = tokens[take:]
+            if self.filled == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            path = self.folder / f"{len(self.shards):05d}.bin"
+            self.buffer[:self.filled].tofile(path)
+            self.shards.append({"file": f"{self.folder.name}/{path.name}", "tokens": self.filled})
+            self.filled = 0
+
+    def close(self) -> list[dict]:
+        """Write the last, partial shard; return the index entries."""
+        self.flush()
+        return self.shards
+
+
+class TokenShards:
+    """A split's shards as one read-only token sequence: len() and slicing, as with an array."""
+
+    def __init__(self, root: Path, entries: list[dict], dtype):
+        self.shards = [np.memmap(root / e["file"], dtype=dtype, mode="r") for e in entries]
+        self.starts = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise IndexError("token shards take contiguous slices only")
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            offset = start - self.starts[first]
+            piece = self.shards[first][offset:offset + (stop - start)]
+            pieces.append(piece)
+            start += len(piece)
+            first += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else \
+            np.empty(0, dtype=self.shards[0].dtype if self.shards else np.uint16)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole split in memory: for small splits (test) and whole-stream operations."""
+        whole = self[0:len(self)]
+        return whole.astype(dtype) if dtype is not None else np.array(whole)
+
+    def token_counts(self, minlength: int) -> np.ndarray:
+        """How often each token id occurs, a shard at a time."""
+        return sum((np.bincount(s, minlength=minlength) for s in self.shards),
+                   np.zeros(minlength, dtype=np.int64))

@@ -1,0 +1,79 @@
+"""Broken input through the project's own commands: nothing downstream runs, nothing half-written
+survives a kill, and the next run rebuilds cleanly."""
+
+import codecs
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import TINY_PARAMS, make_project
+
+pytestmark = [pytest.mark.bad_input, pytest.mark.integration]
+
+BIN = Path(sys.executable).parent
+
+
+def test_dvc_repro_stops_at_ingest_naming_the_file_and_runs_nothing_after(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("A fine document. " * 50)
+    (corpus / "notes.txt").write_bytes(codecs.BOM_UTF16_LE + "exported from Word".encode("utf-16-le"))
+    project = make_project(tmp_path / "project", TINY_PARAMS | {"data": {"source": str(corpus)}})
+    proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "notes.txt: UTF-16 text (byte-order mark); convert it to UTF-8" in proc.stdout + proc.stderr
+    for output in ("data/raw/documents.jsonl", "data/processed", "reports/validation", "models", "mlflow.db"):
+        assert not (project / output).exists(), output
+
+
+def generated_corpus(path: Path, documents: int) -> Path:
+    """Word soup from a fixed vocabulary: enough text that preprocessing takes a few seconds."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)] + ["the", "of", "and", "a", "to"] * 400)
+    with open(path, "w") as f:
+        for _ in range(documents):
+            f.write(json.dumps({"text": " ".join(rng.choice(words, size=400))}) + "\n")
+    return path
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.fault_tolerance
+def test_preprocess_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path):
+    params = TINY_PARAMS | {"data": {"source": str(generated_corpus(tmp_path / "c.jsonl", 3_000))},
+                            "tokenizer": {"vocab_size": 2048}}
+    project = make_project(tmp_path / "project", params)
+    for stage in ("ingest", "validate"):
+        subprocess.run([str(BIN / "lmp"), "-q", stage], cwd=project, check=True, capture_output=True)
+    proc = subprocess.Popen([str(BIN / "lmp"), "-q", "preprocess"], cwd=project)
+    started = wait_for(lambda: list((project / "data").glob(".processed.*/processed/tokenizer.json")))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert started, "preprocess never reached its write phase"
+    assert not (project / "data/processed").exists()  # only a hidden temporary, never the output
+
+    subprocess.run([str(BIN / "lmp"), "-q", "preprocess"], cwd=project, check=True, capture_output=True)
+    assert not list((project / "data").glob(".processed.*"))  # the leftover is gone
+    rebuilt = tree_digest(project / "data/processed")
+    subprocess.run([str(BIN / "lmp"), "-q", "preprocess"], cwd=project, check=True, capture_output=True)
+    assert tree_digest(project / "data/processed") == rebuilt  # same as an uninterrupted build
+
+
+def wait_for(condition, timeout: float = 120.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(interval)
+    return None

@@ -1,0 +1,175 @@
+"""Broken corpora against the real ingest stage: each is named by file (and line), nothing
+half-written is left, and `skip` policies leave the bad input out and report it."""
+
+import codecs
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lm_pipeline.config import Config, DataConfig
+from lm_pipeline.data import ingest
+
+pytestmark = pytest.mark.bad_input
+
+GOOD = "A perfectly ordinary document about tuples and lists.\n"
+
+
+def config(tmp_path: Path, source: Path, **policy) -> Config:
+    return Config(data=DataConfig(source=str(source), raw_dir=tmp_path / "out/raw",
+                                  report_file=tmp_path / "out/ingest.json", **policy))
+
+
+def fails(tmp_path: Path, source: Path, message: str) -> None:
+    """Ingest stops naming the problem, and writes neither documents nor report."""
+    cfg = config(tmp_path, source)
+    with pytest.raises(ingest.IngestError, match=message):
+        ingest.run(cfg)
+    assert not (cfg.data.raw_dir / ingest.DOCUMENTS_FILE).exists()
+    assert not cfg.data.report_file.exists()
+    assert not any(cfg.data.raw_dir.parent.rglob("*documents*"))  # no temp leftovers either
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+# (file name, content, the message naming it)
+BAD_FILES = [
+    ("empty.txt", b"", r"empty.txt: empty file"),
+    ("blank.txt", b"  \n\n", r"blank.txt: empty file"),
+    ("empty.jsonl", b"", r"empty.jsonl: empty file \(no JSON records\)"),
+    ("binary.txt", b"GIF89a\x01\x00\x00\x00rest", r"binary.txt: binary file \(NUL byte at offset 7\)"),
+    ("latin1.txt", "line one\ncaf\xe9 au lait\n".encode("latin-1"),
+     r"latin1.txt:2: invalid UTF-8 \(byte 12 of the file\)"),
+    ("utf16.txt", codecs.BOM_UTF16_LE + GOOD.encode("utf-16-le"),
+     r"utf16.txt: UTF-16 text \(byte-order mark\); convert it to UTF-8: iconv -f UTF-16"),
+    ("utf16.jsonl", codecs.BOM_UTF16_LE + '{"text": "x"}\n'.encode("utf-16-le"),
+     r"utf16.jsonl: UTF-16 text \(byte-order mark\)"),
+]
+
+BAD_RECORDS = [
+    (b'{"body": "no text here"}', r"b.jsonl:2: no 'text' field \(fields: body\)"),
+    (b'{"text": 42}', r"b.jsonl:2: 'text' is int, not a string"),
+    (b'{"text": null}', r"b.jsonl:2: 'text' is NoneType, not a string"),
+    (b'{"text": "unclosed', r"b.jsonl:2: malformed JSON: Unterminated string"),
+    (b'["text", "a list"]', r"b.jsonl:2: expected a JSON object, got list"),
+    (b'{"text": "bad \xff byte"}', r"b.jsonl:2: invalid UTF-8 \(byte 14 of the line\)"),
+    (b'{"text": "nul \x00 byte"}', r"b.jsonl:2: NUL byte \(binary data, not text\)"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_file_is_named_and_stops_ingest(tmp_path, name, content, message):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "corpus" / name, content)
+    fails(tmp_path, tmp_path / "corpus", message)
+
+
+@pytest.mark.parametrize("line, message", BAD_RECORDS, ids=[m.split(": ", 1)[1][:24] for _, m in BAD_RECORDS])
+def test_bad_jsonl_record_is_named_with_its_line(tmp_path, line, message):
+    fails(tmp_path, write(tmp_path / "b.jsonl", b'{"text": "fine"}\n' + line + b"\n"), message)
+
+
+def test_missing_path_empty_folder_and_unsupported_file(tmp_path):
+    fails(tmp_path, tmp_path / "missing", r"missing: corpus path does not exist \(data.source")
+    (tmp_path / "empty").mkdir()
+    fails(tmp_path, tmp_path / "empty", r"empty: folder has no .txt, .jsonl, .parquet files")
+    fails(tmp_path, write(tmp_path / "notes.docx", "x"), r"notes.docx: unsupported file type")
+
+
+def test_parquet_without_text_column_and_with_null_text(tmp_path):
+    pd.DataFrame({"body": ["x"]}).to_parquet(tmp_path / "p.parquet")
+    fails(tmp_path, tmp_path / "p.parquet", r"p.parquet: no 'text' column \(columns: body\)")
+    pd.DataFrame({"text": ["fine", None]}).to_parquet(tmp_path / "q.parquet")
+    fails(tmp_path, tmp_path / "q.parquet", r"q.parquet:row 1: 'text' is NoneType, not a string")
+    write(tmp_path / "r.parquet", "not parquet at all")
+    fails(tmp_path, tmp_path / "r.parquet", r"r.parquet: not a readable Parquet file")
+
+
+def test_symlink_loops(tmp_path):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    (tmp_path / "corpus/a.txt").symlink_to("b.txt")
+    (tmp_path / "corpus/b.txt").symlink_to("a.txt")
+    (tmp_path / "corpus/sub").mkdir()
+    (tmp_path / "corpus/sub/up").symlink_to("..")  # a folder loop is not followed
+    fails(tmp_path, tmp_path / "corpus", r"corpus/a.txt: symlink loop or broken symlink")
+    (tmp_path / "self.jsonl").symlink_to("self.jsonl")
+    fails(tmp_path, tmp_path / "self.jsonl", r"self.jsonl: symlink loop or broken symlink")
+
+
+def test_unreadable_file(tmp_path):
+    """Through the real CLI, without the capabilities that let root read anything."""
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "corpus/secret.txt", GOOD).chmod(0)
+    (tmp_path / "params.yaml").write_text(f"data:\n  source: {tmp_path / 'corpus'}\n")
+    no_override = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                   "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    proc = subprocess.run(no_override + [sys.executable, "-m", "lm_pipeline.cli", "ingest"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "corpus/secret.txt: cannot read (Permission denied)" in proc.stderr
+    assert not (tmp_path / "data/raw/documents.jsonl").exists()
+
+
+def test_a_50mb_single_line_streams_through_and_validation_names_it(tmp_path):
+    from lm_pipeline.config import ValidateConfig
+    from lm_pipeline.data import validate
+
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as f:
+        for i in range(120):
+            f.write(json.dumps({"text": f"document {i} is short"}) + "\n")
+        f.write(json.dumps({"id": "the-long-one", "text": "word " * 10_000_000}) + "\n")  # 50 MB
+    cfg = config(tmp_path, big).model_copy(
+        update={"validate_": ValidateConfig(report_dir=tmp_path / "out/validation")})
+    assert ingest.run(cfg).documents == 121
+    message = r"text length in \[1, 1000000\] \(non-empty\)\): observed 1 \(e.g. the-long-one\)"
+    with pytest.raises(validate.ValidationFailed, match=message):
+        validate.run(cfg)
+
+
+def test_all_duplicates_fail_validation(tmp_path):
+    from lm_pipeline.config import ValidateConfig
+    from lm_pipeline.data import validate
+
+    corpus = write(tmp_path / "dups.jsonl", (json.dumps({"text": "the same text"}) + "\n") * 200)
+    cfg = config(tmp_path, corpus).model_copy(
+        update={"validate_": ValidateConfig(report_dir=tmp_path / "out/validation")})
+    ingest.run(cfg)
+    message = r"at most 10% duplicate texts\): observed 0.995 \(e.g. .*dups.jsonl:2, "
+    with pytest.raises(validate.ValidationFailed, match=message):
+        validate.run(cfg)
+
+
+def test_skip_policies_leave_bad_input_out_and_report_it(tmp_path):
+    corpus = tmp_path / "corpus"
+    write(corpus / "good.txt", GOOD)
+    for name, content, _ in BAD_FILES:
+        write(corpus / name, content)
+    lines = [b'{"text": "fine one"}'] + [line for line, _ in BAD_RECORDS] + [b'{"text": "fine two"}']
+    write(corpus / "b.jsonl", b"\n".join(lines))
+    (corpus / "loop.txt").symlink_to("loop.txt")
+    cfg = config(tmp_path, corpus, on_bad_file="skip", on_bad_record="skip")
+    result = ingest.run(cfg)
+    texts = [d["text"] for d in ingest.read_documents(result.path)]
+    assert texts == ["fine one", "fine two", GOOD]
+    report = json.loads(cfg.data.report_file.read_text())
+    assert report["documents"] == 3
+    assert report["skipped"] == len(BAD_FILES) + len(BAD_RECORDS) + 1
+    named = {e["where"].split("/")[-1] for e in report["skipped_examples"]}
+    assert named >= {"loop.txt", "b.jsonl:2", "b.jsonl:8", "empty.txt", "utf16.txt"}
+
+
+def test_nothing_usable_is_an_error_even_when_skipping(tmp_path):
+    write(tmp_path / "corpus/empty.txt", b"")
+    cfg = config(tmp_path, tmp_path / "corpus", on_bad_file="skip")
+    message = r"no documents; all 1 inputs were skipped, first: .*empty file"
+    with pytest.raises(ingest.IngestError, match=message):
+        ingest.run(cfg)
