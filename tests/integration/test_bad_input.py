@@ -38,7 +38,8 @@ def generated_corpus(path: Path, documents: int) -> Path:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    words = np.array([f"w{i}" for i in range(5000)] + ["the", "of", "and", "a", "to"] * 400)
+    letters = [("".join(chr(97 + i // 26 ** k % 26) for k in range(3))) for i in range(5000)]
+    words = np.array(letters + ["the", "of", "and", "a", "to"] * 400)
     with open(path, "w") as f:
         for _ in range(documents):
             f.write(json.dumps({"text": " ".join(rng.choice(words, size=400))}) + "\n")
@@ -46,18 +47,20 @@ def generated_corpus(path: Path, documents: int) -> Path:
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.fault_tolerance
 def test_preprocess_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path):
-    params = TINY_PARAMS | {"data": {"source": str(generated_corpus(tmp_path / "c.jsonl", 3_000))},
+    corpus = generated_corpus(tmp_path / "c.jsonl", 3_000)
+    params = TINY_PARAMS | {"data": {"source": str(corpus), "shard_tokens": 65536},  # ~30 shards
                             "tokenizer": {"vocab_size": 2048}}
     project = make_project(tmp_path / "project", params)
     for stage in ("ingest", "validate"):
         subprocess.run([str(BIN / "lmp"), "-q", stage], cwd=project, check=True, capture_output=True)
     proc = subprocess.Popen([str(BIN / "lmp"), "-q", "preprocess"], cwd=project)
-    started = wait_for(lambda: list((project / "data").glob(".processed.*/processed/tokenizer.json")))
+    started = wait_for(lambda: list((project / "data").glob(".processed.*/processed/train/00001.bin")))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert started, "preprocess never reached its write phase"
@@ -68,6 +71,7 @@ def test_preprocess_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path
     rebuilt = tree_digest(project / "data/processed")
     subprocess.run([str(BIN / "lmp"), "-q", "preprocess"], cwd=project, check=True, capture_output=True)
     assert tree_digest(project / "data/processed") == rebuilt  # same as an uninterrupted build
+    assert len([f for f in rebuilt if f.startswith("train/")]) > 10
 
 
 def wait_for(condition, timeout: float = 120.0, interval: float = 0.02):

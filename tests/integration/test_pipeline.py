@@ -125,7 +125,7 @@ def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
     state = pipeline(project_dir=str(root), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"(?s)stage validate failed.*text length in \[1, 1000000\] "
-                                         r"\(non-empty\)\): 100 rows broke it"):
+                                         r"\(non-empty\)\): observed 100 \(e.g. .*corpus.jsonl:1, "):
         state.result()
     assert (root / "reports/validation/data_docs/index.html").is_file()
     assert not (root / "data/processed").exists() and not (root / "models").exists()

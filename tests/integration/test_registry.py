@@ -58,7 +58,7 @@ def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("registry"), TINY_PARAMS)
     for stage in ("ingest", "validate", "preprocess"):
         lmp(root, "-q", stage)
-    decisions = [train_and_register(root, steps) for steps in (100, 10, 300)]
+    decisions = [train_and_register(root, steps) for steps in (100, 12, 300)]
     root.joinpath("decisions.json").write_text(json.dumps(decisions))
     return root
 
