@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test bench lint ui clean system-packages
+.PHONY: run test bench bench-preprocess lint ui clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ system-packages:  ## PostgreSQL and Chromium for the production and browser test
 
 bench: $(STAMP)  ## side-by-side measurements -> benchmarks/results.json
 	$(BIN)/python -m benchmarks.run
+
+bench-preprocess: $(STAMP)  ## preprocessing at 10 MB, 100 MB, 1 GB vs a naive loop (about 5 minutes)
+	$(BIN)/python -m benchmarks.preprocess
 
 lint: $(STAMP)
 	$(BIN)/ruff check lm_pipeline flows tests benchmarks

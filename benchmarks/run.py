@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
         "eval_vs_train_forward_ratio": eval_ratio,
         "kv_cache_generation_speedup": kv_speedup,
     }
+    save_results(results)
+
+
+def save_results(results: dict[str, float]) -> None:
+    """Merge into benchmarks/results.json (other benchmarks' keys stay) and print the table."""
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")
     print(markdown_table(results))

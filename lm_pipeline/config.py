@@ -71,7 +71,7 @@ class TokenizerConfig(Section):
     kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or character-level")
     vocab_size: int = Field(4096, ge=64, le=1_000_000, description="BPE vocabulary size")
     min_frequency: int = Field(2, ge=1, description="BPE: fewest occurrences for a merge")
-    max_train_chars: int = Field(100_000_000, ge=1000, description="train the tokenizer on a seeded "
+    max_train_chars: int = Field(20_000_000, ge=1000, description="train the tokenizer on a seeded "
                                  "sample of about this much text when the corpus is larger")
 
 

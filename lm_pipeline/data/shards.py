@@ -1,6 +1,6 @@
 """Token shards: a split's token stream cut into fixed-size files, read back through memory maps.
 
-Writing holds at most one shard in memory, whatever the corpus size; reading maps the files and
+Writing streams tokens to the open shard, whatever the corpus size; reading maps the files and
 loads only the windows asked for. A document may continue from one shard into the next: the
 stream is what counts, and readers see it whole.
 """
@@ -13,34 +13,38 @@ import numpy as np
 
 
 class ShardWriter:
-    """Appends token arrays; writes `<folder>/<n>.bin` each time `shard_tokens` have gathered."""
+    """Appends token arrays to `<folder>/<n>.bin`, starting a new file every `shard_tokens` tokens.
+
+    Tokens go straight to the open file: memory holds only what one append brings."""
 
     def __init__(self, folder: Path, dtype, shard_tokens: int):
         self.folder, self.dtype, self.shard_tokens = folder, np.dtype(dtype), shard_tokens
         self.folder.mkdir(parents=True)
-        self.buffer = np.empty(shard_tokens, dtype=self.dtype)
-        self.filled = 0
         self.shards: list[dict] = []
+        self.file, self.filled = None, 0
 
     def append(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens, dtype=self.dtype)
         while len(tokens):
+            if self.file is None:
+                self.file = open(self.folder / f"{len(self.shards):05d}.bin", "wb")
             take = min(len(tokens), self.shard_tokens - self.filled)
-            self.buffer[self.filled:self.filled + take] = tokens[:take]
+            self.file.write(tokens[:take].tobytes())
             self.filled += take
             tokens = tokens[take:]
             if self.filled == self.shard_tokens:
-                self.flush()
+                self.finish_shard()
 
-    def flush(self) -> None:
-        if self.filled:
-            path = self.folder / f"{len(self.shards):05d}.bin"
-            self.buffer[:self.filled].tofile(path)
-            self.shards.append({"file": f"{self.folder.name}/{path.name}", "tokens": self.filled})
-            self.filled = 0
+    def finish_shard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.shards.append({"file": f"{self.folder.name}/{Path(self.file.name).name}",
+                                "tokens": self.filled})
+            self.file, self.filled = None, 0
 
     def close(self) -> list[dict]:
-        """Write the last, partial shard; return the index entries."""
-        self.flush()
+        """Finish the last, partial shard; return the index entries."""
+        self.finish_shard()
         return self.shards
 
 
