@@ -73,7 +73,8 @@ def run(cfg: Config) -> IngestResult:
                     raise IngestError(f"{item} (data.on_bad_{item.scope}: skip to skip and report it)")
                 skipped.append(item)
                 continue
-            # ensure_ascii keeps lone surrogates (undecodable bytes) representable in JSON.
+            # JSON escapes can carry lone surrogates ("\ud800"): ensure_ascii keeps them writable,
+            # and validation reports them as invalid UTF-8.
             f.write(json.dumps(item, ensure_ascii=True) + "\n")
             count += 1
             chars += len(item["text"])
