@@ -118,6 +118,9 @@ class TrainConfig(Section):
     eval_interval: int = Field(50, ge=1, description="steps between validation losses")
     eval_batches: int = Field(8, ge=1, description="batches per validation loss")
     checkpoint_interval: int = Field(100, ge=1, description="steps between checkpoints")
+    early_stopping_patience: int = Field(0, ge=0, description="stop after this many validations "
+                                         "without improvement; 0 trains all max_steps")
+    min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
     seed: int = 1337
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")

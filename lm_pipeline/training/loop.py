@@ -82,17 +82,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "tokens_seen": state.tokens_seen}
         if peak:
             metrics["mfu"] = flops_per_token * tokens_per_s / peak
-        last = state.step == cfg.train.max_steps
-        if state.step % cfg.train.eval_interval == 0 or last:
+        due = state.step % cfg.train.checkpoint_interval == 0 or state.step == cfg.train.max_steps
+        improved = False
+        if state.step % cfg.train.eval_interval == 0 or due:  # every checkpoint has its val_loss
             metrics["val_loss"] = validation_loss(model, val_batches, device, cfg.train.precision)
+            improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
+        stop = patience_ran_out(state, cfg)
         if logger:
-            logger.log(metrics, state.step)
+            logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
         progress.update(state.step, metrics)
-        if state.step % cfg.train.checkpoint_interval == 0 or last:
+        if due or improved or stop:  # a new best is saved at once: it is the model to export
             if logger:
                 logger.flush()  # the curve is complete up to every checkpoint
-            report(metrics | {"step": state.step}, model, optimizer, state, rank)
+            report(metrics | {"step": state.step, "best_step": state.best_step,
+                              "early_stopped": stop}, model, optimizer, state, rank)
+        if stop:
+            print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
+                  f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
+                  f"step {state.best_step})", flush=True)
+            break
     progress.close()
+
+
+def patience_ran_out(state: TrainState, cfg: Config) -> bool:
+    patience = cfg.train.early_stopping_patience
+    return patience > 0 and state.evals_since_best >= patience
 
 
 def metric_logger(loop_config: dict, state: TrainState, restarted: bool):

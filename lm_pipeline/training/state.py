@@ -2,7 +2,7 @@
 
   .metadata, __{r}_0.distcp   model and optimizer through torch.distributed.checkpoint (DCP):
                               each rank writes its own shards, nothing is gathered on one rank
-  trainer_state.json          step and tokens seen (rank 0)
+  trainer_state.json          step, tokens seen, best validation loss so far (rank 0)
   rng_rank{r}.pt              every RNG of rank r: python, numpy, torch CPU and CUDA
 
 Each rank writes into its own folder and Ray Train merges them into one checkpoint. The data
@@ -30,6 +30,17 @@ TRAINER_STATE_FILE = "trainer_state.json"
 class TrainState:
     step: int = 0
     tokens_seen: int = 0
+    best_val_loss: float | None = None  # the lowest validation loss so far, and when
+    best_step: int = 0
+    evals_since_best: int = 0  # validations without improvement (early stopping counts them)
+
+    def record_validation(self, val_loss: float, min_delta: float) -> bool:
+        """Note a validation loss; True when it is a new best."""
+        if self.best_val_loss is None or val_loss < self.best_val_loss - min_delta:
+            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
+            return True
+        self.evals_since_best += 1
+        return False
 
 
 def rng_file(rank: int) -> str:

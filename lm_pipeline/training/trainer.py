@@ -43,6 +43,7 @@ from lm_pipeline.training.state import load_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
+FIT_FILE = "fit.json"  # in train.curves_dir: exported step, early stopping, overfitting
 
 
 class TrainingError(RuntimeError):
@@ -86,9 +87,13 @@ def run(cfg: Config) -> TrainResult:
         except Exception:
             mlflow.set_tag("failed_stage", "train")
             raise
-        model = export_model(cfg, result.checkpoint, meta, run_id)
+        best, best_metrics = min(result.best_checkpoints, key=lambda c: c[1]["val_loss"])
+        model = export_model(cfg, best, meta, run_id)
         mlflow.log_param("model.num_params", model.num_params())
-        write_curves(mlflow.MlflowClient(), run_id, cfg.train.curves_dir)
+        client = mlflow.MlflowClient()
+        write_curves(client, run_id, cfg.train.curves_dir)
+        fit_summary = record_fit(client, run_id, best_metrics, result.metrics, cfg)
+        write_json(cfg.train.curves_dir / FIT_FILE, fit_summary)
         mlflow.log_artifacts(str(cfg.train.curves_dir), "training")
         final = result.metrics
     log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
@@ -158,7 +163,10 @@ def fit(cfg: Config, run_id: str, run_dir: Path):
         run_config=RunConfig(
             name=run_dir.name,  # the same name resumes from the latest checkpoint in it
             storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            # The best checkpoints by validation loss are kept (and the latest, for resuming).
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
+                                               checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()} | tracking.client_env()},
         ),
@@ -210,6 +218,36 @@ def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
     save_pretrained(model, cfg.data.processed_dir / TOKENIZER_FILE, cfg.train.model_dir,
                     extra={tracking.RUN_FILE: run_info})
     return model
+
+
+def record_fit(client, run_id: str, best: dict, last: dict, cfg: Config) -> dict:
+    """Which step was exported and why, the generalization gap, and whether it overfitted
+    (validation loss up from its best while training loss went down), as tags and metrics."""
+    train_at_best = mean_metric(client, run_id, "train_loss", best["step"])
+    train_at_end = mean_metric(client, run_id, "train_loss", last["step"])
+    overfitting = (last["val_loss"] > best["val_loss"] + cfg.train.min_delta
+                   and train_at_end < train_at_best)
+    summary = {"exported_step": best["step"], "best_val_loss": best["val_loss"],
+               "last_step": last["step"], "last_val_loss": last["val_loss"],
+               "early_stopped": bool(last.get("early_stopped")),
+               "generalization_gap": best["val_loss"] - train_at_best,
+               "generalization_gap_at_end": last["val_loss"] - train_at_end,
+               "overfitting": overfitting}
+    for key in ("exported_step", "early_stopped", "overfitting"):
+        client.set_tag(run_id, f"train.{key}", str(summary[key]).lower())
+    client.log_metric(run_id, "generalization_gap", summary["generalization_gap"])
+    client.log_metric(run_id, "generalization_gap_at_end", summary["generalization_gap_at_end"])
+    if overfitting:
+        log.warning("train: overfitting: val_loss rose from %.4f (step %d) to %.4f (step %d) while "
+                    "train_loss fell; exporting step %d", best["val_loss"], best["step"],
+                    last["val_loss"], last["step"], best["step"])
+    return summary
+
+
+def mean_metric(client, run_id: str, key: str, step: int, window: int = 10) -> float:
+    """A metric averaged over the `window` steps up to `step` (single steps are noisy)."""
+    values = [m.value for m in client.get_metric_history(run_id, key) if step - window < m.step <= step]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def write_curves(client, run_id: str, out_dir: Path) -> None:
