@@ -112,6 +112,8 @@ class TrainConfig(Section):
     min_lr: float = Field(3e-4, ge=0, description="floor of the cosine schedule")
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.1, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the training loss (validation "
+                                   "and evaluation use the plain cross-entropy)")
     beta1: float = Field(0.9, gt=0, lt=1)
     beta2: float = Field(0.95, gt=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")

@@ -118,8 +118,9 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                past: KVCache | None = None, use_cache: bool = False):
-        """idx (B, T) token ids -> logits (B, T, V); with targets also the mean cross-entropy.
+                past: KVCache | None = None, use_cache: bool = False, label_smoothing: float = 0.0):
+        """idx (B, T) token ids -> logits (B, T, V); with targets also the mean cross-entropy
+        (label-smoothed when training asks for it; evaluation keeps the plain one).
 
         With use_cache, also the keys/values of all positions seen (continuing from `past`), for
         generation; training leaves it off and gets None.
@@ -137,7 +138,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                   label_smoothing=label_smoothing)
         return logits, loss, presents if use_cache else None
 
     def flops_per_token(self) -> float:

@@ -152,7 +152,7 @@ def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config
     for micro in range(accum):
         x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed + [micro], rank, world)
         with gradient_sync(model, enabled=micro == accum - 1), autocast(device, cfg.train.precision):
-            _, loss, _ = model(x.to(device), y.to(device))
+            _, loss, _ = model(x.to(device), y.to(device), label_smoothing=cfg.train.label_smoothing)
             (loss / accum).backward()
         total += loss.detach().float()
     if world > 1:  # the loss of the whole global batch, as one worker would have computed it

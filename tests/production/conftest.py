@@ -19,7 +19,7 @@ from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
 from tests.production.services import BIN, Postgres, free_port, postgres_server, process
 
 PARAMS = deep_update(copy.deepcopy(TINY_PARAMS),
-                     {"train": {"max_steps": 100, "eval_interval": 25, "checkpoint_interval": 50}})
+                     {"train": {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 60}})
 MODEL_NAME = "lm-pipeline"
 
 

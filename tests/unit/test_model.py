@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lm_pipeline.model.generate import generate, sample_next
@@ -18,6 +19,14 @@ def test_shapes_and_loss():
     assert logits.shape == (3, 10, CFG.vocab_size)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert len(cache) == CFG.n_layer and cache[0][0].shape == (3, CFG.n_head, 10, CFG.n_embd // CFG.n_head)
+
+
+def test_label_smoothing_mixes_in_the_uniform_cross_entropy():
+    m, x = model(), torch.randint(0, CFG.vocab_size, (2, 12))
+    logits, plain, _ = m(x, targets=x)
+    _, smoothed, _ = m(x, targets=x, label_smoothing=0.1)
+    uniform = -torch.log_softmax(logits, dim=-1).mean(dim=-1).mean()  # CE against all classes alike
+    assert smoothed.item() == pytest.approx(0.9 * plain.item() + 0.1 * uniform.item(), rel=1e-5)
 
 
 def test_untrained_loss_is_near_uniform():
