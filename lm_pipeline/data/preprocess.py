@@ -85,7 +85,7 @@ class UniqueTexts:
         seen: set[bytes] = set()  # 8-byte digests: the one thing that grows with the corpus
         self.duplicates = 0
         for doc in read_documents(self.path):
-            digest = hashlib.blake2b(doc["text"].encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            digest = text_digest(doc["text"])
             if digest in seen:
                 self.duplicates += 1
                 continue
@@ -130,10 +130,14 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
     return counts
 
 
+def text_digest(text: str) -> bytes:
+    """8 bytes that tell texts apart (exact duplicates), for any text, lone surrogates included."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
 def stable_fraction(text: str, salt: str) -> float:
     """A number in [0, 1) fixed by the text (and salt): seeded, order-independent selection."""
-    digest = hashlib.blake2b(f"{salt}\0{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return int.from_bytes(text_digest(f"{salt}\0{text}"), "big") / 2**64
 
 
 def assign_split(text: str, cfg: Config) -> str:

@@ -52,6 +52,7 @@ class TokenShards:
     """A split's shards as one read-only token sequence: len() and slicing, as with an array."""
 
     def __init__(self, root: Path, entries: list[dict], dtype):
+        self.dtype = np.dtype(dtype)
         self.shards = [np.memmap(root / e["file"], dtype=dtype, mode="r") for e in entries]
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
 
@@ -62,16 +63,16 @@ class TokenShards:
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise IndexError("token shards take contiguous slices only")
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
         pieces = []
         while start < stop:
-            offset = start - self.starts[first]
-            piece = self.shards[first][offset:offset + (stop - start)]
-            pieces.append(piece)
-            start += len(piece)
-            first += 1
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else \
-            np.empty(0, dtype=self.shards[0].dtype if self.shards else np.uint16)
+            offset = start - self.starts[shard]
+            pieces.append(self.shards[shard][offset:offset + (stop - start)])
+            start += len(pieces[-1])
+            shard += 1
+        if len(pieces) == 1:
+            return pieces[0]  # within one shard: a view of the map, nothing copied
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=self.dtype)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """The whole split in memory: for small splits (test) and whole-stream operations."""

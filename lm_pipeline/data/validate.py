@@ -16,7 +16,6 @@ document ids, so nothing downstream runs.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -30,7 +29,7 @@ import pandas as pd
 
 from lm_pipeline.config import Config, ValidateConfig
 from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
-from lm_pipeline.data.preprocess import assign_split
+from lm_pipeline.data.preprocess import assign_split, text_digest
 from lm_pipeline.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def scan_corpus(docs: Iterator[dict], cfg: Config) -> CorpusScan:
         if INVALID_UTF8.search(text):
             scan.invalid_utf8 += 1
             scan.note("invalid_utf8", doc_id)
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        digest = text_digest(text)
         if digest in seen:
             scan.duplicates += 1
             scan.note("duplicate_share", doc_id)
@@ -197,8 +196,7 @@ def shingles(text: str, n: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1 << 20)
 def word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                          "little")
+    return int.from_bytes(text_digest(word), "little")
 
 
 def near_duplicates(texts: list[str], jaccard: float, seed: int, perms: int = 64, bands: int = 16

@@ -223,8 +223,8 @@ def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
 def record_fit(client, run_id: str, best: dict, last: dict, cfg: Config) -> dict:
     """Which step was exported and why, the generalization gap, and whether it overfitted
     (validation loss up from its best while training loss went down), as tags and metrics."""
-    train_at_best = mean_metric(client, run_id, "train_loss", best["step"])
-    train_at_end = mean_metric(client, run_id, "train_loss", last["step"])
+    train_loss = {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
+    train_at_best, train_at_end = recent_mean(train_loss, best["step"]), recent_mean(train_loss, last["step"])
     overfitting = (last["val_loss"] > best["val_loss"] + cfg.train.min_delta
                    and train_at_end < train_at_best)
     summary = {"exported_step": best["step"], "best_val_loss": best["val_loss"],
@@ -244,9 +244,9 @@ def record_fit(client, run_id: str, best: dict, last: dict, cfg: Config) -> dict
     return summary
 
 
-def mean_metric(client, run_id: str, key: str, step: int, window: int = 10) -> float:
+def recent_mean(history: dict[int, float], step: int, window: int = 10) -> float:
     """A metric averaged over the `window` steps up to `step` (single steps are noisy)."""
-    values = [m.value for m in client.get_metric_history(run_id, key) if step - window < m.step <= step]
+    values = [v for s, v in history.items() if step - window < s <= step]
     return sum(values) / len(values) if values else float("nan")
 
 

@@ -2,10 +2,7 @@
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,10 +11,9 @@ import pytest
 import yaml
 
 from tests.integration.conftest import TINY_PARAMS, make_project
+from tests.services import BIN, free_port, process
 
 pytestmark = [pytest.mark.registry, pytest.mark.integration]
-
-BIN = Path(sys.executable).parent
 
 
 def lmp(project: Path, *args: str) -> str:
@@ -107,60 +103,30 @@ def test_lineage_prints_tags_and_rebuild_commands(project):
     assert tags["weights_sha256"] in out and len(tags["data_sha256"]) == 64
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_mlflow_models_serve_answers_with_generated_text(project):
-    port = free_port()
+def test_mlflow_models_serve_answers_with_generated_text(project, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    with process(cmd, tmp_path / "serve.log", env=env, cwd=project, ready_url=f"{url}/ping"):
         body = json.dumps({"dataframe_records": [{"prompt": "The tuple"}, {"prompt": "A module"}],
                            "params": {"max_new_tokens": 8}}).encode()
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not answer in time"
-                time.sleep(1)
-        predictions = answer["predictions"]
-        assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        request = urllib.request.Request(f"{url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    predictions = answer["predictions"]
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server (SQLite backend, proxied artifacts) on a loopback port."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "-h", "127.0.0.1", "-p", str(port),
-         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, server.stderr.read().decode()[-3000:]
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=5)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(1)
-    yield url
-    server.terminate()
-    server.wait(timeout=60)
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts"), "-h", "127.0.0.1",
+           "-p", url.rsplit(":", 1)[1], "--workers", "1"]
+    with process(cmd, tmp_path / "mlflow.log", cwd=tmp_path, ready_url=f"{url}/health"):
+        yield url
 
 
 def test_two_processes_registering_at_once_get_distinct_versions_and_one_champion(project, mlflow_server):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
-from tests.production.services import BIN, Postgres, free_port, postgres_server, process
+from tests.services import BIN, Postgres, free_port, postgres_server, process
 
 PARAMS = deep_update(copy.deepcopy(TINY_PARAMS),
                      {"train": {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 60}})

@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 
 from tests.production.conftest import MODEL_NAME, PARAMS, lmp_deploy, prefect_client, prefect_env
-from tests.production.services import BIN
+from tests.services import BIN
 
 pytestmark = [pytest.mark.production, pytest.mark.integration]
 

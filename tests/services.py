@@ -1,5 +1,5 @@
-"""Real servers as processes on loopback: PostgreSQL, an MLflow tracking server, a Prefect server
-and worker. The same services that infra/docker-compose.yml runs in containers."""
+"""Real servers as processes on loopback for the tests: any command started and waited on until it
+answers, and a throwaway PostgreSQL cluster (the production tests' MLflow and Prefect backend)."""
 
 from __future__ import annotations
 
