@@ -41,22 +41,28 @@ class StageFailed(RuntimeError):
 @task(task_run_name="{stage}")
 def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     """Reproduce one DVC stage; returns 'ran' or 'skipped'."""
+    tail = run_command(stage, ["dvc", "repro", "--single-item", stage] + (["--force"] if force else []),
+                       project_dir)
+    return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+
+
+def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
+    """Run cmd in the project, its output streamed into the flow run's logs; the last lines back."""
     logger = get_run_logger()
-    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     # `dvc` and the stages' `lmp` come from this interpreter's environment.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = os.environ | {"PATH": path, "LMP_FLOW_RUN_ID": str(flow_run.id or "")}
     proc = subprocess.Popen(cmd, cwd=project_dir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     tail: list[str] = []
-    for line in proc.stdout:  # stream the stage's output into the flow run's logs
+    for line in proc.stdout:
         line = line.rstrip()
         if line:
             logger.info(line)
             tail = (tail + [line])[-20:]
     if proc.wait() != 0:
-        raise StageFailed(f"stage {stage} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-    return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+        raise StageFailed(f"stage {step} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return tail
 
 
 def report_failure(flow, run, state) -> None:
@@ -78,17 +84,26 @@ def pipeline(project_dir: str = ".", force: bool = False) -> dict:
     for stage in STAGES:
         retries = IO_RETRIES if stage in IO_BOUND else {}
         outcome[stage] = run_stage.with_options(**retries)(stage, project_dir, force)
-    summary = summarize(Path(project_dir))
-    create_markdown_artifact(key="lm-pipeline-summary", markdown=summary["markdown"],
-                             description="metrics and registry decision of this run")
-    print(summary["text"])
+    publish_summary(Path(project_dir))
     return outcome
 
 
-def summarize(project_dir: Path) -> dict[str, str]:
+def publish_summary(project_dir: Path, tuned: bool = False) -> None:
+    summary = summarize(project_dir, tuned)
+    create_markdown_artifact(key="lm-pipeline-summary", markdown=summary["markdown"],
+                             description="metrics and registry decision of this run")
+    print(summary["text"])
+
+
+def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
     from lm_pipeline.config import load_config
 
     cfg = load_config(project_dir / "params.yaml")
+    if tuned:
+        from lm_pipeline.training.search import tuned_config
+
+        cfg = tuned_config(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={
+            "report_dir": project_dir / cfg.tune.report_dir})}))
     metrics = json.loads((project_dir / cfg.evaluate.metrics_file).read_text())
     decision = json.loads((project_dir / cfg.register_.record_file).read_text())
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, int | float))

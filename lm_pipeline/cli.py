@@ -1,4 +1,4 @@
-"""`lmp`: one subcommand per stage, plus `run`, `deploy` and `generate`. Thin on purpose.
+"""`lmp`: one subcommand per stage, plus `run`, `search`, `tune`, `deploy` and `generate`. Thin on purpose.
 
 Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
 """
@@ -33,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in STAGES.items():
-        sub.add_parser(name, help=help_text, description=f"Stage {name}: {help_text}. "
-                       "Reads its settings from the params file.")
+        stage = sub.add_parser(name, help=help_text, description=f"Stage {name}: {help_text}. "
+                               "Reads its settings from the params file.")
+        if name in ("evaluate", "register"):
+            stage.add_argument("--tuned", action="store_true", help="the best model of the last search "
+                               "(tune.model_dir; reports under tune.report_dir)")
+    sub.add_parser("search", help="search hyperparameters and architecture with Ray Tune",
+                   description="Run the Ray Tune search declared in the tune section (ASHA on val_loss, "
+                   "each trial a Ray Train run, MLflow child runs under one parent) and export the best "
+                   "trial's model to tune.model_dir. Needs preprocessed data.")
+    tune = sub.add_parser("tune", help="data stages, search, then evaluate and register the best model "
+                          "(a Prefect flow)", description="Run the tune flow: ingest, validate and "
+                          "preprocess through DVC, `lmp search`, then `lmp evaluate --tuned` and `lmp "
+                          "register --tuned`: the best trial meets the same gates as any model.")
+    tune.add_argument("--force", action="store_true", help="rerun the data stages even if up to date")
     run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow (DVC skips what "
                          "is up to date)", description="Run every stage through the Prefect flow. "
                          "Each task runs its DVC stage (params.yaml), so unchanged stages are "
@@ -91,12 +103,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmp: config error: {err}", file=sys.stderr)
         return 2
     try:
+        if getattr(args, "tuned", False):
+            from lm_pipeline.training.search import tuned_config
+
+            cfg = tuned_config(cfg)
         if args.command in STAGES:
             importlib.import_module(STAGES[args.command][0]).run(cfg)
+        elif args.command == "search":
+            from lm_pipeline.training import search
+
+            search.run(cfg)
         elif args.command == "run":
             from flows.pipeline import pipeline
 
             pipeline(force=args.force)
+        elif args.command == "tune":
+            from flows.tune import tune
+
+            tune(force=args.force)
         elif args.command == "deploy":
             print(deploy_flow(args))
         elif args.command in ("promote", "rollback", "lineage"):

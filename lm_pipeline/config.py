@@ -73,6 +73,10 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1, description="BPE: fewest occurrences for a merge")
     max_train_chars: int = Field(20_000_000, ge=1000, description="train the tokenizer on a seeded "
                                  "sample of about this much text when the corpus is larger")
+    max_unknown_share: float = Field(0.001, ge=0, le=1, description="fine-tuning: largest share of "
+                                     "<unk> tokens the parent's tokenizer may produce on the corpus")
+    min_relative_compression: float = Field(0.5, ge=0, le=1, description="fine-tuning: characters per "
+                                            "token on the corpus, as a share of the parent's own")
 
 
 class SplitConfig(Section):
@@ -123,6 +127,8 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(0, ge=0, description="stop after this many validations "
                                          "without improvement; 0 trains all max_steps")
     min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
+    init_from: str | None = Field(None, description="fine-tune: models:/<name>@<alias>, "
+                                  "models:/<name>/<version> or a model folder; null trains from scratch")
     seed: int = 1337
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")
@@ -175,6 +181,47 @@ class RegisterConfig(Section):
     record_file: Path = Field(Path("reports/registry.json"))
 
 
+SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class SearchConfig(Section):
+    """`lmp tune`: a Ray Tune search over model.* and train.* values, ASHA on val_loss."""
+
+    num_samples: int = Field(8, ge=1, description="trials (with grid values: runs of the whole grid)")
+    max_concurrent_trials: int = Field(1, ge=1, description="trials at once; times workers_per_trial "
+                                       "times train.cpus_per_worker must fit the cluster")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) of each trial")
+    time_budget_s: float = Field(3600, gt=0, description="wall time of the whole search; trials "
+                                 "still running then are stopped")
+    grace_period: int = Field(100, ge=1, description="steps every trial trains before ASHA may stop it")
+    reduction_factor: float = Field(2, gt=1, description="ASHA keeps 1/reduction_factor at each rung")
+    seed: int = Field(1337, description="seeds the sampling of the space")
+    space: dict[str, dict[Literal[SEARCH_KINDS], list]] = Field(
+        default_factory=dict, description="'section.key': {choice|grid: [values]} or "
+        "{uniform|loguniform|randint: [low, high]}")
+    model_dir: Path = Field(Path("models/tuned"), description="the best trial's model")
+    report_dir: Path = Field(Path("reports/tune"), description="best.json, trials.csv, trials.png, "
+                             "and the best model's evaluation and registry record")
+
+    @model_validator(mode="after")
+    def _space_is_well_formed(self) -> SearchConfig:
+        for key, spec in self.space.items():
+            section, _, name = key.partition(".")
+            fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(section, {})
+            if name not in fields:
+                raise ValueError(f"space.{key}: not a model.* or train.* parameter")
+            if len(spec) != 1:
+                raise ValueError(f"space.{key}: give exactly one of {', '.join(SEARCH_KINDS)}")
+            (kind, values), = spec.items()
+            if kind in ("choice", "grid") and not values:
+                raise ValueError(f"space.{key}: {kind} needs a non-empty list")
+            if kind not in ("choice", "grid") and (len(values) != 2 or not values[0] < values[1]):
+                raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"space.{key}: loguniform needs low > 0")
+        return self
+
+
 class TrackingConfig(Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides")
     experiment: str = "lm-pipeline"
@@ -196,6 +243,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    tune: SearchConfig = SearchConfig()
     mlflow: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
 

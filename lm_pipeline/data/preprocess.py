@@ -9,6 +9,8 @@ Output (data/processed/, written atomically as one folder):
   tokenizer.json              the trained tokenizer (HF `tokenizers` format)
   {train,val,test}/NNNNN.bin  token shards of data.shard_tokens ids; each document ends with <|endoftext|>
   meta.json                   the index (shards per split) plus vocab size, dtype, counts, tokenizer hash
+  parent/                     with train.init_from: the model to fine-tune, pinned (its tokenizer is
+                              reused, and a corpus it does not fit is refused; see model/parent.py)
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
 from lm_pipeline.data.shards import ShardWriter, TokenShards
-from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
+from lm_pipeline.data.tokenizer import UNK, eot_id, train_tokenizer
 from lm_pipeline.io import atomic_path, read_json, remove_leftovers, write_json
 from lm_pipeline.lineage import file_sha256
+from lm_pipeline.model import parent as parents
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,16 @@ class PreprocessResult:
 def run(cfg: Config) -> PreprocessResult:
     out, source = cfg.data.processed_dir, cfg.data.raw_dir / DOCUMENTS_FILE
     remove_leftovers(out)
-    tokenizer = train_tokenizer(tokenizer_sample(source, cfg), cfg.tokenizer)
     with atomic_path(out) as tmp:
         tmp.mkdir()
+        parent = parents.fetch(cfg, tmp / parents.PARENT_DIR) if cfg.train.init_from else None
+        if parent:
+            tokenizer = Tokenizer.from_file(str(tmp / parents.PARENT_DIR / TOKENIZER_FILE))
+            log.info("preprocess: fine-tuning %s: its tokenizer (%d tokens) encodes this corpus; "
+                     "the tokenizer section of params.yaml is not used", parents.describe(parent),
+                     tokenizer.get_vocab_size())
+        else:
+            tokenizer = train_tokenizer(tokenizer_sample(source, cfg), cfg.tokenizer)
         tokenizer.save(str(tmp / TOKENIZER_FILE))
         dtype = token_dtype(tokenizer.get_vocab_size())
         writers = {name: ShardWriter(tmp / name, dtype, cfg.data.shard_tokens) for name in SPLITS}
@@ -59,15 +70,20 @@ def run(cfg: Config) -> PreprocessResult:
             if not counts["documents"][name]:
                 raise ValueError(f"preprocess: the {name} split is empty ({sum(counts['documents'].values())}"
                                  " documents); add documents or raise split fractions in params.yaml")
+        fit = tokenizer_fit(counts)
+        if parent:
+            check_tokenizer_fits(fit, tmp / parents.PARENT_DIR, parent, cfg)
         meta = {
             "vocab_size": tokenizer.get_vocab_size(),
             "dtype": np.dtype(dtype).name,
             "eot_id": eot_id(tokenizer),
-            "tokenizer_kind": cfg.tokenizer.kind,
+            "tokenizer_kind": "parent" if parent else cfg.tokenizer.kind,
             "tokenizer_sha256": file_sha256(tmp / TOKENIZER_FILE),
             "shards": {name: writer.close() for name, writer in writers.items()},
-            **counts,
+            **{key: value for key, value in counts.items() if key != "unknown_examples"},
+            **fit,
             "duplicates_dropped": texts.duplicates,
+            "parent": parent,
         }
         write_json(tmp / META_FILE, meta)
     log.info("preprocess: vocab %d, tokens %s in shards of %d, %d duplicates dropped -> %s",
@@ -103,9 +119,13 @@ def tokenizer_sample(source: Path, cfg: Config) -> Iterator[str]:
 
 
 def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: Config) -> dict:
-    """Encode batches of texts on all cores and append each to its split's shards."""
-    eot = eot_id(tokenizer)
-    counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "documents", "characters")}
+    """Encode batches of texts on all cores and append each to its split's shards.
+
+    Counts tokens, documents and characters per split, and <unk> tokens (with a few examples of
+    the text they replaced): a reused tokenizer may not cover a new corpus."""
+    eot, unk = eot_id(tokenizer), tokenizer.token_to_id(UNK)
+    counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "documents", "characters", "unknown")}
+    counts["unknown_examples"] = []
     batch: list[tuple[str, str]] = []
     size = 0
 
@@ -117,6 +137,12 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
             counts["tokens"][split] += len(ids)
             counts["documents"][split] += 1
             counts["characters"][split] += len(text)
+            if unk is not None and (unknown := int(np.count_nonzero(ids == unk))):
+                counts["unknown"][split] += unknown
+                if len(counts["unknown_examples"]) < 5:  # offsets need the slower encode
+                    spans = tokenizer.encode(text).offsets  # one per id but the final <|endoftext|>
+                    unknown_spans = [span for i, span in zip(ids[:-1], spans, strict=True) if i == unk]
+                    counts["unknown_examples"] += [text[a:b] for a, b in unknown_spans[:2]]
         batch.clear()
 
     for text in texts:
@@ -128,6 +154,36 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
     if batch:
         flush()
     return counts
+
+
+def tokenizer_fit(counts: dict) -> dict:
+    """How well the tokenizer fits the corpus: characters per token, share of <unk> tokens."""
+    tokens = sum(counts["tokens"].values())
+    return {"chars_per_token": sum(counts["characters"].values()) / tokens,
+            "unknown_share": sum(counts["unknown"].values()) / tokens,
+            "unknown_examples": counts["unknown_examples"]}
+
+
+def check_tokenizer_fits(fit: dict, parent_dir: Path, parent: dict, cfg: Config) -> None:
+    """Refuse a corpus that needs another tokenizer than the parent's: many <unk> tokens, or far
+    worse compression than on the parent's own corpus (e.g. another script under byte-level BPE)."""
+    name, limits = parents.describe(parent), cfg.tokenizer
+    problems = []
+    if fit["unknown_share"] > limits.max_unknown_share:
+        problems.append(f"{fit['unknown_share']:.2%} of its tokens are {UNK} (limit "
+                        f"tokenizer.max_unknown_share {limits.max_unknown_share:.2%}; "
+                        f"e.g. {', '.join(map(repr, fit['unknown_examples']))})")
+    parent_run = parent_dir / "run.json"
+    before = read_json(parent_run).get("chars_per_token") if parent_run.is_file() else None
+    if before and fit["chars_per_token"] < limits.min_relative_compression * before:
+        problems.append(f"it encodes at {fit['chars_per_token']:.2f} characters per token against "
+                        f"{before:.2f} on the parent's corpus (limit tokenizer.min_relative_compression "
+                        f"{limits.min_relative_compression})")
+    if problems:
+        raise parents.ParentError(
+            f"preprocess: this corpus needs a different tokenizer than {name}'s: {'; '.join(problems)}. "
+            "Fine-tuning must reuse the parent's tokenizer: train from scratch instead (drop "
+            "train.init_from)")
 
 
 def text_digest(text: str) -> bytes:

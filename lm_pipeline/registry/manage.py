@@ -72,7 +72,8 @@ def lineage(cfg: Config, model_uri: str) -> str:
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     tags = mv.tags
     keys = ["git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
-            "weights_sha256", "mlflow_run_id", "prefect_flow_run_id", "promotion.decision"]
+            "weights_sha256", "mlflow_run_id", "prefect_flow_run_id", "parent_model",
+            "promotion.decision"]
     lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in keys]
     dirty = " (the tree was dirty: uncommitted changes are not in this commit)" \
         if tags.get("git_dirty") == "true" else ""

@@ -154,6 +154,14 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={package_version(p).split('+')[0]}" for p in packages]
 
 
+def parent_of(model_dir: Path) -> str:
+    """The model version (or folder) this one was fine-tuned from; empty if trained from scratch."""
+    from lm_pipeline.model.parent import describe
+
+    parent = read_json(Path(model_dir) / tracking.RUN_FILE).get("parent")
+    return describe(parent) if parent else ""
+
+
 def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, str]:
     """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
     params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -167,5 +175,6 @@ def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, st
         "weights_sha256": weights_sha256(model),
         "mlflow_run_id": run_id,
         "prefect_flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", ""),
+        "parent_model": parent_of(cfg.train.model_dir),
         **{f"test.{k}": str(v) for k, v in metrics.items()},
     }

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from safetensors.torch import load_model
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.preprocess import load_tokens
@@ -50,7 +51,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
           f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = parallelize(GPT(model_config(cfg, meta["vocab_size"])), cfg.train.strategy, device)
+    model = GPT(model_config(cfg, meta["vocab_size"]))
+    if loop_config.get("init_weights"):  # fine-tuning: the parent's weights (a checkpoint overrides)
+        load_model(model, loop_config["init_weights"])
+    model = parallelize(model, cfg.train.strategy, device)
     optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                                   (cfg.train.beta1, cfg.train.beta2))
     flops_per_token = unwrap(model).flops_per_token()
@@ -70,6 +74,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger = metric_logger(loop_config, state, restarted=checkpoint is not None) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
+    if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
+        initial = validation_loss(model, val_batches, device, cfg.train.precision)
+        if logger:
+            logger.log({"val_loss": initial}, 0)
 
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
@@ -91,11 +99,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if logger:
             logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
         progress.update(state.step, metrics)
-        if due or improved or stop:  # a new best is saved at once: it is the model to export
-            if logger:
+        if "val_loss" in metrics:  # reported at every validation (Tune's schedulers act on them)
+            save = due or improved or stop  # a new best is saved at once: it is the model to export
+            if logger and save:
                 logger.flush()  # the curve is complete up to every checkpoint
-            report(metrics | {"step": state.step, "best_step": state.best_step,
-                              "early_stopped": stop}, model, optimizer, state, rank)
+            report(metrics | {"step": state.step, "best_step": state.best_step, "early_stopped": stop},
+                   model, optimizer, state, rank, save)
         if stop:
             print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
                   f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
@@ -199,10 +208,18 @@ def validation_loss(model, batches, device, precision: str = "fp32") -> float:
     return float(np.mean(losses))
 
 
-def report(metrics: dict, model: GPT, optimizer, state: TrainState, rank: int) -> None:
-    """Every rank reports; each adds its own files, and Ray merges them into one checkpoint."""
+def report(metrics: dict, model: GPT, optimizer, state: TrainState, rank: int, save: bool) -> None:
+    """Every rank reports (it is a barrier). With `save`, each adds its own files to a checkpoint,
+    and Ray merges them into one."""
+    import ray
     import ray.train
 
+    # Tune kills a trial it stops early with its Train controller, but Ray keeps the workers'
+    # placement group until the job ends: the search frees it by this id (search.FreeWorkers).
+    metrics = metrics | {"placement_group": ray.get_runtime_context().get_placement_group_id() or ""}
+    if not save:
+        ray.train.report(metrics)
+        return
     tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
     try:
         checkpoint_state.save(tmpdir, model, optimizer, state, rank)

@@ -36,6 +36,7 @@ from lm_pipeline import tracking  # noqa: E402
 from lm_pipeline.config import Config  # noqa: E402
 from lm_pipeline.data.preprocess import TOKENIZER_FILE  # noqa: E402
 from lm_pipeline.io import atomic_path, read_json, write_json  # noqa: E402
+from lm_pipeline.model import parent as parents  # noqa: E402
 from lm_pipeline.model.pretrained import save_pretrained  # noqa: E402
 from lm_pipeline.model.transformer import GPT  # noqa: E402
 from lm_pipeline.training.loop import model_config, train_loop_per_worker  # noqa: E402
@@ -63,6 +64,7 @@ def run(cfg: Config) -> TrainResult:
     import mlflow
 
     meta = read_json(cfg.data.processed_dir / "meta.json")
+    check_parent(cfg, meta)
     run_dir = (cfg.train.checkpoint_dir / f"train-{config_digest(cfg, meta)}").resolve()
     run_id = resumable_run_id(cfg, run_dir)
     if run_id:
@@ -75,12 +77,7 @@ def run(cfg: Config) -> TrainResult:
         log.info("train: fresh run in %s; MLflow run %s (%s)", run_dir, run_id,
                  tracking.tracking_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True) as active:
-        mlflow.log_params(tracking.flatten("", {
-            "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
-            "tokenizer": cfg.tokenizer.model_dump(), "data": {
-                "source": cfg.data.source, "vocab_size": meta["vocab_size"],
-                "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"]}}))
-        mlflow.log_params(system_info())
+        mlflow.log_params(run_params(cfg, meta))
         log_data_quality(cfg)
         try:
             result = fit(cfg, run_id, run_dir)
@@ -99,6 +96,29 @@ def run(cfg: Config) -> TrainResult:
     log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
              final["train_loss"], final["val_loss"], cfg.train.model_dir, active.info.run_id)
     return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
+
+
+def run_params(cfg: Config, meta: dict) -> dict:
+    """What a training run logs as params: the same keys for pipeline runs, DVC experiments and
+    Tune trials, so the MLflow UI compares them side by side."""
+    return tracking.flatten("", {
+        "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
+        "tokenizer": cfg.tokenizer.model_dump(), "data": {
+            "source": cfg.data.source, "vocab_size": meta["vocab_size"],
+            "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"]}}) | system_info()
+
+
+def check_parent(cfg: Config, meta: dict) -> None:
+    """train.init_from and the data must agree: preprocess pinned the parent the run starts from."""
+    record, parent_config = parents.load(cfg.data.processed_dir)
+    if bool(cfg.train.init_from) != bool(record) or (record and record["init_from"] != cfg.train.init_from):
+        raise parents.ParentError(
+            f"train.init_from is {cfg.train.init_from!r} but {cfg.data.processed_dir} was preprocessed "
+            f"for {record['init_from'] if record else None!r}: run `lmp preprocess` (or `dvc repro`) first")
+    if record:
+        parents.check_architecture(cfg, parent_config, record)
+        log.info("train: fine-tuning %s (weights %s...) with a fresh optimizer and LR schedule",
+                 parents.describe(record), record["weights_sha256"][:12])
 
 
 def log_data_quality(cfg: Config) -> None:
@@ -120,7 +140,8 @@ def config_digest(cfg: Config, meta: dict) -> str:
     operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir"}
     recipe = {"model": cfg.model.model_dump(),
               "train": cfg.train.model_dump(mode="json", exclude=operational),
-              "tokenizer": meta["tokenizer_sha256"], "tokens": meta["tokens"]}
+              "tokenizer": meta["tokenizer_sha256"], "tokens": meta["tokens"],
+              "parent": (meta.get("parent") or {}).get("weights_sha256")}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -143,7 +164,8 @@ def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
     return run_id
 
 
-def fit(cfg: Config, run_id: str, run_dir: Path):
+def fit(cfg: Config, run_id: str, run_dir: Path, callbacks: tuple = ()):
+    """Train on Ray; `callbacks` are Ray Train callbacks (a Tune trial passes its reporter)."""
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -157,6 +179,8 @@ def fit(cfg: Config, run_id: str, run_dir: Path):
             "mlflow_run_id": run_id,
             "tracking_uri": tracking.tracking_uri(cfg),
             "progress_bar": sys.stderr.isatty(),
+            "init_weights": str(parents.weights_file(cfg.data.processed_dir).resolve())
+            if cfg.train.init_from else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
@@ -168,6 +192,7 @@ def fit(cfg: Config, run_id: str, run_dir: Path):
                                                checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
             worker_runtime_env={"env_vars": {"PYTHONPATH": project_pythonpath()} | tracking.client_env()},
         ),
     )
@@ -177,15 +202,16 @@ def fit(cfg: Config, run_id: str, run_dir: Path):
         raise TrainingError(f"train: training failed: {worker_errors(err)}") from None
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config, cpus: int = 0) -> None:
+    """Join cfg's cluster, or start a local one with at least `cpus` (default: one training's)."""
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.ray_address
+    cpus = cpus or cfg.train.num_workers * cfg.train.cpus_per_worker
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             num_cpus=None if address else max(os.cpu_count() or 1,
-                                               cfg.train.num_workers * cfg.train.cpus_per_worker))
+             num_cpus=None if address else max(os.cpu_count() or 1, cpus))
     log.info("train: Ray %s with %s CPUs", address or "local instance", ray.cluster_resources().get("CPU"))
 
 
@@ -214,7 +240,8 @@ def export_model(cfg: Config, checkpoint, meta: dict, run_id: str) -> GPT:
         state = load_weights(d, model)
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
                 "step": state.step, "tokens_seen": state.tokens_seen,
-                "tokenizer_sha256": meta["tokenizer_sha256"]}
+                "tokenizer_sha256": meta["tokenizer_sha256"], "chars_per_token": meta.get("chars_per_token"),
+                "parent": meta.get("parent")}
     save_pretrained(model, cfg.data.processed_dir / TOKENIZER_FILE, cfg.train.model_dir,
                     extra={tracking.RUN_FILE: run_info})
     return model
@@ -235,6 +262,7 @@ def record_fit(client, run_id: str, best: dict, last: dict, cfg: Config) -> dict
                "overfitting": overfitting}
     for key in ("exported_step", "early_stopped", "overfitting"):
         client.set_tag(run_id, f"train.{key}", str(summary[key]).lower())
+    client.log_metric(run_id, "best_val_loss", best["val_loss"])  # what Tune trials are ranked by
     client.log_metric(run_id, "generalization_gap", summary["generalization_gap"])
     client.log_metric(run_id, "generalization_gap_at_end", summary["generalization_gap_at_end"])
     if overfitting:
@@ -265,9 +293,13 @@ def write_curves(client, run_id: str, out_dir: Path) -> None:
 def run_tags(cfg: Config, meta: dict) -> dict[str, str]:
     from lm_pipeline.lineage import git_commit
 
+    parent = meta.get("parent") or {}
     return {"pipeline.stage": "train", "git_commit": git_commit(),
             "data.tokenizer_sha256": meta["tokenizer_sha256"],
-            "prefect.flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", "")}
+            "prefect.flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", ""),
+            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
+            **({"parent.model": parents.describe(parent), "parent.run_id": parent.get("run_id") or "",
+                "parent.weights_sha256": parent["weights_sha256"]} if parent else {})}
 
 
 def system_info() -> dict[str, str]:

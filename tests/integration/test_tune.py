@@ -1,0 +1,92 @@
+"""Hyperparameter search: real Ray Tune over real Ray Train trials, through the Prefect tune flow."""
+
+import copy
+import json
+
+import pytest
+
+from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+
+pytestmark = [pytest.mark.optimization, pytest.mark.integration, pytest.mark.distributed]
+
+STEPS = 60
+# A grid, so the trials are known: two learning rates (one far too low) by two depths. ASHA sees
+# every trial's validation loss at step 20 and stops those in the worse half by then.
+SEARCH = {"num_samples": 1, "max_concurrent_trials": 1, "workers_per_trial": 2, "grace_period": 20,
+          "reduction_factor": 2, "time_budget_s": 900,
+          "space": {"train.lr": {"grid": [0.01, 0.0001]}, "model.n_layer": {"grid": [1, 2]}}}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, prefect_server):
+    from flows.tune import tune
+
+    params = deep_update(copy.deepcopy(TINY_PARAMS), {
+        "train": {"max_steps": STEPS, "eval_interval": 10, "checkpoint_interval": STEPS}, "tune": SEARCH})
+    root = make_project(tmp_path_factory.mktemp("tune"), params)
+    state = tune(project_dir=str(root), return_state=True)
+    assert state.is_completed(), state.message
+    return root
+
+
+def client_for(project):
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def children(client, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_every_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
+    best = json.loads((searched / "reports/tune/best.json").read_text())
+    client = client_for(searched)
+    trials = children(client, best["parent_run_id"])
+    assert len(trials) == 4 == best["trials"]
+    # Each trial trained with its own values, logged under the same keys as a pipeline run.
+    assert {(t.data.params["train.lr"], t.data.params["model.n_layer"]) for t in trials} == {
+        ("0.01", "1"), ("0.01", "2"), ("0.0001", "1"), ("0.0001", "2")}
+    assert all(t.data.params["train.num_workers"] == "2" for t in trials)
+    status = {t.info.run_id: t.data.tags["tune.status"] for t in trials}
+    stopped = [t for t in trials if status[t.info.run_id] == "stopped_by_asha"]
+    assert stopped and "completed" in status.values(), status
+    for trial in trials:
+        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_loss")]
+        if trial in stopped:  # cut at a rung, and its MLflow run says so
+            assert max(steps) < STEPS and trial.info.status == "KILLED"
+        else:
+            assert max(steps) == STEPS and trial.info.status == "FINISHED"
+    assert all(t.data.params["train.lr"] == "0.0001" for t in stopped)  # the weak ones
+
+
+def test_parent_run_records_the_best_config_and_a_plot_of_the_trials(searched):
+    best = json.loads((searched / "reports/tune/best.json").read_text())
+    client = client_for(searched)
+    parent = client.get_run(best["parent_run_id"])
+    lowest = {t.info.run_id: min(m.value for m in client.get_metric_history(t.info.run_id, "val_loss")
+                                 if m.step > 0)
+              for t in children(client, parent.info.run_id)}
+    assert best["mlflow_run_id"] == min(lowest, key=lowest.get)
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(lowest[best["mlflow_run_id"]])
+    assert parent.data.params["best.train.lr"] == str(best["values"]["train.lr"]) == "0.01"
+    assert json.loads(parent.data.params["tune.space"]) == SEARCH["space"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best.json", "trials.csv", "trials.png"} <= artifacts
+    assert best["dvc_exp_run"].startswith("dvc exp run -S model.n_layer=")
+
+
+def test_best_trial_is_evaluated_and_meets_the_registry_gates(searched):
+    best = json.loads((searched / "reports/tune/best.json").read_text())
+    run = json.loads((searched / "models/tuned/run.json").read_text())
+    assert run["mlflow_run_id"] == best["mlflow_run_id"]
+    client = client_for(searched)
+    metrics = client.get_run(best["mlflow_run_id"]).data.metrics
+    assert metrics["test/perplexity"] < metrics["test/unigram_perplexity"]
+    decision = json.loads((searched / "reports/tune/registry.json").read_text())
+    version = client.get_model_version("lm-pipeline", decision["version"])
+    assert version.run_id == best["mlflow_run_id"] and decision["promoted"]  # first version
+    assert json.loads((searched / "reports/tune/metrics.json").read_text())["perplexity"] > 1
+    assert not (searched / "models/model").exists()  # the pipeline's own outputs are untouched

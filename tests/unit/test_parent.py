@@ -1,0 +1,97 @@
+"""Transfer learning's guards: the parent's tokenizer must fit the corpus, its architecture is kept."""
+
+import json
+import random
+
+import pytest
+
+from lm_pipeline.config import Config
+from lm_pipeline.data import preprocess
+from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.io import read_json, write_json
+from lm_pipeline.model import parent as parents
+from lm_pipeline.model.pretrained import save_pretrained
+from lm_pipeline.model.transformer import GPT, GPTConfig
+
+pytestmark = pytest.mark.optimization
+
+ENGLISH = ["the cat sat on the mat and the dog sat on the log", "a tuple is an immutable sequence"]
+
+
+def parent_folder(tmp_path, kind: str):
+    """A model folder as `lmp train` exports it, with a tokenizer trained on English text."""
+    cfg = Config.model_validate({"tokenizer": {"kind": kind, "vocab_size": 300, "min_frequency": 1}})
+    tokenizer = train_tokenizer(ENGLISH * 20, cfg.tokenizer)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_head=2,
+                          n_embd=16))
+    chars = sum(map(len, ENGLISH)) / sum(len(tokenizer.encode(t).ids) + 1 for t in ENGLISH)
+    save_pretrained(model, tmp_path / "tokenizer.json", tmp_path / "parent",
+                    extra={"run.json": {"chars_per_token": chars}})
+    return tmp_path / "parent"
+
+
+def project_config(tmp_path, texts: list[str], parent) -> Config:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with open(raw / "documents.jsonl", "w") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
+    return Config.model_validate({
+        "data": {"raw_dir": str(raw), "processed_dir": str(tmp_path / "processed")},
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+        "train": {"init_from": str(parent)}})
+
+
+def sentences(words: list[str], n: int = 60) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(words) for _ in range(8)) for _ in range(n)]
+
+
+def test_fine_tuning_data_reuses_the_parents_tokenizer_and_pins_the_parent(tmp_path):
+    parent = parent_folder(tmp_path, "bpe")
+    cfg = project_config(tmp_path, sentences(ENGLISH[0].split()), parent)
+    preprocess.run(cfg)
+    processed = tmp_path / "processed"
+    assert (processed / "tokenizer.json").read_bytes() == (parent / "tokenizer.json").read_bytes()
+    meta = read_json(processed / "meta.json")
+    record, config = parents.load(processed)
+    assert meta["parent"] == record and record["init_from"] == str(parent)
+    assert record["weights_sha256"] and config["n_embd"] == 16
+
+
+def test_a_corpus_the_parents_tokenizer_does_not_cover_is_refused(tmp_path):
+    cfg = project_config(tmp_path, sentences(["αβγ", "δεζ", "ηθ"]), parent_folder(tmp_path, "char"))
+    with pytest.raises(parents.ParentError, match=r"needs a different tokenizer than .*parent's: "
+                       r"\d+\.\d+% of its tokens are <unk> .*e\.g\. '[α-θ]'.*drop train\.init_from"):
+        preprocess.run(cfg)
+    assert not (tmp_path / "processed").exists()  # nothing half-written
+
+
+def test_a_corpus_the_parents_bpe_compresses_badly_is_refused(tmp_path):
+    # Byte-level BPE covers any text, but CJK under an English vocabulary is a byte per token.
+    cfg = project_config(tmp_path, sentences(["日本語", "中文字", "漢字"]), parent_folder(tmp_path, "bpe"))
+    with pytest.raises(parents.ParentError, match=r"characters per token against .* on the parent's "
+                       r"corpus \(limit tokenizer.min_relative_compression 0.5\)"):
+        preprocess.run(cfg)
+    assert not (tmp_path / "processed").exists()
+
+
+def test_fine_tuning_keeps_the_parents_architecture(tmp_path):
+    cfg = Config.model_validate({"model": {"n_layer": 4, "n_embd": 128}})
+    record = {"model_version": "models:/lm-pipeline/3"}
+    parent_config = {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128}
+    with pytest.raises(parents.ParentError, match=r"models:/lm-pipeline/3: model\.n_layer is 4 but the "
+                       r"parent has 2\. Fine-tuning keeps the parent's architecture"):
+        parents.check_architecture(cfg, parent_config, record)
+    parents.check_architecture(cfg, parent_config | {"n_layer": 4}, record)
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    (tmp_path / "weights").mkdir()
+    write_json(tmp_path / "weights" / "config.json", {})
+    cfg = Config.model_validate({"train": {"init_from": str(tmp_path / "weights")}})
+    with pytest.raises(parents.ParentError, match=r"weights is not a model folder \(missing "
+                       r"model.safetensors, tokenizer.json\)"):
+        parents.fetch(cfg, tmp_path / "dest")
