@@ -31,7 +31,8 @@ def make_project(dest: Path, params: dict) -> Path:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
-        if (ROOT / rel).is_file() and rel != "dvc.lock":  # this checkout's own run history
+        # Not this checkout's own run history and results.
+        if (ROOT / rel).is_file() and rel != "dvc.lock" and not rel.startswith("reports/"):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), params)

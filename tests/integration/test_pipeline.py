@@ -99,19 +99,84 @@ def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     assert len(out) == 2 and all(isinstance(text, str) for text in out)
 
 
-def test_changing_a_train_param_reruns_train_and_what_follows_only(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["lr"] = params["train"]["lr"] / 2
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(json.loads(dvc(project, "status", "--json"))) == {"train"}  # directly changed
-    out = dvc(project, "repro")
+@pytest.mark.optimization
+def test_dvc_experiment_reruns_train_and_what_follows_and_matches_its_mlflow_run(project):
+    lr = TINY_PARAMS["train"]["lr"] / 2
+    out = dvc(project, "exp", "run", "--name", "half-lr", "-S", f"train.lr={lr}")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "register"}
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    experiment = next(e for rev in shown for group in rev.get("experiments") or []
+                      for e in group["revs"] if e["name"] == "half-lr")["data"]
+    assert experiment["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+    fit = experiment["metrics"]["reports/training/fit.json"]["data"]
+    assert "perplexity" in experiment["metrics"]["reports/metrics.json"]["data"]
+    # The experiment's MLflow run carries its name, and the params and metrics Tune trials have.
     client = mlflow_client(project)
+    experiment_id = client.get_experiment_by_name("lm-pipeline").experiment_id
+    (run,) = client.search_runs([experiment_id], "tags.`dvc.exp_name` = 'half-lr'")
+    assert float(run.data.params["train.lr"]) == lr
+    assert run.data.metrics["best_val_loss"] == pytest.approx(fit["best_val_loss"])
     assert str(client.get_model_version_by_alias("lm-pipeline", "challenger").version) == "2"
     decision = json.loads((project / "reports/registry.json").read_text())
     champion = str(client.get_model_version_by_alias("lm-pipeline", "champion").version)
     assert champion == ("2" if decision["promoted"] else "1")
+
+
+@pytest.mark.optimization
+def test_flow_fine_tunes_the_champion_on_a_new_corpus(project, tmp_path, monkeypatch):
+    """Last in this module: it moves the project to a new corpus. The new run starts from the
+    champion's weights: its validation loss at step 0 is the champion's own on the new data."""
+    from tokenizers import Tokenizer
+
+    from flows.pipeline import pipeline
+    from lm_pipeline.registry.gates import load_registered
+
+    corpus = tmp_path / "second.jsonl"  # new text (lowercased) the champion's tokenizer still fits
+    with open(project / "data/raw/documents.jsonl") as src, open(corpus, "w") as out:
+        for line in src:
+            out.write(json.dumps({"text": json.loads(line)["text"].lower()}) + "\n")
+    client = mlflow_client(project)
+    parent = str(client.get_model_version_by_alias("lm-pipeline", "champion").version)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["source"] = str(corpus)
+    params["train"] |= {"init_from": "models:/lm-pipeline@champion", "max_steps": 40, "warmup_steps": 5,
+                        "lr": 0.002, "min_lr": 0.0002}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+
+    meta = json.loads((project / "data/processed/meta.json").read_text())
+    assert meta["parent"]["model_version"] == f"models:/lm-pipeline/{parent}"  # the alias, pinned
+    run_id = json.loads((project / "models/model/run.json").read_text())["mlflow_run_id"]
+    start = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(project))
+    champion, tokenizer = load_registered("lm-pipeline", parent)
+    reused = Tokenizer.from_file(str(project / "data/processed/tokenizer.json"))
+    assert reused.to_str() == tokenizer.to_str()
+    assert start == pytest.approx(validation_loss_on(project, champion, params), rel=1e-5)
+
+    decision = json.loads((project / "reports/registry.json").read_text())
+    version = client.get_model_version("lm-pipeline", decision["version"])
+    assert version.tags["parent_model"] == f"models:/lm-pipeline/{parent}"
+    assert client.get_run(run_id).data.tags["parent.model"] == f"models:/lm-pipeline/{parent}"
+    lineage = subprocess.run([str(Path(sys.executable).parent / "lmp"), "lineage",
+                              f"models:/lm-pipeline/{decision['version']}"], cwd=project,
+                             capture_output=True, text=True, check=True).stdout
+    assert f"parent_model: models:/lm-pipeline/{parent}" in lineage
+
+
+def validation_loss_on(project: Path, model, params: dict) -> float:
+    """A model's loss on the project's validation batches, computed here, as training does."""
+    import torch
+
+    from lm_pipeline.data.preprocess import load_tokens
+    from lm_pipeline.training.batches import fixed_batches
+    from lm_pipeline.training.loop import validation_loss
+
+    batches = fixed_batches(load_tokens(project / "data/processed", "val"), params["train"]["eval_batches"],
+                            params["train"]["batch_size"], params["model"]["block_size"])
+    return validation_loss(model, batches, torch.device("cpu"))
 
 
 @pytest.mark.bad_input
