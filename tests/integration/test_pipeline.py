@@ -1,6 +1,7 @@
 """The whole pipeline through real Prefect, DVC, Great Expectations, Ray (2 workers) and MLflow."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,10 +100,30 @@ def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     assert len(out) == 2 and all(isinstance(text, str) for text in out)
 
 
+@pytest.mark.registry
+def test_lineage_commands_rebuild_the_champions_weights_in_a_fresh_clone(project, tmp_path):
+    """The flow registered from a clean commit: `lmp lineage`'s commands rebuild the same weights."""
+    tags = mlflow_client(project).get_model_version("lm-pipeline", "1").tags
+    assert tags["git_dirty"] == "false"
+    out = subprocess.run([str(Path(sys.executable).parent / "lmp"), "lineage", "models:/lm-pipeline/1"],
+                         cwd=project, capture_output=True, text=True, check=True).stdout
+    commands = [line.split("#")[0].strip() for line in out.splitlines()
+                if line.strip().startswith(("git checkout", "dvc repro"))]
+    assert commands == [f"git checkout {tags['git_commit']}", "dvc repro train"]
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        subprocess.run(command.split(), cwd=clone, check=True, capture_output=True, env=env)
+    from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
+
+    assert weights_sha256(load_pretrained(clone / "models/model")[0]) == tags["weights_sha256"]
+
+
 @pytest.mark.optimization
 def test_dvc_experiment_reruns_train_and_what_follows_and_matches_its_mlflow_run(project):
     lr = TINY_PARAMS["train"]["lr"] / 2
-    out = dvc(project, "exp", "run", "--name", "half-lr", "-S", f"train.lr={lr}")
+    out = dvc(project, "exp", "run", "--name", "half-lr", "-S", f"train.lr={lr}", "-S", "train.max_steps=150")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "register"}
     shown = json.loads(dvc(project, "exp", "show", "--json"))
@@ -134,13 +155,13 @@ def test_flow_fine_tunes_the_champion_on_a_new_corpus(project, tmp_path, monkeyp
 
     corpus = tmp_path / "second.jsonl"  # new text (lowercased) the champion's tokenizer still fits
     with open(project / "data/raw/documents.jsonl") as src, open(corpus, "w") as out:
-        for line in src:
+        for line in list(src)[:350]:
             out.write(json.dumps({"text": json.loads(line)["text"].lower()}) + "\n")
     client = mlflow_client(project)
     parent = str(client.get_model_version_by_alias("lm-pipeline", "champion").version)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["source"] = str(corpus)
-    params["train"] |= {"init_from": "models:/lm-pipeline@champion", "max_steps": 40, "warmup_steps": 5,
+    params["train"] |= {"init_from": "models:/lm-pipeline@champion", "max_steps": 20, "warmup_steps": 5,
                         "lr": 0.002, "min_lr": 0.0002}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     state = pipeline(project_dir=str(project), return_state=True)

@@ -15,7 +15,7 @@ def lmp(*args, cwd=None):
 def test_help_lists_every_command():
     out = lmp("--help")
     assert out.returncode == 0
-    for command in STAGES + ["run", "deploy", "generate", "promote", "rollback", "lineage"]:
+    for command in STAGES + ["run", "search", "tune", "deploy", "generate", "promote", "rollback", "lineage"]:
         assert command in out.stdout
 
 
@@ -36,3 +36,11 @@ def test_bad_params_fail_before_any_compute_naming_the_key(tmp_path):
 
 def test_unknown_command_is_a_usage_error():
     assert lmp("bogus").returncode == 2
+
+
+@pytest.mark.optimization
+def test_evaluating_the_tuned_model_before_any_search_says_what_to_run(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = lmp("evaluate", "--tuned", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "reports/tune/best.json: no search result; run `lmp search` (or `lmp tune`) first" in out.stderr
