@@ -54,7 +54,7 @@ def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("registry"), TINY_PARAMS)
     for stage in ("ingest", "validate", "preprocess"):
         lmp(root, "-q", stage)
-    decisions = [train_and_register(root, steps) for steps in (60, 8, 200)]
+    decisions = [train_and_register(root, steps) for steps in (60, 11, 200)]  # warmup is 10 steps
     root.joinpath("decisions.json").write_text(json.dumps(decisions))
     return root
 

@@ -19,7 +19,7 @@ from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
 LMP = str(Path(sys.executable).parent / "lmp")
 # Slow enough (tens of ms a step) that a test can act between a checkpoint and the end.
 TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
-         "train": {"batch_size": 16, "max_steps": 240, "warmup_steps": 10, "eval_interval": 60,
+         "train": {"batch_size": 16, "max_steps": 160, "warmup_steps": 10, "eval_interval": 40,
                    "eval_batches": 2, "checkpoint_interval": 40, "max_failures": 2}}
 
 

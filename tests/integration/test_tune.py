@@ -9,12 +9,12 @@ import yaml
 
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
 
-pytestmark = [pytest.mark.optimization, pytest.mark.integration, pytest.mark.distributed]
+pytestmark = [pytest.mark.optimization, pytest.mark.integration]
 
 STEPS = 60
-# A grid, so the trials are known: two learning rates (one far too low) by two depths. ASHA sees
-# every trial's validation loss at step 20 and stops those in the worse half by then.
-SEARCH = {"num_samples": 1, "max_concurrent_trials": 1, "workers_per_trial": 2, "grace_period": 20,
+# A grid, so the trials are known: two learning rates (one far too low) by two depths, two trials
+# at a time. ASHA sees every trial's validation loss at step 20 and stops those in the worse half.
+SEARCH = {"num_samples": 1, "max_concurrent_trials": 2, "workers_per_trial": 1, "grace_period": 20,
           "reduction_factor": 2, "time_budget_s": 900,
           "space": {"train.lr": {"grid": [0.01, 0.0001]}, "model.n_layer": {"grid": [1, 2]}}}
 
@@ -53,7 +53,7 @@ def test_every_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
     # Each trial trained with its own values, logged under the same keys as a pipeline run.
     assert {(t.data.params["train.lr"], t.data.params["model.n_layer"]) for t in trials} == {
         ("0.01", "1"), ("0.01", "2"), ("0.0001", "1"), ("0.0001", "2")}
-    assert all(t.data.params["train.num_workers"] == "2" for t in trials)
+    assert all(t.data.params["train.num_workers"] == "1" for t in trials)  # workers_per_trial
     status = {t.info.run_id: t.data.tags["tune.status"] for t in trials}
     stopped = [t for t in trials if status[t.info.run_id] == "stopped_by_asha"]
     assert stopped and "completed" in status.values(), status
@@ -66,7 +66,9 @@ def test_every_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
             assert reached[trial.info.run_id] < STEPS and trial.info.status == "KILLED"
         else:
             assert reached[trial.info.run_id] == STEPS and trial.info.status == "FINISHED"
-    assert all(t.data.params["train.lr"] == "0.0001" for t in stopped)  # the weak ones
+    # The far too low learning rate loses at the rung whatever the order; which of the good ones
+    # survive depends on the running median ASHA compares each newcomer with.
+    assert all(t in stopped for t in trials if t.data.params["train.lr"] == "0.0001")
 
 
 def test_parent_run_records_the_best_config_and_a_plot_of_the_trials(searched):
