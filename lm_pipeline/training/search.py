@@ -50,7 +50,7 @@ class Trial:
 def run(cfg: Config) -> dict:
     """Search, then export the best trial's model; returns best.json's content."""
     import mlflow
-    from ray import tune
+    from mlflow.entities import Param
 
     if not cfg.tune.space:
         raise ValueError("tune.space is empty: declare the values to search in params.yaml")
@@ -62,16 +62,22 @@ def run(cfg: Config) -> dict:
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
         "pipeline.stage": "tune", "git_commit": trainer.run_tags(cfg, meta)["git_commit"]})
     client = mlflow.MlflowClient()
-    for key, value in search_params(cfg).items():
-        client.log_param(parent_id, key, value)
-    storage = (cfg.train.checkpoint_dir / f"tune-{stamp}").resolve()
+    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in search_params(cfg).items()])
     log.info("tune: %d trials (at most %d at once, %d workers each, %.0f s budget) over %s; MLflow "
              "parent run %s", cfg.tune.num_samples, cfg.tune.max_concurrent_trials,
              cfg.tune.workers_per_trial, cfg.tune.time_budget_s, ", ".join(cfg.tune.space), parent_id)
-    tuner = tune.Tuner(
+    storage = (cfg.train.checkpoint_dir / f"tune-{stamp}").resolve()
+    results = make_tuner(cfg, trainer.run_tags(cfg, meta) | {"mlflow.parentRunId": parent_id}, storage).fit()
+    trials = [close_trial(client, parent_id, result, cfg) for result in results]
+    return record_search(cfg, client, parent_id, trials, meta)
+
+
+def make_tuner(cfg: Config, trial_tags: dict, storage: Path):
+    from ray import tune
+
+    return tune.Tuner(
         tune.with_resources(  # the trial only drives; its Ray Train workers hold the CPUs
-            tune.with_parameters(run_trial, base=portable_config(cfg), storage=str(storage),
-                                 tags=trainer.run_tags(cfg, meta) | {"mlflow.parentRunId": parent_id}),
+            tune.with_parameters(run_trial, base=portable_config(cfg), storage=str(storage), tags=trial_tags),
             {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
@@ -82,14 +88,11 @@ def run(cfg: Config) -> dict:
             time_budget_s=cfg.tune.time_budget_s,
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}"),
         run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
-                                  callbacks=[_free_workers_callback()()]),
+                                  callbacks=[free_workers_callback()]),
     )
-    results = tuner.fit()
-    trials = [close_trial(client, parent_id, result, cfg) for result in results]
-    return record_search(cfg, client, parent_id, trials, meta)
 
 
-def _free_workers_callback():
+def free_workers_callback():
     from ray.tune import Callback
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -117,7 +120,7 @@ def _free_workers_callback():
                 except Exception:  # already removed: the trial ended on its own
                     pass
 
-    return FreeWorkers
+    return FreeWorkers()
 
 
 def asha(cfg: Config):
