@@ -92,10 +92,12 @@ def test_best_trial_is_evaluated_and_meets_the_registry_gates(searched):
     run = json.loads((searched / "models/tuned/run.json").read_text())
     assert run["mlflow_run_id"] == best["mlflow_run_id"]
     client = client_for(searched)
-    metrics = client.get_run(best["mlflow_run_id"]).data.metrics
-    assert metrics["test/perplexity"] < metrics["test/unigram_perplexity"]
+    metrics = client.get_run(best["mlflow_run_id"]).data.metrics  # evaluate logged to the trial's run
+    evaluated = json.loads((searched / "reports/tune/metrics.json").read_text())
+    assert evaluated["perplexity"] > 1
+    assert metrics["test/perplexity"] == pytest.approx(evaluated["perplexity"])
+    assert metrics["test/bleu"] == pytest.approx(evaluated["bleu"])
     decision = json.loads((searched / "reports/tune/registry.json").read_text())
     version = client.get_model_version("lm-pipeline", decision["version"])
     assert version.run_id == best["mlflow_run_id"] and decision["promoted"]  # first version
-    assert json.loads((searched / "reports/tune/metrics.json").read_text())["perplexity"] > 1
     assert not (searched / "models/model").exists()  # the pipeline's own outputs are untouched
