@@ -100,10 +100,9 @@ def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
 
     cfg = load_config(project_dir / "params.yaml")
     if tuned:
-        from lm_pipeline.training.search import tuned_config
+        from lm_pipeline.training.search import best_values, tuned_config
 
-        cfg = tuned_config(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={
-            "report_dir": project_dir / cfg.tune.report_dir})}))
+        cfg = tuned_config(cfg, best_values(project_dir / cfg.tune.report_dir))
     metrics = json.loads((project_dir / cfg.evaluate.metrics_file).read_text())
     decision = json.loads((project_dir / cfg.register_.record_file).read_text())
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, int | float))

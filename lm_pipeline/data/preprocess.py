@@ -31,6 +31,7 @@ from lm_pipeline.data.tokenizer import UNK, eot_id, train_tokenizer
 from lm_pipeline.io import atomic_path, read_json, remove_leftovers, write_json
 from lm_pipeline.lineage import file_sha256
 from lm_pipeline.model import parent as parents
+from lm_pipeline.tracking import RUN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def check_tokenizer_fits(fit: dict, parent_dir: Path, parent: dict, cfg: Config)
         problems.append(f"{fit['unknown_share']:.2%} of its tokens are {UNK} (limit "
                         f"tokenizer.max_unknown_share {limits.max_unknown_share:.2%}; "
                         f"e.g. {', '.join(map(repr, fit['unknown_examples']))})")
-    parent_run = parent_dir / "run.json"
+    parent_run = parent_dir / RUN_FILE
     before = read_json(parent_run).get("chars_per_token") if parent_run.is_file() else None
     if before and fit["chars_per_token"] < limits.min_relative_compression * before:
         problems.append(f"it encodes at {fit['chars_per_token']:.2f} characters per token against "

@@ -10,7 +10,6 @@ with a fresh optimizer and its own learning-rate schedule.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +21,6 @@ from lm_pipeline.model.pretrained import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FI
 
 PARENT_DIR = "parent"  # in data/processed
 PARENT_FILE = "parent.json"
-MODEL_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(\w+))")
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size")  # what fine-tuning cannot change
 
 
@@ -47,28 +45,24 @@ def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
     import mlflow
 
     from lm_pipeline import tracking
+    from lm_pipeline.registry.manage import RegistryError, model_version
 
-    match = MODEL_URI.fullmatch(uri)
-    if not match:
-        raise ParentError(f"train.init_from: {uri!r} is not models:/<name>/<version> or "
-                          "models:/<name>@<alias>")
-    name, number, alias = match.groups()
     tracking.setup(cfg)
-    client = mlflow.MlflowClient()
     try:
-        mv = (client.get_model_version_by_alias(name, alias) if alias
-              else client.get_model_version(name, number))
+        mv = model_version(mlflow.MlflowClient(), uri)
+    except RegistryError as err:
+        raise ParentError(f"train.init_from: {err}") from None
     except mlflow.exceptions.MlflowException as err:
         raise ParentError(f"train.init_from: {uri} is not in the registry at "
                           f"{tracking.tracking_uri(cfg)} ({err.message})") from None
-    pinned = f"models:/{name}/{mv.version}"
+    pinned = f"models:/{mv.name}/{mv.version}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp))
         folders = [p.parent for p in root.glob(f"artifacts/*/{WEIGHTS_FILE}")]
         if len(folders) != 1:
             raise ParentError(f"train.init_from: {pinned} holds no lm-pipeline model folder")
         copy_model_folder(folders[0], dest, pinned)
-    return {"init_from": uri, "model_version": pinned, "name": name, "version": str(mv.version),
+    return {"init_from": uri, "model_version": pinned, "name": mv.name, "version": str(mv.version),
             "run_id": mv.run_id}
 
 

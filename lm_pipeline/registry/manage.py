@@ -60,17 +60,22 @@ def rollback(cfg: Config, reason: str) -> dict:
     return move_champion(cfg, took_over[-1]["champion_before"], reason, "rollback")
 
 
-def lineage(cfg: Config, model_uri: str) -> str:
-    import mlflow
-
+def model_version(client, model_uri: str):
+    """The registered version models:/<name>/<version> or models:/<name>@<alias> names."""
     match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(\w+))", model_uri)
     if not match:
         raise RegistryError(f"{model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    name, number, alias = match.groups()
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+
+
+def lineage(cfg: Config, model_uri: str) -> str:
+    import mlflow
+
     tracking.setup(cfg)
     client = mlflow.MlflowClient()
-    name, number, alias = match.groups()
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    tags = mv.tags
+    mv = model_version(client, model_uri)
+    name, tags = mv.name, mv.tags
     keys = ["git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
             "weights_sha256", "mlflow_run_id", "prefect_flow_run_id", "parent_model",
             "promotion.decision"]

@@ -59,16 +59,19 @@ def run(cfg: Config) -> dict:
     trainer.init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
     check_fits(cfg, ray_cpus())
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    tags = trainer.run_tags(cfg, meta)
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
-        "pipeline.stage": "tune", "git_commit": trainer.run_tags(cfg, meta)["git_commit"]})
+        "pipeline.stage": "tune", "git_commit": tags["git_commit"]})
     client = mlflow.MlflowClient()
     client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in search_params(cfg).items()])
     log.info("tune: %d trials (at most %d at once, %d workers each, %.0f s budget) over %s; MLflow "
              "parent run %s", cfg.tune.num_samples, cfg.tune.max_concurrent_trials,
              cfg.tune.workers_per_trial, cfg.tune.time_budget_s, ", ".join(cfg.tune.space), parent_id)
     storage = (cfg.train.checkpoint_dir / f"tune-{stamp}").resolve()
-    results = make_tuner(cfg, trainer.run_tags(cfg, meta) | {"mlflow.parentRunId": parent_id}, storage).fit()
-    trials = [close_trial(client, parent_id, result, cfg) for result in results]
+    results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage).fit()
+    children = {run.data.tags["tune.trial_id"]: run for run in client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
+    trials = [close_trial(client, children.get(trial_id_of(result)), result, cfg) for result in results]
     return record_search(cfg, client, parent_id, trials, meta)
 
 
@@ -206,14 +209,11 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
     client.set_terminated(run_id, "FINISHED")
 
 
-def close_trial(client, parent_id: str, result, cfg: Config) -> Trial:
-    """What became of a trial, from Tune's reports; its child run is ended to match."""
+def close_trial(client, run, result, cfg: Config) -> Trial:
+    """What became of a trial, from Tune's reports; its child run (if it got one) is ended to match."""
     from mlflow.entities import RunStatus
 
-    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                              f"tags.mlflow.parentRunId = '{parent_id}' and "
-                              f"tags.`tune.trial_id` = '{trial_id_of(result)}'")
-    run_id = runs[0].info.run_id if runs else ""
+    run_id = run.info.run_id if run else ""
     reports = result.metrics_dataframe
     if result.error or reports is None or reports.empty:
         status, steps, best, checkpoint = "failed", 0, math.nan, None
@@ -280,18 +280,21 @@ def tuned_config(cfg: Config, values: dict | None = None) -> Config:
     """The config of the best trial, with the model and reports under tune.model_dir/report_dir:
     what `lmp evaluate --tuned` and `lmp register --tuned` run on (the pipeline's own outputs stay)."""
     out = cfg.tune.report_dir
-    if values is None:
-        path = out / BEST_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no search result; run `lmp search` (or `lmp tune`) first")
-        values = read_json(path)["values"]
-    trial = trial_config(cfg, values)
+    trial = trial_config(cfg, best_values(out) if values is None else values)
     return trial.model_copy(update={
         "train": trial.train.model_copy(update={"model_dir": cfg.tune.model_dir,
                                                  "curves_dir": out / "training"}),
         "evaluate": trial.evaluate.model_copy(update={"metrics_file": out / "metrics.json",
                                                        "report_dir": out / "evaluation"}),
         "register_": trial.register_.model_copy(update={"record_file": out / "registry.json"})})
+
+
+def best_values(report_dir: Path) -> dict:
+    """The best trial's values, from the last search's best.json."""
+    path = Path(report_dir) / BEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no search result; run `lmp search` (or `lmp tune`) first")
+    return read_json(path)["values"]
 
 
 def write_trials(trials: list[Trial], path: Path) -> None:
