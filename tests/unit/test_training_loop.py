@@ -4,12 +4,15 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import random_batch
-from lm_pipeline.training.loop import guarded_step
+from lm_pipeline.training.loop import autocast, guarded_step
+from lm_pipeline.training.state import TrainState
 
 CFG = Config.model_validate({"model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
                              "train": {"batch_size": 4}})
 TOKENS = np.random.default_rng(0).integers(0, 50, size=5000)
+TOKENS_BATCH = torch.as_tensor(TOKENS[:32]).view(2, 16)
 
 
 def model_and_optimizer():
@@ -39,3 +42,31 @@ def test_non_finite_loss_names_the_step():
         model.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"train loss is nan at step 42; lower train.lr"):
         guarded_step(model, optimizer, TOKENS, 41, 1e-3, CFG, torch.device("cpu"))
+
+
+def test_compiled_bf16_training_resumes_from_its_checkpoint_exactly(tmp_path):
+    """The fast path's settings on CPU: torch.compile and bf16 autocast train, and a compiled
+    model's checkpoint (DCP, as every rank writes it) restores into a fresh compiled model."""
+    fast = CFG.train.model_copy(update={"precision": "bf16", "compile": True})
+    cfg = CFG.model_copy(update={"train": fast})
+    cpu = torch.device("cpu")
+
+    def compiled():
+        model, optimizer = model_and_optimizer()
+        return torch.compile(model), optimizer
+
+    def steps(model, optimizer, start, stop):
+        return [guarded_step(model, optimizer, TOKENS, s, 1e-2, cfg, cpu) for s in range(start, stop)]
+
+    model, optimizer = compiled()
+    first = steps(model, optimizer, 0, 5)
+    checkpoint_state.save(tmp_path, model, optimizer, TrainState(step=5), rank=0)
+    straight = steps(model, optimizer, 5, 10)
+    assert model(TOKENS_BATCH)[0].dtype == torch.float32  # autocast is scoped to the step
+    with autocast(cpu, "bf16"):
+        assert model(TOKENS_BATCH)[0].dtype == torch.bfloat16
+    assert first[-1] < first[0]
+
+    model, optimizer = compiled()
+    assert checkpoint_state.load(tmp_path, model, optimizer, rank=0).step == 5
+    assert steps(model, optimizer, 5, 10) == straight  # the same floats
