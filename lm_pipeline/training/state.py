@@ -13,6 +13,7 @@ restoring `step` restores the position. Nothing here unpickles arbitrary objects
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def load(folder: Path, model, optimizer, rank: int) -> TrainState:
 def load_weights(folder: Path, model) -> TrainState:
     """Into a plain, unwrapped model in a single process (the driver's export)."""
     saved = {"model": model.state_dict()}
-    dcp.load(saved, checkpoint_id=Path(folder))
+    with warnings.catch_warnings():  # DCP warns that no process group exists: that is the intent
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(saved, checkpoint_id=Path(folder))
     model.load_state_dict(saved["model"])
     return TrainState(**read_json(Path(folder) / TRAINER_STATE_FILE))
 
