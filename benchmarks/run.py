@@ -32,7 +32,8 @@ def bench_config(workdir: Path, steps: int, **train):
     from lm_pipeline.config import Config
 
     config = {
-        "data": {"raw_dir": str(workdir / "raw"), "processed_dir": str(workdir / "processed")},
+        "data": {"raw_dir": str(workdir / "raw"), "processed_dir": str(workdir / "processed"),
+                 "report_file": str(workdir / "ingest.json")},
         "validate": {"report_dir": str(workdir / "validation")},
         "train": {"num_workers": 1, "cpus_per_worker": 2, "max_steps": steps, "warmup_steps": 5,
                   "eval_interval": steps, "checkpoint_interval": steps,
