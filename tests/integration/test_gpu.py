@@ -1,11 +1,18 @@
 """The GPU fast path: skipped on machines without CUDA (tests/conftest.py)."""
 
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training.loop import autocast, enable_fast_math, peak_tflops, train_step
+from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
 
 pytestmark = pytest.mark.gpu
 
@@ -28,3 +35,30 @@ def test_bf16_step_on_gpu_learns_and_reports_a_known_peak():
     assert logits.dtype == torch.bfloat16
     if any(name in torch.cuda.get_device_name() for name in ("H100", "H200", "A100")):
         assert peak_tflops(device) > 0
+
+
+# The train stage's GPU path end to end: one GPU worker, bf16, torch.compile, FSDP2.
+GPU_TRAIN = {"train": {"num_workers": 1, "use_gpu": True, "precision": "bf16", "compile": True,
+                       "strategy": "fsdp", "max_steps": 60, "eval_interval": 30, "checkpoint_interval": 30}}
+
+
+@pytest.mark.integration
+def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path):
+    project = make_project(tmp_path, deep_update(copy.deepcopy(TINY_PARAMS), GPU_TRAIN))
+    lmp = str(Path(sys.executable).parent / "lmp")
+    for stage in ("ingest", "preprocess"):
+        subprocess.run([lmp, "-q", stage], cwd=project, check=True)
+    proc = subprocess.run([lmp, "train"], cwd=project, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "device cuda" in out and "strategy fsdp precision bf16" in out
+
+    import mlflow
+
+    run_id = json.loads((project / "models/model/run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
+    assert len(losses) == 60 and losses[-1] < losses[0] - 0.5
+    if peak_tflops(torch.device("cuda")):  # a GPU whose peak we know: MFU is logged every step
+        mfu = client.get_metric_history(run_id, "mfu")
+        assert len(mfu) == 60 and all(0 < m.value < 1 for m in mfu)
