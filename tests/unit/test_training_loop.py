@@ -44,6 +44,9 @@ def test_non_finite_loss_names_the_step():
         guarded_step(model, optimizer, TOKENS, 41, 1e-3, CFG, torch.device("cpu"))
 
 
+# torch's own notices: inductor still uses torch.jit internally; DCP runs here without a process group.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_compiled_bf16_training_resumes_from_its_checkpoint_exactly(tmp_path):
     """The fast path's settings on CPU: torch.compile and bf16 autocast train, and a compiled
     model's checkpoint (DCP, as every rank writes it) restores into a fresh compiled model."""
