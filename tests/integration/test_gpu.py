@@ -3,9 +3,8 @@
 import copy
 import json
 import subprocess
-import sys
-from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training.loop import autocast, enable_fast_math, peak_tflops, train_step
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from tests.services import BIN
 
 pytestmark = pytest.mark.gpu
 
@@ -45,15 +45,13 @@ GPU_TRAIN = {"train": {"num_workers": 1, "use_gpu": True, "precision": "bf16", "
 @pytest.mark.integration
 def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path):
     project = make_project(tmp_path, deep_update(copy.deepcopy(TINY_PARAMS), GPU_TRAIN))
-    lmp = str(Path(sys.executable).parent / "lmp")
+    lmp = str(BIN / "lmp")
     for stage in ("ingest", "preprocess"):
         subprocess.run([lmp, "-q", stage], cwd=project, check=True)
     proc = subprocess.run([lmp, "train"], cwd=project, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "device cuda" in out and "strategy fsdp precision bf16" in out
-
-    import mlflow
 
     run_id = json.loads((project / "models/model/run.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
