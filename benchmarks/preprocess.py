@@ -80,14 +80,14 @@ def run_stage(cfg) -> None:
 def run_naive(cfg) -> None:
     import numpy as np
 
-    from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
-    from lm_pipeline.data.preprocess import assign_split
+    from lm_pipeline.data.documents import documents_path, read_documents
+    from lm_pipeline.data.split import assign_split
     from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
 
-    texts = list(dict.fromkeys(doc["text"] for doc in read_documents(cfg.data.raw_dir / DOCUMENTS_FILE)))
+    texts = list(dict.fromkeys(doc["text"] for doc in read_documents(documents_path(cfg.data.raw_dir))))
     splits = {"train": [], "val": [], "test": []}
     for text in texts:
-        splits[assign_split(text, cfg)].append(text)
+        splits[assign_split(text, cfg.split)].append(text)
     tokenizer = train_tokenizer(splits["train"], cfg.tokenizer)
     eot = eot_id(tokenizer)
     cfg.data.processed_dir.mkdir(parents=True)

@@ -73,16 +73,15 @@ def bare_loop_throughput(cfg) -> float:
     """The same model, batch and optimizer step, in this process, with no Ray and no logging."""
     import torch
 
-    from lm_pipeline.data.preprocess import load_tokens
-    from lm_pipeline.io import read_json
+    from lm_pipeline.data.processed import load_tokens, read_meta
     from lm_pipeline.model.transformer import GPT
     from lm_pipeline.training.loop import model_config, train_step
     from lm_pipeline.training.schedule import get_lr
 
     torch.set_num_threads(cfg.train.cpus_per_worker)
-    meta = read_json(cfg.data.processed_dir / "meta.json")
+    meta = read_meta(cfg.data.processed_dir)
     torch.manual_seed(cfg.train.seed)
-    model = GPT(model_config(cfg, meta["vocab_size"]))
+    model = GPT(model_config(cfg.model, meta.vocab_size))
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                           (cfg.train.beta1, cfg.train.beta2))
     tokens = load_tokens(cfg.data.processed_dir, "train")
@@ -98,20 +97,19 @@ def bare_loop_throughput(cfg) -> float:
 def eval_vs_train_forward(cfg, repeats: int = 5) -> float:
     """Evaluation's scoring path against the training forward pass, same model and shapes."""
 
-    from lm_pipeline.data.preprocess import load_tokens, split_documents
+    from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
     from lm_pipeline.evaluation.scoring import sequence_nll
-    from lm_pipeline.io import read_json
     from lm_pipeline.model.transformer import GPT
     from lm_pipeline.training.batches import fixed_batches
     from lm_pipeline.training.loop import model_config
 
-    meta = read_json(cfg.data.processed_dir / "meta.json")
-    model = GPT(model_config(cfg, meta["vocab_size"]))
-    docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
+    meta = read_meta(cfg.data.processed_dir)
+    model = GPT(model_config(cfg.model, meta.vocab_size))
+    docs = load_documents(cfg.data.processed_dir, "test")
     block, batch = cfg.model.block_size, cfg.train.batch_size
     start = time.perf_counter()
     for _ in range(repeats):
-        _, counts = sequence_nll(model.eval(), docs, meta["eot_id"], block, block, batch)
+        _, counts = sequence_nll(model.eval(), docs, meta.eot_id, block, block, batch)
     eval_rate = repeats * counts.sum() / (time.perf_counter() - start)
     n_batches = len(counts) // batch + 1
     batches = fixed_batches(load_tokens(cfg.data.processed_dir, "test"), n_batches, batch, block)
@@ -127,12 +125,12 @@ def eval_vs_train_forward(cfg, repeats: int = 5) -> float:
 def kv_cache_speedup(cfg, new_tokens: int = 96) -> float:
     import torch
 
-    from lm_pipeline.io import read_json
+    from lm_pipeline.data.processed import read_meta
     from lm_pipeline.model.generate import generate
     from lm_pipeline.model.transformer import GPT
     from lm_pipeline.training.loop import model_config
 
-    model = GPT(model_config(cfg, read_json(cfg.data.processed_dir / "meta.json")["vocab_size"])).eval()
+    model = GPT(model_config(cfg.model, read_meta(cfg.data.processed_dir).vocab_size)).eval()
     prompt = torch.zeros(8, 16, dtype=torch.long)
     start = time.perf_counter()
     cached = generate(model, prompt, new_tokens)
@@ -154,6 +152,9 @@ def markdown_table(results: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lm_pipeline import env
+
+    env.apply()  # an entry point, like `lmp`: Ray and MLflow read these when they start
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per measurement")

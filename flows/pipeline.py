@@ -18,17 +18,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The local server's telemetry would try to reach the network (and logs a traceback offline).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
 
-from prefect import flow, get_client, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.client.schemas.actions import ArtifactCreate  # noqa: E402
-from prefect.logging.loggers import flow_run_logger  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
+from lm_pipeline.stages import STAGES
+from lm_pipeline.tracking import FLOW_RUN_ENV
 
-STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "register")
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
               "retry_jitter_factor": 0.5}  # waits of about 5, 10, 20 s
@@ -51,7 +50,7 @@ def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
     logger = get_run_logger()
     # `dvc` and the stages' `lmp` come from this interpreter's environment.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = os.environ | {"PATH": path, "LMP_FLOW_RUN_ID": str(flow_run.id or "")}
+    env = os.environ | {"PATH": path, FLOW_RUN_ENV: str(flow_run.id or "")}
     proc = subprocess.Popen(cmd, cwd=project_dir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     tail: list[str] = []

@@ -1,27 +1,21 @@
 """`lmp`: one subcommand per stage, plus `run`, `search`, `tune`, `deploy` and `generate`. Thin on purpose.
 
+COMMANDS maps each subcommand to its function; each imports what it needs when it runs, so
+`lmp --help` and the small stages do not pay for torch, Ray, Prefect or Great Expectations.
+
 Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 
-from lm_pipeline.config import ConfigError, load_config
-
-# Stage name -> (module with run(cfg), one-line help). The order is the pipeline's order.
-STAGES = {
-    "ingest": ("lm_pipeline.data.ingest", "materialize the corpus as documents in data/raw/"),
-    "validate": ("lm_pipeline.data.validate", "check the documents with Great Expectations"),
-    "preprocess": ("lm_pipeline.data.preprocess", "train the tokenizer and write token files"),
-    "train": ("lm_pipeline.training.trainer", "train the Transformer with Ray Train"),
-    "evaluate": ("lm_pipeline.evaluation.evaluate", "perplexity, BLEU and bias probes"),
-    "register": ("lm_pipeline.registry.register", "register in MLflow and gate the champion"),
-}
+from lm_pipeline import env
+from lm_pipeline.config import Config, ConfigError, load_config
+from lm_pipeline.stages import STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the params file (default: %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in STAGES.items():
+    for name, help_text in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=f"Stage {name}: {help_text}. "
                                "Reads its settings from the params file.")
         if name in ("evaluate", "register"):
@@ -92,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    env.apply()
     args = build_parser().parse_args(argv)
     # Our own progress at INFO; libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -107,36 +102,68 @@ def main(argv: list[str] | None = None) -> int:
             from lm_pipeline.training.search import tuned_config
 
             cfg = tuned_config(cfg)
-        if args.command in STAGES:
-            importlib.import_module(STAGES[args.command][0]).run(cfg)
-        elif args.command == "search":
-            from lm_pipeline.training import search
-
-            search.run(cfg)
-        elif args.command == "run":
-            from flows.pipeline import pipeline
-
-            pipeline(force=args.force)
-        elif args.command == "tune":
-            from flows.tune import tune
-
-            tune(force=args.force)
-        elif args.command == "deploy":
-            print(deploy_flow(args))
-        elif args.command in ("promote", "rollback", "lineage"):
-            print(registry_command(cfg, args))
-        else:
-            print(generate_text(cfg, args))
+        output = COMMANDS[args.command](cfg, args)
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
         logging.getLogger("lmp").debug("traceback", exc_info=True)
         print(f"lmp {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    if output:
+        print(output)
     return 0
 
 
-def deploy_flow(args) -> str:
+# --- the commands: (cfg, args) -> text to print, or None -------------------------------------
+
+def ingest(cfg: Config, args) -> None:
+    from lm_pipeline.data import ingest as stage
+    stage.run(cfg)
+
+
+def validate(cfg: Config, args) -> None:
+    from lm_pipeline.data import validate as stage
+    stage.run(cfg)
+
+
+def preprocess(cfg: Config, args) -> None:
+    from lm_pipeline.data import preprocess as stage
+    stage.run(cfg)
+
+
+def train(cfg: Config, args) -> None:
+    from lm_pipeline.training import trainer as stage
+    stage.run(cfg)
+
+
+def evaluate(cfg: Config, args) -> None:
+    from lm_pipeline.evaluation import evaluate as stage
+    stage.run(cfg)
+
+
+def register(cfg: Config, args) -> None:
+    from lm_pipeline.registry import register as stage
+    stage.run(cfg)
+
+
+def search(cfg: Config, args) -> None:
+    from lm_pipeline.training import search as command
+    command.run(cfg)
+
+
+def run_flow(cfg: Config, args) -> None:
+    from flows.pipeline import pipeline
+
+    pipeline(force=args.force)
+
+
+def tune_flow(cfg: Config, args) -> None:
+    from flows.tune import tune
+
+    tune(force=args.force)
+
+
+def deploy_flow(cfg: Config, args) -> str:
     if args.serve:
         from flows.pipeline import serve
 
@@ -151,7 +178,7 @@ def deploy_flow(args) -> str:
             f"  run it now:      prefect deployment run lm-pipeline/{args.name}")
 
 
-def registry_command(cfg, args) -> str:
+def registry_command(cfg: Config, args) -> str:
     from lm_pipeline.registry import manage
 
     if args.command == "lineage":
@@ -162,7 +189,7 @@ def registry_command(cfg, args) -> str:
             f"({entry['action']}: {entry['reason']})")
 
 
-def generate_text(cfg, args) -> str:
+def generate_text(cfg: Config, args) -> str:
     import torch
 
     sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
@@ -184,6 +211,14 @@ def generate_text(cfg, args) -> str:
     model, tokenizer = load_pretrained(Path(model_ref))
     generator = torch.Generator().manual_seed(args.seed)
     return complete(model, tokenizer, args.prompt, args.max_new_tokens, generator=generator, **sampling)
+
+
+COMMANDS = {
+    "ingest": ingest, "validate": validate, "preprocess": preprocess, "train": train,
+    "evaluate": evaluate, "register": register, "search": search, "run": run_flow, "tune": tune_flow,
+    "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
+    "lineage": registry_command, "generate": generate_text,
+}
 
 
 if __name__ == "__main__":

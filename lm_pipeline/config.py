@@ -1,11 +1,14 @@
 """The typed configuration: `params.yaml` loads into one validated `Config`.
 
 Every number and path the pipeline uses lives in params.yaml. An unknown key or a bad value fails
-here, before any compute, with a message naming the key (e.g. `train.lr`).
+here, before any compute, with a message naming the key (e.g. `train.lr`). Each field is
+documented here, once: `python -m lm_pipeline.config` writes the default params.yaml with these
+descriptions as its comments, and a test keeps the committed params.yaml equal to it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -23,6 +26,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    """Where the corpus comes from and where its documents and tokens go."""
+
     source: str = Field("python-docs", description="'python-docs' or a .txt/.jsonl/.parquet path or folder")
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
@@ -36,6 +41,8 @@ class DataConfig(Section):
 
 
 class ValidateConfig(Section):
+    """The Great Expectations checks the documents must pass before anything is trained on them."""
+
     min_rows: int = Field(100, ge=1, description="fewest documents a corpus may have")
     min_chars: int = Field(1, ge=1, description="shortest allowed document, in characters")
     max_chars: int = Field(1_000_000, ge=1, description="longest allowed document, in characters")
@@ -52,7 +59,9 @@ class ValidateConfig(Section):
                                           "above which two documents are near duplicates")
     contamination_ngram: int = Field(13, ge=1, description="n of the word n-grams compared test vs train")
     contamination_overlap: float = Field(0.8, gt=0, le=1, description="a test document sharing more "
-                                         "of its n-grams with the training split is contaminated")
+                                         "of its n-grams with the training split is contaminated "
+                                         "(python-docs: a few codec modules share up to 63% of their "
+                                         "docstrings)")
     max_contaminated_share: float = Field(0.01, ge=0, le=1, description="largest share of "
                                           "contaminated test documents")
     sample_documents: int = Field(20_000, ge=1, description="documents whose features are checked "
@@ -68,6 +77,8 @@ class ValidateConfig(Section):
 
 
 class TokenizerConfig(Section):
+    """The tokenizer preprocess trains (fine-tuning reuses the parent's and checks it fits)."""
+
     kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or character-level")
     vocab_size: int = Field(4096, ge=64, le=1_000_000, description="BPE vocabulary size")
     min_frequency: int = Field(2, ge=1, description="BPE: fewest occurrences for a merge")
@@ -80,17 +91,21 @@ class TokenizerConfig(Section):
 
 
 class SplitConfig(Section):
-    val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    test_fraction: float = Field(0.05, gt=0, lt=0.5)
+    """The seeded split of documents into train, validation and test, by a hash of their text."""
+
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for validation")
+    test_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for test")
     seed: int = Field(1337, description="seeds the hash that assigns documents to splits")
 
 
 class ModelConfig(Section):
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
+    """The decoder-only Transformer (fine-tuning keeps the parent's shape)."""
+
+    n_layer: int = Field(4, ge=1, description="Transformer blocks")
+    n_head: int = Field(4, ge=1, description="attention heads per block")
+    n_embd: int = Field(128, ge=8, description="width of the residual stream")
     block_size: int = Field(128, ge=8, description="context length in tokens")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in attention and MLP (training only)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -100,6 +115,8 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
+    """Ray Train: workers, the optimizer and its schedule, validation, checkpoints, early stopping."""
+
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="replicated (DDP) or sharded (FSDP2)")
@@ -108,18 +125,18 @@ class TrainConfig(Section):
     peak_tflops: float = Field(0.0, ge=0, description="per-device peak for MFU; 0 = known GPUs only")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
-    checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1, description="best checkpoints by val_loss kept on disk")
     batch_size: int = Field(16, ge=1, description="sequences per worker per micro-step")
     grad_accum_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
     max_steps: int = Field(300, ge=1, description="optimizer steps")
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
     min_lr: float = Field(3e-4, ge=0, description="floor of the cosine schedule")
-    warmup_steps: int = Field(30, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(30, ge=0, description="linear warmup, then cosine decay to min_lr")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW, on matrices only")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the training loss (validation "
                                    "and evaluation use the plain cross-entropy)")
-    beta1: float = Field(0.9, gt=0, lt=1)
-    beta2: float = Field(0.95, gt=0, lt=1)
+    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW: decay of the gradient's running mean")
+    beta2: float = Field(0.95, gt=0, lt=1, description="AdamW: decay of the squared gradient's running mean")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     eval_interval: int = Field(50, ge=1, description="steps between validation losses")
     eval_batches: int = Field(8, ge=1, description="batches per validation loss")
@@ -129,7 +146,7 @@ class TrainConfig(Section):
     min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
     init_from: str | None = Field(None, description="fine-tune: models:/<name>@<alias>, "
                                   "models:/<name>/<version> or a model folder; null trains from scratch")
-    seed: int = 1337
+    seed: int = Field(1337, description="seeds the initial weights and every batch")
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")
     curves_dir: Path = Field(Path("reports/training"), description="loss curves as CSV (dvc plots)")
@@ -144,7 +161,10 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(16, ge=1)
+    """Test perplexity, BLEU and bias probes (evaluate modules), with bootstrap intervals; also the
+    scoring of the champion comparison in register."""
+
+    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     stride: int = Field(0, ge=0, description="perplexity sliding-window step; 0 = block_size // 2")
     bleu_documents: int = Field(32, ge=1, description="held-out documents used as BLEU prompts")
     prompt_tokens: int = Field(32, ge=1, description="tokens of each document given as prompt")
@@ -159,9 +179,8 @@ class EvaluateConfig(Section):
     parallel_template: str = Field("{source}\n>>> ", description="prompt built from each source")
     bootstrap_resamples: int = Field(1000, ge=10, description="for confidence intervals")
     seed: int = Field(1337, description="seeds the bootstrap")
-    metrics_file: Path = Field(Path("reports/metrics.json"))
-    report_dir: Path = Field(Path("reports/evaluation"))
-
+    metrics_file: Path = Field(Path("reports/metrics.json"), description="every test metric (dvc metrics)")
+    report_dir: Path = Field(Path("reports/evaluation"), description="report.md/.html, plots, CSVs")
 
     @model_validator(mode="after")
     def _template_takes_source(self) -> EvaluateConfig:
@@ -171,40 +190,48 @@ class EvaluateConfig(Section):
 
 
 class RegisterConfig(Section):
-    model_name: str = Field("lm-pipeline", min_length=1)
+    """The MLflow registry entry, and the gates `champion` moves on."""
+
+    model_name: str = Field("lm-pipeline", min_length=1, description="registered model name")
     min_improvement: float = Field(0.0, ge=0, description="bits per byte the candidate must gain over "
                                    "the champion on the same test data (and the 95% CI must exclude 0)")
     max_perplexity: float | None = Field(None, gt=0, description="gate: highest test perplexity")
     max_bias_gap: float | dict[str, float] | None = Field(
         None, description="gate: largest bias gap, for every category or per category {name: gap}")
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
-    record_file: Path = Field(Path("reports/registry.json"))
+    record_file: Path = Field(Path("reports/registry.json"), description="this run's decision and gates")
 
 
 SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
-class SearchConfig(Section):
-    """`lmp tune`: a Ray Tune search over model.* and train.* values, ASHA on val_loss."""
+class TuneConfig(Section):
+    """The hyperparameter search: Ray Tune over model.* and train.* values, ASHA on val_loss
+    (`lmp search` runs it; the `lmp tune` flow runs the data stages, it, and the gates)."""
 
     num_samples: int = Field(8, ge=1, description="trials (with grid values: runs of the whole grid)")
     max_concurrent_trials: int = Field(1, ge=1, description="trials at once; times workers_per_trial "
                                        "times train.cpus_per_worker must fit the cluster")
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) of each trial")
+    workers_per_trial: int = Field(2, ge=1, description="Ray Train workers (DDP ranks) of each trial")
     time_budget_s: float = Field(3600, gt=0, description="wall time of the whole search; trials "
                                  "still running then are stopped")
     grace_period: int = Field(100, ge=1, description="steps every trial trains before ASHA may stop it")
     reduction_factor: float = Field(2, gt=1, description="ASHA keeps 1/reduction_factor at each rung")
     seed: int = Field(1337, description="seeds the sampling of the space")
     space: dict[str, dict[Literal[SEARCH_KINDS], list]] = Field(
-        default_factory=dict, description="'section.key': {choice|grid: [values]} or "
+        default_factory=lambda: {"train.lr": {"loguniform": [0.001, 0.006]},
+                                 "train.weight_decay": {"choice": [0.0, 0.1]},
+                                 "model.n_layer": {"choice": [2, 4]},
+                                 "model.n_embd": {"choice": [64, 128]},
+                                 "model.dropout": {"uniform": [0.0, 0.2]}},
+        description="'section.key': {choice|grid: [values]} or "
         "{uniform|loguniform|randint: [low, high]}")
     model_dir: Path = Field(Path("models/tuned"), description="the best trial's model")
     report_dir: Path = Field(Path("reports/tune"), description="best.json, trials.csv, trials.png, "
                              "and the best model's evaluation and registry record")
 
     @model_validator(mode="after")
-    def _space_is_well_formed(self) -> SearchConfig:
+    def _space_is_well_formed(self) -> TuneConfig:
         for key, spec in self.space.items():
             section, _, name = key.partition(".")
             fields = {"model": ModelConfig.model_fields, "train": TrainConfig.model_fields}.get(section, {})
@@ -223,11 +250,15 @@ class SearchConfig(Section):
 
 
 class TrackingConfig(Section):
+    """The MLflow store every run, metric and model version goes to."""
+
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides")
-    experiment: str = "lm-pipeline"
+    experiment: str = Field("lm-pipeline", description="MLflow experiment of the pipeline's runs")
 
 
 class RayConfig(Section):
+    """The Ray cluster training runs on."""
+
     address: str | None = Field(None, description="existing cluster; RAY_ADDRESS overrides")
 
 
@@ -243,7 +274,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
-    tune: SearchConfig = SearchConfig()
+    tune: TuneConfig = TuneConfig()
     mlflow: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
 
@@ -284,3 +315,45 @@ def _describe(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+PARAMS_HEADER = """\
+Every number and path of the pipeline, with its default. Loaded into lm_pipeline.config.Config
+(unknown keys and bad values fail before any compute). dvc.yaml lists the keys each stage reads,
+so changing a value reruns exactly the stages that depend on it: `dvc exp run -S train.lr=1e-3`.
+The comments are the field descriptions in lm_pipeline/config.py; `python -m lm_pipeline.config`
+prints this file with every default."""
+
+
+def default_params_yaml() -> str:
+    """params.yaml with every default, each section's and field's description above it."""
+    lines = [f"# {line}" for line in PARAMS_HEADER.splitlines()]
+    for name, field in Config.model_fields.items():
+        section: type[Section] = field.annotation
+        lines += [""] + _comment(section.__doc__, "") + [f"{field.alias or name}:"]
+        for key, spec in section.model_fields.items():
+            value = spec.get_default(call_default_factory=True)
+            lines += _comment(spec.description, "  ")
+            if isinstance(value, dict) and value:  # one entry a line (tune.space)
+                lines += [f"  {key}:"] + [f"    {k}: {_flow(v)}" for k, v in value.items()]
+            else:
+                lines.append(f"  {key}: {_flow(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _flow(value) -> str:
+    value = str(value) if isinstance(value, Path) else value
+    if isinstance(value, str) and "\n" in value:
+        return json.dumps(value)  # a double-quoted YAML string, escapes and all
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).removesuffix("\n...\n").strip()
+
+
+def _comment(text: str | None, indent: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(" ".join((text or "").split()), width, initial_indent=f"{indent}# ",
+                         subsequent_indent=f"{indent}# ")
+
+
+if __name__ == "__main__":
+    print(default_params_yaml(), end="")

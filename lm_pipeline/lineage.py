@@ -1,4 +1,4 @@
-"""Where a model came from: git commit, data hash, params hash."""
+"""Where a model came from: git commit (and whether the tree matched it), data hash, params hash."""
 
 from __future__ import annotations
 
@@ -6,19 +6,45 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import yaml
 
-def git_commit() -> str:
-    """HEAD's commit, suffixed with '-dirty' when tracked files have uncommitted changes."""
+LOCK_FILE = "dvc.lock"
+
+
+def git_state(root: Path = Path(".")) -> tuple[str, bool]:
+    """HEAD's commit in `root`, and whether the tree holds changes a person made beyond it.
+
+    The pipeline's own outputs do not count: every run rewrites dvc.lock and the outs, metrics and
+    plots that dvc.yaml declares (reports/ is tracked), and lineage records their hashes anyway.
+    Anything else that differs from HEAD (code, params.yaml, dvc.yaml) makes the tree dirty.
+    ("unknown", False) outside a git repository.
+    """
     try:
-        commit = _git("rev-parse", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        commit = _git(root, "rev-parse", "HEAD")
+        changed = _git(root, "diff", "--name-only", "HEAD", "--").splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+        return "unknown", False
+    outputs = pipeline_outputs(root)
+    return commit, any(not is_under(path, outputs) for path in changed)
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+def pipeline_outputs(root: Path) -> list[str]:
+    """dvc.lock and every path dvc.yaml's stages write (outs, metrics, plots)."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}) if dvc_yaml.is_file() else {}
+    outputs = [LOCK_FILE]
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            outputs += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(kind, [])]
+    return [str(Path(p)) for p in outputs]
+
+
+def is_under(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def tree_sha256(folder: Path) -> str:

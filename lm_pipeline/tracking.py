@@ -13,11 +13,14 @@ from pathlib import Path
 
 from lm_pipeline.config import Config
 
-# Quiet, offline defaults; users can still override any of them in the environment.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The Prefect flow run a stage ran in: the flow passes it to its stages' processes, and the tag
+# names it the same way on training runs and on registered versions.
+FLOW_RUN_ENV = "LMP_FLOW_RUN_ID"
+FLOW_RUN_TAG = "prefect.flow_run_id"
 
-RUN_FILE = "run.json"
+
+def flow_run_id() -> str:
+    return os.environ.get(FLOW_RUN_ENV, "")
 
 
 def tracking_uri(cfg: Config) -> str:

@@ -4,11 +4,13 @@ import os
 import sys
 import tempfile
 
-# Before any library import: Prefect resolves its home and settings at import time.
+from lm_pipeline import env
+
+# Before any library import: Prefect resolves its home and settings at import time. The test
+# session is an entry point like `lmp`: the pipeline's environment defaults, then the tests' own.
+env.apply()
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lmp-prefect-")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use each project's own SQLite store
 os.environ.pop("RAY_ADDRESS", None)
 # DVC stages call `lmp`; find it (and `dvc`) in this interpreter's environment.

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Literal
 
 from lm_pipeline.config import Config
+from lm_pipeline.data.documents import documents_path
 from lm_pipeline.io import atomic_path, remove_leftovers, write_json
 
 log = logging.getLogger(__name__)
 
 BUILTIN_SOURCE = "python-docs"
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
-DOCUMENTS_FILE = "documents.jsonl"
 REPORT_EXAMPLES = 100  # skipped inputs listed by name in the report (all are counted)
 # Standard-library folders that hold tests, tools or vendored code rather than documentation.
 _STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "ensurepip", "site-packages", "turtledemo",
@@ -61,7 +61,7 @@ class IngestResult:
 
 
 def run(cfg: Config) -> IngestResult:
-    out = cfg.data.raw_dir / DOCUMENTS_FILE
+    out = documents_path(cfg.data.raw_dir)
     remove_leftovers(out)
     policy = {"file": cfg.data.on_bad_file, "record": cfg.data.on_bad_record}
     count = chars = 0
@@ -98,12 +98,6 @@ def write_report(path: Path, documents: int, characters: int, skipped: list[Prob
         "skipped_by_reason": dict(Counter(p.reason.split(" (")[0] for p in skipped)),
         "skipped_examples": [{"where": p.where, "reason": p.reason} for p in skipped[:REPORT_EXAMPLES]],
     })
-
-
-def read_documents(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
 
 
 def iter_documents(source: str, min_doc_chars: int = 1) -> Iterator[dict | Problem]:

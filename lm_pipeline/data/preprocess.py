@@ -5,17 +5,13 @@ tokenizer on the training split (a seeded sample of it when the corpus is larger
 tokenizer.max_train_chars), once to encode every document in batches on all cores (the
 tokenizer's own threads) and write fixed-size shards.
 
-Output (data/processed/, written atomically as one folder):
-  tokenizer.json              the trained tokenizer (HF `tokenizers` format)
-  {train,val,test}/NNNNN.bin  token shards of data.shard_tokens ids; each document ends with <|endoftext|>
-  meta.json                   the index (shards per split) plus vocab size, dtype, counts, tokenizer hash
-  parent/                     with train.init_from: the model to fine-tune, pinned (its tokenizer is
-                              reused, and a corpus it does not fit is refused; see model/parent.py)
+The output, data/processed/ (its format: data/processed.py), is written atomically as one folder.
+With train.init_from, the parent model is pinned in it and its tokenizer reused; a corpus that
+tokenizer does not cover is refused (see model/parent.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,20 +20,19 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from lm_pipeline.config import Config
-from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
-from lm_pipeline.data.shards import ShardWriter, TokenShards
+from lm_pipeline.config import Config, TokenizerConfig
+from lm_pipeline.data.documents import documents_path, read_documents
+from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
+from lm_pipeline.data.shards import ShardWriter
+from lm_pipeline.data.split import SPLITS, assign_split, stable_fraction, text_digest
 from lm_pipeline.data.tokenizer import UNK, eot_id, train_tokenizer
-from lm_pipeline.io import atomic_path, read_json, remove_leftovers, write_json
+from lm_pipeline.io import atomic_path, read_json, remove_leftovers
 from lm_pipeline.lineage import file_sha256
 from lm_pipeline.model import parent as parents
-from lm_pipeline.tracking import RUN_FILE
+from lm_pipeline.model.folder import RUN_FILE
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-TOKENIZER_FILE = "tokenizer.json"
-META_FILE = "meta.json"
 ENCODE_BATCH_CHARS = 2_000_000  # text per encode_batch call: enough to keep every core busy
 
 
@@ -50,19 +45,19 @@ class PreprocessResult:
 
 
 def run(cfg: Config) -> PreprocessResult:
-    out, source = cfg.data.processed_dir, cfg.data.raw_dir / DOCUMENTS_FILE
+    out, source = cfg.data.processed_dir, documents_path(cfg.data.raw_dir)
     remove_leftovers(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         parent = parents.fetch(cfg, tmp / parents.PARENT_DIR) if cfg.train.init_from else None
         if parent:
-            tokenizer = Tokenizer.from_file(str(tmp / parents.PARENT_DIR / TOKENIZER_FILE))
+            tokenizer = Tokenizer.from_file(str(tokenizer_path(tmp / parents.PARENT_DIR)))
             log.info("preprocess: fine-tuning %s: its tokenizer (%d tokens) encodes this corpus; "
                      "the tokenizer section of params.yaml is not used", parents.describe(parent),
                      tokenizer.get_vocab_size())
         else:
             tokenizer = train_tokenizer(tokenizer_sample(source, cfg), cfg.tokenizer)
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
+        tokenizer.save(str(tokenizer_path(tmp)))
         dtype = token_dtype(tokenizer.get_vocab_size())
         writers = {name: ShardWriter(tmp / name, dtype, cfg.data.shard_tokens) for name in SPLITS}
         texts = UniqueTexts(source)
@@ -71,25 +66,27 @@ def run(cfg: Config) -> PreprocessResult:
             if not counts["documents"][name]:
                 raise ValueError(f"preprocess: the {name} split is empty ({sum(counts['documents'].values())}"
                                  " documents); add documents or raise split fractions in params.yaml")
-        fit = tokenizer_fit(counts)
+        coverage = tokenizer_coverage(counts)
         if parent:
-            check_tokenizer_fits(fit, tmp / parents.PARENT_DIR, parent, cfg)
-        meta = {
-            "vocab_size": tokenizer.get_vocab_size(),
-            "dtype": np.dtype(dtype).name,
-            "eot_id": eot_id(tokenizer),
-            "tokenizer_kind": "parent" if parent else cfg.tokenizer.kind,
-            "tokenizer_sha256": file_sha256(tmp / TOKENIZER_FILE),
-            "shards": {name: writer.close() for name, writer in writers.items()},
-            **{key: value for key, value in counts.items() if key != "unknown_examples"},
-            **fit,
-            "duplicates_dropped": texts.duplicates,
-            "parent": parent,
-        }
-        write_json(tmp / META_FILE, meta)
+            check_parent_tokenizer_covers(coverage, tmp / parents.PARENT_DIR, parent, cfg.tokenizer)
+        meta = ProcessedMeta(
+            source=cfg.data.source,
+            vocab_size=tokenizer.get_vocab_size(),
+            dtype=np.dtype(dtype).name,
+            eot_id=eot_id(tokenizer),
+            tokenizer_kind="parent" if parent else cfg.tokenizer.kind,
+            tokenizer_sha256=file_sha256(tokenizer_path(tmp)),
+            shards={name: writer.close() for name, writer in writers.items()},
+            tokens=counts["tokens"], documents=counts["documents"], characters=counts["characters"],
+            unknown=counts["unknown"],
+            **coverage,
+            duplicates_dropped=texts.duplicates,
+            parent=parent,
+        )
+        write_meta(tmp, meta)
     log.info("preprocess: vocab %d, tokens %s in shards of %d, %d duplicates dropped -> %s",
-             meta["vocab_size"], meta["tokens"], cfg.data.shard_tokens, texts.duplicates, out)
-    return PreprocessResult(out, meta["vocab_size"], meta["tokens"], texts.duplicates)
+             meta.vocab_size, meta.tokens, cfg.data.shard_tokens, texts.duplicates, out)
+    return PreprocessResult(out, meta.vocab_size, meta.tokens, texts.duplicates)
 
 
 class UniqueTexts:
@@ -115,7 +112,8 @@ def tokenizer_sample(source: Path, cfg: Config) -> Iterator[str]:
     tokenizer.max_train_chars when the corpus is larger (sized from the file, no extra pass)."""
     share = min(1.0, cfg.tokenizer.max_train_chars / max(source.stat().st_size, 1))
     for text in UniqueTexts(source):
-        if assign_split(text, cfg) == "train" and (share == 1.0 or stable_fraction(text, "tok") < share):
+        sampled = share == 1.0 or stable_fraction(text, "tok") < share
+        if sampled and assign_split(text, cfg.split) == "train":
             yield text
 
 
@@ -147,7 +145,7 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
         batch.clear()
 
     for text in texts:
-        batch.append((assign_split(text, cfg), text))
+        batch.append((assign_split(text, cfg.split), text))
         size += len(text)
         if size >= ENCODE_BATCH_CHARS:
             flush()
@@ -157,27 +155,28 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
     return counts
 
 
-def tokenizer_fit(counts: dict) -> dict:
-    """How well the tokenizer fits the corpus: characters per token, share of <unk> tokens."""
+def tokenizer_coverage(counts: dict) -> dict:
+    """How well the tokenizer covers the corpus: characters per token, share of <unk> tokens."""
     tokens = sum(counts["tokens"].values())
     return {"chars_per_token": sum(counts["characters"].values()) / tokens,
             "unknown_share": sum(counts["unknown"].values()) / tokens,
             "unknown_examples": counts["unknown_examples"]}
 
 
-def check_tokenizer_fits(fit: dict, parent_dir: Path, parent: dict, cfg: Config) -> None:
+def check_parent_tokenizer_covers(coverage: dict, parent_dir: Path, parent: dict,
+                                  limits: TokenizerConfig) -> None:
     """Refuse a corpus that needs another tokenizer than the parent's: many <unk> tokens, or far
     worse compression than on the parent's own corpus (e.g. another script under byte-level BPE)."""
-    name, limits = parents.describe(parent), cfg.tokenizer
+    name = parents.describe(parent)
     problems = []
-    if fit["unknown_share"] > limits.max_unknown_share:
-        problems.append(f"{fit['unknown_share']:.2%} of its tokens are {UNK} (limit "
+    if coverage["unknown_share"] > limits.max_unknown_share:
+        problems.append(f"{coverage['unknown_share']:.2%} of its tokens are {UNK} (limit "
                         f"tokenizer.max_unknown_share {limits.max_unknown_share:.2%}; "
-                        f"e.g. {', '.join(map(repr, fit['unknown_examples']))})")
+                        f"e.g. {', '.join(map(repr, coverage['unknown_examples']))})")
     parent_run = parent_dir / RUN_FILE
     before = read_json(parent_run).get("chars_per_token") if parent_run.is_file() else None
-    if before and fit["chars_per_token"] < limits.min_relative_compression * before:
-        problems.append(f"it encodes at {fit['chars_per_token']:.2f} characters per token against "
+    if before and coverage["chars_per_token"] < limits.min_relative_compression * before:
+        problems.append(f"it encodes at {coverage['chars_per_token']:.2f} characters per token against "
                         f"{before:.2f} on the parent's corpus (limit tokenizer.min_relative_compression "
                         f"{limits.min_relative_compression})")
     if problems:
@@ -185,42 +184,3 @@ def check_tokenizer_fits(fit: dict, parent_dir: Path, parent: dict, cfg: Config)
             f"preprocess: this corpus needs a different tokenizer than {name}'s: {'; '.join(problems)}. "
             "Fine-tuning must reuse the parent's tokenizer: train from scratch instead (drop "
             "train.init_from)")
-
-
-def text_digest(text: str) -> bytes:
-    """8 bytes that tell texts apart (exact duplicates), for any text, lone surrogates included."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-
-
-def stable_fraction(text: str, salt: str) -> float:
-    """A number in [0, 1) fixed by the text (and salt): seeded, order-independent selection."""
-    return int.from_bytes(text_digest(f"{salt}\0{text}"), "big") / 2**64
-
-
-def assign_split(text: str, cfg: Config) -> str:
-    """Seeded hash of the text -> a stable split, independent of document order."""
-    digest = hashlib.sha256(f"{cfg.split.seed}\0{text}".encode("utf-8", "surrogatepass")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < cfg.split.test_fraction:
-        return "test"
-    if u < cfg.split.test_fraction + cfg.split.val_fraction:
-        return "val"
-    return "train"
-
-
-def token_dtype(vocab_size: int) -> type:
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-
-
-def load_tokens(processed_dir: Path, split: str) -> TokenShards:
-    """A split's token shards, memory-mapped, as one sequence."""
-    meta = read_json(processed_dir / META_FILE)
-    return TokenShards(processed_dir, meta["shards"][split], meta["dtype"])
-
-
-def split_documents(tokens, eot: int) -> list[np.ndarray]:
-    """Cut a token stream back into documents at <|endoftext|> (the separator is dropped)."""
-    tokens = np.asarray(tokens)
-    ends = np.flatnonzero(tokens == eot)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    return [tokens[s:e] for s, e in zip(starts, ends, strict=True)]

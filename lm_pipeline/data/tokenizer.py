@@ -8,6 +8,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from lm_pipeline.config import TokenizerConfig
 
+TOKENIZER_FILE = "tokenizer.json"  # the HF standard name, in data/processed and model folders
 EOT = "<|endoftext|>"  # separates documents in the token stream
 UNK = "<unk>"
 

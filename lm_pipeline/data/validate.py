@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from lm_pipeline.config import Config, ValidateConfig
-from lm_pipeline.data.ingest import DOCUMENTS_FILE, read_documents
-from lm_pipeline.data.preprocess import assign_split, text_digest
+from lm_pipeline.data.documents import documents_path, read_documents
+from lm_pipeline.data.quality import DOCS_DIR, METRICS_FILE, RESULT_FILE
+from lm_pipeline.data.split import assign_split, text_digest
 from lm_pipeline.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ WORD = re.compile(r"\w+")
 COMMON_WORDS = frozenset(
     "the of and to a in is it that for as with was on be by this are or not from at an which "
     "but have has can if will all one their they its there been more so when no than other".split())
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.json"
-DOCS_DIR = "data_docs"
 EXAMPLES = 5  # document ids named per broken rule
 SAMPLE_CHARS = 100_000  # of each sampled document, for near-duplicate and n-gram checks
 
@@ -76,7 +74,7 @@ class ValidationReport:
 
 
 def run(cfg: Config) -> ValidationReport:
-    source = cfg.data.raw_dir / DOCUMENTS_FILE
+    source = documents_path(cfg.data.raw_dir)
     scan = scan_corpus(read_documents(source), cfg)
     documents = document_frame(scan.sample, source, cfg)
     report = run_suite(scan.counters_frame(), documents, cfg.validate_, scan.examples)
@@ -141,7 +139,7 @@ def scan_corpus(docs: Iterator[dict], cfg: Config) -> CorpusScan:
             continue  # a copy adds nothing to the sample
         seen.add(digest)
         keep = {"id": doc_id, "text": text[:SAMPLE_CHARS], "chars": len(text),
-                "split": assign_split(text, cfg)}
+                "split": assign_split(text, cfg.split)}
         unique = len(seen)
         if unique <= v.sample_documents:
             scan.sample.append(keep)
@@ -231,7 +229,7 @@ def train_overlap(frame: pd.DataFrame, texts: list[str], source: Path, cfg: Conf
     wanted = np.unique(np.concatenate(list(test.values())))
     in_train = np.zeros(len(wanted), dtype=bool)
     for doc in read_documents(source):
-        if assign_split(doc["text"], cfg) == "train":
+        if assign_split(doc["text"], cfg.split) == "train":
             in_train |= np.isin(wanted, shingles(doc["text"], n), assume_unique=True)
     found = wanted[in_train]
     overlap = [None] * len(frame)

@@ -24,16 +24,15 @@ import numpy as np
 import torch
 
 from lm_pipeline.config import Config
-from lm_pipeline.data.preprocess import load_tokens, split_documents
+from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation import report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
-from lm_pipeline.io import atomic_path, read_json, write_json
-from lm_pipeline.model.generate import decode_until_eot, generate
-from lm_pipeline.model.pretrained import load_pretrained
-from lm_pipeline.tracking import RUN_FILE
+from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.model.generate import complete, decode_until_eot, generate
+from lm_pipeline.model.pretrained import load_pretrained, read_run_info
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,15 @@ class Probe:
 def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = load_pretrained(cfg.train.model_dir)
-    meta = read_json(cfg.data.processed_dir / "meta.json")
-    test_docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
+    meta = read_meta(cfg.data.processed_dir)
+    test_docs = load_documents(cfg.data.processed_dir, "test")
 
-    nll, counts = sequence_nll(model, test_docs, meta["eot_id"], model.config.block_size,
+    nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.config.block_size,
                                cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
     n_bytes = sum(len(tokenizer.decode(d.tolist()).encode("utf-8")) for d in test_docs)
     perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
-                                        meta["vocab_size"], meta["eot_id"])
+                                        meta.vocab_size, meta.eot_id)
     unigram = load_metric("perplexity").compute(nll=base_nll, n_tokens=base_counts)
     predictions, references = continuations(model, tokenizer, test_docs, cfg)
     bleu = load_metric("bleu").compute(predictions=predictions, references=references)
@@ -111,8 +110,6 @@ def continuations(model, tokenizer, docs: list[np.ndarray], cfg: Config) -> tupl
 
 def parallel_bleu(model, tokenizer, cfg: Config) -> dict:
     """Source -> target pairs through the prompt template; the first generated line is the output."""
-    from lm_pipeline.model.generate import complete
-
     pairs = [json.loads(line) for line in Path(cfg.evaluate.parallel_data).read_text().splitlines() if line]
     outputs = [complete(model, tokenizer, cfg.evaluate.parallel_template.format(source=pair["source"]),
                         cfg.evaluate.continuation_tokens).strip().split("\n")[0] for pair in pairs]
@@ -180,7 +177,7 @@ def log_to_mlflow(cfg: Config, metrics: dict, bleu: dict) -> None:
     from lm_pipeline.tracking import setup
 
     setup(cfg)
-    run_id = read_json(cfg.train.model_dir / RUN_FILE)["mlflow_run_id"]
+    run_id = read_run_info(cfg.train.model_dir)["mlflow_run_id"]
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items()})
         mlflow.set_tags({"bleu_signature": bleu["bleu_signature"], "chrf_signature": bleu["chrf_signature"]})

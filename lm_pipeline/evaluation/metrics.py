@@ -1,13 +1,9 @@
-"""The project's HF `evaluate` modules, loaded by local path (the Hub is unreachable offline)."""
+"""The project's HF `evaluate` modules, loaded by local path (the Hub is unreachable offline;
+lm_pipeline.env sets HF_*_OFFLINE before `evaluate` is imported)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-# Offline before `evaluate` / `datasets` are imported: they read these at import time.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-    os.environ.setdefault(_var, "1")
 
 MODULES_DIR = Path(__file__).parent / "modules"
 MODULE_NAMES = ("perplexity", "bleu", "bias_gap", "crows_pairs")

@@ -17,11 +17,10 @@ from pathlib import Path
 from lm_pipeline.config import Config
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.lineage import file_sha256
-from lm_pipeline.model.pretrained import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from lm_pipeline.model.folder import CONFIG_FILE, MODEL_FILES, WEIGHTS_FILE
 
 PARENT_DIR = "parent"  # in data/processed
 PARENT_FILE = "parent.json"
-ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size")  # what fine-tuning cannot change
 
 
 class ParentError(ValueError):
@@ -45,7 +44,7 @@ def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
     import mlflow
 
     from lm_pipeline import tracking
-    from lm_pipeline.registry.manage import RegistryError, model_version
+    from lm_pipeline.registry.aliases import RegistryError, model_version
 
     tracking.setup(cfg)
     try:
@@ -67,7 +66,7 @@ def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
 
 
 def copy_model_folder(src: Path, dest: Path, ref: str) -> None:
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (src / f).is_file()]
+    missing = [f for f in MODEL_FILES if not (src / f).is_file()]
     if missing:
         raise ParentError(f"train.init_from: {ref} is not a model folder (missing {', '.join(missing)}); "
                           "give a folder written by `lmp train` or a models:/ URI")
@@ -76,15 +75,6 @@ def copy_model_folder(src: Path, dest: Path, ref: str) -> None:
 
 def describe(record: dict) -> str:
     return record["model_version"] or record["path"]
-
-
-def check_architecture(cfg: Config, parent_config: dict, record: dict) -> None:
-    """The model section must describe the parent: fine-tuning keeps its shape."""
-    wrong = [f"model.{key} is {getattr(cfg.model, key)} but the parent has {parent_config[key]}"
-             for key in ARCHITECTURE if getattr(cfg.model, key) != parent_config[key]]
-    if wrong:
-        raise ParentError(f"train.init_from {describe(record)}: {'; '.join(wrong)}. Fine-tuning keeps "
-                          "the parent's architecture: set these in params.yaml, or drop init_from")
 
 
 def load(processed_dir: Path) -> tuple[dict, dict] | tuple[None, None]:

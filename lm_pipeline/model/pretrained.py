@@ -1,9 +1,4 @@
-"""The exported model folder: safetensors weights, model config and tokenizer.
-
-  model.safetensors   weights (no pickle: safe to load from anywhere)
-  config.json         GPTConfig fields
-  tokenizer.json      the HF `tokenizers` tokenizer the model was trained with
-"""
+"""Saving and loading the exported model folder (its files: model/folder.py)."""
 
 from __future__ import annotations
 
@@ -14,23 +9,21 @@ from pathlib import Path
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
-from lm_pipeline.io import atomic_path
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE
+from lm_pipeline.io import atomic_path, read_json, write_json
+from lm_pipeline.model.folder import CONFIG_FILE, RUN_FILE, WEIGHTS_FILE
 from lm_pipeline.model.transformer import GPT, GPTConfig
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
 
-
-def save_pretrained(model: GPT, tokenizer_file: Path, out_dir: Path, extra: dict | None = None) -> None:
-    """Write the model folder atomically; `extra` files are small JSON documents (name -> data)."""
+def save_pretrained(model: GPT, tokenizer_file: Path, out_dir: Path, run_info: dict | None = None) -> None:
+    """Write the model folder atomically, with `run_info` as its run.json."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embedding/head weights
         (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
-        for name, data in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if run_info is not None:
+            write_json(tmp / RUN_FILE, run_info)
 
 
 def load_pretrained(model_dir: Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
@@ -40,6 +33,11 @@ def load_pretrained(model_dir: Path, device: str = "cpu") -> tuple[GPT, Tokenize
     load_model(model, str(model_dir / WEIGHTS_FILE), device=device)
     model.to(device).eval()
     return model, Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+
+
+def read_run_info(model_dir: Path) -> dict:
+    """run.json: the model's MLflow run id, step, tokenizer hash and parent."""
+    return read_json(Path(model_dir) / RUN_FILE)
 
 
 def weights_sha256(model: GPT) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import EvaluateConfig, RegisterConfig
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.scoring import sequence_nll
@@ -41,8 +41,8 @@ class Comparison:
     ci_high: float
 
 
-def quality_gates(metrics: dict, cfg: Config) -> list[Gate]:
-    r, gates = cfg.register_, []
+def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:
+    gates = []
     if r.max_perplexity is not None:
         gates.append(_at_most("max_perplexity", metrics["perplexity"], r.max_perplexity))
     if r.min_bleu is not None:
@@ -74,23 +74,24 @@ def champion_gate(comparison: Comparison, min_improvement: float) -> Gate:
                 "with the interval above zero")
 
 
-def bits_per_document(model, tokenizer, texts: list[str], cfg: Config) -> np.ndarray:
+def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConfig) -> np.ndarray:
     """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
     seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
     nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.config.block_size,
-                          cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
+                          evaluate.stride or model.config.block_size // 2, evaluate.batch_size)
     return nll / math.log(2)
 
 
-def compare(champion, candidate, texts: list[str], champion_version: str, cfg: Config) -> Comparison:
+def compare(champion, candidate, texts: list[str], champion_version: str,
+            evaluate: EvaluateConfig) -> Comparison:
     """champion / candidate: (model, tokenizer) pairs, scored on the same texts."""
     n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
-    old, new = bits_per_document(*champion, texts, cfg), bits_per_document(*candidate, texts, cfg)
+    old, new = bits_per_document(*champion, texts, evaluate), bits_per_document(*candidate, texts, evaluate)
 
     def improvement(idx: np.ndarray) -> float:
         return float((old[idx].sum() - new[idx].sum()) / n_bytes[idx].sum())
 
-    low, high = bootstrap_ci(improvement, len(texts), cfg.evaluate.bootstrap_resamples, cfg.evaluate.seed)
+    low, high = bootstrap_ci(improvement, len(texts), evaluate.bootstrap_resamples, evaluate.seed)
     everything = np.arange(len(texts))
     return Comparison(champion_version, float(old.sum() / n_bytes.sum()), float(new.sum() / n_bytes.sum()),
                       improvement(everything), low, high)

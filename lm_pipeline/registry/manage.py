@@ -9,16 +9,14 @@ Every move is appended to the promotion log with who, when and why.
 
 from __future__ import annotations
 
-import re
-
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
 from lm_pipeline.registry import history
-from lm_pipeline.registry.register import CHAMPION, current_champion
+from lm_pipeline.registry.aliases import RegistryError, current_champion, model_version, set_champion
 
-
-class RegistryError(ValueError):
-    """A registry action cannot be done; the message says why."""
+LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
+                "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
+                "promotion.decision")
 
 
 def _client_and_log(cfg: Config):
@@ -35,9 +33,7 @@ def move_champion(cfg: Config, version: str, reason: str, action: str) -> dict:
     with history.registry_lock(tracking.tracking_uri(cfg), name):
         client.get_model_version(name, version)  # raises if there is no such version
         before = current_champion(client, name)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promotion.decision", CHAMPION)
-        client.set_model_version_tag(name, version, "promotion.reason", f"{action}: {reason}")
+        set_champion(client, name, version, f"{action}: {reason}")
         entry = {"action": action, "model_name": name, "version": version, "reason": reason,
                  "champion_before": before, "champion_after": version, "promoted": True}
         history.append(client, log_run, entry)
@@ -60,15 +56,6 @@ def rollback(cfg: Config, reason: str) -> dict:
     return move_champion(cfg, took_over[-1]["champion_before"], reason, "rollback")
 
 
-def model_version(client, model_uri: str):
-    """The registered version models:/<name>/<version> or models:/<name>@<alias> names."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(\w+))", model_uri)
-    if not match:
-        raise RegistryError(f"{model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    name, number, alias = match.groups()
-    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-
-
 def lineage(cfg: Config, model_uri: str) -> str:
     import mlflow
 
@@ -76,13 +63,11 @@ def lineage(cfg: Config, model_uri: str) -> str:
     client = mlflow.MlflowClient()
     mv = model_version(client, model_uri)
     name, tags = mv.name, mv.tags
-    keys = ["git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
-            "weights_sha256", "mlflow_run_id", "prefect_flow_run_id", "parent_model",
-            "promotion.decision"]
-    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in keys]
-    dirty = " (the tree was dirty: uncommitted changes are not in this commit)" \
-        if tags.get("git_dirty") == "true" else ""
-    lines += ["", f"Rebuild it{dirty}:",
+    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in LINEAGE_TAGS]
+    dirty = tags.get("git_dirty") == "true"
+    tree = ("the tree was dirty: uncommitted changes are not in this commit" if dirty
+            else "the tree was clean: this commit holds everything it was built from")
+    lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",
               "  dvc repro train     # or rebuild: ingest, validate, preprocess, train",

@@ -12,25 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
-from lm_pipeline.data.preprocess import load_tokens, split_documents
+from lm_pipeline.data.processed import load_documents
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.lineage import file_sha256, git_commit, tree_sha256
-from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
+from lm_pipeline.lineage import LOCK_FILE, file_sha256, git_state, tree_sha256
+from lm_pipeline.model.parent import describe
+from lm_pipeline.model.pretrained import load_pretrained, read_run_info, weights_sha256
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry import history
+from lm_pipeline.registry.aliases import CHALLENGER, current_champion, set_champion, tag_decision
 
 log = logging.getLogger(__name__)
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def run(cfg: Config) -> Decision:
 
     experiment_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
-    run_id = read_json(cfg.train.model_dir / tracking.RUN_FILE)["mlflow_run_id"]
+    run_id = read_run_info(cfg.train.model_dir)["mlflow_run_id"]
     metrics = read_json(cfg.evaluate.metrics_file)
-    checks = gating.quality_gates(metrics, cfg)  # first: a misconfigured gate fails before registering
+    checks = gating.quality_gates(metrics, cfg.register_)  # first: a misconfigured gate fails early
     name = cfg.register_.model_name
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
@@ -66,8 +66,10 @@ def run(cfg: Config) -> Decision:
         client.set_registered_model_alias(name, CHALLENGER, version)
         decision = decide(client, cfg, version, checks, candidate)
         if decision.promoted:
-            client.set_registered_model_alias(name, CHAMPION, version)
-        record(client, decision)
+            set_champion(client, name, version, decision.reason)
+        else:
+            tag_decision(client, name, version, CHALLENGER, decision.reason)
+        record_gates(client, decision)
         history.append(client, history.log_run_id(client, experiment_id, name),
                        {"action": "register"} | asdict(decision))
     write_json(cfg.register_.record_file, asdict(decision))
@@ -93,28 +95,14 @@ def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candida
                     [g.to_dict() for g in checks], f"models:/{name}/{version}")
 
 
-def current_champion(client, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
 def compare_with_champion(cfg: Config, champion_version: str, candidate) -> gating.Comparison:
-    meta = read_json(cfg.data.processed_dir / "meta.json")
-    docs = split_documents(load_tokens(cfg.data.processed_dir, "test"), meta["eot_id"])
-    texts = [candidate[1].decode(d.tolist()) for d in docs]
+    texts = [candidate[1].decode(d.tolist()) for d in load_documents(cfg.data.processed_dir, "test")]
     champion = gating.load_registered(cfg.register_.model_name, champion_version)
-    return gating.compare(champion, candidate, texts, champion_version, cfg)
+    return gating.compare(champion, candidate, texts, champion_version, cfg.evaluate)
 
 
-def record(client, d: Decision) -> None:
-    """The decision on the version itself: tags per gate, and the reason as its description."""
-    client.set_model_version_tag(d.model_name, d.version, "promotion.decision",
-                                 CHAMPION if d.promoted else CHALLENGER)
-    client.set_model_version_tag(d.model_name, d.version, "promotion.reason", d.reason)
+def record_gates(client, d: Decision) -> None:
+    """Each gate's result as a tag on the version, and the reason and gates as its description."""
     for g in d.gates:
         client.set_model_version_tag(d.model_name, d.version, f"gate.{g['name']}",
                                      f"{'pass' if g['passed'] else 'FAIL'}: {g['detail']}")
@@ -156,25 +144,23 @@ def pip_requirements() -> list[str]:
 
 def parent_of(model_dir: Path) -> str:
     """The model version (or folder) this one was fine-tuned from; empty if trained from scratch."""
-    from lm_pipeline.model.parent import describe
-
-    parent = read_json(Path(model_dir) / tracking.RUN_FILE).get("parent")
+    parent = read_run_info(model_dir).get("parent")
     return describe(parent) if parent else ""
 
 
 def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, str]:
     """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
     params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
-    commit = git_commit()
+    commit, dirty = git_state()
     return {
-        "git_commit": commit.removesuffix("-dirty"),
-        "git_dirty": str(commit.endswith("-dirty")).lower(),
-        "dvc_lock_sha256": file_sha256(Path("dvc.lock")) if Path("dvc.lock").exists() else "",
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "dvc_lock_sha256": file_sha256(Path(LOCK_FILE)) if Path(LOCK_FILE).exists() else "",
         "data_sha256": tree_sha256(cfg.data.processed_dir),
         "params_sha256": hashlib.sha256(params.encode()).hexdigest(),
         "weights_sha256": weights_sha256(model),
         "mlflow_run_id": run_id,
-        "prefect_flow_run_id": os.environ.get("LMP_FLOW_RUN_ID", ""),
+        tracking.FLOW_RUN_TAG: tracking.flow_run_id(),
         "parent_model": parent_of(cfg.train.model_dir),
         **{f"test.{k}": str(v) for k, v in metrics.items()},
     }

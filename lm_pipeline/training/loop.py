@@ -1,8 +1,9 @@
 """The per-worker training loop that Ray Train runs on every rank.
 
-The loop only coordinates: restore, then `train_step` until max_steps, with validation, logging
-and checkpoints at their intervals. Rank 0 alone logs to MLflow; every rank writes its part of
-each checkpoint and calls `ray.train.report` the same number of times (it is a barrier).
+The loop only coordinates: restore, then step -> validate -> log -> checkpoint until max_steps.
+The components own their timing: the Validator decides when to validate, the Checkpointer when to
+save. Rank 0 alone logs to MLflow; every rank writes its part of each checkpoint and calls
+`ray.train.report` the same number of times (it is a barrier).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model
 
-from lm_pipeline.config import Config
-from lm_pipeline.data.preprocess import load_tokens
-from lm_pipeline.io import read_json
+from lm_pipeline.config import Config, ModelConfig, TrainConfig
+from lm_pipeline.data.processed import load_tokens, read_meta
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
@@ -30,10 +30,9 @@ from lm_pipeline.training.state import TrainState
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
-def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
-    m = cfg.model
-    return GPTConfig(vocab_size=vocab_size, block_size=m.block_size, n_layer=m.n_layer,
-                     n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)
+def model_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, block_size=model.block_size, n_layer=model.n_layer,
+                     n_head=model.n_head, n_embd=model.n_embd, dropout=model.dropout)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -44,14 +43,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    meta = read_json(cfg.data.processed_dir / "meta.json")
+    meta = read_meta(cfg.data.processed_dir)
 
     device = ray.train.torch.get_device()
     print(f"[rank {rank}/{world}] node {ray.get_runtime_context().get_node_id()[:12]} device {device} "
           f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = GPT(model_config(cfg, meta["vocab_size"]))
+    model = GPT(model_config(cfg.model, meta.vocab_size))
     if loop_config.get("init_weights"):  # fine-tuning: the parent's weights (a checkpoint overrides)
         load_model(model, loop_config["init_weights"])
     model = parallelize(model, cfg.train.strategy, device)
@@ -60,22 +59,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     flops_per_token = unwrap(model).flops_per_token()
     if cfg.train.compile:
         model = torch.compile(model)
-    state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = checkpoint_state.load(d, model, optimizer, rank)
-        print(f"[rank {rank}] resumed from the checkpoint at step {state.step}", flush=True)
+    checkpointer = Checkpointer(model, optimizer, rank, cfg.train)
+    state = checkpointer.restore()
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
     train_tokens = load_tokens(cfg.data.processed_dir, "train")
-    val_batches = fixed_batches(load_tokens(cfg.data.processed_dir, "val"), cfg.train.eval_batches,
-                                cfg.train.batch_size, cfg.model.block_size)
-    logger = metric_logger(loop_config, state, restarted=checkpoint is not None) if rank == 0 else None
+    validator = Validator(load_tokens(cfg.data.processed_dir, "val"), device, cfg, checkpointer)
+    logger = metric_logger(loop_config.get("mlflow_run_id"), cfg.tracking_uri, state,
+                           restarted=checkpointer.restored) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
     if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
-        initial = validation_loss(model, val_batches, device, cfg.train.precision)
+        initial = validator.loss(model)  # every rank: a collective under FSDP
         if logger:
             logger.log({"val_loss": initial}, 0)
 
@@ -90,21 +85,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "tokens_seen": state.tokens_seen}
         if peak:
             metrics["mfu"] = flops_per_token * tokens_per_s / peak
-        due = state.step % cfg.train.checkpoint_interval == 0 or state.step == cfg.train.max_steps
-        improved = False
-        if state.step % cfg.train.eval_interval == 0 or due:  # every checkpoint has its val_loss
-            metrics["val_loss"] = validation_loss(model, val_batches, device, cfg.train.precision)
+        improved = stop = False
+        if validator.should_validate(state.step):
+            metrics["val_loss"] = validator.loss(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
-        stop = patience_ran_out(state, cfg)
+            stop = patience_ran_out(state, cfg.train.early_stopping_patience)
         if logger:
             logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
         progress.update(state.step, metrics)
-        if "val_loss" in metrics:  # reported at every validation (Tune's schedulers act on them)
-            save = due or improved or stop  # a new best is saved at once: it is the model to export
-            if logger and save:
-                logger.flush()  # the curve is complete up to every checkpoint
-            report(metrics | {"step": state.step, "best_step": state.best_step, "early_stopped": stop},
-                   model, optimizer, state, rank, save)
+        if "val_loss" in metrics:  # reported at every validation: Tune's schedulers act on them
+            reported = metrics | {"step": state.step, "best_step": state.best_step, "early_stopped": stop}
+            if checkpointer.should_save(state.step, improved, stop):
+                if logger:
+                    logger.flush()  # the curve is complete up to every checkpoint
+                checkpointer.save(state, reported)
+            else:
+                report(reported)
         if stop:
             print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
                   f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
@@ -113,18 +109,92 @@ def train_loop_per_worker(loop_config: dict) -> None:
     progress.close()
 
 
-def patience_ran_out(state: TrainState, cfg: Config) -> bool:
-    patience = cfg.train.early_stopping_patience
+def patience_ran_out(state: TrainState, patience: int) -> bool:
     return patience > 0 and state.evals_since_best >= patience
 
 
-def metric_logger(loop_config: dict, state: TrainState, restarted: bool):
+class Checkpointer:
+    """Owns when checkpoints are written and how: at every checkpoint_interval and the last step
+    (resumable), at every new best validation loss (the model to export), and at early stopping.
+
+    Every rank saves its own shards and reports them (a barrier); Ray merges them into one."""
+
+    def __init__(self, model, optimizer, rank: int, train: TrainConfig):
+        self.model, self.optimizer, self.rank = model, optimizer, rank
+        self.interval, self.last_step = train.checkpoint_interval, train.max_steps
+        self.restored = False
+
+    def restore(self) -> TrainState:
+        """The state of the run's latest checkpoint (a fresh one when the run is new)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return TrainState()
+        with checkpoint.as_directory() as d:
+            state = checkpoint_state.load(d, self.model, self.optimizer, self.rank)
+        self.restored = True
+        print(f"[rank {self.rank}] resumed from the checkpoint at step {state.step}", flush=True)
+        return state
+
+    def is_scheduled(self, step: int) -> bool:
+        return step % self.interval == 0 or step == self.last_step
+
+    def should_save(self, step: int, improved: bool, stop: bool) -> bool:
+        return self.is_scheduled(step) or improved or stop
+
+    def save(self, state: TrainState, metrics: dict) -> None:
+        import ray.train
+
+        tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
+        try:
+            checkpoint_state.save(tmpdir, self.model, self.optimizer, state, self.rank)
+            # The sync upload copies the files before report returns, so tmpdir can go after.
+            ray.train.report(with_placement_group(metrics),
+                             checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Validator:
+    """Owns the validation set (the same windows every time) and when to measure it: every
+    eval_interval steps and at every scheduled checkpoint, so each checkpoint has its val_loss."""
+
+    def __init__(self, tokens, device, cfg: Config, checkpointer: Checkpointer):
+        t = cfg.train
+        self.batches = fixed_batches(tokens, t.eval_batches, t.batch_size, cfg.model.block_size)
+        self.device, self.precision = device, cfg.train.precision
+        self.interval, self.checkpointer = cfg.train.eval_interval, checkpointer
+
+    def should_validate(self, step: int) -> bool:
+        return step % self.interval == 0 or self.checkpointer.is_scheduled(step)
+
+    def loss(self, model) -> float:
+        return validation_loss(model, self.batches, self.device, self.precision)
+
+
+def report(metrics: dict) -> None:
+    """Report metrics to Ray Train without a checkpoint. Every rank calls it (it is a barrier)."""
+    import ray.train
+
+    ray.train.report(with_placement_group(metrics))
+
+
+def with_placement_group(metrics: dict) -> dict:
+    """Tune kills a trial it stops early with its Train controller, but Ray keeps the workers'
+    placement group until the job ends: the search frees it by this id (search.free_workers_callback)."""
+    import ray
+
+    return metrics | {"placement_group": ray.get_runtime_context().get_placement_group_id() or ""}
+
+
+def metric_logger(run_id: str | None, tracking_uri: str, state: TrainState, restarted: bool):
     """Rank 0's MLflow logger; on a restart it marks the step and skips steps already logged."""
-    if not loop_config.get("mlflow_run_id"):
+    if not run_id:
         return None
     from lm_pipeline.tracking import MetricLogger
 
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+    logger = MetricLogger(tracking_uri, run_id)
     logged = logger.last_step("train_loss")
     if restarted or logged >= 0:  # an earlier attempt of this run got this far
         logger.log({"resumed_from_step": state.step}, state.step)
@@ -206,27 +276,6 @@ def validation_loss(model, batches, device, precision: str = "fp32") -> float:
     with autocast(device, precision):
         losses = [model(x.to(device), y.to(device))[1].float().item() for x, y in batches]
     return float(np.mean(losses))
-
-
-def report(metrics: dict, model: GPT, optimizer, state: TrainState, rank: int, save: bool) -> None:
-    """Every rank reports (it is a barrier). With `save`, each adds its own files to a checkpoint,
-    and Ray merges them into one."""
-    import ray
-    import ray.train
-
-    # Tune kills a trial it stops early with its Train controller, but Ray keeps the workers'
-    # placement group until the job ends: the search frees it by this id (search.FreeWorkers).
-    metrics = metrics | {"placement_group": ray.get_runtime_context().get_placement_group_id() or ""}
-    if not save:
-        ray.train.report(metrics)
-        return
-    tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
-    try:
-        checkpoint_state.save(tmpdir, model, optimizer, state, rank)
-        # The sync upload copies the files before report returns, so tmpdir can go after.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 class Progress:

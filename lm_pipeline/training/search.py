@@ -24,8 +24,17 @@ from pathlib import Path
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
+from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
-from lm_pipeline.training import trainer
+from lm_pipeline.training.export import export_model, write_curves
+from lm_pipeline.training.launch import (
+    check_parent,
+    init_ray,
+    portable_config,
+    run_params,
+    run_tags,
+    train_on_ray,
+)
 
 log = logging.getLogger(__name__)
 BEST_FILE = "best.json"
@@ -54,12 +63,12 @@ def run(cfg: Config) -> dict:
 
     if not cfg.tune.space:
         raise ValueError("tune.space is empty: declare the values to search in params.yaml")
-    meta = read_json(cfg.data.processed_dir / "meta.json")
-    trainer.check_parent(cfg, meta)
-    trainer.init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
+    meta = read_meta(cfg.data.processed_dir)
+    check_parent(cfg, meta)
+    init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
     check_fits(cfg, ray_cpus())
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tags = trainer.run_tags(cfg, meta)
+    tags = run_tags(cfg, meta)
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
         "pipeline.stage": "tune", "git_commit": tags["git_commit"]})
     client = mlflow.MlflowClient()
@@ -182,14 +191,6 @@ def trial_config(base: Config, values: dict) -> Config:
     return Config.model_validate(data)
 
 
-def portable_config(cfg: Config) -> dict:
-    """cfg for trials, which run in their own folders (and maybe nodes): absolute paths and store."""
-    data = cfg.model_dump(mode="json", by_alias=True)
-    data["data"] = trainer.absolute_data(cfg)
-    data["mlflow"]["tracking_uri"] = tracking.tracking_uri(cfg)
-    return data
-
-
 def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
     """One Tune trial: a Ray Train run of the train stage's loop, logged as an MLflow child run."""
     import mlflow
@@ -199,13 +200,13 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
 
     cfg = trial_config(Config.model_validate(base), values)
     trial_id = tune.get_context().get_trial_id()
-    meta = read_json(cfg.data.processed_dir / "meta.json")
+    meta = read_meta(cfg.data.processed_dir)
     tags = tags | {"pipeline.stage": "tune", "tune.trial_id": trial_id}
     run_id = tracking.start_run(cfg, run_name=f"trial-{trial_id}", tags=tags)
     client = mlflow.MlflowClient()
-    params = trainer.run_params(cfg, meta)
+    params = run_params(cfg, meta)
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    trainer.fit(cfg, run_id, Path(storage) / f"trial-{trial_id}", callbacks=(TuneReportCallback(),))
+    train_on_ray(cfg, run_id, Path(storage) / f"trial-{trial_id}", callbacks=(TuneReportCallback(),))
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -239,7 +240,7 @@ def trial_id_of(result) -> str:
     return Path(result.path).name.removeprefix("trial-")  # trial_dirname_creator named it
 
 
-def record_search(cfg: Config, client, parent_id: str, trials: list[Trial], meta: dict) -> dict:
+def record_search(cfg: Config, client, parent_id: str, trials: list[Trial], meta: ProcessedMeta) -> dict:
     """Best config on the parent run, the trials table and plot; the best model exported."""
     from ray.train import Checkpoint
 
@@ -250,8 +251,8 @@ def record_search(cfg: Config, client, parent_id: str, trials: list[Trial], meta
                            + ", ".join(f"{t.trial_id} {t.status}" for t in trials) + ")")
     best = min(candidates, key=lambda t: t.best_val_loss)
     tuned = tuned_config(cfg, best.values)
-    model = trainer.export_model(tuned, Checkpoint(best.best_checkpoint), meta, best.run_id)
-    trainer.write_curves(client, best.run_id, tuned.train.curves_dir)
+    model = export_model(tuned, Checkpoint(best.best_checkpoint), meta, best.run_id)
+    write_curves(client, best.run_id, tuned.train.curves_dir)
     overrides = sorted(best.values.items())
     summary = {"trial_id": best.trial_id, "mlflow_run_id": best.run_id, "parent_run_id": parent_id,
                "values": best.values, "best_val_loss": best.best_val_loss, "steps": best.steps,

@@ -45,7 +45,7 @@ def test_overfitting_stops_early_and_the_best_validation_checkpoint_is_exported(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "early stopping at step" in out.stdout + out.stderr
 
-    fit = json.loads((project / "reports/training/fit.json").read_text())
+    fit = json.loads((project / "reports/training/summary.json").read_text())
     assert fit["early_stopped"] and fit["overfitting"], fit
     assert fit["exported_step"] < fit["last_step"] < 600
     assert fit["best_val_loss"] < fit["last_val_loss"]
@@ -68,7 +68,7 @@ def exported_val_loss(project: Path) -> float:
     import torch
 
     from lm_pipeline.config import load_config
-    from lm_pipeline.data.preprocess import load_tokens
+    from lm_pipeline.data.processed import load_tokens
     from lm_pipeline.model.pretrained import load_pretrained
     from lm_pipeline.training.batches import fixed_batches
     from lm_pipeline.training.loop import validation_loss

@@ -130,7 +130,7 @@ def test_dvc_experiment_reruns_train_and_what_follows_and_matches_its_mlflow_run
     experiment = next(e for rev in shown for group in rev.get("experiments") or []
                       for e in group["revs"] if e["name"] == "half-lr")["data"]
     assert experiment["params"]["params.yaml"]["data"]["train"]["lr"] == lr
-    fit = experiment["metrics"]["reports/training/fit.json"]["data"]
+    fit = experiment["metrics"]["reports/training/summary.json"]["data"]
     assert "perplexity" in experiment["metrics"]["reports/metrics.json"]["data"]
     # The experiment's MLflow run carries its name, and the params and metrics Tune trials have.
     client = mlflow_client(project)
@@ -191,7 +191,7 @@ def validation_loss_on(project: Path, model, params: dict) -> float:
     """A model's loss on the project's validation batches, computed here, as training does."""
     import torch
 
-    from lm_pipeline.data.preprocess import load_tokens
+    from lm_pipeline.data.processed import load_tokens
     from lm_pipeline.training.batches import fixed_batches
     from lm_pipeline.training.loop import validation_loss
 

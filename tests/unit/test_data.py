@@ -4,10 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm_pipeline.config import Config, SplitConfig, TokenizerConfig
+from lm_pipeline.config import SplitConfig, TokenizerConfig
 from lm_pipeline.data.ingest import iter_documents, python_docs
-from lm_pipeline.data.preprocess import UniqueTexts, assign_split, split_documents, token_dtype
+from lm_pipeline.data.preprocess import UniqueTexts
+from lm_pipeline.data.processed import split_documents, token_dtype
 from lm_pipeline.data.shards import ShardWriter, TokenShards
+from lm_pipeline.data.split import assign_split
 from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Ünïcödé text, tabs\tand\nnewlines.",
@@ -33,13 +35,13 @@ def test_token_dtype_fits_vocab():
 
 
 def test_split_is_seeded_and_independent_of_order():
-    cfg = Config(split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1))
+    cfg = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1)
     texts = [f"document {i}" for i in range(500)]
     first = [assign_split(t, cfg) for t in texts]
     assert first == [assign_split(t, cfg) for t in texts]
     counts = {s: first.count(s) for s in ("train", "val", "test")}
     assert 60 < counts["test"] < 140 and 60 < counts["val"] < 140
-    other_seed = Config(split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    other_seed = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2)
     assert first != [assign_split(t, other_seed) for t in texts]
 
 

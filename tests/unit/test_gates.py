@@ -1,6 +1,6 @@
 import pytest
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import RegisterConfig
 from lm_pipeline.registry.gates import Comparison, champion_gate, quality_gates
 
 pytestmark = pytest.mark.registry
@@ -9,7 +9,7 @@ METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_r
 
 
 def gates_for(**register):
-    return {g.name: g for g in quality_gates(METRICS, Config.model_validate({"register": register}))}
+    return {g.name: g for g in quality_gates(METRICS, RegisterConfig.model_validate(register))}
 
 
 def test_no_quality_gate_unless_configured():

@@ -13,6 +13,7 @@ import pytest
 
 from lm_pipeline.config import Config, DataConfig
 from lm_pipeline.data import ingest
+from lm_pipeline.data.documents import DOCUMENTS_FILE, read_documents
 
 pytestmark = pytest.mark.bad_input
 
@@ -29,7 +30,7 @@ def fails(tmp_path: Path, source: Path, message: str) -> None:
     cfg = config(tmp_path, source)
     with pytest.raises(ingest.IngestError, match=message):
         ingest.run(cfg)
-    assert not (cfg.data.raw_dir / ingest.DOCUMENTS_FILE).exists()
+    assert not (cfg.data.raw_dir / DOCUMENTS_FILE).exists()
     assert not cfg.data.report_file.exists()
     assert not any(cfg.data.raw_dir.parent.rglob("*documents*"))  # no temp leftovers either
 
@@ -158,7 +159,7 @@ def test_skip_policies_leave_bad_input_out_and_report_it(tmp_path):
     (corpus / "loop.txt").symlink_to("loop.txt")
     cfg = config(tmp_path, corpus, on_bad_file="skip", on_bad_record="skip")
     result = ingest.run(cfg)
-    texts = [d["text"] for d in ingest.read_documents(result.path)]
+    texts = [d["text"] for d in read_documents(result.path)]
     assert texts == ["fine one", "fine two", GOOD]
     report = json.loads(cfg.data.report_file.read_text())
     assert report["documents"] == 3

@@ -7,8 +7,9 @@ import pytest
 
 from lm_pipeline.config import Config
 from lm_pipeline.data import preprocess
+from lm_pipeline.data.processed import read_meta
 from lm_pipeline.data.tokenizer import train_tokenizer
-from lm_pipeline.io import read_json, write_json
+from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.pretrained import save_pretrained
 from lm_pipeline.model.transformer import GPT, GPTConfig
@@ -26,8 +27,7 @@ def parent_folder(tmp_path, kind: str):
     model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_head=2,
                           n_embd=16))
     chars = sum(map(len, ENGLISH)) / sum(len(tokenizer.encode(t).ids) + 1 for t in ENGLISH)
-    save_pretrained(model, tmp_path / "tokenizer.json", tmp_path / "parent",
-                    extra={"run.json": {"chars_per_token": chars}})
+    save_pretrained(model, tmp_path / "tokenizer.json", tmp_path / "parent", {"chars_per_token": chars})
     return tmp_path / "parent"
 
 
@@ -55,9 +55,9 @@ def test_fine_tuning_data_reuses_the_parents_tokenizer_and_pins_the_parent(tmp_p
     preprocess.run(cfg)
     processed = tmp_path / "processed"
     assert (processed / "tokenizer.json").read_bytes() == (parent / "tokenizer.json").read_bytes()
-    meta = read_json(processed / "meta.json")
+    meta = read_meta(processed)
     record, config = parents.load(processed)
-    assert meta["parent"] == record and record["init_from"] == str(parent)
+    assert meta.parent == record and record["init_from"] == str(parent)
     assert record["weights_sha256"] and config["n_embd"] == 16
 
 
@@ -78,14 +78,22 @@ def test_a_corpus_the_parents_bpe_compresses_badly_is_refused(tmp_path):
     assert not (tmp_path / "processed").exists()
 
 
-def test_fine_tuning_keeps_the_parents_architecture(tmp_path):
-    cfg = Config.model_validate({"model": {"n_layer": 4, "n_embd": 128}})
-    record = {"model_version": "models:/lm-pipeline/3"}
-    parent_config = {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 128}
-    with pytest.raises(parents.ParentError, match=r"models:/lm-pipeline/3: model\.n_layer is 4 but the "
-                       r"parent has 2\. Fine-tuning keeps the parent's architecture"):
-        parents.check_architecture(cfg, parent_config, record)
-    parents.check_architecture(cfg, parent_config | {"n_layer": 4}, record)
+def test_training_checks_the_data_was_made_for_its_parent_and_keeps_its_architecture(tmp_path):
+    from lm_pipeline.training.launch import check_parent
+
+    parent = parent_folder(tmp_path, "bpe")  # n_layer 1, n_head 2, n_embd 16, block_size 16
+    cfg = project_config(tmp_path, sentences(ENGLISH[0].split()), parent)
+    preprocess.run(cfg)
+    meta = read_meta(cfg.data.processed_dir)
+    check_parent(cfg, meta)  # the model section describes the parent
+    wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_layer": 4})})
+    with pytest.raises(parents.ParentError, match=r"parent: model\.n_layer is 4 but the parent has 1\. "
+                       r"Fine-tuning keeps the parent's architecture"):
+        check_parent(wider, meta)
+    from_scratch = cfg.model_copy(update={"train": cfg.train.model_copy(update={"init_from": None})})
+    with pytest.raises(parents.ParentError, match=r"train.init_from is None but .*processed was "
+                       r"preprocessed for '.*parent': run `lmp preprocess`"):
+        check_parent(from_scratch, meta)
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):

@@ -5,8 +5,9 @@ import pytest
 
 from lm_pipeline.config import Config, DataConfig, SplitConfig, ValidateConfig
 from lm_pipeline.data import validate
-from lm_pipeline.data.ingest import DOCUMENTS_FILE
-from lm_pipeline.data.preprocess import assign_split
+from lm_pipeline.data.documents import DOCUMENTS_FILE
+from lm_pipeline.data.quality import METRICS_FILE
+from lm_pipeline.data.split import assign_split
 
 WORDS = ("the of and to a in is it that for as with was on be by this are or not from at an which "
          "interpreter reads file line list tuple string module class function value name object "
@@ -37,7 +38,7 @@ def test_clean_corpus_passes_and_writes_reports(tmp_path):
     assert report.success and report.rows == 60 and len(report.checks) == 10
     assert all(r["success"] for r in json.loads(report.result_path.read_text()))
     assert report.data_docs.is_file()
-    metrics = json.loads((tmp_path / "reports" / validate.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "reports" / METRICS_FILE).read_text())
     assert metrics["documents"] == 60 and metrics["duplicate_share"] == 0
     assert metrics["near_duplicate_share"] == 0 and 0.2 < metrics["common_word_share"] < 0.6
 
@@ -96,11 +97,11 @@ def test_a_test_split_copied_from_training_text_is_flagged_as_contamination(tmp_
     they are not exact duplicates) are caught by their n-gram overlap with the training split."""
     split = SplitConfig(val_fraction=0.1, test_fraction=0.3, seed=7)
     texts = [prose(i) for i in range(60)]
-    train = [t for t in texts if assign_split(t, Config(split=split)) == "train"]
+    train = [t for t in texts if assign_split(t, split) == "train"]
     copies = []
     for i, passage in enumerate(train * 3):  # enough tries for a dozen copies to land in test
         copy = f"Copied note {i}. {passage}"
-        if assign_split(copy, Config(split=split)) == "test":
+        if assign_split(copy, split) == "test":
             copies.append(copy)
     assert len(copies) >= 10
     cfg = write_docs(tmp_path, texts + copies[:10], max_near_duplicate_ratio=1.0)
@@ -109,7 +110,7 @@ def test_a_test_split_copied_from_training_text_is_flagged_as_contamination(tmp_
         validate.run(cfg)
     assert "test not copied from train" in str(err.value)
     assert "failed 1 of 10" in str(err.value)
-    metrics = json.loads((tmp_path / "reports" / validate.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "reports" / METRICS_FILE).read_text())
     assert metrics["test_train_overlap_max"] > 0.9
 
     (tmp_path / "clean").mkdir()

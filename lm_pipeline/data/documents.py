@@ -1,0 +1,22 @@
+"""The raw-documents format: data/raw/documents.jsonl, one {id, text, source} object a line.
+
+Ingest writes it; validation and preprocessing stream it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+DOCUMENTS_FILE = "documents.jsonl"
+
+
+def documents_path(raw_dir: Path) -> Path:
+    return Path(raw_dir) / DOCUMENTS_FILE
+
+
+def read_documents(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)

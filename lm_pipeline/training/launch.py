@@ -1,0 +1,155 @@
+"""Ray Train wiring shared by the train stage and the search: start or join Ray, run the loop on
+a TorchTrainer, check the fine-tuning parent, and what every training run logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+from lm_pipeline import env, tracking
+from lm_pipeline.config import Config
+from lm_pipeline.data.processed import ProcessedMeta
+from lm_pipeline.model import parent as parents
+
+log = logging.getLogger(__name__)
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size")  # what fine-tuning cannot change
+
+
+class TrainingError(RuntimeError):
+    """Training failed on the workers; the message carries each failing rank's error."""
+
+
+def train_on_ray(cfg: Config, run_id: str, run_dir: Path, callbacks: tuple = ()):
+    """Run the loop on cfg.train.num_workers Ray Train workers; returns Ray's Result.
+
+    `run_dir` names the run: the same folder resumes from its latest checkpoint. `callbacks` are
+    Ray Train callbacks (a Tune trial passes its reporter)."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lm_pipeline.training.loop import train_loop_per_worker
+
+    init_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": portable_config(cfg),
+            "mlflow_run_id": run_id,
+            "progress_bar": sys.stderr.isatty(),
+            "init_weights": str(parents.weights_file(cfg.data.processed_dir).resolve())
+            if cfg.train.init_from else None,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_dir.name,  # the same name resumes from the latest checkpoint in it
+            storage_path=str(run_dir.parent),
+            # The best checkpoints by validation loss are kept (and the latest, for resuming).
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
+                                               checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": env.for_workers() | {"PYTHONPATH": project_pythonpath()}
+                                | tracking.client_env()},
+        ),
+    )
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrainingError(f"train: training failed: {worker_errors(err)}") from None
+
+
+def init_ray(cfg: Config, cpus: int = 0) -> None:
+    """Join cfg's cluster, or start a local one with at least `cpus` (default: one training's)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address
+    cpus = cpus or cfg.train.num_workers * cfg.train.cpus_per_worker
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+             num_cpus=None if address else max(os.cpu_count() or 1, cpus))
+    log.info("train: Ray %s with %s CPUs", address or "local instance", ray.cluster_resources().get("CPU"))
+
+
+def worker_errors(err) -> str:
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        return str(err)
+    return "; ".join(f"rank {rank}: {type(getattr(e, 'cause', None) or e).__name__}: "
+                     f"{getattr(e, 'cause', None) or e}" for rank, e in sorted(failures.items()))
+
+
+def portable_config(cfg: Config) -> dict:
+    """cfg for processes that run in other folders (or nodes): Ray workers and Tune trials get an
+    absolute processed-data path and the resolved MLflow store."""
+    data = cfg.model_dump(mode="json", by_alias=True)
+    data["data"]["processed_dir"] = str(cfg.data.processed_dir.resolve())
+    data["mlflow"]["tracking_uri"] = tracking.tracking_uri(cfg)
+    return data
+
+
+def project_pythonpath() -> str:
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+def check_parent(cfg: Config, meta: ProcessedMeta) -> None:
+    """train.init_from and the data must agree: preprocess pinned the parent the run starts from,
+    and the model section must describe it (fine-tuning keeps the parent's shape)."""
+    record, parent_config = parents.load(cfg.data.processed_dir)
+    if bool(cfg.train.init_from) != bool(record) or (record and record["init_from"] != cfg.train.init_from):
+        raise parents.ParentError(
+            f"train.init_from is {cfg.train.init_from!r} but {cfg.data.processed_dir} was preprocessed "
+            f"for {record['init_from'] if record else None!r}: run `lmp preprocess` (or `dvc repro`) first")
+    if not record:
+        return
+    wrong = [f"model.{key} is {getattr(cfg.model, key)} but the parent has {parent_config[key]}"
+             for key in ARCHITECTURE if getattr(cfg.model, key) != parent_config[key]]
+    if wrong:
+        raise parents.ParentError(
+            f"train.init_from {parents.describe(record)}: {'; '.join(wrong)}. Fine-tuning keeps the "
+            "parent's architecture: set these in params.yaml, or drop init_from")
+    log.info("train: fine-tuning %s (weights %s...) with a fresh optimizer and LR schedule",
+             parents.describe(record), record["weights_sha256"][:12])
+
+
+def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
+    """What a training run logs as params: the same keys for pipeline runs, DVC experiments and
+    Tune trials, so the MLflow UI compares them side by side. The data and its tokenizer are
+    described by what preprocess made (meta; a fine-tune reuses its parent's tokenizer), not by
+    params.yaml, which this stage does not read."""
+    return tracking.flatten("", {
+        "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
+        "tokenizer": {"kind": meta.tokenizer_kind},
+        "data": {"source": meta.source, "vocab_size": meta.vocab_size, "train_tokens": meta.tokens["train"],
+                 "val_tokens": meta.tokens["val"]}}) | system_info()
+
+
+def run_tags(cfg: Config, meta: ProcessedMeta) -> dict[str, str]:
+    from lm_pipeline.lineage import git_state
+
+    parent = meta.parent or {}
+    commit, dirty = git_state()
+    return {"pipeline.stage": "train", "git_commit": commit, "git_dirty": str(dirty).lower(),
+            "data.tokenizer_sha256": meta.tokenizer_sha256,
+            tracking.FLOW_RUN_TAG: tracking.flow_run_id(),
+            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
+            **({"parent.model": parents.describe(parent), "parent.run_id": parent.get("run_id") or "",
+                "parent.weights_sha256": parent["weights_sha256"]} if parent else {})}
+
+
+def system_info() -> dict[str, str]:
+    import ray
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"system.python": platform.python_version(), "system.torch": torch.__version__,
+            "system.ray": ray.__version__, "system.platform": platform.platform(),
+            "system.cpu_count": str(os.cpu_count()), "system.gpu": gpu}
