@@ -77,7 +77,7 @@ class ValidateConfig(Section):
 
 
 class TokenizerConfig(Section):
-    """The tokenizer preprocess trains (fine-tuning reuses the parent's and checks it fits)."""
+    """The tokenizer preprocess trains (fine-tuning reuses the parent's and checks it covers the corpus)."""
 
     kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or character-level")
     vocab_size: int = Field(4096, ge=64, le=1_000_000, description="BPE vocabulary size")

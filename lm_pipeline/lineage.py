@@ -16,12 +16,13 @@ def git_state(root: Path = Path(".")) -> tuple[str, bool]:
 
     The pipeline's own outputs do not count: every run rewrites dvc.lock and the outs, metrics and
     plots that dvc.yaml declares (reports/ is tracked), and lineage records their hashes anyway.
-    Anything else that differs from HEAD (code, params.yaml, dvc.yaml) makes the tree dirty.
+    Anything else that differs from HEAD (code, params.yaml, dvc.yaml) makes the tree dirty; paths
+    are the project's own (`--relative`), whether it is the repository or a folder in one.
     ("unknown", False) outside a git repository.
     """
     try:
         commit = _git(root, "rev-parse", "HEAD")
-        changed = _git(root, "diff", "--name-only", "HEAD", "--").splitlines()
+        changed = _git(root, "diff", "--name-only", "--relative", "HEAD", "--").splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
     outputs = pipeline_outputs(root)

@@ -56,6 +56,15 @@ def rollback(cfg: Config, reason: str) -> dict:
     return move_champion(cfg, took_over[-1]["champion_before"], reason, "rollback")
 
 
+def tree_state(tags: dict) -> str:
+    """What the version's git tags say about the tree it was built from."""
+    if tags.get("git_commit", "unknown") == "unknown":
+        return "no git commit recorded: it was not built in a git repository"
+    if tags.get("git_dirty") == "true":
+        return "the tree was dirty: uncommitted changes are not in this commit"
+    return "the tree was clean: this commit holds everything it was built from"
+
+
 def lineage(cfg: Config, model_uri: str) -> str:
     import mlflow
 
@@ -64,9 +73,7 @@ def lineage(cfg: Config, model_uri: str) -> str:
     mv = model_version(client, model_uri)
     name, tags = mv.name, mv.tags
     lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in LINEAGE_TAGS]
-    dirty = tags.get("git_dirty") == "true"
-    tree = ("the tree was dirty: uncommitted changes are not in this commit" if dirty
-            else "the tree was clean: this commit holds everything it was built from")
+    tree = tree_state(tags)
     lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",

@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
     init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
-    check_fits(cfg, ray_cpus())
+    check_capacity(cfg, ray_cpus())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = run_tags(cfg, meta)
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
@@ -168,8 +168,8 @@ def cpus_needed(cfg: Config) -> float:
     return t.max_concurrent_trials * (t.workers_per_trial * cfg.train.cpus_per_worker + TRIAL_DRIVER_CPU)
 
 
-def check_fits(cfg: Config, cpus: float) -> None:
-    """Concurrent trials x workers per trial must fit, or trials would wait for ever."""
+def check_capacity(cfg: Config, cpus: float) -> None:
+    """Concurrent trials x workers per trial must fit in the cluster, or trials would wait for ever."""
     if cpus_needed(cfg) > cpus:
         t = cfg.tune
         raise ValueError(

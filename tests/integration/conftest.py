@@ -26,13 +26,14 @@ def deep_update(base: dict, changes: dict) -> dict:
     return base
 
 
-def make_project(dest: Path, params: dict) -> Path:
-    """A fresh git repository holding the project's files (as a clone would) and `params`."""
+def make_project(dest: Path, params: dict, with_results: bool = False) -> Path:
+    """A fresh git repository holding the project's files and `params`; `with_results` keeps this
+    checkout's committed dvc.lock and reports/ as a clone has them (a run rewrites them)."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
-        # Not this checkout's own run history and results.
-        if (ROOT / rel).is_file() and rel != "dvc.lock" and not rel.startswith("reports/"):
+        ours = rel == "dvc.lock" or rel.startswith("reports/")  # this checkout's run history
+        if (ROOT / rel).is_file() and (with_results or not ours):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), params)

@@ -45,22 +45,22 @@ def test_overfitting_stops_early_and_the_best_validation_checkpoint_is_exported(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "early stopping at step" in out.stdout + out.stderr
 
-    fit = json.loads((project / "reports/training/summary.json").read_text())
-    assert fit["early_stopped"] and fit["overfitting"], fit
-    assert fit["exported_step"] < fit["last_step"] < 600
-    assert fit["best_val_loss"] < fit["last_val_loss"]
-    assert fit["generalization_gap_at_end"] > fit["generalization_gap"]
+    summary = json.loads((project / "reports/training/summary.json").read_text())
+    assert summary["early_stopped"] and summary["overfitting"], summary
+    assert summary["exported_step"] < summary["last_step"] < 600
+    assert summary["best_val_loss"] < summary["last_val_loss"]
+    assert summary["generalization_gap_at_end"] > summary["generalization_gap"]
 
     run = json.loads((project / "models/model/run.json").read_text())
-    assert run["step"] == fit["exported_step"]  # the best checkpoint, not the last
+    assert run["step"] == summary["exported_step"]  # the best checkpoint, not the last
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     tags = client.get_run(run["mlflow_run_id"]).data.tags
     assert tags["train.early_stopped"] == "true" and tags["train.overfitting"] == "true"
-    assert tags["train.exported_step"] == str(fit["exported_step"])
+    assert tags["train.exported_step"] == str(summary["exported_step"])
     val = {m.step: m.value for m in client.get_metric_history(run["mlflow_run_id"], "val_loss")}
-    assert min(val, key=val.get) == fit["exported_step"]
-    assert max(val) == fit["last_step"]
-    assert exported_val_loss(project) == pytest.approx(fit["best_val_loss"], rel=1e-5)
+    assert min(val, key=val.get) == summary["exported_step"]
+    assert max(val) == summary["last_step"]
+    assert exported_val_loss(project) == pytest.approx(summary["best_val_loss"], rel=1e-5)
 
 
 def exported_val_loss(project: Path) -> float:

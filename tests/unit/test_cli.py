@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from lm_pipeline.stages import STAGES
+
 LMP = str(Path(sys.executable).parent / "lmp")
-STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "register"]
 
 
 def lmp(*args, cwd=None):
@@ -15,7 +16,7 @@ def lmp(*args, cwd=None):
 def test_help_lists_every_command():
     out = lmp("--help")
     assert out.returncode == 0
-    for command in STAGES + ["run", "search", "tune", "deploy", "generate", "promote", "rollback", "lineage"]:
+    for command in [*STAGES, "run", "search", "tune", "deploy", "generate", "promote", "rollback", "lineage"]:
         assert command in out.stdout
 
 

@@ -14,6 +14,7 @@ import pytest
 from lm_pipeline.config import Config, DataConfig
 from lm_pipeline.data import ingest
 from lm_pipeline.data.documents import DOCUMENTS_FILE, read_documents
+from lm_pipeline.data.ingest import iter_documents, python_docs
 
 pytestmark = pytest.mark.bad_input
 
@@ -174,3 +175,20 @@ def test_nothing_usable_is_an_error_even_when_skipping(tmp_path):
     message = r"no documents; all 1 inputs were skipped, first: .*empty file"
     with pytest.raises(ingest.IngestError, match=message):
         ingest.run(cfg)
+
+
+def test_builtin_corpus_is_real_english_prose():
+    docs = list(python_docs(min_doc_chars=1))
+    total = sum(len(d["text"]) for d in docs)
+    assert len(docs) > 300 and total > 900_000
+    assert any(d["id"] == "topics:assert" for d in docs)
+
+
+def test_local_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text document")
+    (tmp_path / "b.jsonl").write_text('{"text": "first", "id": "j1"}\n\n{"text": "second"}\n')
+    pd.DataFrame({"text": ["from parquet"]}).to_parquet(tmp_path / "c.parquet")
+    (tmp_path / "ignored.csv").write_text("not,read")
+    docs = list(iter_documents(str(tmp_path)))
+    assert [d["text"] for d in docs] == ["plain text document", "first", "second", "from parquet"]
+    assert docs[1]["id"] == "j1" and docs[2]["id"].endswith("b.jsonl:3")

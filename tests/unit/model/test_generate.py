@@ -1,0 +1,27 @@
+import torch
+
+from lm_pipeline.model.generate import generate, sample_next
+from lm_pipeline.model.transformer import GPT, GPTConfig
+
+CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def test_generation_continues_past_the_context_window():
+    out = generate(model(), torch.zeros(1, 3, dtype=torch.long), max_new_tokens=40)
+    assert out.shape == (1, 43)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[4.0, 3.0, 2.0, -5.0, -6.0]])
+    g = torch.Generator().manual_seed(0)
+    draws_k = {sample_next(logits, 1.0, 2, None, g).item() for _ in range(200)}
+    assert draws_k == {0, 1}
+    # softmax mass of the top token is about 0.67: top_p=0.5 keeps it alone.
+    draws_p = {sample_next(logits, 1.0, None, 0.5, g).item() for _ in range(200)}
+    assert draws_p == {0}
+    assert sample_next(logits, 0.0, None, None, g).item() == 0  # greedy

@@ -1,0 +1,94 @@
+"""The promotion log (append-only, one MLflow run per model) and the lock around alias moves."""
+
+import getpass
+import re
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from lm_pipeline.registry import history
+
+pytestmark = pytest.mark.registry
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}")
+
+
+@pytest.fixture
+def store(tmp_path, mlflow_uri):
+    """(client, experiment id) of a store of this test's own, artifacts beside it."""
+    client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    return client, client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def lock_in_thread(uri: str, name: str) -> threading.Event:
+    """Take registry_lock(uri, name) in another thread; the event is set once that thread holds it."""
+    held = threading.Event()
+
+    def take():
+        with history.registry_lock(uri, name):
+            held.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    return held
+
+
+def test_registry_lock_is_exclusive_until_released(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with history.registry_lock(uri, "m"):
+        held = lock_in_thread(uri, "m")
+        assert not held.wait(0.5)
+    assert held.wait(5)
+
+
+def test_registry_lock_is_released_when_the_block_raises(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError), history.registry_lock(uri, "m"):
+        raise RuntimeError("decision failed")
+    assert lock_in_thread(uri, "m").wait(5)
+
+
+def test_registry_lock_is_per_store_and_model(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with history.registry_lock(uri, "m"):
+        assert lock_in_thread(uri, "other").wait(5)
+        assert lock_in_thread(f"sqlite:///{tmp_path / 'other.db'}", "m").wait(5)
+
+
+def test_log_run_is_created_once_per_model(store):
+    client, experiment_id = store
+    run_id = history.log_run_id(client, experiment_id, "m")
+    assert history.log_run_id(client, experiment_id, "m") == run_id
+    assert history.log_run_id(client, experiment_id, "other") != run_id
+    run = client.get_run(run_id)
+    assert run.data.tags[history.LOG_TAG] == "m" and run.info.run_name == "promotion-log-m"
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([experiment_id], f"tags.`{history.LOG_TAG}` = 'm'")) == 1
+
+
+def test_log_entries_round_trip_in_order_with_time_and_user(store):
+    client, experiment_id = store
+    run_id = history.log_run_id(client, experiment_id, "m")
+    assert history.read_log(client, run_id) == []
+    for n in range(3):
+        returned = history.append(client, run_id, {"action": "promote", "n": n})
+    entries = history.read_log(client, run_id)
+    assert entries == returned
+    assert [(e["action"], e["n"]) for e in entries] == [("promote", 0), ("promote", 1), ("promote", 2)]
+    assert all(STAMP.fullmatch(e["time"]) and e["user"] == getpass.getuser() for e in entries)
+    assert [a.path for a in client.list_artifacts(run_id)] == [history.LOG_FILE]
+
+
+def test_appending_never_rewrites_earlier_entries(store):
+    client, experiment_id = store
+    run_id = history.log_run_id(client, experiment_id, "m")
+    first = history.append(client, run_id, {"action": "promote", "version": "1"})
+    log_file = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / history.LOG_FILE
+    before = log_file.read_text()
+    while time.strftime("%Y-%m-%dT%H:%M:%S%z") == first[0]["time"]:  # a later stamp, were it re-stamped
+        time.sleep(0.05)
+    entries = history.append(client, run_id, {"action": "rollback", "version": "2"})
+    assert entries[0] == first[0] and history.read_log(client, run_id)[0] == first[0]
+    assert log_file.read_text().startswith(before) and len(log_file.read_text().splitlines()) == 2

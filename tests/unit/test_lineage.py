@@ -1,0 +1,143 @@
+"""Lineage: whether the git tree matches HEAD (the pipeline's own outputs aside), and content hashes."""
+
+import hashlib
+import subprocess
+
+import pytest
+
+from lm_pipeline import lineage
+
+DVC_YAML = """\
+stages:
+  ingest:
+    cmd: lmp ingest
+    outs:
+      - data/raw
+    metrics:
+      - reports/metrics.json:
+          cache: false
+    plots:
+      - reports/training/val_loss.csv
+"""
+
+
+def git(root, *args: str) -> str:
+    config = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    return subprocess.run(["git", *config, *args], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A committed project: dvc.yaml, its lock and outputs, params and code."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    files = {"dvc.yaml": DVC_YAML, "dvc.lock": "schema: '2.0'\n", "params.yaml": "train:\n  lr: 0.003\n",
+             "code.py": "print('hi')\n", "reports/metrics.json": '{"perplexity": 40.0}\n',
+             "reports/training/val_loss.csv": "step,val_loss\n1,3.0\n",
+             "data/raw/documents.jsonl": '{"text": "a"}\n'}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "initial")
+    return tmp_path
+
+
+def test_a_fresh_commit_is_clean_and_named(repo):
+    assert lineage.git_state(repo) == (git(repo, "rev-parse", "HEAD"), False)
+    assert len(lineage.git_state(repo)[0]) == 40
+
+
+def test_rewriting_the_pipelines_own_outputs_keeps_the_tree_clean(repo):
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (repo / "reports/metrics.json").write_text('{"perplexity": 35.0}\n')
+    (repo / "reports/training/val_loss.csv").write_text("step,val_loss\n1,2.5\n")
+    (repo / "data/raw/documents.jsonl").write_text('{"text": "b"}\n')
+    git(repo, "add", "dvc.lock")
+    assert len(git(repo, "diff", "--name-only", "HEAD").splitlines()) == 4  # they did change
+    assert lineage.git_state(repo)[1] is False
+
+
+def test_a_project_in_a_folder_of_a_repository_judges_its_own_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(DVC_YAML)
+    (project / "dvc.lock").write_text("schema: '2.0'\n")
+    (project / "code.py").write_text("print('hi')\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "initial")
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert lineage.git_state(project)[1] is False
+    (project / "code.py").write_text("print('changed')\n")
+    assert lineage.git_state(project)[1] is True
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "code.py", "dvc.yaml"])
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_change_to_params_code_or_the_pipeline_makes_the_tree_dirty(repo, path, staged):
+    (repo / path).write_text((repo / path).read_text() + "# edited\n")
+    if staged:
+        git(repo, "add", path)
+    assert lineage.git_state(repo)[1] is True
+
+
+def test_a_deleted_source_file_makes_the_tree_dirty(repo):
+    (repo / "code.py").unlink()
+    assert lineage.git_state(repo)[1] is True
+
+
+def test_untracked_files_do_not_make_the_tree_dirty(repo):
+    (repo / "notes.txt").write_text("scratch\n")
+    (repo / "new_module.py").write_text("x = 1\n")
+    assert lineage.git_state(repo)[1] is False
+
+
+def test_outside_a_git_repository_the_state_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert lineage.git_state(tmp_path) == ("unknown", False)
+
+
+def test_pipeline_outputs_are_the_lock_and_every_stages_outs_metrics_and_plots(repo, tmp_path_factory):
+    assert lineage.pipeline_outputs(repo) == ["dvc.lock", "data/raw", "reports/metrics.json",
+                                              "reports/training/val_loss.csv"]
+    assert lineage.pipeline_outputs(tmp_path_factory.mktemp("no_dvc_yaml")) == ["dvc.lock"]
+
+
+def test_is_under_matches_whole_path_components_only():
+    assert lineage.is_under("data/raw/documents.jsonl", ["data/raw"])
+    assert lineage.is_under("data/raw", ["data/raw"])
+    assert not lineage.is_under("data/raw2/documents.jsonl", ["data/raw"])
+    assert not lineage.is_under("data", ["data/raw"])
+
+
+def make_tree(root, files: dict[str, bytes]):
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_tree_sha256_depends_on_every_files_bytes_and_name_only(tmp_path):
+    files = {"tokenizer.json": b"{}", "train/00000.bin": b"\x00\x01\x02"}
+    digest = lineage.tree_sha256(make_tree(tmp_path / "a", files))
+    assert lineage.tree_sha256(make_tree(tmp_path / "same", files)) == digest
+    (tmp_path / "same" / "empty_dir").mkdir()  # folders themselves do not count
+    assert lineage.tree_sha256(tmp_path / "same") == digest
+
+    one_byte = files | {"train/00000.bin": b"\x00\x01\x03"}
+    assert lineage.tree_sha256(make_tree(tmp_path / "byte", one_byte)) != digest
+    renamed = {"tokenizer.json": b"{}", "train/00001.bin": b"\x00\x01\x02"}
+    assert lineage.tree_sha256(make_tree(tmp_path / "renamed", renamed)) != digest
+    extra = files | {"val/00000.bin": b""}
+    assert lineage.tree_sha256(make_tree(tmp_path / "extra", extra)) != digest
+    assert len(digest) == 64
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"abc")
+    assert lineage.file_sha256(tmp_path / "weights.bin") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    assert lineage.file_sha256(tmp_path / "weights.bin") == hashlib.sha256(b"abc").hexdigest()

@@ -1,0 +1,103 @@
+"""MLflow helpers against a real SQLite store: the URI, the experiment, batched step metrics."""
+
+
+import mlflow
+import pytest
+
+from lm_pipeline import tracking
+from lm_pipeline.config import Config
+
+
+@pytest.fixture
+def cfg(mlflow_uri) -> Config:
+    return Config.model_validate({"mlflow": {"tracking_uri": mlflow_uri}})
+
+
+def test_relative_sqlite_path_is_made_absolute_and_other_uris_are_kept(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    relative = Config.model_validate({"mlflow": {"tracking_uri": "sqlite:///store/mlflow.db"}})
+    assert tracking.tracking_uri(relative) == f"sqlite:///{tmp_path.resolve()}/store/mlflow.db"
+    absolute = Config.model_validate({"mlflow": {"tracking_uri": "sqlite:////srv/mlflow.db"}})
+    assert tracking.tracking_uri(absolute) == "sqlite:////srv/mlflow.db"
+    server = Config.model_validate({"mlflow": {"tracking_uri": "http://mlflow.internal:5000"}})
+    assert tracking.tracking_uri(server) == "http://mlflow.internal:5000"
+
+
+def test_the_environment_overrides_the_configured_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://override:5000")
+    assert tracking.tracking_uri(Config()) == "http://override:5000"
+
+
+def test_setup_creates_the_experiment_once_with_artifacts_beside_the_database(cfg, tmp_path):
+    first = tracking.setup(cfg)
+    assert tracking.setup(cfg) == first
+    experiment = mlflow.MlflowClient().get_experiment(first)
+    assert experiment.name == "lm-pipeline"
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_start_run_opens_a_run_with_its_name_and_tags_in_the_experiment(cfg):
+    run_id = tracking.start_run(cfg, run_name="train-1", tags={"pipeline.stage": "train"})
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.run_name == "train-1" and run.data.tags["pipeline.stage"] == "train"
+    assert run.info.experiment_id == tracking.setup(cfg)
+
+
+def test_client_env_passes_only_mlflow_tracking_settings(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nope")
+    env = tracking.client_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_TRACKING_TOKEN"] == "secret"
+    assert all(key.startswith("MLFLOW_TRACKING_") for key in env)
+
+
+def test_flow_run_id_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(tracking.FLOW_RUN_ENV, raising=False)
+    assert tracking.flow_run_id() == ""
+    monkeypatch.setenv("LMP_FLOW_RUN_ID", "3f2c-flow")
+    assert tracking.flow_run_id() == "3f2c-flow"
+
+
+def history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+def test_metric_logger_batches_until_the_interval_passes_and_flush_writes(cfg):
+    run_id = tracking.start_run(cfg, run_name="r", tags={})
+    logger = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, interval=3600)
+    logger.log({"train_loss": 4.0, "lr": 1e-3}, step=1)
+    logger.log({"train_loss": 3.5}, step=2)
+    assert history(run_id, "train_loss") == [] and len(logger.pending) == 3
+    logger.flush()
+    assert history(run_id, "train_loss") == [(1, 4.0), (2, 3.5)]
+    assert history(run_id, "lr") == [(1, 1e-3)] and logger.pending == []
+
+    eager = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, interval=0)
+    eager.log({"train_loss": 3.0}, step=3)
+    assert history(run_id, "train_loss")[-1] == (3, 3.0)
+
+
+def test_a_resumed_logger_skips_steps_already_logged_and_reports_the_last_one(cfg):
+    run_id = tracking.start_run(cfg, run_name="r", tags={})
+    logger = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, interval=0)
+    assert logger.last_step("train_loss") == -1
+    for step in (1, 2, 3):
+        logger.log({"train_loss": 5.0 - step}, step=step)
+    assert logger.last_step("train_loss") == 3
+
+    resumed = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, interval=0)
+    resumed.skip_through(resumed.last_step("train_loss"))
+    for step in (2, 3, 4):  # the resumed run redoes steps 2 and 3 from its checkpoint
+        resumed.log({"train_loss": 9.0}, step=step)
+    assert history(run_id, "train_loss") == [(1, 4.0), (2, 3.0), (3, 2.0), (4, 9.0)]
+    assert resumed.last_step("train_loss") == 4
+
+
+def test_flatten_joins_nested_keys_with_dots():
+    nested = {"model": {"n_layer": 4, "attn": {"heads": 2}}, "seed": 1}
+    assert tracking.flatten("", nested) == {"model.n_layer": 4, "model.attn.heads": 2, "seed": 1}
+    assert tracking.flatten("cfg", {"a": {"b": None}, "c": [1]}) == {"cfg.a.b": None, "cfg.c": [1]}

@@ -1,0 +1,19 @@
+import pytest
+
+from lm_pipeline.config import Config
+from lm_pipeline.training.search import check_capacity, trial_config
+
+
+@pytest.mark.optimization
+def test_trials_take_their_values_and_must_fit_the_cluster():
+
+    base = Config.model_validate({"train": {"lr": 0.004, "min_lr": 0.0004},
+                                  "tune": {"workers_per_trial": 2, "max_concurrent_trials": 2}})
+    trial = trial_config(base, {"train.lr": 0.001, "model.n_layer": 2})
+    assert trial.model.n_layer == 2 and trial.train.num_workers == 2
+    assert trial.train.min_lr == pytest.approx(0.0001)  # keeps its ratio to lr
+    check_capacity(base, cpus=4.02)
+    with pytest.raises(ValueError, match=r"tune.max_concurrent_trials 2 x \(tune.workers_per_trial 2 x "
+                       r"train.cpus_per_worker 1 \+ 0.01 for the trial's driver\) = 4.02 CPUs, but the "
+                       r"cluster has 4: lower one of them or add nodes"):
+        check_capacity(base, cpus=4)

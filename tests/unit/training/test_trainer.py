@@ -1,0 +1,182 @@
+"""The train stage's driver pieces that need no Ray cluster: which run a resume continues, what
+workers and MLflow are given, and the summary and curves written after training."""
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import Metric
+
+from lm_pipeline import tracking
+from lm_pipeline.config import Config
+from lm_pipeline.data.processed import ProcessedMeta
+from lm_pipeline.io import write_json
+from lm_pipeline.model import parent as parents
+from lm_pipeline.training import trainer
+from lm_pipeline.training.export import recent_mean, summarize_training, write_curves
+from lm_pipeline.training.launch import check_parent, portable_config, run_params
+
+META = ProcessedMeta(
+    source="python-docs", vocab_size=512, dtype="uint16", eot_id=0, tokenizer_kind="char",
+    tokenizer_sha256="ab" * 32, shards={"train": [{"file": "train/00000.bin", "tokens": 9000}]},
+    tokens={"train": 9000, "val": 500, "test": 500}, documents={"train": 90, "val": 5, "test": 5},
+    characters={"train": 36000, "val": 2000, "test": 2000}, unknown={"train": 0, "val": 0, "test": 0},
+    chars_per_token=4.0, unknown_share=0.0, unknown_examples=[], duplicates_dropped=0)
+
+
+@pytest.fixture
+def cfg(mlflow_uri) -> Config:
+    return Config.model_validate({"mlflow": {"tracking_uri": mlflow_uri}})
+
+
+def with_(cfg: Config, section: str, **values) -> Config:
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
+
+
+def test_run_digest_ignores_where_checkpoints_go_and_how_many_failures_are_tolerated():
+    cfg = Config()
+    digest = trainer.run_digest(cfg, META)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    operational = with_(cfg, "train", max_failures=9, checkpoints_to_keep=5, checkpoint_dir=Path("/x"),
+                        model_dir=Path("elsewhere"), curves_dir=Path("plots"))
+    assert trainer.run_digest(operational, META) == digest
+
+
+def test_run_digest_changes_with_the_recipe_the_model_or_the_data():
+    cfg = Config()
+    digest = trainer.run_digest(cfg, META)
+    assert trainer.run_digest(with_(cfg, "train", lr=1e-3), META) != digest
+    assert trainer.run_digest(with_(cfg, "train", seed=7), META) != digest
+    assert trainer.run_digest(with_(cfg, "model", n_layer=2), META) != digest
+    more_tokens = dataclasses.replace(META, tokens={"train": 9001, "val": 500, "test": 500})
+    assert trainer.run_digest(cfg, more_tokens) != digest
+    assert trainer.run_digest(cfg, dataclasses.replace(META, tokenizer_sha256="cd" * 32)) != digest
+    fine_tune = dataclasses.replace(META, parent={"weights_sha256": "ef" * 32})
+    assert trainer.run_digest(cfg, fine_tune) != digest
+    assert trainer.run_digest(cfg, dataclasses.replace(META, documents={"train": 1})) == digest
+
+
+def test_without_a_record_there_is_no_run_to_resume(cfg, tmp_path):
+    assert trainer.resumable_run_id(cfg, tmp_path / "checkpoints" / "train-abc") is None
+
+
+def test_a_record_naming_an_existing_run_resumes_it(cfg, tmp_path):
+    run_id = tracking.start_run(cfg, run_name="train-1", tags={})
+    run_dir = tmp_path / "checkpoints" / "train-abc"
+    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": run_id})
+    assert trainer.resumable_run_id(cfg, run_dir) == run_id
+    assert run_dir.is_dir()
+
+
+def test_a_record_naming_a_run_the_store_lacks_starts_over(cfg, tmp_path):
+    run_dir = tmp_path / "checkpoints" / "train-abc"
+    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
+    (run_dir / "checkpoint_000001").mkdir()
+    assert trainer.resumable_run_id(cfg, run_dir) is None
+    assert not run_dir.exists() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_portable_config_has_an_absolute_data_path_and_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.model_validate({"data": {"processed_dir": "data/processed"},
+                                 "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}})
+    data = portable_config(cfg)
+    assert data["data"]["processed_dir"] == str(tmp_path.resolve() / "data" / "processed")
+    assert data["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert Config.model_validate(data).train == cfg.train  # workers rebuild the same Config
+
+
+def test_check_parent_refuses_init_from_when_the_data_has_no_parent(tmp_path):
+    scratch = Config.model_validate({"data": {"processed_dir": str(tmp_path)}})
+    check_parent(scratch, META)  # training from scratch on data without a parent: fine
+    fine_tune = with_(scratch, "train", init_from="models:/lm-pipeline@champion")
+    with pytest.raises(parents.ParentError, match=r"train.init_from is 'models:/lm-pipeline@champion' "
+                       r"but .* was preprocessed for None: run `lmp preprocess`"):
+        check_parent(fine_tune, META)
+
+
+def test_run_params_describe_model_recipe_data_and_system():
+    cfg = Config.model_validate({"model": {"n_layer": 2}, "train": {"lr": 1e-3, "min_lr": 1e-4},
+                                 "tokenizer": {"kind": "bpe", "vocab_size": 4096}})
+    params = run_params(cfg, META)
+    assert params["model.n_layer"] == 2 and params["train.lr"] == 1e-3
+    assert params["train.checkpoint_dir"] == "checkpoints" and params["train.init_from"] is None
+    # The data as preprocess made it, not the tokenizer section (bpe, 4096).
+    assert params["tokenizer.kind"] == "char" and params["data.vocab_size"] == 512
+    assert params["data.source"] == "python-docs"
+    assert params["data.train_tokens"] == 9000 and params["data.val_tokens"] == 500
+    assert {"system.python", "system.torch", "system.ray", "system.gpu"} <= params.keys()
+    assert not any(key.startswith(("data.processed_dir", "mlflow.", "tune.")) for key in params)
+
+
+def log_history(run_id: str, key: str, values: dict[int, float]) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for step, value in values.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=metrics)
+
+
+@pytest.fixture
+def run_id(cfg) -> str:
+    return tracking.start_run(cfg, run_name="train-1", tags={})
+
+
+def test_val_loss_rising_while_train_loss_falls_is_overfitting(run_id):
+    client = mlflow.MlflowClient()
+    log_history(run_id, "train_loss", {step: 5.0 - 0.02 * step for step in range(1, 101)})
+    best, last = {"step": 50, "val_loss": 4.5}, {"step": 100, "val_loss": 4.8}
+    summary = summarize_training(client, run_id, best, last, min_delta=0.1)
+    train_at_best = 5.0 - 0.02 * 45.5  # the mean over steps 41..50
+    assert summary["overfitting"] is True and summary["early_stopped"] is False
+    assert summary["exported_step"] == 50 and summary["last_step"] == 100
+    assert summary["generalization_gap"] == pytest.approx(4.5 - train_at_best)
+    assert summary["generalization_gap_at_end"] == pytest.approx(4.8 - (5.0 - 0.02 * 95.5))
+    run = client.get_run(run_id)
+    assert run.data.tags["train.overfitting"] == "true" and run.data.tags["train.exported_step"] == "50"
+    assert run.data.tags["train.early_stopped"] == "false"
+    assert run.data.metrics["best_val_loss"] == 4.5
+    assert run.data.metrics["generalization_gap"] == pytest.approx(4.5 - train_at_best)
+
+
+def test_no_overfitting_when_val_loss_rose_within_min_delta_or_train_loss_did_not_fall(cfg):
+    falling = {step: 5.0 - 0.02 * step for step in range(1, 101)}
+    flat = {step: 3.0 for step in range(1, 101)}
+    best = {"step": 50, "val_loss": 4.5}
+    cases = [(falling, {"step": 100, "val_loss": 4.55, "early_stopped": True}),  # within min_delta
+             (flat, {"step": 100, "val_loss": 4.8})]  # train loss flat: not fitting noise
+    summaries = []
+    for history, last in cases:
+        run_id = tracking.start_run(cfg, run_name="train", tags={})
+        log_history(run_id, "train_loss", history)
+        summaries.append(summarize_training(mlflow.MlflowClient(), run_id, best, last, min_delta=0.1))
+        tags = mlflow.MlflowClient().get_run(run_id).data.tags
+        assert tags["train.overfitting"] == "false"
+    assert [s["overfitting"] for s in summaries] == [False, False]
+    assert [s["early_stopped"] for s in summaries] == [True, False]
+    assert summaries[1]["generalization_gap"] == pytest.approx(4.5 - 3.0)
+
+
+def test_write_curves_writes_each_loss_sorted_by_step(run_id, tmp_path):
+    log_history(run_id, "train_loss", {3: 2.0, 1: 4.0, 2: 3.0})
+    log_history(run_id, "val_loss", {20: 2.5, 10: 3.5})
+    out = tmp_path / "reports" / "training"
+    out.mkdir(parents=True)
+    (out / "stale.csv").write_text("old")
+    write_curves(mlflow.MlflowClient(), run_id, out)
+    assert sorted(p.name for p in out.iterdir()) == ["train_loss.csv", "val_loss.csv"]
+    with open(out / "train_loss.csv") as f:
+        assert list(csv.reader(f)) == [["step", "train_loss"], ["1", "4.0"], ["2", "3.0"], ["3", "2.0"]]
+    with open(out / "val_loss.csv") as f:
+        assert list(csv.reader(f)) == [["step", "val_loss"], ["10", "3.5"], ["20", "2.5"]]
+
+
+def test_recent_mean_averages_the_window_up_to_a_step():
+    history = {step: float(step) for step in range(1, 21)}
+    assert recent_mean(history, 20) == 15.5  # steps 11..20
+    assert recent_mean(history, 5, window=3) == 4.0  # steps 3..5
+    assert recent_mean({0: 9.0, 10: 2.0}, 10) == 2.0  # step 0 is outside the window of 10
+    assert math.isnan(recent_mean(history, 100))
