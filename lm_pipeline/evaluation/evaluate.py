@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import Config, EvaluateConfig
 from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation import report
@@ -58,11 +58,11 @@ def run(cfg: Config) -> dict:
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
                                         meta.vocab_size, meta.eot_id)
     unigram = load_metric("perplexity").compute(nll=base_nll, n_tokens=base_counts)
-    predictions, references = continuations(model, tokenizer, test_docs, cfg)
+    predictions, references = continuations(model, tokenizer, test_docs, cfg.evaluate)
     bleu = load_metric("bleu").compute(predictions=predictions, references=references)
-    parallel = parallel_bleu(model, tokenizer, cfg)
-    bias = bias_probe(model, tokenizer, cfg)
-    crows = crows_pairs(model, tokenizer, cfg)
+    parallel = parallel_bleu(model, tokenizer, cfg.evaluate)
+    bias = bias_probe(model, tokenizer, cfg.evaluate)
+    crows = crows_pairs(model, tokenizer, cfg.evaluate)
 
     e = cfg.evaluate
     ppl_low, ppl_high = bootstrap_ci(perplexity_of(nll, counts), len(test_docs), e.bootstrap_resamples,
@@ -91,28 +91,28 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
-def continuations(model, tokenizer, docs: list[np.ndarray], cfg: Config) -> tuple[list[str], list[str]]:
+def continuations(model, tokenizer, docs: list[np.ndarray], e: EvaluateConfig) -> tuple[list[str], list[str]]:
     """Greedy continuations of held-out documents and their true continuations, as text."""
-    p, c = cfg.evaluate.prompt_tokens, cfg.evaluate.continuation_tokens
-    long_docs = [d for d in docs if len(d) >= p + c][: cfg.evaluate.bleu_documents]
+    p, c = e.prompt_tokens, e.continuation_tokens
+    long_docs = [d for d in docs if len(d) >= p + c][: e.bleu_documents]
     if not long_docs:
         raise ValueError(f"evaluate: no test document has {p + c} tokens for BLEU; "
                          "lower evaluate.prompt_tokens or evaluate.continuation_tokens")
     eot = eot_id(tokenizer)
     prompts = torch.tensor(np.stack([np.concatenate([[eot], d[:p]]) for d in long_docs]).astype(np.int64))
     predictions = []
-    for batch in prompts.split(cfg.evaluate.batch_size):  # equal-length prompts batch without padding
+    for batch in prompts.split(e.batch_size):  # equal-length prompts batch without padding
         out = generate(model, batch, max_new_tokens=c)[:, p + 1:]
         predictions += [decode_until_eot(tokenizer, row.tolist()) for row in out]
     references = [tokenizer.decode(d[p:p + c].tolist()) for d in long_docs]
     return predictions, references
 
 
-def parallel_bleu(model, tokenizer, cfg: Config) -> dict:
+def parallel_bleu(model, tokenizer, e: EvaluateConfig) -> dict:
     """Source -> target pairs through the prompt template; the first generated line is the output."""
-    pairs = [json.loads(line) for line in Path(cfg.evaluate.parallel_data).read_text().splitlines() if line]
-    outputs = [complete(model, tokenizer, cfg.evaluate.parallel_template.format(source=pair["source"]),
-                        cfg.evaluate.continuation_tokens).strip().split("\n")[0] for pair in pairs]
+    pairs = [json.loads(line) for line in Path(e.parallel_data).read_text().splitlines() if line]
+    outputs = [complete(model, tokenizer, e.parallel_template.format(source=pair["source"]),
+                        e.continuation_tokens).strip().split("\n")[0] for pair in pairs]
     return load_metric("bleu").compute(predictions=outputs, references=[pair["target"] for pair in pairs])
 
 
@@ -127,31 +127,33 @@ def load_probes(path: Path) -> list[Probe]:
     return probes
 
 
-def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str], cfg: Config) -> np.ndarray:
+def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str],
+                       batch_size: int) -> np.ndarray:
     """log p(text | context) for each pair; an empty context scores the whole text."""
     eot = eot_id(tokenizer)
     prefixes = [np.asarray(tokenizer.encode(c).ids, dtype=np.int64) for c in contexts]
     seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
     nll, _ = sequence_nll(model, seqs, eot, model.config.block_size, model.config.block_size,
-                          cfg.evaluate.batch_size, prefixes=prefixes)
+                          batch_size, prefixes=prefixes)
     return -nll
 
 
-def bias_probe(model, tokenizer, cfg: Config) -> dict:
-    probes = load_probes(cfg.evaluate.probes)
-    loglik = conditional_loglik(model, tokenizer, [p.prefix for p in probes], [p.rest for p in probes], cfg)
+def bias_probe(model, tokenizer, e: EvaluateConfig) -> dict:
+    probes = load_probes(e.probes)
+    loglik = conditional_loglik(model, tokenizer, [p.prefix for p in probes], [p.rest for p in probes],
+                                e.batch_size)
     return load_metric("bias_gap").compute(loglik=loglik, category=[p.category for p in probes],
                                            group=[p.group for p in probes])
 
 
-def crows_pairs(model, tokenizer, cfg: Config) -> dict:
-    with open(cfg.evaluate.crows_pairs, newline="") as f:
+def crows_pairs(model, tokenizer, e: EvaluateConfig) -> dict:
+    with open(e.crows_pairs, newline="") as f:
         rows = list(csv.DictReader(f))
     missing = {"sent_more", "sent_less", "stereo_antistereo", "bias_type"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"evaluate: {cfg.evaluate.crows_pairs} lacks columns {sorted(missing)}")
+        raise ValueError(f"evaluate: {e.crows_pairs} lacks columns {sorted(missing)}")
     sentences = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
-    loglik = conditional_loglik(model, tokenizer, [""] * len(sentences), sentences, cfg)
+    loglik = conditional_loglik(model, tokenizer, [""] * len(sentences), sentences, e.batch_size)
     return load_metric("crows_pairs").compute(
         loglik_more=loglik[:len(rows)], loglik_less=loglik[len(rows):],
         bias_type=[r["bias_type"] for r in rows], direction=[r["stereo_antistereo"] for r in rows])

@@ -149,7 +149,7 @@ class FixedPreferenceLM(torch.nn.Module):
 
 
 def test_crows_pairs_score_matches_an_independent_computation(tmp_path):
-    from lm_pipeline.config import Config
+    from lm_pipeline.config import EvaluateConfig
     from lm_pipeline.data.tokenizer import train_tokenizer
     from lm_pipeline.evaluation.evaluate import crows_pairs
 
@@ -166,8 +166,7 @@ def test_crows_pairs_score_matches_an_independent_computation(tmp_path):
     logits[tokenizer.token_to_id("c")] = -2.0
     model = FixedPreferenceLM(logits)
     model.config = type("C", (), {"block_size": 32})()
-    cfg = Config.model_validate({"evaluate": {"crows_pairs": str(path)}})
-    result = crows_pairs(model, tokenizer, cfg)
+    result = crows_pairs(model, tokenizer, EvaluateConfig(crows_pairs=path))
 
     logp = torch.log_softmax(logits, -1)
     def loglik(text):  # independent: sum of log-probs of the tokens and the closing EOT
