@@ -1,9 +1,13 @@
 """The exported model folder's files: what `lmp train` writes and everything after it reads.
 
-  model.safetensors   weights (no pickle: safe to load from anywhere)
-  config.json         GPTConfig fields
-  tokenizer.json      the HF `tokenizers` tokenizer the model was trained with
-  run.json            its MLflow run, step, tokenizer hash, and parent (if fine-tuned)
+  model.safetensors       weights in GPT-2's layout (no pickle: safe to load from anywhere)
+  config.json             GPT2LMHeadModel's config (older folders: this project's GPTConfig fields)
+  tokenizer.json          the HF `tokenizers` tokenizer the model was trained with
+  tokenizer_config.json   what `AutoTokenizer` needs beside it: the end-of-text token, max length
+  generation_config.json  the end-of-text token as `transformers`' eos/bos/pad
+  run.json                its MLflow run, step, tokenizer hash, and parent (if fine-tuned)
+
+So `transformers.AutoModelForCausalLM` and `AutoTokenizer` load the folder as it is (model/hf_format.py).
 
 Names only, no torch: preprocess pins a parent folder without paying for the model's imports.
 """
@@ -13,4 +17,6 @@ from lm_pipeline.data.tokenizer import TOKENIZER_FILE
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # what makes a folder a model

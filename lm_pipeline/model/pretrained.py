@@ -2,37 +2,72 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file
 from tokenizers import Tokenizer
 
-from lm_pipeline.data.tokenizer import TOKENIZER_FILE
+from lm_pipeline.data.tokenizer import EOT, TOKENIZER_FILE, UNK, eot_id
 from lm_pipeline.io import atomic_path, read_json, write_json
-from lm_pipeline.model.folder import CONFIG_FILE, RUN_FILE, WEIGHTS_FILE
-from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.model.folder import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    RUN_FILE,
+    TOKENIZER_CONFIG_FILE,
+    WEIGHTS_FILE,
+)
+from lm_pipeline.model.hf_format import (
+    from_gpt2_state_dict,
+    gpt2_config,
+    gpt_config,
+    is_gpt2_layout,
+    to_gpt2_state_dict,
+)
+from lm_pipeline.model.transformer import GPT
 
 
 def save_pretrained(model: GPT, tokenizer_file: Path, out_dir: Path, run_info: dict | None = None) -> None:
-    """Write the model folder atomically, with `run_info` as its run.json."""
+    """Write the model folder atomically, in the layout `transformers` loads, with `run_info` as its
+    run.json."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    eot = eot_id(tokenizer)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embedding/head weights
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        save_file(to_gpt2_state_dict(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(tmp / CONFIG_FILE, gpt2_config(model.config, eot))
         shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+        write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(tokenizer, model.config.block_size))
+        special_ids = dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), eot)
+        write_json(tmp / GENERATION_CONFIG_FILE, special_ids)
         if run_info is not None:
             write_json(tmp / RUN_FILE, run_info)
 
 
+def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict:
+    """What AutoTokenizer reads beside tokenizer.json: every document starts and ends with EOT."""
+    special = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
+    if tokenizer.token_to_id(UNK) is not None:  # the character-level tokenizer has one
+        special["unk_token"] = UNK
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+            "clean_up_tokenization_spaces": False, **special}
+
+
 def load_pretrained(model_dir: Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
     model_dir = Path(model_dir)
-    config = GPTConfig(**json.loads((model_dir / CONFIG_FILE).read_text()))
-    model = GPT(config)
-    load_model(model, str(model_dir / WEIGHTS_FILE), device=device)
+    model = GPT(gpt_config(read_json(model_dir / CONFIG_FILE)))
+    load_weights(model, model_dir / WEIGHTS_FILE)
     model.to(device).eval()
     return model, Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    """A weights file in either layout: GPT-2's, or this project's own names (older folders)."""
+    state = load_file(str(path))
+    if is_gpt2_layout(state):
+        model.load_state_dict(from_gpt2_state_dict(state))
+    else:
+        load_model(model, str(path))  # safetensors restores the tied head it stored once
 
 
 def read_run_info(model_dir: Path) -> dict:

@@ -14,6 +14,7 @@ from lm_pipeline import env, tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.model import parent as parents
+from lm_pipeline.model.hf_format import gpt_config
 
 log = logging.getLogger(__name__)
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size")  # what fine-tuning cannot change
@@ -110,8 +111,9 @@ def check_parent(cfg: Config, meta: ProcessedMeta) -> None:
             f"for {record['init_from'] if record else None!r}: run `lmp preprocess` (or `dvc repro`) first")
     if not record:
         return
-    wrong = [f"model.{key} is {getattr(cfg.model, key)} but the parent has {parent_config[key]}"
-             for key in ARCHITECTURE if getattr(cfg.model, key) != parent_config[key]]
+    shape = gpt_config(parent_config).to_dict()  # either config.json layout
+    wrong = [f"model.{key} is {getattr(cfg.model, key)} but the parent has {shape[key]}"
+             for key in ARCHITECTURE if getattr(cfg.model, key) != shape[key]]
     if wrong:
         raise parents.ParentError(
             f"train.init_from {parents.describe(record)}: {'; '.join(wrong)}. Fine-tuning keeps the "

@@ -15,10 +15,10 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
 
 from lm_pipeline.config import Config, ModelConfig, TrainConfig
 from lm_pipeline.data.processed import load_tokens, read_meta
+from lm_pipeline.model.pretrained import load_weights
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
@@ -52,7 +52,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = GPT(model_config(cfg.model, meta.vocab_size))
     if loop_config.get("init_weights"):  # fine-tuning: the parent's weights (a checkpoint overrides)
-        load_model(model, loop_config["init_weights"])
+        load_weights(model, loop_config["init_weights"])
     model = parallelize(model, cfg.train.strategy, device)
     optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                                   (cfg.train.beta1, cfg.train.beta2))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.integration.conftest import TINY_PARAMS, make_project
@@ -99,6 +100,16 @@ def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     out = model.predict(pd.DataFrame({"prompt": ["The tuple", "A module"]}),
                         params={"max_new_tokens": 8})
     assert len(out) == 2 and all(isinstance(text, str) for text in out)
+
+
+def test_the_exported_model_folder_loads_with_transformers_and_generates(project):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = project / "models/model"
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer("The tuple")["input_ids"]])
+    out = model.eval().generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids.shape[1] and isinstance(tokenizer.decode(out[0, ids.shape[1]:]), str)
 
 
 @pytest.mark.registry

@@ -2,7 +2,7 @@
 
 from lm_pipeline.config import TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
-from lm_pipeline.model.folder import MODEL_FILES, RUN_FILE
+from lm_pipeline.model.folder import GENERATION_CONFIG_FILE, MODEL_FILES, RUN_FILE, TOKENIZER_CONFIG_FILE
 from lm_pipeline.model.pretrained import load_pretrained, read_run_info, save_pretrained, weights_sha256
 from lm_pipeline.model.transformer import GPT, GPTConfig
 
@@ -16,7 +16,8 @@ def test_a_saved_model_folder_loads_back_with_the_same_weights_tokenizer_and_run
     run_info = {"mlflow_run_id": "abc", "step": 7}
     save_pretrained(model, tmp_path / "tokenizer.json", tmp_path / "model", run_info)
 
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted([*MODEL_FILES, RUN_FILE])
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(
+        [*MODEL_FILES, TOKENIZER_CONFIG_FILE, GENERATION_CONFIG_FILE, RUN_FILE])
     loaded, loaded_tokenizer = load_pretrained(tmp_path / "model")
     assert weights_sha256(loaded) == weights_sha256(model) and loaded.config == model.config
     assert loaded_tokenizer.to_str() == tokenizer.to_str()

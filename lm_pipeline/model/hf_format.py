@@ -1,0 +1,76 @@
+"""The built-in GPT in Hugging Face's GPT-2 layout, so `transformers` and serving stacks load our
+model folders (`AutoModelForCausalLM.from_pretrained`), and back.
+
+Same network, other names: `blocks.{i}` is `transformer.h.{i}`, `qkv`/`proj`/`fc` are GPT-2's
+Conv1D `c_attn`/`c_proj`/`c_fc`, whose weights are stored transposed (in x out), and the tied
+output head is not stored. The MLP's exact GELU is GPT-2's `activation_function: gelu`. Pure torch:
+writing the layout needs no `transformers`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lm_pipeline.model.transformer import GPTConfig
+
+CONV1D = (".attn.qkv.", ".attn.proj.", ".mlp.fc.", ".mlp.proj.")  # Linear here, Conv1D in GPT-2
+RENAMES = {".attn.qkv.": ".attn.c_attn.", ".attn.proj.": ".attn.c_proj.", ".mlp.fc.": ".mlp.c_fc.",
+           ".mlp.proj.": ".mlp.c_proj."}
+
+
+def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our parameter names and shapes -> GPT2LMHeadModel's (lm_head is tied to wte: left out)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if name == "lm_head.weight":
+            continue
+        if any(part in name for part in CONV1D) and name.endswith(".weight"):
+            tensor = tensor.t()
+        for ours, theirs in RENAMES.items():
+            name = name.replace(ours, theirs)
+        if name.startswith("blocks."):
+            name = "h." + name.removeprefix("blocks.")
+        out["transformer." + name] = tensor.contiguous()
+    return out
+
+
+def from_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel's names and shapes -> ours (the tied head restored from wte)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if name == "lm_head.weight" or name.endswith(".attn.bias") or name.endswith(".masked_bias"):
+            continue  # tied, or a causal-mask buffer of older GPT-2 files
+        name = name.removeprefix("transformer.")
+        if name.startswith("h."):
+            name = "blocks." + name.removeprefix("h.")
+        for ours, theirs in RENAMES.items():
+            name = name.replace(theirs, ours)
+        if any(part in name for part in CONV1D) and name.endswith(".weight"):
+            tensor = tensor.t()
+        out[name] = tensor.contiguous()
+    out["lm_head.weight"] = out["wte.weight"]
+    return out
+
+
+def is_gpt2_layout(names) -> bool:
+    return any(name.startswith("transformer.") for name in names)
+
+
+def gpt2_config(config: GPTConfig, eot_id: int) -> dict:
+    """config.json for GPT2LMHeadModel, describing exactly our network."""
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": 4 * config.n_embd,
+            "activation_function": "gelu", "layer_norm_epsilon": 1e-5,
+            "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+            "bos_token_id": eot_id, "eos_token_id": eot_id, "tie_word_embeddings": True,
+            "torch_dtype": "float32"}
+
+
+def gpt_config(config_json: dict) -> GPTConfig:
+    """Our GPTConfig from either config.json layout: GPT-2's, or this project's older own fields."""
+    if config_json.get("model_type") != "gpt2":
+        return GPTConfig(**config_json)
+    return GPTConfig(vocab_size=config_json["vocab_size"], block_size=config_json["n_positions"],
+                     n_layer=config_json["n_layer"], n_head=config_json["n_head"],
+                     n_embd=config_json["n_embd"], dropout=config_json.get("resid_pdrop", 0.0))
