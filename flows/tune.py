@@ -18,9 +18,8 @@ from pathlib import Path
 from prefect import flow, task
 
 from flows.pipeline import IO_RETRIES, publish_summary, report_failure, run_command, run_stage
-from lm_pipeline.stages import STAGES
 
-DATA_STAGES = tuple(STAGES)[:3]  # ingest, validate, preprocess: the search trains on their output
+DATA_STAGES = ("ingest", "validate", "preprocess")  # the search trains on their output
 
 
 @task(task_run_name="{step}")

@@ -26,10 +26,10 @@ from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_pat
 from lm_pipeline.data.shards import ShardWriter
 from lm_pipeline.data.split import SPLITS, assign_split, stable_fraction, text_digest
 from lm_pipeline.data.tokenizer import UNK, eot_id, train_tokenizer
-from lm_pipeline.io import atomic_path, read_json, remove_leftovers
+from lm_pipeline.io import atomic_path, remove_leftovers
 from lm_pipeline.lineage import file_sha256
 from lm_pipeline.model import parent as parents
-from lm_pipeline.model.folder import RUN_FILE
+from lm_pipeline.model.folder import RUN_FILE, read_run_info
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,7 @@ def check_parent_tokenizer_covers(coverage: dict, parent_dir: Path, parent: dict
         problems.append(f"{coverage['unknown_share']:.2%} of its tokens are {UNK} (limit "
                         f"tokenizer.max_unknown_share {limits.max_unknown_share:.2%}; "
                         f"e.g. {', '.join(map(repr, coverage['unknown_examples']))})")
-    parent_run = parent_dir / RUN_FILE
-    before = read_json(parent_run).get("chars_per_token") if parent_run.is_file() else None
+    before = read_run_info(parent_dir).get("chars_per_token") if (parent_dir / RUN_FILE).is_file() else None
     if before and coverage["chars_per_token"] < limits.min_relative_compression * before:
         problems.append(f"it encodes at {coverage['chars_per_token']:.2f} characters per token against "
                         f"{before:.2f} on the parent's corpus (limit tokenizer.min_relative_compression "

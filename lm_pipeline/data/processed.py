@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +59,11 @@ def read_meta(processed_dir: Path) -> ProcessedMeta:
         raise FileNotFoundError(f"{path}: no processed data; run `lmp preprocess` (or `dvc repro`) first")
     data = read_json(path)
     known = {f.name for f in fields(ProcessedMeta)}
-    if unknown := sorted(set(data) - known):
-        raise ValueError(f"{path}: unknown keys {unknown}: written by another version; "
-                         "rerun `lmp preprocess`")
+    required = {f.name for f in fields(ProcessedMeta) if f.default is MISSING}
+    unknown, missing = sorted(set(data) - known), sorted(required - set(data))
+    if unknown or missing:
+        raise ValueError(f"{path}: written by another version (unknown keys {unknown}, missing keys "
+                         f"{missing}); rerun `lmp preprocess`")
     return ProcessedMeta(**data)
 
 

@@ -31,8 +31,9 @@ from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perpl
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.generate import complete, decode_until_eot, generate
-from lm_pipeline.model.pretrained import load_pretrained, read_run_info
+from lm_pipeline.model.pretrained import load_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,10 @@ So `transformers.AutoModelForCausalLM` and `AutoTokenizer` load the folder as it
 Names only, no torch: preprocess pins a parent folder without paying for the model's imports.
 """
 
+from pathlib import Path
+
 from lm_pipeline.data.tokenizer import TOKENIZER_FILE
+from lm_pipeline.io import read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -20,3 +23,8 @@ RUN_FILE = "run.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # what makes a folder a model
+
+
+def read_run_info(model_dir: Path) -> dict:
+    """run.json: the model's MLflow run id, step, tokenizer hash and parent."""
+    return read_json(Path(model_dir) / RUN_FILE)

@@ -70,11 +70,6 @@ def load_weights(model: GPT, path: Path) -> None:
         load_model(model, str(path))  # safetensors restores the tied head it stored once
 
 
-def read_run_info(model_dir: Path) -> dict:
-    """run.json: the model's MLflow run id, step, tokenizer hash and parent."""
-    return read_json(Path(model_dir) / RUN_FILE)
-
-
 def weights_sha256(model: GPT) -> str:
     """A hash of the weights' values, independent of file layout."""
     import hashlib

@@ -17,7 +17,7 @@ from lm_pipeline.registry.aliases import RegistryError, current_champion, model_
 LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
                 "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
                 "promotion.decision")
-
+OLD_TAGS = {tracking.FLOW_RUN_TAG: "prefect_flow_run_id"}  # its spelling on versions registered before
 
 def _client_and_log(cfg: Config):
     import mlflow
@@ -72,7 +72,8 @@ def lineage(cfg: Config, model_uri: str) -> str:
     client = mlflow.MlflowClient()
     mv = model_version(client, model_uri)
     name, tags = mv.name, mv.tags
-    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, '')}" for k in LINEAGE_TAGS]
+    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, tags.get(OLD_TAGS.get(k), ''))}"
+                                                 for k in LINEAGE_TAGS]
     tree = tree_state(tags)
     lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",

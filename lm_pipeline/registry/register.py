@@ -21,8 +21,9 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.lineage import LOCK_FILE, file_sha256, git_state, tree_sha256
+from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.parent import describe
-from lm_pipeline.model.pretrained import load_pretrained, read_run_info, weights_sha256
+from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import CHALLENGER, current_champion, set_champion, tag_decision

@@ -85,11 +85,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "tokens_seen": state.tokens_seen}
         if peak:
             metrics["mfu"] = flops_per_token * tokens_per_s / peak
-        improved = stop = False
+        improved = False
         if validator.should_validate(state.step):
             metrics["val_loss"] = validator.loss(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
-            stop = patience_ran_out(state, cfg.train.early_stopping_patience)
+        stop = patience_ran_out(state, cfg.train.early_stopping_patience)
         if logger:
             logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
         progress.update(state.step, metrics)

@@ -70,7 +70,7 @@ def run(cfg: Config) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = run_tags(cfg, meta)
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
-        "pipeline.stage": "tune", "git_commit": tags["git_commit"]})
+        "pipeline.stage": "tune", "git_commit": tags["git_commit"], "git_dirty": tags["git_dirty"]})
     client = mlflow.MlflowClient()
     client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in search_params(cfg).items()])
     log.info("tune: %d trials (at most %d at once, %d workers each, %.0f s budget) over %s; MLflow "

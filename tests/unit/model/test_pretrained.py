@@ -2,8 +2,14 @@
 
 from lm_pipeline.config import TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
-from lm_pipeline.model.folder import GENERATION_CONFIG_FILE, MODEL_FILES, RUN_FILE, TOKENIZER_CONFIG_FILE
-from lm_pipeline.model.pretrained import load_pretrained, read_run_info, save_pretrained, weights_sha256
+from lm_pipeline.model.folder import (
+    GENERATION_CONFIG_FILE,
+    MODEL_FILES,
+    RUN_FILE,
+    TOKENIZER_CONFIG_FILE,
+    read_run_info,
+)
+from lm_pipeline.model.pretrained import load_pretrained, save_pretrained, weights_sha256
 from lm_pipeline.model.transformer import GPT, GPTConfig
 
 
