@@ -13,7 +13,7 @@ import torch
 
 from lm_pipeline.model.transformer import GPTConfig
 
-CONV1D = (".attn.qkv.", ".attn.proj.", ".mlp.fc.", ".mlp.proj.")  # Linear here, Conv1D in GPT-2
+# Our Linear layers -> GPT-2's Conv1D layers (every one of them stores its weight transposed).
 RENAMES = {".attn.qkv.": ".attn.c_attn.", ".attn.proj.": ".attn.c_proj.", ".mlp.fc.": ".mlp.c_fc.",
            ".mlp.proj.": ".mlp.c_proj."}
 
@@ -24,7 +24,7 @@ def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     for name, tensor in state_dict.items():
         if name == "lm_head.weight":
             continue
-        if any(part in name for part in CONV1D) and name.endswith(".weight"):
+        if any(part in name for part in RENAMES) and name.endswith(".weight"):
             tensor = tensor.t()
         for ours, theirs in RENAMES.items():
             name = name.replace(ours, theirs)
@@ -45,7 +45,7 @@ def from_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
             name = "blocks." + name.removeprefix("h.")
         for ours, theirs in RENAMES.items():
             name = name.replace(theirs, ours)
-        if any(part in name for part in CONV1D) and name.endswith(".weight"):
+        if any(part in name for part in RENAMES) and name.endswith(".weight"):
             tensor = tensor.t()
         out[name] = tensor.contiguous()
     out["lm_head.weight"] = out["wte.weight"]
