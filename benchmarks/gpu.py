@@ -1,4 +1,5 @@
-"""GPU fast path: tokens/s and MFU of a GPT-2-small-sized model (124M parameters, context 1024).
+"""GPU fast path: tokens/s and MFU of a GPT-2-small-sized model (124M parameters, context 1024),
+the built-in GPT (gpu_124m_*) and a transformers Llama of the same size (gpu_llama_124m_*).
 
     python -m benchmarks.gpu                  # on a CUDA machine: bf16, TF32, fused AdamW, compile
     python -m benchmarks.gpu --device cpu --tiny   # a smoke run of the same code on a CPU
@@ -17,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.models import same_size_llama
 from benchmarks.run import RESULTS, markdown_table
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
@@ -27,12 +29,19 @@ TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
 VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64
 
 
-def measure(device: torch.device, shape: dict, batch_size: int, steps: int, compile_model: bool) -> dict:
+def build(family: str, shape: dict):
+    if family == "gpt":
+        return GPT(GPTConfig(vocab_size=VOCAB, **shape))
+    return same_size_llama(**shape, vocab_size=VOCAB, eot=0)
+
+
+def measure(device: torch.device, shape: dict, batch_size: int, steps: int, compile_model: bool,
+            family: str = "gpt") -> dict:
     cfg = Config.model_validate({"model": shape, "train": {
         "batch_size": batch_size, "precision": "bf16" if device.type == "cuda" else "fp32"}})
     enable_fast_math(device)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=VOCAB, **shape)).to(device)
+    model = build(family, shape).to(device)
     optimizer = model.configure_optimizer(6e-4, 0.1, (0.9, 0.95))
     flops_per_token = model.flops_per_token()
     if compile_model:
@@ -45,9 +54,10 @@ def measure(device: torch.device, shape: dict, batch_size: int, steps: int, comp
         rates.append(batch_size * shape["block_size"] / (time.perf_counter() - t0))
     tokens_per_s = statistics.median(rates[steps // 2:])  # after compilation and warm-up
     peak = peak_tflops(device) * 1e12
-    return {"gpu_124m_tokens_per_s": tokens_per_s,
-            "gpu_124m_mfu": flops_per_token * tokens_per_s / peak if peak else 0.0,
-            "gpu_124m_params_millions": sum(p.numel() for p in model.parameters()) / 1e6}
+    prefix = "gpu_124m" if family == "gpt" else f"gpu_{family}_124m"
+    return {f"{prefix}_tokens_per_s": tokens_per_s,
+            f"{prefix}_mfu": flops_per_token * tokens_per_s / peak if peak else 0.0,
+            f"{prefix}_params_millions": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    results = measure(device, TINY if args.tiny else GPT2_SMALL, args.batch_size, args.steps,
-                      compile_model=not args.no_compile and device.type == "cuda")
+    shape, compile_model = TINY if args.tiny else GPT2_SMALL, not args.no_compile and device.type == "cuda"
+    results = {}
+    for family in ("gpt", "llama"):
+        results |= measure(device, shape, args.batch_size, args.steps, compile_model, family)
     print(markdown_table(results))
     if not args.tiny:
         previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

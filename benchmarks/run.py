@@ -13,6 +13,8 @@ eval_vs_train_forward_ratio: tokens/s of evaluation scoring (inference mode, sli
 the training forward pass (autograd on) on the same model and batch shape.
 kv_cache_generation_speedup: greedy generation with the KV cache over recomputing the whole
 window for every new token.
+
+hf_vs_builtin_tokens_per_s_ratio, lora_vs_full_step_time_ratio: see benchmarks/models.py.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.models import WARMUP_STEPS, step_rates
+from benchmarks.models import measure as measure_backends
+
 RESULTS = Path(__file__).with_name("results.json")
-WARMUP_STEPS = 10  # excluded from steady state: allocator warm-up, first checkpoint
 
 
 def bench_config(workdir: Path, steps: int, **train):
@@ -73,25 +77,12 @@ def bare_loop_throughput(cfg) -> float:
     """The same model, batch and optimizer step, in this process, with no Ray and no logging."""
     import torch
 
-    from lm_pipeline.data.processed import load_tokens, read_meta
+    from lm_pipeline.data.processed import read_meta
+    from lm_pipeline.model.backends import gpt_config
     from lm_pipeline.model.transformer import GPT
-    from lm_pipeline.training.loop import model_config, train_step
-    from lm_pipeline.training.schedule import get_lr
 
-    torch.set_num_threads(cfg.train.cpus_per_worker)
-    meta = read_meta(cfg.data.processed_dir)
     torch.manual_seed(cfg.train.seed)
-    model = GPT(model_config(cfg.model, meta.vocab_size))
-    optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
-                                          (cfg.train.beta1, cfg.train.beta2))
-    tokens = load_tokens(cfg.data.processed_dir, "train")
-    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps
-    rates = []
-    for step in range(cfg.train.max_steps):
-        t0 = time.perf_counter()
-        train_step(model, optimizer, tokens, [cfg.train.seed, step], get_lr(step, cfg.train), cfg, "cpu")
-        rates.append(tokens_per_step / (time.perf_counter() - t0))
-    return statistics.median(rates[WARMUP_STEPS:])
+    return step_rates(cfg, GPT(gpt_config(cfg.model, read_meta(cfg.data.processed_dir).vocab_size)))
 
 
 def eval_vs_train_forward(cfg, repeats: int = 5) -> float:
@@ -99,12 +90,12 @@ def eval_vs_train_forward(cfg, repeats: int = 5) -> float:
 
     from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
     from lm_pipeline.evaluation.scoring import sequence_nll
+    from lm_pipeline.model.backends import gpt_config
     from lm_pipeline.model.transformer import GPT
     from lm_pipeline.training.batches import fixed_batches
-    from lm_pipeline.training.loop import model_config
 
     meta = read_meta(cfg.data.processed_dir)
-    model = GPT(model_config(cfg.model, meta.vocab_size))
+    model = GPT(gpt_config(cfg.model, meta.vocab_size))
     docs = load_documents(cfg.data.processed_dir, "test")
     block, batch = cfg.model.block_size, cfg.train.batch_size
     start = time.perf_counter()
@@ -126,11 +117,11 @@ def kv_cache_speedup(cfg, new_tokens: int = 96) -> float:
     import torch
 
     from lm_pipeline.data.processed import read_meta
+    from lm_pipeline.model.backends import gpt_config
     from lm_pipeline.model.generate import generate
     from lm_pipeline.model.transformer import GPT
-    from lm_pipeline.training.loop import model_config
 
-    model = GPT(model_config(cfg.model, read_meta(cfg.data.processed_dir).vocab_size)).eval()
+    model = GPT(gpt_config(cfg.model, read_meta(cfg.data.processed_dir).vocab_size)).eval()
     prompt = torch.zeros(8, 16, dtype=torch.long)
     start = time.perf_counter()
     cached = generate(model, prompt, new_tokens)
@@ -165,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         bare = bare_loop_throughput(cfg)
         eval_ratio = eval_vs_train_forward(cfg)
         kv_speedup = kv_cache_speedup(cfg)
+        backends = measure_backends(cfg)
         stage = train_stage_throughput(cfg)
         ddp1 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1))
         ddp2 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1,
@@ -179,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "ddp2_tokens_per_s": ddp2["tokens_per_s"],
         "eval_vs_train_forward_ratio": eval_ratio,
         "kv_cache_generation_speedup": kv_speedup,
+        **backends,
     }
     save_results(results)
 

@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "dvc.lock and weights hashes, runs) and the commands that rebuild it.")
     lineage.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>")
     gen = sub.add_parser("generate", help="generate text from a trained or registered model",
-                         description="Continue a prompt with a model folder or an MLflow model URI.")
-    gen.add_argument("prompt", help="text to continue")
+                         description="Continue prompts with a model folder (either backend, or a "
+                         "Hugging Face folder) or an MLflow model URI. One prompt: its continuation "
+                         "as it is; several: one JSON line each, {prompt, continuation}.")
+    gen.add_argument("prompt", nargs="+", help="text to continue (several: batched)")
     gen.add_argument("--model", default=None, help="model folder or models:/<name>@<alias> "
                      "(default: train.model_dir from the params file)")
     gen.add_argument("--max-new-tokens", type=int, default=64)
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--stop", action="append", default=[], help="end a continuation before this "
+                     "string (repeatable)")
+    gen.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
     return parser
 
 
@@ -202,15 +207,26 @@ def generate_text(cfg: Config, args) -> str:
 
         mlflow.set_tracking_uri(tracking_uri(cfg))
         model = mlflow.pyfunc.load_model(model_ref)
-        params = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
+        params = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "stop": args.stop,
                   **{k: v or 0 for k, v in sampling.items()}}
-        return model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)[0]
-    from lm_pipeline.model.generate import complete
-    from lm_pipeline.model.pretrained import load_pretrained
+        return format_continuations(args.prompt,
+                                    model.predict(pd.DataFrame({"prompt": args.prompt}), params=params))
+    from lm_pipeline.model.backends import load_model, resolve_device
+    from lm_pipeline.model.generate import complete_batch
 
-    model, tokenizer = load_pretrained(Path(model_ref))
+    model, tokenizer = load_model(Path(model_ref), resolve_device(args.device))
     generator = torch.Generator().manual_seed(args.seed)
-    return complete(model, tokenizer, args.prompt, args.max_new_tokens, generator=generator, **sampling)
+    return format_continuations(args.prompt, complete_batch(
+        model, tokenizer, args.prompt, args.max_new_tokens, stop=args.stop, generator=generator, **sampling))
+
+
+def format_continuations(prompts: list[str], continuations: list[str]) -> str:
+    import json
+
+    if len(prompts) == 1:
+        return continuations[0]
+    return "\n".join(json.dumps({"prompt": p, "continuation": c}, ensure_ascii=False)
+                     for p, c in zip(prompts, continuations, strict=True))
 
 
 COMMANDS = {

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
 
 
 class ConfigError(ValueError):
@@ -99,8 +101,17 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
-    """The decoder-only Transformer (fine-tuning keeps the parent's shape)."""
+    """The decoder-only Transformer: the built-in GPT, or any `transformers` causal LM (fine-tuning
+    keeps the parent's shape)."""
 
+    backend: Literal["gpt", "hf"] = Field("gpt", description="'gpt': the built-in GPT (the fields "
+                                          "below); 'hf': a transformers AutoModelForCausalLM from "
+                                          "hf_config, or from train.init_from: hf:<folder>")
+    hf_config: dict[str, Any] | str | None = Field(
+        None, description="hf from scratch: a folder with config.json, or an inline mapping with "
+        "model_type (e.g. {model_type: llama, hidden_size: 128, num_hidden_layers: 4, "
+        "num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 344}); vocab and special "
+        "tokens come from the pipeline's tokenizer")
     n_layer: int = Field(4, ge=1, description="Transformer blocks")
     n_head: int = Field(4, ge=1, description="attention heads per block")
     n_embd: int = Field(128, ge=8, description="width of the residual stream")
@@ -114,6 +125,18 @@ class ModelConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    """LoRA (peft), for either backend: train low-rank adapters beside frozen weights. The export
+    is the merged model, with the adapter beside it in PEFT's format."""
+
+    r: int = Field(0, ge=0, description="adapter rank; 0 trains every weight (no LoRA)")
+    alpha: float = Field(16.0, gt=0, description="scaling: the update is alpha / r * B @ A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        None, description="names of the Linear layers to adapt; null: attention and MLP projections "
+        "(built-in GPT: qkv, proj, fc; hf: peft's default for the family)")
+
+
 class TrainConfig(Section):
     """Ray Train: workers, the optimizer and its schedule, validation, checkpoints, early stopping."""
 
@@ -122,6 +145,8 @@ class TrainConfig(Section):
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="replicated (DDP) or sharded (FSDP2)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU fast path)")
     compile: bool = Field(False, description="torch.compile the model")
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer's "
+                                           "activations in the backward pass: less memory, ~30% more compute")
     peak_tflops: float = Field(0.0, ge=0, description="per-device peak for MFU; 0 = known GPUs only")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
@@ -145,7 +170,9 @@ class TrainConfig(Section):
                                          "without improvement; 0 trains all max_steps")
     min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
     init_from: str | None = Field(None, description="fine-tune: models:/<name>@<alias>, "
-                                  "models:/<name>/<version> or a model folder; null trains from scratch")
+                                  "models:/<name>/<version>, a folder `lmp train` wrote, or hf:<folder> "
+                                  "(a local Hugging Face model, with model.backend: hf); null trains "
+                                  "from scratch")
     seed: int = Field(1337, description="seeds the initial weights and every batch")
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
     checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")
@@ -181,11 +208,29 @@ class EvaluateConfig(Section):
     seed: int = Field(1337, description="seeds the bootstrap")
     metrics_file: Path = Field(Path("reports/metrics.json"), description="every test metric (dvc metrics)")
     report_dir: Path = Field(Path("reports/evaluation"), description="report.md/.html, plots, CSVs")
+    harness_tasks: list[str] = Field(
+        ["lmp_last_word", "lmp_cloze_choice"], description="lm-evaluation-harness tasks run on the "
+        "model folder (hf model class), logged as <task>/<metric>: this project's lmp_last_word and "
+        "lmp_cloze_choice (built from the test split), or any of the harness's own (their datasets "
+        "from the local HF datasets cache, offline); [] skips the harness")
+    harness_limit: int = Field(200, ge=0, description="documents per harness task (ours: a seeded "
+                               "sample of the test split's records); 0 = all")
+    harness_passage_tokens: int = Field(64, ge=8, description="our harness tasks: test documents are "
+                                        "cut into passages of this many tokens (at most the model's "
+                                        "block_size - 1)")
+    device: str = Field("auto", min_length=1, description="torch device of evaluation, the harness and "
+                        "the champion comparison: auto (a GPU when there is one), cpu, cuda, cuda:0")
 
     @model_validator(mode="after")
     def _template_takes_source(self) -> EvaluateConfig:
         if "{source}" not in self.parallel_template:
             raise ValueError("parallel_template must contain {source}")
+        return self
+
+    @model_validator(mode="after")
+    def _harness_tasks_once(self) -> EvaluateConfig:
+        if len(set(self.harness_tasks)) != len(self.harness_tasks) or not all(self.harness_tasks):
+            raise ValueError("harness_tasks must name each task once, none empty")
         return self
 
 
@@ -199,7 +244,17 @@ class RegisterConfig(Section):
     max_bias_gap: float | dict[str, float] | None = Field(
         None, description="gate: largest bias gap, for every category or per category {name: gap}")
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
+    min_task_scores: dict[str, float] = Field(
+        {}, description="gates: lowest harness score per metrics key, {'<task>/<metric>': value} "
+        "(e.g. {lmp_cloze_choice/acc: 0.3}), a key of reports/metrics.json from evaluate.harness_tasks")
     record_file: Path = Field(Path("reports/registry.json"), description="this run's decision and gates")
+
+    @model_validator(mode="after")
+    def _task_score_keys(self) -> RegisterConfig:
+        malformed = [k for k in self.min_task_scores if k.count("/") != 1 or not all(k.split("/"))]
+        if malformed:
+            raise ValueError(f"min_task_scores keys are '<task>/<metric>', not {', '.join(malformed)}")
+        return self
 
 
 SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -271,6 +326,7 @@ class Config(Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
@@ -282,6 +338,17 @@ class Config(Section):
     def _stride_fits_context(self) -> Config:
         if self.evaluate.stride > self.model.block_size:
             raise ValueError("evaluate.stride must not exceed model.block_size (tokens would be skipped)")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_has_a_model(self) -> Config:
+        hf_parent = (self.train.init_from or "").startswith(HF_PREFIX)
+        if hf_parent and self.model.backend != "hf":
+            raise ValueError(f"train.init_from {self.train.init_from} is a Hugging Face model: set "
+                             "model.backend: hf")
+        if self.model.backend == "hf" and not (hf_parent or self.model.hf_config or self.train.init_from):
+            raise ValueError("model.backend hf needs model.hf_config (from scratch) or train.init_from "
+                             "(fine-tuning)")
         return self
 
     @property

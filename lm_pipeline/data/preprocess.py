@@ -129,7 +129,7 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
     size = 0
 
     def flush() -> None:
-        encodings = tokenizer.encode_batch_fast([text for _, text in batch])
+        encodings = tokenizer.encode_batch_fast([text for _, text in batch], add_special_tokens=False)
         for (split, text), encoding in zip(batch, encodings, strict=True):
             ids = np.append(np.asarray(encoding.ids, dtype=writers[split].dtype), eot)
             writers[split].append(ids)
@@ -139,7 +139,8 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
             if unk is not None and (unknown := int(np.count_nonzero(ids == unk))):
                 counts["unknown"][split] += unknown
                 if len(counts["unknown_examples"]) < 5:  # offsets need the slower encode
-                    spans = tokenizer.encode(text).offsets  # one per id but the final <|endoftext|>
+                    # One span per id but the final <|endoftext|>.
+                    spans = tokenizer.encode(text, add_special_tokens=False).offsets
                     unknown_spans = [span for i, span in zip(ids[:-1], spans, strict=True) if i == unk]
                     counts["unknown_examples"] += [text[a:b] for a, b in unknown_spans[:2]]
         batch.clear()

@@ -10,6 +10,9 @@ from lm_pipeline.config import TokenizerConfig
 
 TOKENIZER_FILE = "tokenizer.json"  # the HF standard name, in data/processed and model folders
 EOT = "<|endoftext|>"  # separates documents in the token stream
+# What ends a document in the tokenizers this pipeline trains or fine-tunes: ours, GPT-2's and
+# Qwen's; Llama 3's; Llama 2's and Mistral's. A pretrained folder's declared eos must be one of them.
+END_TOKENS = (EOT, "<|end_of_text|>", "</s>")
 UNK = "<unk>"
 
 
@@ -36,4 +39,8 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 
 
 def eot_id(tokenizer: Tokenizer) -> int:
-    return tokenizer.token_to_id(EOT)
+    """The token that ends (and, as context, opens) every document."""
+    for token in END_TOKENS:
+        if (token_id := tokenizer.token_to_id(token)) is not None:
+            return token_id
+    raise ValueError(f"the tokenizer has no end-of-text token (one of {', '.join(END_TOKENS)})")

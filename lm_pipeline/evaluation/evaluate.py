@@ -6,9 +6,12 @@
   (source -> target through a prompt template); a bootstrap interval for continuation BLEU.
 - bias: counterfactual templates (log-likelihood gap between groups, per category) and
   CrowS-Pairs-format pairs (share preferring the more stereotypical sentence).
+- benchmark tasks (harness.py): lm-evaluation-harness on the model folder, as `<task>/<metric>`;
+  this project's tasks are built from the test split, the harness's own read a local dataset cache.
 
 Writes reports/metrics.json (for `dvc metrics show`), reports/evaluation/ (report.md, report.html,
-plots, CSVs for `dvc plots`, details.json), and logs all of it to the pipeline's MLflow run.
+plots, CSVs for `dvc plots`, details.json, harness/: our tasks' data and YAML), and logs all of it
+to the pipeline's MLflow run.
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ import torch
 from lm_pipeline.config import Config, EvaluateConfig
 from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
 from lm_pipeline.data.tokenizer import eot_id
-from lm_pipeline.evaluation import report
+from lm_pipeline.evaluation import harness, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.model.backends import load_model, resolve_device
 from lm_pipeline.model.folder import read_run_info
-from lm_pipeline.model.generate import complete, decode_until_eot, generate
-from lm_pipeline.model.pretrained import load_pretrained
+from lm_pipeline.model.generate import complete_batch, decode_until_eot, generate
+from lm_pipeline.model.transformer import device_of
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +52,16 @@ class Probe:
 
 def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.train.seed)
-    model, tokenizer = load_pretrained(cfg.train.model_dir)
+    model, tokenizer = load_model(cfg.train.model_dir, resolve_device(cfg.evaluate.device))
     meta = read_meta(cfg.data.processed_dir)
     test_docs = load_documents(cfg.data.processed_dir, "test")
+    e = cfg.evaluate
+    # First: a misnamed task fails in seconds, before the rest of the evaluation.
+    harness_data = harness.task_data(test_docs, tokenizer, e.harness_tasks, e, model.block_size)
+    tasks = harness.run(cfg.train.model_dir, harness_data, e.harness_tasks, e) if e.harness_tasks else None
 
-    nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.config.block_size,
-                               cfg.evaluate.stride or model.config.block_size // 2, cfg.evaluate.batch_size)
+    nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.block_size,
+                               cfg.evaluate.stride or model.block_size // 2, cfg.evaluate.batch_size)
     n_bytes = sum(len(tokenizer.decode(d.tolist()).encode("utf-8")) for d in test_docs)
     perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
@@ -65,7 +73,6 @@ def run(cfg: Config) -> dict:
     bias = bias_probe(model, tokenizer, cfg.evaluate)
     crows = crows_pairs(model, tokenizer, cfg.evaluate)
 
-    e = cfg.evaluate
     ppl_low, ppl_high = bootstrap_ci(perplexity_of(nll, counts), len(test_docs), e.bootstrap_resamples,
                                      e.seed)
     bleu_low, bleu_high = bootstrap_ci(corpus_bleu_of(predictions, references), len(predictions),
@@ -79,16 +86,20 @@ def run(cfg: Config) -> dict:
         "bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
         "crows_pairs_stereotype_preference": crows["stereotype_preference"],
+        **(tasks.scores if tasks else {}),
     }
     samples = [{"prediction": p, "reference": r}
                for p, r in zip(predictions[:5], references[:5], strict=True)]
-    write_outputs(cfg, metrics, {"bleu": bleu, "parallel": parallel, "bias": bias, "crows_pairs": crows,
-                                 "samples": samples}, report.perplexity_by_length(nll, counts))
+    details = {"bleu": bleu, "parallel": parallel, "bias": bias, "crows_pairs": crows, "samples": samples,
+               "harness": {"documents": tasks.documents, "versions": tasks.versions} if tasks else {}}
+    write_outputs(cfg, metrics, details, report.perplexity_by_length(nll, counts), harness_data)
     log_to_mlflow(cfg, metrics, bleu)
     log.info("evaluate: perplexity %.2f [%.2f, %.2f] (unigram %.2f), %.3f bits/byte, BLEU %.2f, "
              "largest bias gap %.3f, CrowS-Pairs %.2f", metrics["perplexity"], ppl_low, ppl_high,
              metrics["unigram_perplexity"], metrics["bits_per_byte"], metrics["bleu"],
              metrics["bias_max_gap"], metrics["crows_pairs_stereotype_preference"])
+    if tasks:
+        log.info("evaluate: benchmark tasks %s", ", ".join(f"{k} {v:.3f}" for k, v in tasks.scores.items()))
     return metrics
 
 
@@ -103,7 +114,7 @@ def continuations(model, tokenizer, docs: list[np.ndarray], e: EvaluateConfig) -
     prompts = torch.tensor(np.stack([np.concatenate([[eot], d[:p]]) for d in long_docs]).astype(np.int64))
     predictions = []
     for batch in prompts.split(e.batch_size):  # equal-length prompts batch without padding
-        out = generate(model, batch, max_new_tokens=c)[:, p + 1:]
+        out = generate(model, batch.to(device_of(model)), max_new_tokens=c)[:, p + 1:]
         predictions += [decode_until_eot(tokenizer, row.tolist()) for row in out]
     references = [tokenizer.decode(d[p:p + c].tolist()) for d in long_docs]
     return predictions, references
@@ -112,8 +123,9 @@ def continuations(model, tokenizer, docs: list[np.ndarray], e: EvaluateConfig) -
 def parallel_bleu(model, tokenizer, e: EvaluateConfig) -> dict:
     """Source -> target pairs through the prompt template; the first generated line is the output."""
     pairs = [json.loads(line) for line in Path(e.parallel_data).read_text().splitlines() if line]
-    outputs = [complete(model, tokenizer, e.parallel_template.format(source=pair["source"]),
-                        e.continuation_tokens).strip().split("\n")[0] for pair in pairs]
+    prompts = [e.parallel_template.format(source=pair["source"]) for pair in pairs]
+    outputs = [text.strip().split("\n")[0] for text in complete_batch(
+        model, tokenizer, prompts, e.continuation_tokens, batch_size=e.batch_size)]
     return load_metric("bleu").compute(predictions=outputs, references=[pair["target"] for pair in pairs])
 
 
@@ -132,11 +144,16 @@ def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str],
                        batch_size: int) -> np.ndarray:
     """log p(text | context) for each pair; an empty context scores the whole text."""
     eot = eot_id(tokenizer)
-    prefixes = [np.asarray(tokenizer.encode(c).ids, dtype=np.int64) for c in contexts]
-    seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
-    nll, _ = sequence_nll(model, seqs, eot, model.config.block_size, model.config.block_size,
+    prefixes, seqs = encode_texts(tokenizer, contexts), encode_texts(tokenizer, texts)
+    nll, _ = sequence_nll(model, seqs, eot, model.block_size, model.block_size,
                           batch_size, prefixes=prefixes)
     return -nll
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Token ids as in the corpus: no special tokens (documents are delimited by end-of-text only)."""
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
 
 def bias_probe(model, tokenizer, e: EvaluateConfig) -> dict:
@@ -160,9 +177,13 @@ def crows_pairs(model, tokenizer, e: EvaluateConfig) -> dict:
         bias_type=[r["bias_type"] for r in rows], direction=[r["stereo_antistereo"] for r in rows])
 
 
-def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict]) -> None:
+def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict],
+                  harness_data: dict[str, list]) -> None:
     with atomic_path(cfg.evaluate.report_dir) as out:
         out.mkdir()
+        if harness_data:  # a task folder for `lm_eval --include_path`, run from the repository root
+            harness.write_task_folder(out / "harness", harness_data,
+                                      data_dir=cfg.evaluate.report_dir / "harness")
         write_json(out / "details.json", details)
         report.write_csv(out / "perplexity_by_length.csv", by_length)
         report.write_csv(out / "bias_gaps.csv", [{"category": c, "gap": v["gap"]}

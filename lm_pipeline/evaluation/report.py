@@ -81,6 +81,9 @@ def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plo
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     sample_rows = "\n".join(f"| {s['reference']!r} | {s['prediction']!r} |" for s in samples)
     images = "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
+    harness_note = ("\n`<task>/<metric>` rows are lm-evaluation-harness tasks (its `hf` model class on the "
+                    "model folder);\nthe `lmp_*` tasks are built from the test split: their data and YAML "
+                    "are in `harness/`.\n" if any("/" in k for k in metrics) else "")
     return f"""# Evaluation report
 
 Perplexity is token-weighted over the whole test split (sliding window); bits per byte divides
@@ -90,7 +93,7 @@ tokenizers compare. Intervals are 95% bootstrap intervals over documents (segmen
 | metric | value |
 |---|---|
 {rows}
-
+{harness_note}
 BLEU signature: `{bleu['bleu_signature']}`; chrF signature: `{bleu['chrf_signature']}`.
 Parallel-pairs BLEU (`{parallel.get('bleu_signature', '')}`) uses the prompt template from params.
 

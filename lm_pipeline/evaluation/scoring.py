@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lm_pipeline.model.transformer import device_of
+
 
 def window_spans(n_inputs: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """(start, end, first_scored) over input positions 0..n_inputs; every position scored once."""
@@ -34,7 +36,6 @@ def sequence_nll(
     block_size: int,
     stride: int,
     batch_size: int = 16,
-    device: str = "cpu",
     prefixes: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL (nats) and number of scored tokens for each sequence of token ids.
@@ -52,6 +53,7 @@ def sequence_nll(
             t = targets[start:end].copy()
             t[: first - start] = -1
             windows.append((i, inputs[start:end], t))
+    device = device_of(model)
     windows.sort(key=lambda w: len(w[1]))  # similar lengths share a batch: little padding
     nll = np.zeros(len(sequences))
     count = np.zeros(len(sequences), dtype=np.int64)

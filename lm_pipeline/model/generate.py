@@ -5,15 +5,17 @@ Shared by evaluation (BLEU continuations), `lmp generate` and the registered MLf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from lm_pipeline.data.tokenizer import eot_id
-from lm_pipeline.model.transformer import GPT
+from lm_pipeline.model.transformer import device_of
 
 
 @torch.inference_mode()
 def generate(
-    model: GPT,
+    model,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -22,16 +24,18 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy."""
-    block_size = model.config.block_size
+    block_size = model.block_size
     idx_cond, past = idx[:, -(block_size - 1):], None  # leave room for at least one new token
+    cached = 0  # positions in the cache (its layout is the backend's own)
     for _ in range(max_new_tokens):
         logits, _, past = model(idx_cond, past=past, use_cache=True)
+        cached += idx_cond.size(1)
         next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat([idx, next_token], dim=1)
-        if past[0][0].size(2) >= block_size:
-            # Positions are absolute and learned: when the window is full, re-encode the recent
-            # half of it so generation can continue past block_size.
-            idx_cond, past = idx[:, -(block_size // 2):], None
+        if cached >= block_size:
+            # Positions are absolute: when the window is full, re-encode the recent half of it
+            # so generation can continue past block_size.
+            idx_cond, past, cached = idx[:, -(block_size // 2):], None, 0
         else:
             idx_cond = next_token
     return idx
@@ -59,14 +63,41 @@ def sample_next(
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:  # a seeded CPU generator, on a GPU
+        return torch.multinomial(probs.cpu(), num_samples=1, generator=generator).to(probs.device)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def complete(model: GPT, tokenizer, prompt: str, max_new_tokens: int, generator=None, **sampling) -> str:
+def complete(model, tokenizer, prompt: str, max_new_tokens: int, generator=None, **sampling) -> str:
     """Text in, continuation out: the prompt opens a document, as in training."""
-    ids = [eot_id(tokenizer)] + tokenizer.encode(prompt).ids
-    out = generate(model, torch.tensor([ids]), max_new_tokens, generator=generator, **sampling)
-    return decode_until_eot(tokenizer, out[0, len(ids):].tolist())
+    return complete_batch(model, tokenizer, [prompt], max_new_tokens, generator=generator, **sampling)[0]
+
+
+def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
+                   generator=None, batch_size: int = 16, **sampling) -> list[str]:
+    """Continuations of several prompts, in their order. Prompts of the same token length share
+    each forward pass (no padding, so either backend computes exactly what it would for one);
+    each continuation ends at the end-of-text token or before the first stop string."""
+    eot = eot_id(tokenizer)
+    ids = [[eot] + e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+    device = device_of(model)
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    out = [""] * len(prompts)
+    for length, rows in by_length.items():
+        for chunk in (rows[b:b + batch_size] for b in range(0, len(rows), batch_size)):
+            batch = torch.tensor([ids[i] for i in chunk], device=device)
+            generated = generate(model, batch, max_new_tokens, generator=generator, **sampling)[:, length:]
+            for i, row in zip(chunk, generated.tolist(), strict=True):
+                out[i] = cut_at_stop(decode_until_eot(tokenizer, row), stop)
+    return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the earliest stop string (stop strings themselves are not returned)."""
+    ends = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return text[:min(ends)] if ends else text
 
 
 def decode_until_eot(tokenizer, ids: list[int]) -> str:

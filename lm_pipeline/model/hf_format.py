@@ -14,8 +14,17 @@ import torch
 from lm_pipeline.model.transformer import GPTConfig
 
 # Our Linear layers -> GPT-2's Conv1D layers (every one of them stores its weight transposed).
-RENAMES = {".attn.qkv.": ".attn.c_attn.", ".attn.proj.": ".attn.c_proj.", ".mlp.fc.": ".mlp.c_fc.",
-           ".mlp.proj.": ".mlp.c_proj."}
+GPT2_MODULES = {"qkv": "c_attn", "proj": "c_proj", "fc": "c_fc"}
+RENAMES = {f".{ours}.": f".{theirs}." for ours, theirs in GPT2_MODULES.items()}
+
+
+def gpt2_name(name: str) -> str:
+    """Our parameter name -> GPT2LMHeadModel's."""
+    for ours, theirs in RENAMES.items():
+        name = name.replace(ours, theirs)
+    if name.startswith("blocks."):
+        name = "h." + name.removeprefix("blocks.")
+    return "transformer." + name
 
 
 def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -26,11 +35,7 @@ def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
             continue
         if any(part in name for part in RENAMES) and name.endswith(".weight"):
             tensor = tensor.t()
-        for ours, theirs in RENAMES.items():
-            name = name.replace(ours, theirs)
-        if name.startswith("blocks."):
-            name = "h." + name.removeprefix("blocks.")
-        out["transformer." + name] = tensor.contiguous()
+        out[gpt2_name(name)] = tensor.contiguous()
     return out
 
 

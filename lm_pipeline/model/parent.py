@@ -1,7 +1,9 @@
 """Transfer learning: the model a training run starts from (`train.init_from`).
 
-A parent is a registered version (`models:/<name>@<alias>` or `models:/<name>/<version>`) or a
-local model folder (what `lmp train` exports: config.json, model.safetensors, tokenizer.json).
+A parent is a registered version (`models:/<name>@<alias>` or `models:/<name>/<version>`), a
+local model folder (what `lmp train` exports: config.json, model.safetensors, tokenizer.json), or
+`hf:<folder>`: a Hugging Face model on disk, as `huggingface-cli download` leaves it (config.json,
+safetensors weights, tokenizer.json); nothing is downloaded.
 Preprocess fetches it into data/processed/parent/ and pins it there: an alias is resolved to its
 version once, so the token files, the training run and the new version's lineage all name the
 same parent. The parent's tokenizer encodes the new corpus, and training starts from its weights
@@ -10,14 +12,23 @@ with a fresh optimizer and its own learning-rate schedule.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import HF_PREFIX, Config
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.lineage import file_sha256
-from lm_pipeline.model.folder import CONFIG_FILE, MODEL_FILES, WEIGHTS_FILE
+from lm_pipeline.model.folder import (
+    CONFIG_FILE,
+    MODEL_FILES,
+    RUN_FILE,
+    TOKENIZER_CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_run_info,
+)
 
 PARENT_DIR = "parent"  # in data/processed
 PARENT_FILE = "parent.json"
@@ -32,12 +43,63 @@ def fetch(cfg: Config, dest: Path) -> dict:
     ref = cfg.train.init_from
     if ref.startswith("models:/"):
         record = fetch_registered(cfg, ref, dest)
+    elif ref.startswith(HF_PREFIX):
+        record = fetch_hf_folder(Path(ref.removeprefix(HF_PREFIX)).expanduser(), dest, ref)
     else:
         record = {"init_from": ref, "model_version": None, "path": str(Path(ref).resolve())}
         copy_model_folder(Path(ref), dest, ref)
-    record["weights_sha256"] = file_sha256(dest / WEIGHTS_FILE)
+    if "backend" not in record:
+        record["backend"] = read_run_info(dest).get("backend", "gpt") if (dest / RUN_FILE).is_file() \
+            else "gpt"
+    record["weights_sha256"] = weights_sha256(dest)
     write_json(dest / PARENT_FILE, record)
     return record
+
+
+def fetch_hf_folder(src: Path, dest: Path, ref: str) -> dict:
+    """A Hugging Face model folder, checked before anything trains on it: weights as safetensors
+    (pickled .bin files are never loaded), a fast tokenizer (tokenizer.json), and an end-of-text
+    token the pipeline can separate documents with."""
+    if not (src / CONFIG_FILE).is_file():
+        raise ParentError(f"train.init_from: {ref}: no {CONFIG_FILE} in {src}; point at a folder holding "
+                          "a downloaded model (`huggingface-cli download <repo> --local-dir <folder>`)")
+    if not list(src.glob("*.safetensors")):
+        raise ParentError(f"train.init_from: {ref}: no *.safetensors weights in {src} (pickled .bin "
+                          "weights are not loaded: they can run code); convert them to safetensors")
+    if not (src / TOKENIZER_FILE).is_file():
+        raise ParentError(f"train.init_from: {ref}: no {TOKENIZER_FILE} in {src}: the pipeline needs the "
+                          "model's fast tokenizer")
+    dest.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and (f.suffix in (".json", ".safetensors") or f.name == "tokenizer.model"):
+            shutil.copyfile(f, dest / f.name)
+    check_end_of_text(dest, ref)
+    return {"init_from": ref, "model_version": None, "path": str(src.resolve()), "backend": "hf"}
+
+
+def check_end_of_text(folder: Path, ref: str) -> None:
+    """The token the pipeline ends documents with must be the one the model declares as eos."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    try:
+        ours = tokenizer.id_to_token(eot_id(tokenizer))
+    except ValueError as err:
+        raise ParentError(f"train.init_from: {ref}: {err}") from None
+    declared = read_json(folder / TOKENIZER_CONFIG_FILE).get("eos_token") \
+        if (folder / TOKENIZER_CONFIG_FILE).is_file() else None
+    declared = declared.get("content") if isinstance(declared, dict) else declared
+    if declared and declared != ours:
+        raise ParentError(f"train.init_from: {ref}: its tokenizer declares eos {declared!r}, but the "
+                          f"pipeline would end documents with {ours!r}; not supported")
+
+
+def weights_sha256(folder: Path) -> str:
+    """The weights' hash: of model.safetensors, or of every shard's hash in name order."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if [f.name for f in files] == [WEIGHTS_FILE]:
+        return file_sha256(files[0])
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
 
 def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
@@ -85,5 +147,5 @@ def load(processed_dir: Path) -> tuple[dict, dict] | tuple[None, None]:
     return read_json(folder / PARENT_FILE), read_json(folder / CONFIG_FILE)
 
 
-def weights_file(processed_dir: Path) -> Path:
-    return Path(processed_dir) / PARENT_DIR / WEIGHTS_FILE
+def pinned_folder(processed_dir: Path) -> Path:
+    return Path(processed_dir) / PARENT_DIR

@@ -30,18 +30,23 @@ from lm_pipeline.model.transformer import GPT
 def save_pretrained(model: GPT, tokenizer_file: Path, out_dir: Path, run_info: dict | None = None) -> None:
     """Write the model folder atomically, in the layout `transformers` loads, with `run_info` as its
     run.json."""
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    eot = eot_id(tokenizer)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_file(to_gpt2_state_dict(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, gpt2_config(model.config, eot))
-        shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
-        write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(tokenizer, model.config.block_size))
-        special_ids = dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), eot)
-        write_json(tmp / GENERATION_CONFIG_FILE, special_ids)
-        if run_info is not None:
-            write_json(tmp / RUN_FILE, run_info)
+        write_folder(model, tokenizer_file, tmp, run_info)
+
+
+def write_folder(model: GPT, tokenizer_file: Path, folder: Path, run_info: dict | None) -> None:
+    """The model folder's files, into an existing folder."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    eot = eot_id(tokenizer)
+    save_file(to_gpt2_state_dict(model.state_dict()), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_json(folder / CONFIG_FILE, gpt2_config(model.config, eot))
+    shutil.copyfile(tokenizer_file, folder / TOKENIZER_FILE)
+    write_json(folder / TOKENIZER_CONFIG_FILE, tokenizer_config(tokenizer, model.config.block_size))
+    special_ids = dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), eot)
+    write_json(folder / GENERATION_CONFIG_FILE, special_ids)
+    if run_info is not None:
+        write_json(folder / RUN_FILE, run_info)
 
 
 def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict:
@@ -69,13 +74,3 @@ def load_weights(model: GPT, path: Path) -> None:
     else:
         load_model(model, str(path))  # safetensors restores the tied head it stored once
 
-
-def weights_sha256(model: GPT) -> str:
-    """A hash of the weights' values, independent of file layout."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -113,6 +113,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    def layers(self) -> list[nn.Module]:
+        """The Transformer blocks: what FSDP shards and activation checkpointing recomputes."""
+        return list(self.blocks)
+
     def num_params(self) -> int:
         """Parameters excluding position embeddings (the tied head is counted once)."""
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
@@ -148,9 +156,19 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
-        """AdamW with weight decay on matrices only (not on biases and norms)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=torch.cuda.is_available())
+        return configure_adamw(self, lr, weight_decay, betas)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's weights are (inputs go there); the CPU for a model without weights."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def configure_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):
+    """AdamW over the trainable parameters (LoRA freezes the rest), with weight decay on matrices
+    only (not on biases and norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=torch.cuda.is_available())

@@ -1,4 +1,5 @@
-"""Promotion gates: absolute quality bars, and beating the champion on the same test data.
+"""Promotion gates: absolute quality bars (perplexity, BLEU, bias gaps, benchmark task scores), and
+beating the champion on the same test data.
 
 The champion comparison re-scores the current champion on this run's test documents (as text,
 so a champion with another tokenizer compares fairly, in bits per byte) and bootstraps the
@@ -57,6 +58,12 @@ def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:
                 raise ValueError(f"register.max_bias_gap names category {category!r}, which the bias "
                                  f"probes do not measure ({', '.join(categories)})")
             gates.append(_at_most(f"max_bias_gap.{category}", metrics[f"bias_gap_{category}"], limit))
+    for key, threshold in sorted(r.min_task_scores.items()):
+        if key not in metrics:
+            raise ValueError(f"register.min_task_scores names {key!r}, which reports/metrics.json lacks: "
+                             "add the task to evaluate.harness_tasks (keys are '<task>/<metric>')")
+        gates.append(Gate(f"min_task_scores.{key}", metrics[key], threshold, metrics[key] >= threshold,
+                          f"{key} {metrics[key]:.4g} >= {threshold:.4g}"))
     return gates
 
 
@@ -76,9 +83,9 @@ def champion_gate(comparison: Comparison, min_improvement: float) -> Gate:
 
 def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConfig) -> np.ndarray:
     """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
-    seqs = [np.asarray(tokenizer.encode(t).ids, dtype=np.int64) for t in texts]
-    nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.config.block_size,
-                          evaluate.stride or model.config.block_size // 2, evaluate.batch_size)
+    seqs = [np.asarray(tokenizer.encode(t, add_special_tokens=False).ids, dtype=np.int64) for t in texts]
+    nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.block_size,
+                          evaluate.stride or model.block_size // 2, evaluate.batch_size)
     return nll / math.log(2)
 
 

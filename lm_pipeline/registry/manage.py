@@ -16,7 +16,7 @@ from lm_pipeline.registry.aliases import RegistryError, current_champion, model_
 
 LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
                 "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
-                "promotion.decision")
+                "parent_weights_sha256", "promotion.decision")
 OLD_TAGS = {tracking.FLOW_RUN_TAG: "prefect_flow_run_id"}  # its spelling on versions registered before
 
 def _client_and_log(cfg: Config):
@@ -79,7 +79,7 @@ def lineage(cfg: Config, model_uri: str) -> str:
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",
               "  dvc repro train     # or rebuild: ingest, validate, preprocess, train",
-              f"  python -c \"from lm_pipeline.model.pretrained import load_pretrained, weights_sha256; "
-              f"print(weights_sha256(load_pretrained('{cfg.train.model_dir}')[0]))\"",
+              "  python -c \"from lm_pipeline.model.backends import load_model, weights_sha256; "
+              f"print(weights_sha256(load_model('{cfg.train.model_dir}')[0]))\"",
               f"  # expect {tags.get('weights_sha256', '')}"]
     return "\n".join(lines)

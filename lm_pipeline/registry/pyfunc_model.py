@@ -1,7 +1,9 @@
 """The registered model, as an MLflow "model from code": MLflow runs this file on load.
 
 The weights travel as safetensors in the `model_dir` artifact, so loading unpickles nothing.
-Input: a DataFrame with a `prompt` column. Output: one generated continuation per prompt.
+Input: a DataFrame with a `prompt` column. Output: one generated continuation per prompt; prompts
+of the same length share forward passes, and each continuation ends before the first `stop` string.
+The model runs on the GPU when the server has one.
 """
 
 from typing import Any
@@ -11,13 +13,13 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
-from lm_pipeline.model.generate import complete
-from lm_pipeline.model.pretrained import load_pretrained
+from lm_pipeline.model.backends import load_model, resolve_device
+from lm_pipeline.model.generate import complete_batch
 
 
 class LanguageModel(PythonModel):
     def load_context(self, context):
-        self.model, self.tokenizer = load_pretrained(context.artifacts["model_dir"])
+        self.model, self.tokenizer = load_model(context.artifacts["model_dir"], device=resolve_device("auto"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         params = params or {}
@@ -25,8 +27,9 @@ class LanguageModel(PythonModel):
         sampling = {"temperature": float(params.get("temperature", 0.0)),
                     "top_k": int(params.get("top_k", 0)) or None,
                     "top_p": float(params.get("top_p", 1.0))}
-        return [complete(self.model, self.tokenizer, prompt, int(params.get("max_new_tokens", 32)),
-                         generator=generator, **sampling) for prompt in model_input["prompt"]]
+        return complete_batch(self.model, self.tokenizer, list(model_input["prompt"]),
+                              int(params.get("max_new_tokens", 32)), stop=list(params.get("stop") or []),
+                              generator=generator, **sampling)
 
 
 mlflow.models.set_model(LanguageModel())

@@ -21,9 +21,9 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.lineage import LOCK_FILE, file_sha256, git_state, tree_sha256
+from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.parent import describe
-from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import CHALLENGER, current_champion, set_champion, tag_decision
@@ -57,7 +57,7 @@ def run(cfg: Config) -> Decision:
     name = cfg.register_.model_name
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
-    candidate = load_pretrained(cfg.train.model_dir)  # the one copy this stage holds
+    candidate = load_model(cfg.train.model_dir, resolve_device(cfg.evaluate.device))  # the one copy held
     registered = mlflow.register_model(info.model_uri, name,
                                        tags=lineage_tags(cfg, run_id, metrics, candidate[0]))
     version = str(registered.version)
@@ -125,7 +125,8 @@ def log_pyfunc(model_dir: Path):
                             ParamSpec("temperature", "double", 0.0),
                             ParamSpec("top_k", "long", 0),
                             ParamSpec("top_p", "double", 1.0),
-                            ParamSpec("seed", "long", 0)]),
+                            ParamSpec("seed", "long", 0),
+                            ParamSpec("stop", "string", [], (-1,))]),
     )
     return mlflow.pyfunc.log_model(
         name="model",
@@ -139,14 +140,16 @@ def log_pyfunc(model_dir: Path):
 
 
 def pip_requirements() -> list[str]:
-    packages = ("mlflow", "torch", "tokenizers", "safetensors", "pandas", "numpy")
+    packages = ("mlflow", "torch", "tokenizers", "safetensors", "transformers", "pandas", "numpy")
     return [f"{p}=={package_version(p).split('+')[0]}" for p in packages]
 
 
-def parent_of(model_dir: Path) -> str:
-    """The model version (or folder) this one was fine-tuned from; empty if trained from scratch."""
+def parent_of(model_dir: Path) -> dict[str, str]:
+    """The model version (or folder) this one was fine-tuned from, and its weights' hash; empty
+    if trained from scratch."""
     parent = read_run_info(model_dir).get("parent")
-    return describe(parent) if parent else ""
+    return {"parent_model": describe(parent) if parent else "",
+            "parent_weights_sha256": parent["weights_sha256"] if parent else ""}
 
 
 def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, str]:
@@ -162,6 +165,6 @@ def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, st
         "weights_sha256": weights_sha256(model),
         "mlflow_run_id": run_id,
         tracking.FLOW_RUN_TAG: tracking.flow_run_id(),
-        "parent_model": parent_of(cfg.train.model_dir),
+        **parent_of(cfg.train.model_dir),
         **{f"test.{k}": str(v) for k, v in metrics.items()},
     }

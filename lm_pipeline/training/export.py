@@ -9,28 +9,32 @@ from pathlib import Path
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
-from lm_pipeline.data.processed import ProcessedMeta, tokenizer_path
+from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import atomic_path
-from lm_pipeline.model.pretrained import save_pretrained
-from lm_pipeline.model.transformer import GPT
-from lm_pipeline.training.loop import model_config
+from lm_pipeline.model import parent as parents
+from lm_pipeline.model.backends import save_model
+from lm_pipeline.training.loop import initial_model
 from lm_pipeline.training.state import load_weights
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"  # in train.curves_dir, a DVC metric
 
 
-def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> GPT:
-    """Write the checkpoint's weights as train.model_dir, with run.json naming where it came from."""
-    model = GPT(model_config(cfg.model, meta.vocab_size))
+def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> dict:
+    """Write the checkpoint's weights as train.model_dir, with run.json naming where it came from;
+    returns the trainable and total parameter counts (before a LoRA adapter is merged)."""
+    parent = parents.pinned_folder(cfg.data.processed_dir) if meta.parent else None
+    model = initial_model(cfg, meta, parent)  # with LoRA, its frozen base is the trained one's
     with checkpoint.as_directory() as d:
         state = load_weights(d, model)
+    counts = {"model.trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "model.total_params": sum(p.numel() for p in model.parameters())}
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
                 "step": state.step, "tokens_seen": state.tokens_seen,
                 "tokenizer_sha256": meta.tokenizer_sha256, "chars_per_token": meta.chars_per_token,
                 "parent": meta.parent}
-    save_pretrained(model, tokenizer_path(cfg.data.processed_dir), cfg.train.model_dir, run_info)
-    return model
+    save_model(model, cfg.data.processed_dir, cfg.train.model_dir, run_info, cfg.lora, parent)
+    return counts | {"model.num_params": model.num_params()}
 
 
 def write_curves(client, run_id: str, out_dir: Path) -> None:

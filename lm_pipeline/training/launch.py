@@ -42,7 +42,7 @@ def train_on_ray(cfg: Config, run_id: str, run_dir: Path, callbacks: tuple = ())
             "config": portable_config(cfg),
             "mlflow_run_id": run_id,
             "progress_bar": sys.stderr.isatty(),
-            "init_weights": str(parents.weights_file(cfg.data.processed_dir).resolve())
+            "parent": str(parents.pinned_folder(cfg.data.processed_dir).resolve())
             if cfg.train.init_from else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
@@ -110,6 +110,14 @@ def check_parent(cfg: Config, meta: ProcessedMeta) -> None:
             f"train.init_from is {cfg.train.init_from!r} but {cfg.data.processed_dir} was preprocessed "
             f"for {record['init_from'] if record else None!r}: run `lmp preprocess` (or `dvc repro`) first")
     if not record:
+        return
+    if record["backend"] != cfg.model.backend:
+        raise parents.ParentError(f"train.init_from {parents.describe(record)} is a {record['backend']} "
+                                  f"model but model.backend is {cfg.model.backend}: set model.backend: "
+                                  f"{record['backend']}")
+    if cfg.model.backend == "hf":  # the parent's config.json is the architecture
+        log.info("train: fine-tuning %s (weights %s...)", parents.describe(record),
+                 record["weights_sha256"][:12])
         return
     shape = gpt_config(parent_config).to_dict()  # either config.json layout
     wrong = [f"model.{key} is {getattr(cfg.model, key)} but the parent has {shape[key]}"

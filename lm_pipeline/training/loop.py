@@ -12,27 +12,22 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from lm_pipeline.config import Config, ModelConfig, TrainConfig
+from lm_pipeline.config import Config, TrainConfig
 from lm_pipeline.data.processed import load_tokens, read_meta
-from lm_pipeline.model.pretrained import load_weights
-from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.model.backends import build_model
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
-from lm_pipeline.training.parallel import gradient_sync, parallelize, unwrap
+from lm_pipeline.training.parallel import checkpoint_activations, gradient_sync, parallelize, unwrap
 from lm_pipeline.training.schedule import get_lr
 from lm_pipeline.training.state import TrainState
 
 # Dense bf16 peak of known accelerators, for MFU (train.peak_tflops overrides).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
-
-
-def model_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=model.block_size, n_layer=model.n_layer,
-                     n_head=model.n_head, n_embd=model.n_embd, dropout=model.dropout)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -49,17 +44,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
     print(f"[rank {rank}/{world}] node {ray.get_runtime_context().get_node_id()[:12]} device {device} "
           f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = GPT(model_config(cfg.model, meta.vocab_size))
-    if loop_config.get("init_weights"):  # fine-tuning: the parent's weights (a checkpoint overrides)
-        load_weights(model, loop_config["init_weights"])
+    model = initial_model(cfg, meta, loop_config.get("parent"))  # a checkpoint overrides its weights
+    frozen = checkpoint_state.frozen_names(model)
+    if rank == 0:
+        trainable, total = parameter_counts(model)
+        print(f"[rank 0] {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})",
+              flush=True)
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(model)
     model = parallelize(model, cfg.train.strategy, device)
     optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                                   (cfg.train.beta1, cfg.train.beta2))
     flops_per_token = unwrap(model).flops_per_token()
     if cfg.train.compile:
         model = torch.compile(model)
-    checkpointer = Checkpointer(model, optimizer, rank, cfg.train)
+    checkpointer = Checkpointer(model, optimizer, rank, cfg.train, frozen)
     state = checkpointer.restore()
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
@@ -109,6 +108,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     progress.close()
 
 
+def initial_model(cfg: Config, meta, parent: Path | str | None):
+    """The model before training: the same on every rank (seeded), from the parent if fine-tuning."""
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, Path(parent) if parent else None)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """Trainable and total parameters (LoRA trains a small share)."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
 def patience_ran_out(state: TrainState, patience: int) -> bool:
     return patience > 0 and state.evals_since_best >= patience
 
@@ -119,8 +130,8 @@ class Checkpointer:
 
     Every rank saves its own shards and reports them (a barrier); Ray merges them into one."""
 
-    def __init__(self, model, optimizer, rank: int, train: TrainConfig):
-        self.model, self.optimizer, self.rank = model, optimizer, rank
+    def __init__(self, model, optimizer, rank: int, train: TrainConfig, frozen: frozenset[str]):
+        self.model, self.optimizer, self.rank, self.frozen = model, optimizer, rank, frozen
         self.interval, self.last_step = train.checkpoint_interval, train.max_steps
         self.restored = False
 
@@ -132,7 +143,7 @@ class Checkpointer:
         if not checkpoint:
             return TrainState()
         with checkpoint.as_directory() as d:
-            state = checkpoint_state.load(d, self.model, self.optimizer, self.rank)
+            state = checkpoint_state.load(d, self.model, self.optimizer, self.rank, self.frozen)
         self.restored = True
         print(f"[rank {self.rank}] resumed from the checkpoint at step {state.step}", flush=True)
         return state
@@ -148,7 +159,7 @@ class Checkpointer:
 
         tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
         try:
-            checkpoint_state.save(tmpdir, self.model, self.optimizer, state, self.rank)
+            checkpoint_state.save(tmpdir, self.model, self.optimizer, state, self.rank, self.frozen)
             # The sync upload copies the files before report returns, so tmpdir can go after.
             ray.train.report(with_placement_group(metrics),
                              checkpoint=ray.train.Checkpoint.from_directory(tmpdir))

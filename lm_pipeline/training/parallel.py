@@ -1,20 +1,22 @@
 """Data-parallel strategies: DDP (replicated weights) or FSDP2 (sharded weights).
 
-Both wrap the same GPT; the loop sees one interface: `parallelize`, `gradient_sync` and
-`unwrap`. Checkpoints go through torch.distributed.checkpoint (see state.py), which saves either
-one without gathering the model on a single rank.
+Both wrap either backend's model (the built-in GPT or HFCausalLM): the decoder layers come from
+the model's `layers()`, so nothing here knows a family. The loop sees one interface:
+`parallelize`, `gradient_sync`, `unwrap`, and `checkpoint_activations`. Checkpoints go through
+torch.distributed.checkpoint (see state.py), which saves either one without gathering the model
+on a single rank.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
+import torch.nn as nn
 
-from lm_pipeline.model.transformer import GPT
 
-
-def parallelize(model: GPT, strategy: str, device: torch.device):
+def parallelize(model: nn.Module, strategy: str, device: torch.device):
     """Place the model on this worker's device and wrap it for data-parallel training."""
     import ray.train.torch
 
@@ -23,13 +25,27 @@ def parallelize(model: GPT, strategy: str, device: torch.device):
     from torch.distributed.fsdp import fully_shard
 
     model.to(device)
-    for block in model.blocks:  # one all-gather per block: only one block is whole at a time
-        fully_shard(block)
+    for layer in model.layers():  # one all-gather per decoder layer: only one is whole at a time
+        fully_shard(layer)
     fully_shard(model)  # the rest: embeddings (tied with the head), final norm
     return model
 
 
-def unwrap(model) -> GPT:
+def checkpoint_activations(model: nn.Module) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in the
+    backward pass. The wrapper leaves parameter names (and so checkpoints) unchanged."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    layers = set(model.layers())
+    wrapper = partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: m in layers)
+
+
+def unwrap(model) -> nn.Module:
     return getattr(model, "module", model)  # DDP keeps the model in .module; FSDP2 is in place
 
 

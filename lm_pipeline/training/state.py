@@ -1,7 +1,9 @@
 """Complete training state in a checkpoint folder, so a resumed run continues exactly.
 
   .metadata, __{r}_0.distcp   model and optimizer through torch.distributed.checkpoint (DCP):
-                              each rank writes its own shards, nothing is gathered on one rank
+                              each rank writes its own shards, nothing is gathered on one rank;
+                              trainable weights only (with LoRA: the adapters; the frozen base
+                              is rebuilt from its source)
   trainer_state.json          step, tokens seen, best validation loss so far (rank 0)
   rng_rank{r}.pt              every RNG of rank r: python, numpy, torch CPU and CUDA
 
@@ -20,7 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from lm_pipeline.io import read_json, write_json
 
@@ -48,23 +56,39 @@ def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
 
 
-def save(folder: Path, model, optimizer, state: TrainState, rank: int) -> None:
+# Frozen weights (LoRA's base) are neither saved nor loaded; strict=False lets them stay as built,
+# while DCP itself fails on any requested (trainable) key the checkpoint lacks.
+TRAINABLE = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def frozen_names(model) -> frozenset[str]:
+    """The weights training leaves alone (LoRA's base), tied aliases included (torch's own filter
+    misses those: a tied output head would be saved). Taken from the plain model, before DDP,
+    FSDP, activation checkpointing or compile wrap it: the names DCP uses."""
+    return frozenset(n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad)
+
+
+def trainable_state(model, optimizer, frozen: frozenset[str]) -> dict:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
+    return {"model": {k: v for k, v in model_sd.items() if k not in frozen}, "optimizer": optim_sd}
+
+
+def save(folder: Path, model, optimizer, state: TrainState, rank: int, frozen: frozenset[str]) -> None:
     """Collective: every rank calls it with its own (local) folder."""
     folder = Path(folder)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=folder)
+    dcp.save(trainable_state(model, optimizer, frozen), checkpoint_id=folder)
     if rank == 0:
         write_json(folder / TRAINER_STATE_FILE, asdict(state))
     torch.save(rng_state(), folder / rng_file(rank))
 
 
-def load(folder: Path, model, optimizer, rank: int) -> TrainState:
+def load(folder: Path, model, optimizer, rank: int, frozen: frozenset[str]) -> TrainState:
     """Collective: every rank reads its shards of the merged checkpoint folder."""
     folder = Path(folder)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    saved = {"model": model_sd, "optimizer": optim_sd}
+    saved = trainable_state(model, optimizer, frozen)
     dcp.load(saved, checkpoint_id=folder)
-    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
+    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
+                   options=TRAINABLE)
     rng = folder / rng_file(rank)
     if rng.exists():  # absent when resuming with more ranks than were saved
         set_rng_state(torch.load(rng, weights_only=True))
@@ -73,11 +97,13 @@ def load(folder: Path, model, optimizer, rank: int) -> TrainState:
 
 def load_weights(folder: Path, model) -> TrainState:
     """Into a plain, unwrapped model in a single process (the driver's export)."""
-    saved = {"model": model.state_dict()}
+    frozen = frozen_names(model)
+    weights = get_model_state_dict(model, options=TRAINABLE)
+    saved = {"model": {k: v for k, v in weights.items() if k not in frozen}}
     with warnings.catch_warnings():  # DCP warns that no process group exists: that is the intent
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load(saved, checkpoint_id=Path(folder))
-    model.load_state_dict(saved["model"])
+    set_model_state_dict(model, saved["model"], options=TRAINABLE)
     return TrainState(**read_json(Path(folder) / TRAINER_STATE_FILE))
 
 

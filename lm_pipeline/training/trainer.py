@@ -62,8 +62,7 @@ def run(cfg: Config) -> TrainResult:
             mlflow.set_tag("failed_stage", "train")
             raise
         best, best_metrics = min(result.best_checkpoints, key=lambda c: c[1]["val_loss"])
-        model = export_model(cfg, best, meta, run_id)
-        mlflow.log_param("model.num_params", model.num_params())
+        mlflow.log_params(export_model(cfg, best, meta, run_id))
         client = mlflow.MlflowClient()
         write_curves(client, run_id, cfg.train.curves_dir)
         summary = summarize_training(client, run_id, best_metrics, result.metrics, cfg.train.min_delta)

@@ -22,7 +22,7 @@ TINY_PARAMS = {
 
 def deep_update(base: dict, changes: dict) -> dict:
     for key, value in changes.items():
-        base[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+        base[key] = deep_update(base.get(key) or {}, value) if isinstance(value, dict) else value
     return base
 
 

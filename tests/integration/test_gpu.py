@@ -42,9 +42,15 @@ GPU_TRAIN = {"train": {"num_workers": 1, "use_gpu": True, "precision": "bf16", "
                        "strategy": "fsdp", "max_steps": 60, "eval_interval": 30, "checkpoint_interval": 30}}
 
 
+HF_LLAMA = {"model": {"backend": "hf", "hf_config": {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2}}}
+
+
 @pytest.mark.integration
-def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path):
-    project = make_project(tmp_path, deep_update(copy.deepcopy(TINY_PARAMS), GPU_TRAIN))
+@pytest.mark.parametrize("backend", [{}, HF_LLAMA], ids=["gpt", "hf-llama"])
+def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path, backend):
+    project = make_project(tmp_path, deep_update(deep_update(copy.deepcopy(TINY_PARAMS), GPU_TRAIN), backend))
     lmp = str(BIN / "lmp")
     for stage in ("ingest", "preprocess"):
         subprocess.run([lmp, "-q", stage], cwd=project, check=True)

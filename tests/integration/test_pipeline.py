@@ -129,7 +129,8 @@ def test_lineage_commands_rebuild_the_champions_weights_in_a_fresh_clone(project
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands:
         subprocess.run(command.split(), cwd=clone, check=True, capture_output=True, env=env)
-    from lm_pipeline.model.pretrained import load_pretrained, weights_sha256
+    from lm_pipeline.model.backends import weights_sha256
+    from lm_pipeline.model.pretrained import load_pretrained
 
     assert weights_sha256(load_pretrained(clone / "models/model")[0]) == tags["weights_sha256"]
 

@@ -165,7 +165,7 @@ def test_crows_pairs_score_matches_an_independent_computation(tmp_path):
     logits[tokenizer.token_to_id("a")] = 2.0  # the model likes "a" and dislikes "c"
     logits[tokenizer.token_to_id("c")] = -2.0
     model = FixedPreferenceLM(logits)
-    model.config = type("C", (), {"block_size": 32})()
+    model.block_size = 32
     result = crows_pairs(model, tokenizer, EvaluateConfig(crows_pairs=path))
 
     logp = torch.log_softmax(logits, -1)

@@ -25,3 +25,21 @@ def test_top_k_and_top_p_restrict_the_support():
     draws_p = {sample_next(logits, 1.0, None, 0.5, g).item() for _ in range(200)}
     assert draws_p == {0}
     assert sample_next(logits, 0.0, None, None, g).item() == 0  # greedy
+
+
+def test_batched_prompts_get_what_each_gets_alone_and_end_before_a_stop_string():
+    from lm_pipeline.config import TokenizerConfig
+    from lm_pipeline.data.tokenizer import train_tokenizer
+    from lm_pipeline.model.generate import complete, complete_batch
+
+    tokenizer = train_tokenizer(["a tuple is an immutable sequence; a list is mutable"] * 20,
+                                TokenizerConfig(kind="char"))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=2, n_head=2,
+                        n_embd=16)).eval()
+    prompts = ["a tuple", "a list", "a tupl", "mutable"]  # two share a length: one forward for both
+    alone = [complete(gpt, tokenizer, p, 20) for p in prompts]
+    assert complete_batch(gpt, tokenizer, prompts, 20, batch_size=2) == alone
+    stop = alone[0][3:5]
+    cut = complete_batch(gpt, tokenizer, prompts[:1], 20, stop=["zz", stop])[0]
+    assert cut == alone[0][:alone[0].index(stop)] and stop not in cut

@@ -12,7 +12,8 @@ from safetensors.torch import save_model
 
 from lm_pipeline.config import TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
-from lm_pipeline.model.pretrained import load_pretrained, save_pretrained, weights_sha256
+from lm_pipeline.model.backends import weights_sha256
+from lm_pipeline.model.pretrained import load_pretrained, save_pretrained
 from lm_pipeline.model.transformer import GPT, GPTConfig
 
 TEXT = ["a tuple is an immutable sequence, and a list is a mutable one"] * 20

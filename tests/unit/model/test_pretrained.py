@@ -2,6 +2,7 @@
 
 from lm_pipeline.config import TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.model.backends import weights_sha256
 from lm_pipeline.model.folder import (
     GENERATION_CONFIG_FILE,
     MODEL_FILES,
@@ -9,7 +10,7 @@ from lm_pipeline.model.folder import (
     TOKENIZER_CONFIG_FILE,
     read_run_info,
 )
-from lm_pipeline.model.pretrained import load_pretrained, save_pretrained, weights_sha256
+from lm_pipeline.model.pretrained import load_pretrained, save_pretrained
 from lm_pipeline.model.transformer import GPT, GPTConfig
 
 

@@ -5,7 +5,8 @@ from lm_pipeline.registry.gates import Comparison, champion_gate, quality_gates
 
 pytestmark = pytest.mark.registry
 
-METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_religion": 2.5}
+METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_religion": 2.5,
+           "lmp_cloze_choice/acc": 0.45, "lmp_last_word/acc": 0.08}
 
 
 def gates_for(**register):
@@ -28,6 +29,18 @@ def test_bias_gap_limits_per_category():
     assert list(gates) == ["max_bias_gap.religion"] and gates["max_bias_gap.religion"].passed
     with pytest.raises(ValueError, match="names category 'caste'"):
         gates_for(max_bias_gap={"caste": 1.0})
+
+
+def test_task_score_gates_per_metrics_key():
+    gates = gates_for(min_task_scores={"lmp_cloze_choice/acc": 0.4, "lmp_last_word/acc": 0.1})
+    assert list(gates) == ["min_task_scores.lmp_cloze_choice/acc", "min_task_scores.lmp_last_word/acc"]
+    assert gates["min_task_scores.lmp_cloze_choice/acc"].passed
+    last_word = gates["min_task_scores.lmp_last_word/acc"]
+    assert not last_word.passed and last_word.value == 0.08 and last_word.threshold == 0.1
+    with pytest.raises(ValueError, match="'hellaswag/acc_norm'.*evaluate.harness_tasks"):
+        gates_for(min_task_scores={"hellaswag/acc_norm": 0.3})
+    with pytest.raises(ValueError, match="'<task>/<metric>'"):
+        RegisterConfig(min_task_scores={"acc": 0.3})
 
 
 @pytest.mark.parametrize("improvement, low, margin, passed", [

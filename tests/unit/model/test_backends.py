@@ -1,0 +1,105 @@
+"""Both backends behind one interface: built from params, exported as a standard folder, loaded
+back; LoRA on either, merged for export and saved as a PEFT adapter that PEFT itself loads."""
+
+import pytest
+import torch
+
+from lm_pipeline.config import LoraConfig, ModelConfig, TokenizerConfig
+from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.model import lora
+from lm_pipeline.model.backends import build_model, load_model, save_model, weights_sha256
+from lm_pipeline.model.generate import generate
+
+pytestmark = pytest.mark.models
+
+TEXT = ["a tuple is an immutable sequence, and a list is a mutable one"] * 20
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2}  # grouped-query attention, RoPE, RMSNorm
+SHAPES = {"gpt": ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32),
+          "hf": ModelConfig(backend="hf", hf_config=LLAMA, block_size=32)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    train_tokenizer(TEXT, TokenizerConfig(kind="bpe", vocab_size=300, min_frequency=1)).save(
+        str(folder / "tokenizer.json"))
+    return folder
+
+
+def build(backend: str, tokenizer_dir, lora_cfg: LoraConfig | None = None, parent=None):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    torch.manual_seed(0)
+    return build_model(SHAPES[backend], lora_cfg or LoraConfig(), vocab, 0, parent)
+
+
+def randomize_adapters(model) -> None:
+    """LoRA's B starts at zero (a no-op adapter); a trained one is not."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                p.normal_(0, 0.2)
+
+
+def logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+IDS = torch.tensor([[0, 5, 9, 22, 40, 100, 7]])
+
+
+@pytest.mark.parametrize("backend", ["gpt", "hf"])
+def test_an_exported_folder_loads_back_as_the_same_network(backend, tokenizer_dir, tmp_path):
+    model = build(backend, tokenizer_dir).eval()
+    save_model(model, tokenizer_dir, tmp_path / "model", {"mlflow_run_id": ""})
+    loaded, _ = load_model(tmp_path / "model")
+    assert weights_sha256(loaded) == weights_sha256(model)
+    assert torch.equal(logits(loaded, IDS), logits(model, IDS))
+    # the KV cache of either backend gives the uncached model's greedy tokens
+    cached = generate(loaded, IDS, max_new_tokens=30)  # past block_size: the window slides
+    assert cached.shape == (1, IDS.shape[1] + 30)
+    assert torch.equal(cached[:, :20], greedy_without_cache(loaded, IDS, 13))
+
+
+def greedy_without_cache(model, ids, steps):
+    for _ in range(steps):
+        ids = torch.cat([ids, logits(model, ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def test_the_hf_backend_builds_the_configured_family_with_our_vocabulary(tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    model = build("hf", tokenizer_dir)
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    assert type(model.hf).__name__ == "LlamaForCausalLM"
+    assert model.hf.config.num_key_value_heads == 2 and model.hf.config.vocab_size == vocab
+    assert [type(m).__name__ for m in model.layers()] == ["LlamaDecoderLayer"] * 2  # what FSDP shards
+
+
+@pytest.mark.parametrize("backend", ["gpt", "hf"])
+def test_lora_trains_only_adapters_and_exports_merged_weights_with_a_peft_adapter(backend, tokenizer_dir,
+                                                                                  tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = build(backend, tokenizer_dir).eval()
+    save_model(base, tokenizer_dir, tmp_path / "base", {"mlflow_run_id": ""})
+    model = build(backend, tokenizer_dir, LoraConfig(r=4), parent=tmp_path / "base")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    randomize_adapters(model)
+    model.eval()
+    with_adapter = logits(model, IDS)
+    save_model(model, tokenizer_dir, tmp_path / "tuned", {"mlflow_run_id": ""}, LoraConfig(r=4))
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned").eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                     tmp_path / "tuned" / lora.ADAPTER_DIR).eval()
+    with torch.no_grad():
+        assert (merged(IDS).logits - with_adapter).abs().max() <= 1e-4
+        assert (peft(IDS).logits - merged(IDS).logits).abs().max() <= 1e-4
+        assert (merged(IDS).logits - logits(base, IDS)).abs().max() > 1e-2  # the adapter did something
