@@ -88,10 +88,12 @@ def worker_errors(err) -> str:
 
 
 def portable_config(cfg: Config) -> dict:
-    """cfg for processes that run in other folders (or nodes): Ray workers and Tune trials get an
-    absolute processed-data path and the resolved MLflow store."""
+    """cfg for processes that run in other folders (or nodes): Ray workers and Tune trials get
+    absolute processed-data and hf_config paths and the resolved MLflow store."""
     data = cfg.model_dump(mode="json", by_alias=True)
     data["data"]["processed_dir"] = str(cfg.data.processed_dir.resolve())
+    if isinstance(cfg.model.hf_config, str):  # a folder holding config.json
+        data["model"]["hf_config"] = str(Path(cfg.model.hf_config).expanduser().resolve())
     data["mlflow"]["tracking_uri"] = tracking.tracking_uri(cfg)
     return data
 

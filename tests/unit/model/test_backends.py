@@ -103,3 +103,24 @@ def test_lora_trains_only_adapters_and_exports_merged_weights_with_a_peft_adapte
         assert (merged(IDS).logits - with_adapter).abs().max() <= 1e-4
         assert (peft(IDS).logits - merged(IDS).logits).abs().max() <= 1e-4
         assert (merged(IDS).logits - logits(base, IDS)).abs().max() > 1e-2  # the adapter did something
+
+
+@pytest.mark.parametrize("backend", ["gpt", "hf"])
+def test_the_training_step_learns_on_either_backend_with_bf16_accumulation_and_checkpointing(backend,
+                                                                                            tokenizer_dir):
+    import numpy as np
+
+    from lm_pipeline.config import Config
+    from lm_pipeline.training.loop import train_step
+    from lm_pipeline.training.parallel import checkpoint_activations
+
+    cfg = Config.model_validate({"model": SHAPES[backend].model_dump(), "train": {
+        "precision": "bf16", "grad_accum_steps": 2, "batch_size": 4, "lr": 3e-3}})
+    model = build(backend, tokenizer_dir)
+    names = sorted(model.state_dict())
+    checkpoint_activations(model)
+    assert sorted(model.state_dict()) == names  # checkpoints keep their names
+    optimizer = model.configure_optimizer(3e-3, 0.0, (0.9, 0.95))
+    tokens = np.tile(np.arange(1, 40), 200)  # a pattern a model learns in a few steps
+    losses = [train_step(model, optimizer, tokens, [0, s], 3e-3, cfg, torch.device("cpu")) for s in range(15)]
+    assert losses[-1] < losses[0] - 0.5

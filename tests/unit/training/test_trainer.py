@@ -89,6 +89,8 @@ def test_portable_config_has_an_absolute_data_path_and_store(tmp_path, monkeypat
     assert data["data"]["processed_dir"] == str(tmp_path.resolve() / "data" / "processed")
     assert data["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert Config.model_validate(data).train == cfg.train  # workers rebuild the same Config
+    hf = Config.model_validate({"model": {"backend": "hf", "hf_config": "configs/llama"}})
+    assert portable_config(hf)["model"]["hf_config"] == str(tmp_path.resolve() / "configs" / "llama")
 
 
 def test_check_parent_refuses_init_from_when_the_data_has_no_parent(tmp_path):
