@@ -16,9 +16,10 @@ from tokenizers import Tokenizer
 
 from lm_pipeline.config import LoraConfig, ModelConfig
 from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
-from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model import lora as lora_adapters
 from lm_pipeline.model.folder import (
+    CONFIG_FILE,
     GENERATION_CONFIG_FILE,
     RUN_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -97,11 +98,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def folder_backend(folder: Path, run_info: dict) -> str:
+    """Which backend wrote a folder: run.json says; without it, this project's older config.json
+    (no model_type) is the built-in GPT, and anything else a Hugging Face model from elsewhere."""
+    if "backend" in run_info:
+        return run_info["backend"]
+    return "gpt" if run_info or "model_type" not in read_json(folder / CONFIG_FILE) else "hf"
+
+
 def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
     """Any model folder (ours of either backend, older ones, or a Hugging Face folder), in eval mode."""
     folder = Path(folder)
     run_info = read_run_info(folder) if (folder / RUN_FILE).is_file() else {}
-    if (folder / RUN_FILE).is_file() and run_info.get("backend", "gpt") == "gpt":
+    if folder_backend(folder, run_info) == "gpt":
         return load_pretrained(folder, device)
     from lm_pipeline.model import hf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_file, load_model, save_file
 from tokenizers import Tokenizer
 
-from lm_pipeline.data.tokenizer import EOT, TOKENIZER_FILE, UNK, eot_id
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
@@ -50,8 +50,10 @@ def write_folder(model: GPT, tokenizer_file: Path, folder: Path, run_info: dict 
 
 
 def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict:
-    """What AutoTokenizer reads beside tokenizer.json: every document starts and ends with EOT."""
-    special = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
+    """What AutoTokenizer reads beside tokenizer.json: every document starts and ends with the
+    end-of-text token (ours, or a pretrained tokenizer's own)."""
+    eot = tokenizer.id_to_token(eot_id(tokenizer))
+    special = {"bos_token": eot, "eos_token": eot, "pad_token": eot}
     if tokenizer.token_to_id(UNK) is not None:  # the character-level tokenizer has one
         special["unk_token"] = UNK
     return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,

@@ -16,7 +16,7 @@ from lm_pipeline.registry.aliases import RegistryError, current_champion, model_
 
 LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
                 "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
-                "parent_weights_sha256", "promotion.decision")
+                "parent_safetensors_sha256", "promotion.decision")
 OLD_TAGS = {tracking.FLOW_RUN_TAG: "prefect_flow_run_id"}  # its spelling on versions registered before
 
 def _client_and_log(cfg: Config):

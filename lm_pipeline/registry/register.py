@@ -149,7 +149,7 @@ def parent_of(model_dir: Path) -> dict[str, str]:
     if trained from scratch."""
     parent = read_run_info(model_dir).get("parent")
     return {"parent_model": describe(parent) if parent else "",
-            "parent_weights_sha256": parent["weights_sha256"] if parent else ""}
+            "parent_safetensors_sha256": parent["weights_sha256"] if parent else ""}
 
 
 def lineage_tags(cfg: Config, run_id: str, metrics: dict, model) -> dict[str, str]:

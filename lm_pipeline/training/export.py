@@ -13,7 +13,7 @@ from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import atomic_path
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.backends import save_model
-from lm_pipeline.training.loop import initial_model
+from lm_pipeline.training.loop import initial_model, parameter_counts
 from lm_pipeline.training.state import load_weights
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> d
     model = initial_model(cfg, meta, parent)  # with LoRA, its frozen base is the trained one's
     with checkpoint.as_directory() as d:
         state = load_weights(d, model)
-    counts = {"model.trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "model.total_params": sum(p.numel() for p in model.parameters())}
+    trainable, total = parameter_counts(model)
+    counts = {"model.trainable_params": trainable, "model.total_params": total}
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
                 "step": state.step, "tokens_seen": state.tokens_seen,
                 "tokenizer_sha256": meta.tokenizer_sha256, "chars_per_token": meta.chars_per_token,

@@ -113,10 +113,10 @@ def check_parent(cfg: Config, meta: ProcessedMeta) -> None:
             f"for {record['init_from'] if record else None!r}: run `lmp preprocess` (or `dvc repro`) first")
     if not record:
         return
-    if record["backend"] != cfg.model.backend:
-        raise parents.ParentError(f"train.init_from {parents.describe(record)} is a {record['backend']} "
-                                  f"model but model.backend is {cfg.model.backend}: set model.backend: "
-                                  f"{record['backend']}")
+    if record.get("backend", "gpt") != cfg.model.backend:  # parents pinned before backends: gpt
+        backend = record.get("backend", "gpt")
+        raise parents.ParentError(f"train.init_from {parents.describe(record)} is a {backend} model but "
+                                  f"model.backend is {cfg.model.backend}: set model.backend: {backend}")
     if cfg.model.backend == "hf":  # the parent's config.json is the architecture
         log.info("train: fine-tuning %s (weights %s...)", parents.describe(record),
                  record["weights_sha256"][:12])
@@ -138,7 +138,8 @@ def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
     described by what preprocess made (meta; a fine-tune reuses its parent's tokenizer), not by
     params.yaml, which this stage does not read."""
     return tracking.flatten("", {
-        "model": cfg.model.model_dump(), "train": cfg.train.model_dump(mode="json"),
+        "model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
+        "train": cfg.train.model_dump(mode="json"),
         "tokenizer": {"kind": meta.tokenizer_kind},
         "data": {"source": meta.source, "vocab_size": meta.vocab_size, "train_tokens": meta.tokens["train"],
                  "val_tokens": meta.tokens["val"]}}) | system_info()

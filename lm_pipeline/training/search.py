@@ -251,12 +251,12 @@ def record_search(cfg: Config, client, parent_id: str, trials: list[Trial], meta
                            + ", ".join(f"{t.trial_id} {t.status}" for t in trials) + ")")
     best = min(candidates, key=lambda t: t.best_val_loss)
     tuned = tuned_config(cfg, best.values)
-    model = export_model(tuned, Checkpoint(best.best_checkpoint), meta, best.run_id)
+    counts = export_model(tuned, Checkpoint(best.best_checkpoint), meta, best.run_id)
     write_curves(client, best.run_id, tuned.train.curves_dir)
     overrides = sorted(best.values.items())
     summary = {"trial_id": best.trial_id, "mlflow_run_id": best.run_id, "parent_run_id": parent_id,
                "values": best.values, "best_val_loss": best.best_val_loss, "steps": best.steps,
-               "num_params": model.num_params(), "trials": len(trials),
+               "num_params": counts["model.num_params"], "trials": len(trials),
                "statuses": {s: sum(t.status == s for t in trials) for s in {t.status for t in trials}},
                "dvc_exp_run": "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in overrides)}
     out = cfg.tune.report_dir

@@ -135,7 +135,7 @@ def test_fine_tuning_a_llama_folder_on_two_ddp_workers_then_evaluate_register_an
     assert 0 <= metrics["lmp_last_word/acc"] <= 1 and 0 <= metrics["lmp_cloze_choice/acc"] <= 1
     uri = f"sqlite:///{project / 'mlflow.db'}"
     tags = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version("lm-pipeline", "1").tags
-    assert tags["parent_weights_sha256"] == run_info["parent"]["weights_sha256"]
+    assert tags["parent_safetensors_sha256"] == run_info["parent"]["weights_sha256"]
 
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",

@@ -80,3 +80,7 @@ def test_a_folder_in_this_projects_older_layout_still_loads(tmp_path, folder):
     (old / "config.json").write_text(json.dumps(model.config.to_dict()))
     (old / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
     assert weights_sha256(load_pretrained(old)[0]) == weights_sha256(model)
+    # the one loader every stage uses tells it from a Hugging Face folder without run.json
+    from lm_pipeline.model.backends import load_model
+
+    assert weights_sha256(load_model(old)[0]) == weights_sha256(model)
