@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
+# What the stages write, each replaced whole: none may be inside another, or the project itself.
+OUTPUTS = ("data.raw_dir", "data.processed_dir", "data.report_file", "validate.report_dir",
+           "train.model_dir", "train.checkpoint_dir", "train.curves_dir", "evaluate.metrics_file",
+           "evaluate.report_dir", "register.record_file", "tune.model_dir", "tune.report_dir")
 
 
 class ConfigError(ValueError):
@@ -341,6 +346,26 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _outputs_stay_apart(self) -> Config:
+        """Stages replace their outputs whole: an output that is the project (`.`), outside it
+        (`..`), or inside or around another stage's output would delete what it covers."""
+        outputs = {key: self.path(key) for key in OUTPUTS}
+        for key, path in outputs.items():
+            if path.name in ("", ".", "..") or (".." in path.parts and not path.is_absolute()):
+                raise ValueError(f"{key}: {str(path)!r} must name a file or folder inside the project "
+                                 "(not '.', '..' or empty; an absolute path to go elsewhere)")
+        for (a, pa), (b, pb) in combinations(outputs.items(), 2):
+            if pa == pb or pa in pb.parents or pb in pa.parents:
+                raise ValueError(f"{a} ({pa}) and {b} ({pb}) overlap: each stage replaces its "
+                                 "outputs whole, so one would delete the other")
+        return self
+
+    def path(self, key: str) -> Path:
+        section, name = key.split(".")
+        return Path(getattr(getattr(self, {"validate": "validate_", "register": "register_"}.get(
+            section, section)), name))
+
+    @model_validator(mode="after")
     def _backend_has_a_model(self) -> Config:
         hf_parent = (self.train.init_from or "").startswith(HF_PREFIX)
         if hf_parent and self.model.backend != "hf":
@@ -349,6 +374,9 @@ class Config(Section):
         if self.model.backend == "hf" and not (hf_parent or self.model.hf_config or self.train.init_from):
             raise ValueError("model.backend hf needs model.hf_config (from scratch) or train.init_from "
                              "(fine-tuning)")
+        if self.lora.r and not self.train.init_from:
+            raise ValueError("lora.r: LoRA adapts a pretrained model; set train.init_from (or lora.r: 0 "
+                             "to train from scratch)")
         return self
 
     @property

@@ -16,17 +16,23 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; rename it into place only if the block succeeds.
 
     Works for files and directories, so a killed stage never leaves an output that looks complete.
+    An old folder is renamed aside before the new one takes its place (a kill in between leaves
+    the old one beside, never neither); only the temporary folder this made is ever deleted.
     """
     final = Path(final)
+    if final.name in ("", ".", ".."):
+        raise ValueError(f"output {str(final)!r} is not a file or folder name (the working directory "
+                         "or its parent would be replaced)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    holder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = holder / final.name
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
+            os.replace(final, holder / ".old")
         os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def remove_leftovers(final: Path) -> None:

@@ -121,12 +121,23 @@ def corpus_files(root: Path) -> Iterator[Path | Problem]:
             raise IngestError(f"{root}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})")
         yield root
         return
-    candidates = sorted(p for p in root.rglob("*") if p.suffix in SUPPORTED_SUFFIXES)
-    files = [p for p in candidates if p.is_file() or (p.is_symlink() and not p.exists())]
+    entries = sorted(root.rglob("*"))
+    files = [p for p in entries if p.suffix in SUPPORTED_SUFFIXES
+             and (p.is_file() or (p.is_symlink() and not p.exists()))]
     if not files:
         raise IngestError(f"{root}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
-    for path in files:
-        yield path if path.exists() else Problem(str(path), "symlink loop or broken symlink", "file")
+    inside = root.resolve()
+    for path in files:  # what a link would bring in from elsewhere is never read
+        if not path.exists():
+            yield Problem(str(path), "symlink loop or broken symlink", "file")
+        elif not path.resolve().is_relative_to(inside):
+            yield Problem(str(path), f"symlink to {path.resolve()}, outside the corpus folder {inside}",
+                          "file")
+        else:
+            yield path
+    for path in entries:
+        if path.is_symlink() and path.is_dir():
+            yield Problem(str(path), f"symlinked folder (to {path.resolve()}) not followed", "file")
 
 
 def from_file(path: Path) -> Iterator[dict | Problem]:

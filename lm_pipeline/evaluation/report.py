@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,16 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
     return plots
 
 
+def cell(value) -> str:
+    """A Markdown table cell that stays text: the report's HTML passes raw HTML through, and corpus
+    text, model output and task names are data (escaped; `|` would end the cell)."""
+    return escape(str(value)).replace("|", "&#124;")
+
+
 def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plots: list[Path]) -> str:
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
-    sample_rows = "\n".join(f"| {s['reference']!r} | {s['prediction']!r} |" for s in samples)
+    rows = "\n".join(f"| {cell(k)} | {v:.4g} |" for k, v in metrics.items())
+    sample_rows = "\n".join(f"| {cell(repr(s['reference']))} | {cell(repr(s['prediction']))} |"
+                             for s in samples)
     images = "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
     harness_note = ("\n`<task>/<metric>` rows are lm-evaluation-harness tasks (its `hf` model class on the "
                     "model folder);\nthe `lmp_*` tasks are built from the test split: their data and YAML "

@@ -16,12 +16,18 @@ class RegistryError(ValueError):
 
 
 def current_champion(client, name: str) -> str | None:
+    """The champion's version; None only when the model or the alias does not exist (any other
+    error is raised: taken as "no champion", it would promote a candidate past the champion gate)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else str(version)
 
 
 def set_champion(client, name: str, version: str, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +79,19 @@ def run_digest(cfg: Config, meta: ProcessedMeta) -> str:
     Where checkpoints go and how many failures to tolerate do not change the run.
     """
     operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir"}
-    recipe = {"model": cfg.model.model_dump(),
+    recipe = {"model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
+              "hf_config": hf_config_json(cfg.model.hf_config),
               "train": cfg.train.model_dump(mode="json", exclude=operational),
               "tokenizer": meta.tokenizer_sha256, "tokens": meta.tokens,
               "parent": (meta.parent or {}).get("weights_sha256")}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def hf_config_json(hf_config) -> dict | None:
+    """A from-scratch config given as a folder is its config.json's contents, not its path."""
+    if not isinstance(hf_config, str):
+        return None
+    return read_json(Path(hf_config).expanduser() / "config.json")
 
 
 def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
@@ -95,12 +102,17 @@ def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
     if not record.exists():
         return None
     run_id = read_json(record)["mlflow_run_id"]
-    tracking.setup(cfg)
     try:
+        tracking.setup(cfg)
         mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        log.warning("train: %s names MLflow run %s, which this store lacks; starting over",
-                    record, run_id)
-        shutil.rmtree(run_dir)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # down, refused, unauthorized: not an answer
+            raise RuntimeError(f"train: cannot tell whether MLflow run {run_id} exists at "
+                               f"{tracking.tracking_uri(cfg)} ({err.message}); the checkpoints in "
+                               f"{run_dir} are kept: fix the tracking server and rerun") from None
+        aside = run_dir.with_name(f"{run_dir.name}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("train: %s names MLflow run %s, which this store lacks; starting over (the old "
+                    "checkpoints are kept in %s)", record, run_id, aside)
+        run_dir.rename(aside)
         return None
     return run_id

@@ -1,7 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from lm_pipeline.config import Config, ConfigError, load_config
 
@@ -76,3 +78,22 @@ def test_search_space_mistakes_are_named(tmp_path, space, message):
     path.write_text(yaml.safe_dump({"tune": {"space": space}}))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("changes, message", [
+    ({"evaluate": {"report_dir": "."}}, "evaluate.report_dir"),
+    ({"evaluate": {"report_dir": ""}}, "evaluate.report_dir"),
+    ({"train": {"model_dir": "../elsewhere"}}, "train.model_dir"),
+    ({"evaluate": {"report_dir": "reports"}}, "and evaluate.report_dir (reports) overlap"),
+    ({"data": {"processed_dir": "data"}}, "data.raw_dir (data/raw) and data.processed_dir (data)"),
+    ({"train": {"checkpoint_dir": "models/model/checkpoints"}}, "train.model_dir"),
+])
+def test_output_paths_that_are_the_project_outside_it_or_overlap_are_refused(changes, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Config.model_validate(changes)
+
+
+@pytest.mark.security
+def test_an_absolute_output_path_outside_the_project_is_allowed_on_purpose(tmp_path):
+    assert Config.model_validate({"train": {"checkpoint_dir": str(tmp_path / "ckpt")}})

@@ -26,3 +26,23 @@ def test_successful_write_replaces_the_old_folder(tmp_path):
 def test_json_round_trip(tmp_path):
     write_json(tmp_path / "a" / "b.json", {"x": [1, 2]})
     assert read_json(tmp_path / "a" / "b.json") == {"x": [1, 2]}
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("name", [".", "", ".."])
+def test_an_output_that_names_the_working_directory_is_refused_and_nothing_is_deleted(
+        tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("the checkout")
+    with pytest.raises(ValueError, match="not a file or folder name"), atomic_path(name) as tmp:
+        tmp.mkdir()
+    assert (tmp_path / "keep.txt").read_text() == "the checkout"
+
+
+@pytest.mark.security
+def test_a_failed_write_removes_only_what_it_created(tmp_path):
+    (tmp_path / "sibling").mkdir()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "out") as tmp:
+        tmp.mkdir()
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["sibling"]

@@ -192,3 +192,22 @@ def test_local_formats(tmp_path):
     docs = list(iter_documents(str(tmp_path)))
     assert [d["text"] for d in docs] == ["plain text document", "first", "second", "from parquet"]
     assert docs[1]["id"] == "j1" and docs[2]["id"].endswith("b.jsonl:3")
+
+
+@pytest.mark.security
+def test_a_symlink_out_of_the_corpus_folder_is_refused_and_a_linked_folder_is_reported(tmp_path):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "private/secret.txt", "a secret key that must not be trained on\n")
+    (tmp_path / "corpus/link.txt").symlink_to(tmp_path / "private/secret.txt")
+    fails(tmp_path, tmp_path / "corpus",
+          r"corpus/link.txt: symlink to .*private/secret.txt, outside the corpus")
+    (tmp_path / "corpus/more").symlink_to(tmp_path / "private", target_is_directory=True)
+    cfg = config(tmp_path, tmp_path / "corpus", on_bad_file="skip")
+    result = ingest.run(cfg)
+    assert [d["text"] for d in read_documents(result.path)] == [GOOD]
+    report = json.loads(cfg.data.report_file.read_text())
+    reasons = {e["where"].split("/")[-1]: e["reason"] for e in report["skipped_examples"]}
+    assert "outside the corpus" in reasons["link.txt"] and "not followed" in reasons["more"]
+    (tmp_path / "corpus/link.txt").unlink()
+    (tmp_path / "corpus/inside.txt").symlink_to(tmp_path / "corpus/good.txt")  # inside: fine
+    assert len(list(read_documents(ingest.run(cfg).path))) == 2

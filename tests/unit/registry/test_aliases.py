@@ -84,3 +84,15 @@ def test_model_version_rejects_other_uris_naming_them(client, uri):
     with pytest.raises(RegistryError) as err:
         model_version(client, uri)
     assert str(err.value).startswith(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+
+
+@pytest.mark.security
+def test_no_champion_only_when_the_model_or_the_alias_is_missing(client, monkeypatch):
+    assert current_champion(client, "no-such-model") is None
+    assert current_champion(client, NAME) is None  # the model, no alias
+    set_champion(client, NAME, "2", "test")
+    assert current_champion(client, NAME) == "2"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = mlflow.MlflowClient("http://127.0.0.1:9", registry_uri="http://127.0.0.1:9")  # nothing listens
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        current_champion(down, NAME)  # an error is not "no champion" (that would skip the gate)

@@ -60,6 +60,19 @@ def test_run_digest_changes_with_the_recipe_the_model_or_the_data():
     assert trainer.run_digest(cfg, dataclasses.replace(META, documents={"train": 1})) == digest
 
 
+def test_run_digest_changes_with_lora_and_with_the_contents_of_an_hf_config_folder(tmp_path):
+    tuned = Config.model_validate({"train": {"init_from": "models:/m/1"}})
+    digest = trainer.run_digest(tuned, META)
+    assert trainer.run_digest(with_(tuned, "lora", r=8), META) != digest  # adapters or not: another run
+    assert trainer.run_digest(with_(with_(tuned, "lora", r=8), "lora", alpha=8), META) != \
+        trainer.run_digest(with_(tuned, "lora", r=8), META)
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    folder = Config.model_validate({"model": {"backend": "hf", "hf_config": str(tmp_path)}})
+    before = trainer.run_digest(folder, META)
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 128}')
+    assert trainer.run_digest(folder, META) != before  # same path, another architecture
+
+
 def test_without_a_record_there_is_no_run_to_resume(cfg, tmp_path):
     assert trainer.resumable_run_id(cfg, tmp_path / "checkpoints" / "train-abc") is None
 
@@ -72,12 +85,29 @@ def test_a_record_naming_an_existing_run_resumes_it(cfg, tmp_path):
     assert run_dir.is_dir()
 
 
-def test_a_record_naming_a_run_the_store_lacks_starts_over(cfg, tmp_path):
+@pytest.mark.security
+def test_a_record_naming_a_run_the_store_lacks_starts_over_and_keeps_the_old_checkpoints(cfg, tmp_path):
     run_dir = tmp_path / "checkpoints" / "train-abc"
     write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
     (run_dir / "checkpoint_000001").mkdir()
     assert trainer.resumable_run_id(cfg, run_dir) is None
-    assert not run_dir.exists() and (tmp_path / "checkpoints").is_dir()
+    assert not run_dir.exists()
+    kept = list((tmp_path / "checkpoints").glob("train-abc.orphaned-*/checkpoint_000001"))
+    assert len(kept) == 1  # moved aside, never deleted
+
+
+@pytest.mark.security
+def test_a_tracking_server_that_fails_never_costs_the_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    down = Config.model_validate({"mlflow": {"tracking_uri": "http://127.0.0.1:9"}})  # nothing listens
+    run_dir = tmp_path / "checkpoints" / "train-abc"
+    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
+    (run_dir / "checkpoint_000001").mkdir()
+    with pytest.raises(RuntimeError, match="http://127.0.0.1:9"):
+        trainer.resumable_run_id(down, run_dir)
+    assert (run_dir / "checkpoint_000001").is_dir()
 
 
 def test_portable_config_has_an_absolute_data_path_and_store(tmp_path, monkeypatch):
