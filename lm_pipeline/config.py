@@ -39,6 +39,8 @@ class DataConfig(Section):
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
     min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")
+    max_document_bytes: int = Field(64 << 20, ge=1, description="largest document (a .txt file, a JSONL "
+                                    "line, a Parquet text) read; a larger one is a bad file or record")
     on_bad_file: Literal["fail", "skip"] = Field(
         "fail", description="an unreadable, empty, binary or non-UTF-8 file, a broken symlink")
     on_bad_record: Literal["fail", "skip"] = Field(
@@ -364,6 +366,29 @@ class Config(Section):
         section, name = key.split(".")
         return Path(getattr(getattr(self, {"validate": "validate_", "register": "register_"}.get(
             section, section)), name))
+
+    @model_validator(mode="after")
+    def _search_space_builds_models(self) -> Config:
+        """Every trial must build: each searched pair of heads and width must divide (checked
+        here, not when a trial fails after the others have run)."""
+        heads, widths = self._search_values("n_head"), self._search_values("n_embd")
+        for head, width in ((h, w) for h in heads for w in widths):
+            if width % head:
+                raise ValueError(f"tune.space: model.n_embd {width} is not divisible by model.n_head "
+                                 f"{head}: no trial with both could build its model")
+        return self
+
+    def _search_values(self, name: str) -> list[int]:
+        """The values tune.space gives model.<name> (its params.yaml value when not searched)."""
+        spec = self.tune.space.get(f"model.{name}")
+        if not spec:
+            return [getattr(self.model, name)]
+        (kind, values), = spec.items()
+        if kind == "randint":  # [low, high): every value
+            return list(range(int(values[0]), int(values[1])))
+        if kind in ("uniform", "loguniform"):
+            raise ValueError(f"tune.space: model.{name} takes whole numbers: use choice, grid or randint")
+        return [int(v) for v in values]
 
     @model_validator(mode="after")
     def _backend_has_a_model(self) -> Config:

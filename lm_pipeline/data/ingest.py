@@ -65,13 +65,13 @@ def run(cfg: Config) -> IngestResult:
     remove_leftovers(out)
     policy = {"file": cfg.data.on_bad_file, "record": cfg.data.on_bad_record}
     count = chars = 0
-    skipped: list[Problem] = []
+    skipped = Skipped()
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for item in iter_documents(cfg.data.source, cfg.data.min_doc_chars):
+        for item in iter_documents(cfg.data.source, cfg.data.min_doc_chars, cfg.data.max_document_bytes):
             if isinstance(item, Problem):
                 if policy[item.scope] == "fail":
                     raise IngestError(f"{item} (data.on_bad_{item.scope}: skip to skip and report it)")
-                skipped.append(item)
+                skipped.add(item)
                 continue
             # JSON escapes can carry lone surrogates ("\ud800"): ensure_ascii keeps them writable,
             # and validation reports them as invalid UTF-8.
@@ -80,27 +80,42 @@ def run(cfg: Config) -> IngestResult:
             chars += len(item["text"])
         if count == 0:
             raise IngestError(f"{cfg.data.source}: no documents"
-                              + (f"; all {len(skipped)} inputs were skipped, first: {skipped[0]}"
-                                 if skipped else ""))
+                              + (f"; all {skipped.count} inputs were skipped, first: {skipped.examples[0]}"
+                                 if skipped.count else ""))
     write_report(cfg.data.report_file, count, chars, skipped)
-    for problem in skipped[:10]:
+    for problem in skipped.examples[:10]:
         log.warning("ingest: skipped %s", problem)
     log.info("ingest: %d documents, %d characters from %s -> %s (%d inputs skipped)",
-             count, chars, cfg.data.source, out, len(skipped))
-    return IngestResult(out, count, chars, tuple(skipped))
+             count, chars, cfg.data.source, out, skipped.count)
+    return IngestResult(out, count, chars, tuple(skipped.examples))
 
 
-def write_report(path: Path, documents: int, characters: int, skipped: list[Problem]) -> None:
+class Skipped:
+    """What was skipped: counted by reason, the first REPORT_EXAMPLES kept by name (a corpus of
+    millions of bad records must not grow a list of millions)."""
+
+    def __init__(self):
+        self.count, self.by_reason, self.examples = 0, Counter(), []
+
+    def add(self, problem: Problem) -> None:
+        self.count += 1
+        self.by_reason[problem.reason.split(" (")[0]] += 1
+        if len(self.examples) < REPORT_EXAMPLES:
+            self.examples.append(problem)
+
+
+def write_report(path: Path, documents: int, characters: int, skipped: Skipped) -> None:
     write_json(path, {
         "documents": documents,
         "characters": characters,
-        "skipped": len(skipped),
-        "skipped_by_reason": dict(Counter(p.reason.split(" (")[0] for p in skipped)),
-        "skipped_examples": [{"where": p.where, "reason": p.reason} for p in skipped[:REPORT_EXAMPLES]],
+        "skipped": skipped.count,
+        "skipped_by_reason": dict(skipped.by_reason),
+        "skipped_examples": [{"where": p.where, "reason": p.reason} for p in skipped.examples],
     })
 
 
-def iter_documents(source: str, min_doc_chars: int = 1) -> Iterator[dict | Problem]:
+def iter_documents(source: str, min_doc_chars: int = 1,
+                   max_bytes: int = 64 << 20) -> Iterator[dict | Problem]:
     if source == BUILTIN_SOURCE:
         yield from python_docs(min_doc_chars)
         return
@@ -108,7 +123,7 @@ def iter_documents(source: str, min_doc_chars: int = 1) -> Iterator[dict | Probl
         if isinstance(item, Problem):
             yield item
         else:
-            yield from from_file(item)
+            yield from from_file(item, max_bytes)
 
 
 def corpus_files(root: Path) -> Iterator[Path | Problem]:
@@ -140,16 +155,23 @@ def corpus_files(root: Path) -> Iterator[Path | Problem]:
             yield Problem(str(path), f"symlinked folder (to {path.resolve()}) not followed", "file")
 
 
-def from_file(path: Path) -> Iterator[dict | Problem]:
+def from_file(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
     readers = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
     try:
-        yield from readers[path.suffix](path)
+        yield from readers[path.suffix](path, max_bytes)
     except OSError as err:  # permissions, I/O errors, a file removed while reading
         yield Problem(str(path), f"cannot read ({err.strerror or err})", "file")
 
 
-def read_txt(path: Path) -> Iterator[dict | Problem]:
+def too_large(size: int, max_bytes: int) -> str:
+    return f"{size} bytes, over data.max_document_bytes ({max_bytes})"
+
+
+def read_txt(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
     """A .txt file is one document."""
+    if (size := path.stat().st_size) > max_bytes:
+        yield Problem(str(path), too_large(size, max_bytes), "file")
+        return
     data = path.read_bytes()
     if problem := binary_or_wrong_encoding(data):
         yield Problem(str(path), problem, "file")
@@ -166,11 +188,15 @@ def read_txt(path: Path) -> Iterator[dict | Problem]:
     yield {"id": str(path), "text": text, "source": str(path)}
 
 
-def read_jsonl(path: Path) -> Iterator[dict | Problem]:
+def read_jsonl(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
     """One JSON object per line with a string `text` field (and optionally `id`)."""
     records = 0
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in enumerate(capped_lines(f, max_bytes), start=1):
+            if raw is None:
+                yield Problem(f"{path}:{lineno}", f"line over data.max_document_bytes ({max_bytes})",
+                              "record")
+                continue
             if lineno == 1 and (problem := binary_or_wrong_encoding(raw)):
                 yield Problem(str(path), problem, "file")
                 return
@@ -187,6 +213,18 @@ def read_jsonl(path: Path) -> Iterator[dict | Problem]:
         yield Problem(str(path), "empty file (no JSON records)", "file")
 
 
+def capped_lines(f, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a binary file, each read with at most max_bytes in memory; None stands for a
+    longer line (the rest of it is skipped in chunks)."""
+    while line := f.readline(max_bytes + 1):
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def parse_record(raw: bytes) -> dict | str:
     """The record on one JSONL line, or what is wrong with it."""
     if b"\0" in raw:
@@ -197,10 +235,16 @@ def parse_record(raw: bytes) -> dict | str:
         return f"invalid UTF-8 (byte {err.start} of the line)"
     except json.JSONDecodeError as err:
         return f"malformed JSON: {err.msg} (column {err.colno})"
+    except RecursionError:
+        return "JSON nested too deeply"
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        return f"malformed JSON: {str(err)[:200]}"
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     if "text" not in record:
-        return f"no 'text' field (fields: {', '.join(record) or 'none'})"
+        names = ", ".join(list(record)[:10]) + (", ..." if len(record) > 10 else "")
+        return f"no 'text' field ({len(record)} fields: {names})" if len(record) > 10 else \
+            f"no 'text' field (fields: {names or 'none'})"
     if not isinstance(record["text"], str):
         return f"'text' is {type(record['text']).__name__}, not a string"
     return record
@@ -217,7 +261,7 @@ def binary_or_wrong_encoding(head: bytes) -> str | None:
     return None
 
 
-def read_parquet(path: Path) -> Iterator[dict | Problem]:
+def read_parquet(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
     """Rows with a string `text` column (and optionally `id`), read a batch at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -232,14 +276,24 @@ def read_parquet(path: Path) -> Iterator[dict | Problem]:
         yield Problem(str(path), f"no 'text' column (columns: {', '.join(columns)})", "file")
         return
     row = 0
-    for batch in parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else [])):
+    batches = parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else []))
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:  # a corrupt page: the footer read fine
+            yield Problem(str(path), f"corrupt Parquet data after row {row} ({str(err)[:200]})", "file")
+            return
+        if batch is None:
+            return
         ids = batch.column("id").to_pylist() if "id" in columns else None
         for i, text in enumerate(batch.column("text").to_pylist()):
-            if isinstance(text, str):
-                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": str(path)}
-            else:
+            if not isinstance(text, str):
                 yield Problem(f"{path}:row {row}", f"'text' is {type(text).__name__}, not a string",
                               "record")
+            elif len(text) > max_bytes:  # characters: at least as many bytes
+                yield Problem(f"{path}:row {row}", too_large(len(text.encode()), max_bytes), "record")
+            else:
+                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": str(path)}
             row += 1
 
 

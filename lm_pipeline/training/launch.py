@@ -132,6 +132,16 @@ def check_parent(cfg: Config, meta: ProcessedMeta) -> None:
              parents.describe(record), record["weights_sha256"][:12])
 
 
+def check_data_fits(cfg: Config, meta: ProcessedMeta) -> None:
+    """Every training and validation batch is windows of block_size + 1 tokens: a shorter split
+    would fail inside a Ray worker, so it is refused here, naming the split and the key."""
+    for split in ("train", "val"):
+        if meta.tokens[split] <= cfg.model.block_size:
+            raise ValueError(f"train: the {split} split has {meta.tokens[split]} tokens: fewer than "
+                             f"model.block_size + 1 ({cfg.model.block_size + 1}); lower model.block_size, "
+                             "or add documents (or raise split fractions)")
+
+
 def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
     """What a training run logs as params: the same keys for pipeline runs, DVC experiments and
     Tune trials, so the MLflow UI compares them side by side. The data and its tokenizer are

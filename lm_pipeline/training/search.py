@@ -28,6 +28,7 @@ from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.training.export import export_model, write_curves
 from lm_pipeline.training.launch import (
+    check_data_fits,
     check_parent,
     init_ray,
     portable_config,
@@ -65,6 +66,7 @@ def run(cfg: Config) -> dict:
         raise ValueError("tune.space is empty: declare the values to search in params.yaml")
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
+    check_data_fits(cfg, meta)
     init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
     check_capacity(cfg, ray_cpus())
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -20,7 +20,7 @@ from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_training, write_curves
-from lm_pipeline.training.launch import check_parent, run_params, run_tags, train_on_ray
+from lm_pipeline.training.launch import check_data_fits, check_parent, run_params, run_tags, train_on_ray
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
@@ -40,6 +40,7 @@ def run(cfg: Config) -> TrainResult:
 
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
+    check_data_fits(cfg, meta)
     run_dir = (cfg.train.checkpoint_dir / f"train-{run_digest(cfg, meta)}").resolve()
     run_id = resumable_run_id(cfg, run_dir)
     if run_id:

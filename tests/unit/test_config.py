@@ -97,3 +97,15 @@ def test_output_paths_that_are_the_project_outside_it_or_overlap_are_refused(cha
 @pytest.mark.security
 def test_an_absolute_output_path_outside_the_project_is_allowed_on_purpose(tmp_path):
     assert Config.model_validate({"train": {"checkpoint_dir": str(tmp_path / "ckpt")}})
+
+
+@pytest.mark.bad_input
+def test_a_search_space_with_a_model_no_trial_could_build_is_refused_at_load():
+    space = {"model.n_head": {"choice": [2, 3]}, "model.n_embd": {"choice": [64, 128]}}
+    with pytest.raises(ValidationError, match=r"model.n_embd 64 is not divisible by model.n_head 3"):
+        Config.model_validate({"tune": {"space": space}})
+    with pytest.raises(ValidationError, match=r"model.n_embd 96 is not divisible by model.n_head 5"):
+        Config.model_validate({"model": {"n_head": 5, "n_embd": 100},  # fixed heads, searched widths
+                               "tune": {"space": {"model.n_embd": {"grid": [100, 96]}}}})
+    assert Config.model_validate({"tune": {"space": {"model.n_head": {"choice": [2, 4]},
+                                                     "model.n_embd": {"choice": [64, 128]}}}})

@@ -64,6 +64,10 @@ BAD_RECORDS = [
     (b'["text", "a list"]', r"b.jsonl:2: expected a JSON object, got list"),
     (b'{"text": "bad \xff byte"}', r"b.jsonl:2: invalid UTF-8 \(byte 14 of the line\)"),
     (b'{"text": "nul \x00 byte"}', r"b.jsonl:2: NUL byte \(binary data, not text\)"),
+    (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", r"b.jsonl:2: JSON nested too deeply"),
+    (b'{"text": "x", "n": ' + b"9" * 5000 + b"}", r"b.jsonl:2: malformed JSON: .*4300 digits"),
+    (b"{" + b", ".join(b'"f%d": 1' % i for i in range(100_000)) + b"}",
+     r"b.jsonl:2: no 'text' field \(100000 fields: f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, ...\)"),
 ]
 
 
@@ -211,3 +215,46 @@ def test_a_symlink_out_of_the_corpus_folder_is_refused_and_a_linked_folder_is_re
     (tmp_path / "corpus/link.txt").unlink()
     (tmp_path / "corpus/inside.txt").symlink_to(tmp_path / "corpus/good.txt")  # inside: fine
     assert len(list(read_documents(ingest.run(cfg).path))) == 2
+
+
+@pytest.mark.bad_input
+def test_a_document_over_the_size_cap_is_named_not_read_whole(tmp_path):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "corpus/big.jsonl", b'{"text": "' + b"a" * 5000 + b'"}\n{"text": "fine"}\n')
+    cfg = config(tmp_path, tmp_path / "corpus", on_bad_record="skip")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_document_bytes": 1000})})
+    result = ingest.run(cfg)
+    assert [d["text"] for d in read_documents(result.path)] == ["fine", GOOD]
+    report = json.loads(cfg.data.report_file.read_text())
+    assert report["skipped_examples"][0]["where"].endswith("big.jsonl:1")
+    assert "data.max_document_bytes" in report["skipped_examples"][0]["reason"]
+    write(tmp_path / "corpus/huge.txt", "b" * 2000)
+    with pytest.raises(ingest.IngestError, match=r"huge.txt: 2000 bytes, over data.max_document_bytes"):
+        ingest.run(cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_file": "fail"})}))
+
+
+@pytest.mark.bad_input
+def test_a_corrupt_parquet_page_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "corpus/r.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"text": [GOOD] * 5000}), path, row_group_size=1000, compression="NONE")
+    start = pq.ParquetFile(path).metadata.row_group(2).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start:start + 200] = b"\xff" * 200  # the third row group's page header; the footer intact
+    path.write_bytes(bytes(data))
+    fails(tmp_path, tmp_path / "corpus", r"r.parquet: corrupt Parquet data after row \d+")
+
+
+@pytest.mark.bad_input
+def test_the_report_keeps_counts_and_a_few_examples_however_many_records_are_bad(tmp_path):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "corpus/b.jsonl", b"\n".join([b"not json"] * 5000 + [b'{"text": "fine"}']))
+    cfg = config(tmp_path, tmp_path / "corpus", on_bad_record="skip")
+    result = ingest.run(cfg)
+    report = json.loads(cfg.data.report_file.read_text())
+    assert report["skipped"] == 5000
+    assert report["skipped_by_reason"] == {"malformed JSON: Expecting value": 5000}
+    assert len(report["skipped_examples"]) == len(result.skipped) == ingest.REPORT_EXAMPLES

@@ -212,3 +212,17 @@ def test_recent_mean_averages_the_window_up_to_a_step():
     assert recent_mean(history, 5, window=3) == 4.0  # steps 3..5
     assert recent_mean({0: 9.0, 10: 2.0}, 10) == 2.0  # step 0 is outside the window of 10
     assert math.isnan(recent_mean(history, 100))
+
+
+@pytest.mark.bad_input
+def test_a_split_too_short_for_one_window_is_refused_before_any_compute(tmp_path, monkeypatch):
+    from lm_pipeline.data.processed import write_meta
+
+    monkeypatch.chdir(tmp_path)
+    short = dataclasses.replace(META, tokens={"train": 9000, "val": 100, "test": 500})
+    write_meta(tmp_path / "processed", short)
+    cfg = Config.model_validate({"data": {"processed_dir": "processed"}, "model": {"block_size": 128},
+                                 "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    with pytest.raises(ValueError, match=r"the val split has 100 tokens: fewer than model.block_size \+ 1"):
+        trainer.run(cfg)
+    assert not (cfg.train.checkpoint_dir).exists()  # nothing started
