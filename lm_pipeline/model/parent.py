@@ -118,13 +118,22 @@ def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
                           f"{tracking.tracking_uri(cfg)} ({err.message})") from None
     pinned = f"models:/{mv.name}/{mv.version}"
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp))
-        folders = [p.parent for p in root.glob(f"artifacts/*/{WEIGHTS_FILE}")]
-        if len(folders) != 1:
-            raise ParentError(f"train.init_from: {pinned} holds no lm-pipeline model folder")
-        copy_model_folder(folders[0], dest, pinned)
+        copy_model_folder(download_version_folder(mv, Path(tmp)), dest, pinned)
     return {"init_from": uri, "model_version": pinned, "name": mv.name, "version": str(mv.version),
             "run_id": mv.run_id}
+
+
+def download_version_folder(mv, dest: Path) -> Path:
+    """A registered version's model folder, downloaded as plain files: its MLflow loader (Python
+    code in the artifact store) is never run."""
+    import mlflow
+
+    pinned = f"models:/{mv.name}/{mv.version}"
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(dest)))
+    folders = [p.parent for p in root.glob(f"artifacts/*/{WEIGHTS_FILE}")]
+    if len(folders) != 1:
+        raise ParentError(f"{pinned} holds no lm-pipeline model folder")
+    return folders[0]
 
 
 def copy_model_folder(src: Path, dest: Path, ref: str) -> None:

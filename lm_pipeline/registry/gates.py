@@ -10,7 +10,9 @@ register.min_improvement and its 95% interval excludes zero.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from lm_pipeline.config import EvaluateConfig, RegisterConfig
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.scoring import sequence_nll
+from lm_pipeline.registry.aliases import RegistryError
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,22 @@ def compare(champion, candidate, texts: list[str], champion_version: str,
                       improvement(everything), low, high)
 
 
-def load_registered(name: str, version: str):
-    """A registered version's (model, tokenizer), through its own pyfunc loader."""
+def load_registered(name: str, version: str, device: str = "cpu"):
+    """A registered version's (model, tokenizer), read from its safetensors folder, never through
+    its pyfunc loader (code from the artifact store would run here, with this stage's
+    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
     import mlflow
 
-    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return wrapper.model, wrapper.tokenizer
+    from lm_pipeline.model.backends import load_model, weights_sha256
+    from lm_pipeline.model.parent import download_version_folder
+
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
+    actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
+    if actual != recorded:
+        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
+                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
+                            "changed after it was registered; refusing to compare with it (restore it, or "
+                            "move champion to a version you trust with `lmp promote`)")
+    return model, tokenizer

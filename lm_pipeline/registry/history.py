@@ -1,8 +1,11 @@
 """The champion's history: an append-only promotion log, and a lock around alias moves.
 
-The log is a JSONL artifact of one MLflow run per registered model (tag `lmp.promotion_log`), so
-it lives wherever the registry lives. Every decision appends a line: which version was champion
-before and after, why, and each gate's value, threshold and result. Nothing is ever rewritten.
+The log is one MLflow run per registered model (tag `lmp.promotion_log`), so it lives wherever
+the registry lives. Every decision is one JSON artifact of its own in `promotion_log/` (named by
+time, so they list in order): which version was champion before and after, why, and each gate's
+value, threshold and result. Nothing is ever rewritten, so concurrent writers lose nothing and a
+writer killed mid-upload spoils its own entry only (readers name it and skip it). Logs written
+before this layout (`promotion_log.jsonl`) are still read, first.
 
 Deciding and moving `champion` happens under an exclusive file lock, so two pipeline runs
 registering at once on this machine cannot interleave their read-compare-move. (Runs on
@@ -16,14 +19,18 @@ import fcntl
 import getpass
 import hashlib
 import json
+import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOG_FILE = "promotion_log.jsonl"
+LOG_DIR = "promotion_log"  # one JSON artifact per entry
+LOG_FILE = "promotion_log.jsonl"  # the older layout: one file, rewritten on every append
 LOG_TAG = "lmp.promotion_log"
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -47,19 +54,38 @@ def log_run_id(client, experiment_id: str, model_name: str) -> str:
 
 
 def read_log(client, run_id: str) -> list[dict]:
-    if not any(a.path == LOG_FILE for a in client.list_artifacts(run_id)):
-        return []
+    """Every entry, oldest first; an unreadable one is named in a warning and skipped."""
+    stored = {a.path for a in client.list_artifacts(run_id)}
+    entries = []
     with tempfile.TemporaryDirectory() as tmp:
-        text = Path(client.download_artifacts(run_id, LOG_FILE, tmp)).read_text()
-    return [json.loads(line) for line in text.splitlines() if line]
+        if LOG_FILE in stored:  # the older single-file log
+            text = Path(client.download_artifacts(run_id, LOG_FILE, tmp)).read_text(errors="replace")
+            entries += parse_entries([(f"{LOG_FILE} line {n}", line)
+                                      for n, line in enumerate(text.splitlines(), start=1)])
+        if LOG_DIR in stored:
+            folder = Path(client.download_artifacts(run_id, LOG_DIR, tmp))
+            entries += parse_entries([(f.name, f.read_text(errors="replace"))
+                                      for f in sorted(folder.glob("*.json"))])
+    return entries
+
+
+def parse_entries(named_texts: list[tuple[str, str]]) -> list[dict]:
+    entries = []
+    for name, text in named_texts:
+        if not text.strip():
+            continue
+        try:
+            entries.append(json.loads(text))
+        except json.JSONDecodeError as err:
+            log.warning("promotion log: entry %s skipped: not valid JSON (%s)", name, err)
+    return entries
 
 
 def append(client, run_id: str, entry: dict) -> list[dict]:
-    """Append one entry (call under registry_lock); returns the whole log."""
-    entries = read_log(client, run_id) + [entry | {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                   "user": getpass.getuser()}]
+    """Add one entry as its own artifact (call under registry_lock); returns the whole log."""
+    entry = entry | {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": getpass.getuser()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / LOG_FILE
-        path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-        client.log_artifact(run_id, str(path))
-    return entries
+        path = Path(tmp) / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"  # sorts by time
+        path.write_text(json.dumps(entry, sort_keys=True) + "\n")
+        client.log_artifact(run_id, str(path), LOG_DIR)
+    return read_log(client, run_id)

@@ -98,7 +98,8 @@ def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candida
 
 def compare_with_champion(cfg: Config, champion_version: str, candidate) -> gating.Comparison:
     texts = [candidate[1].decode(d.tolist()) for d in load_documents(cfg.data.processed_dir, "test")]
-    champion = gating.load_registered(cfg.register_.model_name, champion_version)
+    champion = gating.load_registered(cfg.register_.model_name, champion_version,
+                                      resolve_device(cfg.evaluate.device))
     return gating.compare(champion, candidate, texts, champion_version, cfg.evaluate)
 
 

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 import yaml
 
+from lm_pipeline.registry import history
 from tests.integration.conftest import TINY_PARAMS, make_project
 from tests.services import BIN, free_port, process
 
@@ -44,8 +45,7 @@ def promotion_log(project: Path) -> list[dict]:
     c = client(project)
     run = c.search_runs([c.get_experiment_by_name("lm-pipeline").experiment_id],
                         filter_string="tags.`lmp.promotion_log` = 'lm-pipeline'")[0]
-    path = c.download_artifacts(run.info.run_id, "promotion_log.jsonl", str(project))
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return history.read_log(c, run.info.run_id)
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,27 @@ def test_two_processes_registering_at_once_get_distinct_versions_and_one_champio
     promoted = [d["version"] for d in decisions if d["promoted"]]
     assert len(promoted) == 1  # identical weights: the second cannot beat the first
     assert str(server.get_model_version_by_alias("lm-pipeline", "champion").version) == promoted[0]
+
+
+@pytest.mark.security
+def test_a_champion_whose_weights_changed_after_registration_is_refused_not_run(project):
+    """The gate reads the champion's safetensors (its pyfunc code never runs) and checks the weights
+    hash recorded at registration: a tampered artifact stops register; champion stays."""
+    from safetensors.torch import load_file, save_file
+
+    before = champion(project)
+    source = client(project).get_model_version_download_uri("lm-pipeline", before)
+    weights = next(Path(source.removeprefix("file://")).rglob("model.safetensors"))
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 0.01  # still a valid model, not the registered one
+    save_file(tensors, weights, metadata={"format": "pt"})
+    try:
+        out = subprocess.run([str(BIN / "lmp"), "register"], cwd=project, capture_output=True, text=True)
+    finally:
+        weights.write_bytes(original)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"models:/lm-pipeline/{before}: its weights hash" in out.stderr
+    assert "changed after it was registered" in out.stderr
+    assert champion(project) == before
