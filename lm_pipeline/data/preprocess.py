@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from lm_pipeline.config import Config, TokenizerConfig
 from lm_pipeline.data.documents import documents_path, read_documents
 from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
+from lm_pipeline.data.quality import check_validation_passed
 from lm_pipeline.data.shards import ShardWriter
 from lm_pipeline.data.split import SPLITS, assign_split, stable_fraction, text_digest
 from lm_pipeline.data.tokenizer import UNK, eot_id, train_tokenizer
@@ -46,6 +47,7 @@ class PreprocessResult:
 
 def run(cfg: Config) -> PreprocessResult:
     out, source = cfg.data.processed_dir, documents_path(cfg.data.raw_dir)
+    check_validation_passed(cfg.validate_.report_dir)
     remove_leftovers(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
