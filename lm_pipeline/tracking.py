@@ -32,10 +32,16 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+SECRET_SETTINGS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def client_env() -> dict[str, str]:
-    """The MLflow client settings of this process (server credentials among them), for training
-    workers that may run on other nodes. They come from the environment, never from params."""
-    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_")}
+    """The MLflow client settings of this process, for training workers that may run on other
+    nodes, without its secrets: a Ray runtime env is logged and served by Ray's dashboard. Local
+    workers inherit them from this process; a cluster's nodes (only rank 0 logs) get them from
+    their own environment or a mounted secret, never from params."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("MLFLOW_TRACKING_") and k not in SECRET_SETTINGS}
 
 
 def setup(cfg: Config) -> str:

@@ -45,14 +45,21 @@ def test_start_run_opens_a_run_with_its_name_and_tags_in_the_experiment(cfg):
     assert run.info.experiment_id == tracking.setup(cfg)
 
 
-def test_client_env_passes_only_mlflow_tracking_settings(monkeypatch):
+@pytest.mark.security
+def test_client_env_passes_mlflow_settings_but_no_secret(monkeypatch):
+    """What goes into Ray's runtime env (which Ray logs and its dashboard serves) holds no secret:
+    workers take credentials from their own node's environment."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-password")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret-token")
+    monkeypatch.setenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", "/etc/cert.pem")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nope")
     env = tracking.client_env()
-    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_TRACKING_TOKEN"] == "secret"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_TRACKING_USERNAME"] == "pipeline"
     assert all(key.startswith("MLFLOW_TRACKING_") for key in env)
+    assert not any("secret" in value for value in env.values())
 
 
 def test_flow_run_id_comes_from_the_environment(monkeypatch):
