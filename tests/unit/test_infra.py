@@ -4,6 +4,7 @@ Kubernetes cluster or Docker engine on this machine)."""
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -37,8 +38,8 @@ def test_cluster_launcher_starts_head_and_workers_from_the_project_env():
 
 COMPOSE = INFRA / "docker-compose.yml"
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
-SERVICES = {"postgres", "minio", "buckets", "mlflow", "prefect-server", "prefect-worker", "ray-head",
-            "ray-worker"}
+SERVICES = {"secrets", "postgres", "minio", "buckets", "mlflow", "prefect-server", "prefect-worker",
+            "ray-head", "ray-worker"}
 
 
 def compose() -> dict:
@@ -90,7 +91,7 @@ def test_compose_clients_point_at_the_servers_ports():
 
 def test_readme_names_the_published_ports():
     readme = (INFRA.parent / "README.md").read_text()
-    published = {int(p.split(":")[0]) for s in compose().values() for p in s.get("ports", [])}
+    published = {int(p.split(":")[-2]) for s in compose().values() for p in s.get("ports", [])}
     documented = {int(p) for p in re.findall(r"http://localhost:(\d+)", readme)}
     assert published == documented
 
@@ -123,3 +124,64 @@ def flag(service: dict, name: str) -> str:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     raise KeyError(name)
+
+
+def ignored(pattern_lines: list[str], path: str) -> bool:
+    """Docker's .dockerignore rule, for the simple patterns used here: the last match wins."""
+    import fnmatch
+
+    result = False
+    for line in pattern_lines:
+        negate, pattern = line.startswith("!"), line.lstrip("!").strip("/")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern + "/*"):
+            result = not negate
+    return result
+
+
+@pytest.mark.security
+def test_the_image_holds_no_secret_checkout_history_or_data():
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert "COPY . ." in dockerfile  # so the build context is what .dockerignore leaves
+    rules = [line.strip() for line in (INFRA.parent / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    for path in ("infra/.env", ".env", ".git/config", "mlflow.db", "data/raw/documents.jsonl",
+                 "models/model/model.safetensors", "checkpoints/train-1/x", "mlartifacts/1/a", "mlruns/0/x",
+                 ".venv/bin/python", "dvc-remote/ab/cd", ".dvc/cache/ab", ".dvc/config.local"):
+        assert ignored(rules, path), f"{path} would be baked into the image"
+    for path in ("lm_pipeline/cli.py", "flows/pipeline.py", "infra/compose/mlflow-server.sh", "dvc.yaml",
+                 "params.yaml", "pyproject.toml"):
+        assert not ignored(rules, path), f"{path} is needed in the image"
+
+
+@pytest.mark.security
+def test_published_ports_bind_loopback_unless_asked():
+    for name, service in compose().items():
+        for port in service.get("ports", []):
+            assert port.startswith("${LMP_BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} everywhere"
+
+
+@pytest.mark.security
+def test_the_prefect_api_asks_for_credentials():
+    services = compose()
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == \
+        "admin:${PREFECT_API_PASSWORD:?set in infra/.env}"
+    worker = services["prefect-worker"]["environment"]
+    assert worker["PREFECT_API_AUTH_STRING"] == "admin:${PREFECT_API_PASSWORD}"
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("placeholder", ["POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "RAY_AUTH_TOKEN",
+                                         "PREFECT_API_PASSWORD"])
+def test_start_up_refuses_placeholder_secrets(placeholder):
+    import subprocess
+
+    real = {key: "s3cret-" + "x" * 20 for key in env_example() if any(w in key for w in SECRET_WORDS)}
+    script = ["sh", str(INFRA / "compose/check-secrets.sh")]
+    assert subprocess.run(script, env=real, capture_output=True).returncode == 0
+    proc = subprocess.run(script, env=real | {placeholder: env_example()[placeholder]},
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and f"{placeholder} is still the placeholder" in proc.stderr
+    services = compose()
+    roots = [n for n, s in services.items() if n != "secrets" and not s.get("depends_on")]
+    assert not roots, f"{roots} start without the secrets check"
+    assert services["secrets"]["environment"].keys() >= real.keys()

@@ -57,7 +57,8 @@ def test_client_env_passes_mlflow_settings_but_no_secret(monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nope")
     env = tracking.client_env()
-    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_TRACKING_USERNAME"] == "pipeline"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["MLFLOW_TRACKING_USERNAME"] == "pipeline"
     assert all(key.startswith("MLFLOW_TRACKING_") for key in env)
     assert not any("secret" in value for value in env.values())
 

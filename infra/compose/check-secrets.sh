@@ -1,0 +1,19 @@
+#!/bin/sh
+# Refuse to start production mode while infra/.env still holds a placeholder from .env.example,
+# or an MLflow admin password under 12 characters. Runs before every other service.
+set -eu
+status=0
+for name in POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY \
+            RAY_AUTH_TOKEN PREFECT_API_PASSWORD; do
+  value=$(printenv "$name" || true)
+  case "$value" in
+    ""|change-me*)
+      echo "infra/.env: $name is still the placeholder (or empty); set a real value, e.g. openssl rand -hex 32" >&2
+      status=1 ;;
+  esac
+done
+if [ "${#MLFLOW_ADMIN_PASSWORD}" -lt 12 ]; then
+  echo "infra/.env: MLFLOW_ADMIN_PASSWORD must have 12 characters or more" >&2
+  status=1
+fi
+exit $status
