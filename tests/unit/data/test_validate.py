@@ -116,3 +116,18 @@ def test_a_test_split_copied_from_training_text_is_flagged_as_contamination(tmp_
     (tmp_path / "clean").mkdir()
     clean = write_docs(tmp_path / "clean", texts).model_copy(update={"split": split})
     assert validate.run(clean).success  # the same corpus without the copies passes
+
+
+@pytest.mark.security
+def test_a_document_id_or_text_that_is_markup_shows_escaped_in_the_data_docs(tmp_path):
+    cfg = write_docs(tmp_path, [prose(i) for i in range(40)])
+    documents = tmp_path / "raw" / DOCUMENTS_FILE
+    symbols = [json.dumps({"id": f"<script>alert({i})</script>", "text": f"<script>alert({i})</script> "
+                           + "{}[]<>/=;:()" * 20, "source": "test"}) for i in range(4)]
+    documents.write_text(documents.read_text() + "\n".join(symbols) + "\n")  # fail letter_share
+    with pytest.raises(validate.ValidationFailed, match=r"letters"):
+        validate.run(cfg)
+    # Data Docs show the failing values (letter shares), not ids or texts; were they ever shown,
+    # they must be escaped.
+    pages = [p.read_text() for p in (tmp_path / "reports" / "data_docs").rglob("*.html")]
+    assert len(pages) >= 3 and not any("<script>alert(" in page for page in pages)
