@@ -31,10 +31,10 @@ from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation import harness, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
-from lm_pipeline.evaluation.metrics import load_metric
+from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
-from lm_pipeline.model.backends import load_model, resolve_device
+from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.generate import complete_batch, decode_until_eot, generate
 from lm_pipeline.model.transformer import device_of
@@ -92,7 +92,8 @@ def run(cfg: Config) -> dict:
                for p, r in zip(predictions[:5], references[:5], strict=True)]
     details = {"bleu": bleu, "parallel": parallel, "bias": bias, "crows_pairs": crows, "samples": samples,
                "harness": {"documents": tasks.documents, "versions": tasks.versions} if tasks else {}}
-    write_outputs(cfg, metrics, details, report.perplexity_by_length(nll, counts), harness_data)
+    write_outputs(cfg, metrics, details, report.perplexity_by_length(nll, counts), harness_data,
+                  weights_sha256(model))
     log_to_mlflow(cfg, metrics, bleu)
     log.info("evaluate: perplexity %.2f [%.2f, %.2f] (unigram %.2f), %.3f bits/byte, BLEU %.2f, "
              "largest bias gap %.3f, CrowS-Pairs %.2f", metrics["perplexity"], ppl_low, ppl_high,
@@ -178,7 +179,7 @@ def crows_pairs(model, tokenizer, e: EvaluateConfig) -> dict:
 
 
 def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict],
-                  harness_data: dict[str, list]) -> None:
+                  harness_data: dict[str, list], model_hash: str) -> None:
     with atomic_path(cfg.evaluate.report_dir) as out:
         out.mkdir()
         if harness_data:  # a task folder for `lm_eval --include_path`, run from the repository root
@@ -192,7 +193,7 @@ def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dic
         text = report.markdown(metrics, details["bleu"], details["parallel"], details["samples"], plots)
         (out / "report.md").write_text(text)
         (out / "report.html").write_text(report.html(text, plots))
-    write_json(cfg.evaluate.metrics_file, metrics)
+    write_json(cfg.evaluate.metrics_file, metrics | {MODEL_KEY: model_hash})
 
 
 def log_to_mlflow(cfg: Config, metrics: dict, bleu: dict) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 MODULES_DIR = Path(__file__).parent / "modules"
+# In reports/metrics.json beside the numbers: the hash of the weights they measured, so the
+# registry never judges one model by another's numbers.
+MODEL_KEY = "model_weights_sha256"
 MODULE_NAMES = ("perplexity", "bleu", "bias_gap", "crows_pairs")
 
 

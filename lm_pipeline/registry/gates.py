@@ -19,6 +19,7 @@ import numpy as np
 from lm_pipeline.config import EvaluateConfig, RegisterConfig
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
+from lm_pipeline.evaluation.metrics import MODEL_KEY
 from lm_pipeline.evaluation.scoring import sequence_nll
 from lm_pipeline.registry.aliases import RegistryError
 
@@ -43,6 +44,23 @@ class Comparison:
     improvement: float  # champion minus candidate bits per byte: > 0 means the candidate is better
     ci_low: float
     ci_high: float
+
+
+def metrics_of(stamped: dict, model, path) -> dict:
+    """The evaluation's numbers, once they are known to describe `model` (not a model trained
+    since, or evaluated before an evaluate was killed between its writes)."""
+    from lm_pipeline.model.backends import weights_sha256
+
+    metrics = dict(stamped)
+    measured = metrics.pop(MODEL_KEY, None)
+    if measured is None:
+        raise ValueError(f"register: {path} does not say which model it measured (written by an older "
+                         "evaluate): run `lmp evaluate` (or `dvc repro`) first")
+    actual = weights_sha256(model)
+    if measured != actual:
+        raise ValueError(f"register: {path} measured other weights ({measured[:12]}...) than the model "
+                         f"to register has ({actual[:12]}...): run `lmp evaluate` (or `dvc repro`) first")
+    return metrics
 
 
 def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:

@@ -52,12 +52,13 @@ def run(cfg: Config) -> Decision:
     experiment_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
     run_id = read_run_info(cfg.train.model_dir)["mlflow_run_id"]
-    metrics = read_json(cfg.evaluate.metrics_file)
-    checks = gating.quality_gates(metrics, cfg.register_)  # first: a misconfigured gate fails early
+    # First, before anything is registered: the numbers are this model's, the gates make sense.
+    candidate = load_model(cfg.train.model_dir, resolve_device(cfg.evaluate.device))  # the one copy held
+    metrics = gating.metrics_of(read_json(cfg.evaluate.metrics_file), candidate[0], cfg.evaluate.metrics_file)
+    checks = gating.quality_gates(metrics, cfg.register_)
     name = cfg.register_.model_name
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
-    candidate = load_model(cfg.train.model_dir, resolve_device(cfg.evaluate.device))  # the one copy held
     registered = mlflow.register_model(info.model_uri, name,
                                        tags=lineage_tags(cfg, run_id, metrics, candidate[0]))
     version = str(registered.version)

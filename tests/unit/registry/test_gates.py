@@ -53,3 +53,24 @@ def test_champion_gate_needs_margin_and_an_interval_above_zero(improvement, low,
     comparison = Comparison("1", 2.0, 2.0 - improvement, improvement, low, improvement + 0.02)
     gate = champion_gate(comparison, margin)
     assert gate.passed is passed and gate.value == improvement and "95% CI" in gate.detail
+
+
+@pytest.mark.security
+def test_metrics_of_another_model_are_refused():
+    """reports/metrics.json names the weights it measured: after `lmp train && lmp register` (no
+    evaluate), or an evaluate killed between its writes, the gates would judge another model."""
+    import torch
+
+    from lm_pipeline.model.backends import weights_sha256
+    from lm_pipeline.model.transformer import GPT, GPTConfig
+    from lm_pipeline.registry.gates import metrics_of
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    stamped = {"perplexity": 9.0, "model_weights_sha256": weights_sha256(model)}
+    assert metrics_of(stamped, model, "reports/metrics.json") == {"perplexity": 9.0}
+    other = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match=r"reports/metrics.json measured other weights .*lmp evaluate"):
+        metrics_of(stamped, other, "reports/metrics.json")
+    with pytest.raises(ValueError, match=r"reports/metrics.json does not say which model .*lmp evaluate"):
+        metrics_of({"perplexity": 9.0}, model, "reports/metrics.json")
