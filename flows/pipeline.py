@@ -65,15 +65,39 @@ def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
 
 
 def report_failure(flow, run, state) -> None:
-    """on_failure hook: say which stage failed and why, in the logs and as an artifact on the run."""
+    """on_failure hook: say which stage failed and why, and where the champion is now (read from
+    the registry, not assumed), in the logs and as an artifact on the run."""
     message = state.message or "no message"
-    flow_run_logger(run, flow).error("lm-pipeline failed; the champion was not touched. %s", message)
+    champion = champion_status(run.parameters.get("project_dir", "."))
+    flow_run_logger(run, flow).error("lm-pipeline failed; %s. %s", champion, message)
     with get_client(sync_client=True) as client:
         client.create_artifact(ArtifactCreate(
             flow_run_id=run.id, key="lm-pipeline-failure", type="markdown",
             description="what failed in this run",
-            data=f"## lm-pipeline failed\n\n```\n{message}\n```\n\n"
-                 "Nothing after the failed stage ran; the registered champion is unchanged.\n"))
+            data=f"## lm-pipeline failed\n\n```\n{message}\n```\n\nNothing after the failed stage "
+                 f"ran. Registry now: {champion}. A failed register is finished by running it again "
+                 "(it reuses its own version).\n"))
+
+
+def champion_status(project_dir: str) -> str:
+    """The champion as the project's registry has it now (without creating a store)."""
+    try:
+        import mlflow
+
+        from lm_pipeline.config import load_config
+        from lm_pipeline.registry.aliases import current_champion
+
+        cfg = load_config(Path(project_dir) / "params.yaml")
+        uri, name = cfg.tracking_uri, cfg.register_.model_name
+        if uri.startswith("sqlite:///"):
+            db = Path(project_dir) / uri.removeprefix("sqlite:///")  # an absolute path stays itself
+            if not db.is_file():
+                return f"{name} has no champion (no MLflow store yet)"
+            uri = f"sqlite:///{db.resolve()}"
+        version = current_champion(mlflow.MlflowClient(uri, registry_uri=uri), name)
+        return f"{name} champion is version {version}" if version else f"{name} has no champion"
+    except Exception as err:  # the hook reports; it must not fail itself
+        return f"the champion could not be read ({err})"
 
 
 @flow(name="lm-pipeline", log_prints=True, on_failure=[report_failure])

@@ -27,33 +27,36 @@ def _client_and_log(cfg: Config):
     return client, history.log_run_id(client, experiment_id, cfg.register_.model_name)
 
 
-def move_champion(cfg: Config, version: str, reason: str, action: str) -> dict:
-    client, log_run = _client_and_log(cfg)
-    name = cfg.register_.model_name
-    with history.registry_lock(tracking.tracking_uri(cfg), name):
-        client.get_model_version(name, version)  # raises if there is no such version
-        before = current_champion(client, name)
-        set_champion(client, name, version, f"{action}: {reason}")
-        entry = {"action": action, "model_name": name, "version": version, "reason": reason,
-                 "champion_before": before, "champion_after": version, "promoted": True}
-        history.append(client, log_run, entry)
+def move_champion(client, log_run: str, name: str, version: str, reason: str, action: str) -> dict:
+    """Move champion and log it (call under history.registry_lock)."""
+    client.get_model_version(name, version)  # raises if there is no such version
+    before = current_champion(client, name)
+    entry = {"action": action, "model_name": name, "version": version, "reason": reason,
+             "champion_before": before, "champion_after": version, "promoted": True}
+    history.append(client, log_run, entry)  # the record first: a kill after it leaves it true or retryable
+    set_champion(client, name, version, f"{action}: {reason}")
     return entry
 
 
 def promote(cfg: Config, version: str, reason: str) -> dict:
-    return move_champion(cfg, version, reason, "promote")
+    client, log_run = _client_and_log(cfg)
+    name = cfg.register_.model_name
+    with history.registry_lock(tracking.tracking_uri(cfg), name):
+        return move_champion(client, log_run, name, version, reason, "promote")
 
 
 def rollback(cfg: Config, reason: str) -> dict:
-    """Back to the version that was champion before the current one took over."""
+    """Back to the version that was champion before the current one took over; the champion and
+    the log are read under the same lock as the move."""
     client, log_run = _client_and_log(cfg)
     name = cfg.register_.model_name
-    current = current_champion(client, name)
-    took_over = [e for e in history.read_log(client, log_run)
-                 if e["champion_after"] == current and e["champion_before"] not in (None, current)]
-    if current is None or not took_over:
-        raise RegistryError(f"{name}: no earlier champion to roll back to (champion: {current})")
-    return move_champion(cfg, took_over[-1]["champion_before"], reason, "rollback")
+    with history.registry_lock(tracking.tracking_uri(cfg), name):
+        current = current_champion(client, name)
+        took_over = [e for e in history.read_log(client, log_run)
+                     if e["champion_after"] == current and e["champion_before"] not in (None, current)]
+        if current is None or not took_over:
+            raise RegistryError(f"{name}: no earlier champion to roll back to (champion: {current})")
+        return move_champion(client, log_run, name, took_over[-1]["champion_before"], reason, "rollback")
 
 
 def tree_state(tags: dict) -> str:

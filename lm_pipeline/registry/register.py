@@ -29,6 +29,7 @@ from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import CHALLENGER, current_champion, set_champion, tag_decision
 
 log = logging.getLogger(__name__)
+DECISION_TAG = "promotion.record"  # the whole decision, as JSON: what a retried register finishes
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -57,26 +58,58 @@ def run(cfg: Config) -> Decision:
     metrics = gating.metrics_of(read_json(cfg.evaluate.metrics_file), candidate[0], cfg.evaluate.metrics_file)
     checks = gating.quality_gates(metrics, cfg.register_)
     name = cfg.register_.model_name
-    with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
-    registered = mlflow.register_model(info.model_uri, name,
-                                       tags=lineage_tags(cfg, run_id, metrics, candidate[0]))
-    version = str(registered.version)
-    # Alias moves, reads and comparisons in one step. The alias itself too: MLflow's SQL store
-    # moves an alias with a delete and an insert, which two concurrent moves can collide on.
+    tags = lineage_tags(cfg, run_id, metrics, candidate[0])
+    version = own_version(client, name, run_id, tags["weights_sha256"])
+    if version:  # Prefect retries this stage: an earlier attempt got this far
+        log.info("register: %s version %s holds this run's model already (an earlier attempt); "
+                 "finishing its decision", name, version)
+    else:
+        with mlflow.start_run(run_id=run_id):
+            info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
+        version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    # Decide, record, then move: under one lock, and each step safe to repeat, so a stage killed
+    # anywhere and rerun ends with one version, one log entry and the aliases its decision says.
     with history.registry_lock(tracking.tracking_uri(cfg), name):
+        decision = recorded_decision(client, name, version) or decide(client, cfg, version, checks, candidate)
+        record_gates(client, decision)
+        log_run = history.log_run_id(client, experiment_id, name)
+        if not any(e.get("action") == "register" and e.get("version") == version
+                   and e.get("champion_before") == decision.champion_before
+                   for e in history.read_log(client, log_run)):  # not logged by an earlier attempt
+            history.append(client, log_run, {"action": "register"} | asdict(decision))
+        client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(asdict(decision)))
         client.set_registered_model_alias(name, CHALLENGER, version)
-        decision = decide(client, cfg, version, checks, candidate)
         if decision.promoted:
             set_champion(client, name, version, decision.reason)
         else:
             tag_decision(client, name, version, CHALLENGER, decision.reason)
-        record_gates(client, decision)
-        history.append(client, history.log_run_id(client, experiment_id, name),
-                       {"action": "register"} | asdict(decision))
     write_json(cfg.register_.record_file, asdict(decision))
     log.info("register: %s version %s: %s", name, version, decision.reason)
     return decision
+
+
+def own_version(client, name: str, run_id: str, weights: str) -> str | None:
+    """The version an earlier attempt of this register registered: same run, same weights."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    mine = [v for v in versions if v.tags.get("weights_sha256") == weights]
+    return str(max(int(v.version) for v in mine)) if mine else None
+
+
+def recorded_decision(client, name: str, version: str) -> Decision | None:
+    """The decision an earlier attempt recorded for this version, if the champion is still the
+    one it decided against (else it is decided again: compare-and-set)."""
+    record = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    if not record:
+        return None
+    decision = Decision(**json.loads(record))
+    return decision if current_champion(client, name) in (decision.champion_before, version) else None
 
 
 def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candidate) -> Decision:

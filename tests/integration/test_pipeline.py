@@ -239,4 +239,4 @@ def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     report = {a.key: a.data for a in artifacts}["lm-pipeline-failure"]
-    assert "stage validate failed" in report and "champion is unchanged" in report
+    assert "stage validate failed" in report and "lm-pipeline has no champion (no MLflow store yet)" in report

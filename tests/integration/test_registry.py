@@ -177,3 +177,59 @@ def test_a_champion_whose_weights_changed_after_registration_is_refused_not_run(
     assert f"models:/lm-pipeline/{before}: its weights hash" in out.stderr
     assert "changed after it was registered" in out.stderr
     assert champion(project) == before
+
+
+class Killed(BaseException):
+    """The stage's process dying at this point (not an error any code could catch and handle)."""
+
+
+CRASH_POINTS = ("after_registering", "after_logging", "after_moving_challenger", "after_moving_champion")
+
+
+def crash_point(crash_at: str) -> tuple[object, str]:
+    """(owner, name) of the call after which a register attempt dies."""
+    from lm_pipeline.registry import register
+
+    return {"after_registering": (mlflow, "register_model"),
+            "after_logging": (history, "append"),
+            "after_moving_challenger": (mlflow.MlflowClient, "set_registered_model_alias"),
+            "after_moving_champion": (register, "set_champion")}[crash_at]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
+def test_register_killed_anywhere_and_retried_leaves_one_version_one_entry_and_its_champion(
+        project, monkeypatch, crash_at):
+    """Prefect retries register: the rerun finishes the first attempt's version, not a new one."""
+    from lm_pipeline.config import load_config
+    from lm_pipeline.registry import register
+
+    name = f"retry-{crash_at.replace('_', '-')}"  # a model of its own: its first version is champion
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    cfg = load_config(project / "params.yaml")
+    cfg = cfg.model_copy(update={"register_": cfg.register_.model_copy(
+        update={"model_name": name, "record_file": project / f"runs/{name}.json"})})
+    owner, attribute = crash_point(crash_at)
+    original = getattr(owner, attribute)
+
+    def dies_after(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Killed(crash_at)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(owner, attribute, dies_after)
+        with pytest.raises(Killed):
+            register.run(cfg)
+    decision = register.run(cfg)  # the retry
+
+    c = client(project)
+    versions = c.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 1 and decision.version == "1" and decision.promoted
+    assert str(c.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(c.get_model_version_by_alias(name, "challenger").version) == "1"
+    log_run = c.search_runs([c.get_experiment_by_name("lm-pipeline").experiment_id],
+                            filter_string=f"tags.`lmp.promotion_log` = '{name}'")[0]
+    entries = history.read_log(c, log_run.info.run_id)
+    assert [(e["action"], e["version"]) for e in entries] == [("register", "1")]
+    assert json.loads((project / f"runs/{name}.json").read_text())["champion_after"] == "1"
