@@ -26,6 +26,7 @@ from lm_pipeline import tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
+from lm_pipeline.model.folder import RUN_FILE, read_run_info
 from lm_pipeline.training.export import export_model, write_curves
 from lm_pipeline.training.launch import (
     check_data_fits,
@@ -283,7 +284,7 @@ def tuned_config(cfg: Config, values: dict | None = None) -> Config:
     """The config of the best trial, with the model and reports under tune.model_dir/report_dir:
     what `lmp evaluate --tuned` and `lmp register --tuned` run on (the pipeline's own outputs stay)."""
     out = cfg.tune.report_dir
-    trial = trial_config(cfg, best_values(out) if values is None else values)
+    trial = trial_config(cfg, best_values(out, cfg.tune.model_dir) if values is None else values)
     return trial.model_copy(update={
         "train": trial.train.model_copy(update={"model_dir": cfg.tune.model_dir,
                                                  "curves_dir": out / "training"}),
@@ -292,12 +293,20 @@ def tuned_config(cfg: Config, values: dict | None = None) -> Config:
         "register_": trial.register_.model_copy(update={"record_file": out / "registry.json"})})
 
 
-def best_values(report_dir: Path) -> dict:
-    """The best trial's values, from the last search's best.json."""
+def best_values(report_dir: Path, model_dir: Path | None = None) -> dict:
+    """The best trial's values, from the last search's best.json; with `model_dir`, checked to be
+    the search that exported it (a search killed between the two writes leaves them apart)."""
     path = Path(report_dir) / BEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no search result; run `lmp search` (or `lmp tune`) first")
-    return read_json(path)["values"]
+    best = read_json(path)
+    run_file = Path(model_dir or "") / RUN_FILE
+    if model_dir is not None and run_file.is_file():
+        exported = read_run_info(model_dir)["mlflow_run_id"]
+        if exported != best["mlflow_run_id"]:
+            raise ValueError(f"{run_file} names run {exported} but {path} the best trial's run "
+                             f"{best['mlflow_run_id']}: they are from different searches; rerun `lmp search`")
+    return best["values"]
 
 
 def write_trials(trials: list[Trial], path: Path) -> None:

@@ -169,8 +169,18 @@ def test_a_champion_whose_weights_changed_after_registration_is_refused_not_run(
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 0.01  # still a valid model, not the registered one
     save_file(tensors, weights, metadata={"format": "pt"})
+    candidate = project / "models/tamper-candidate"  # a new run's model, so a new version is compared
+    subprocess.run(["cp", "-r", str(project / "models/model"), str(candidate)], check=True)
+    c = client(project)
+    run_id = c.create_run(c.get_experiment_by_name("lm-pipeline").experiment_id).info.run_id
+    (candidate / "run.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["model_dir"] = str(candidate)
+    params["register"]["record_file"] = "reports/tamper.json"
+    (project / "tamper.yaml").write_text(yaml.safe_dump(params))
     try:
-        out = subprocess.run([str(BIN / "lmp"), "register"], cwd=project, capture_output=True, text=True)
+        out = subprocess.run([str(BIN / "lmp"), "--params", "tamper.yaml", "register"], cwd=project,
+                             capture_output=True, text=True)
     finally:
         weights.write_bytes(original)
     assert out.returncode == 1, out.stderr[-2000:]

@@ -17,3 +17,21 @@ def test_trials_take_their_values_and_must_fit_the_cluster():
                        r"train.cpus_per_worker 1 \+ 0.01 for the trial's driver\) = 4.02 CPUs, but the "
                        r"cluster has 4: lower one of them or add nodes"):
         check_capacity(base, cpus=4)
+
+
+@pytest.mark.bad_input
+def test_a_tuned_model_from_another_search_than_best_json_is_refused(tmp_path):
+    """A search killed between exporting models/tuned and writing best.json leaves the two from
+    different searches: evaluate --tuned and register --tuned must not pair them."""
+    from lm_pipeline.config import Config
+    from lm_pipeline.io import write_json
+    from lm_pipeline.training.search import BEST_FILE, tuned_config
+
+    cfg = Config.model_validate({"tune": {"model_dir": str(tmp_path / "tuned"),
+                                          "report_dir": str(tmp_path / "report")}})
+    write_json(tmp_path / "report" / BEST_FILE, {"values": {"train.lr": 0.002}, "mlflow_run_id": "a" * 32})
+    write_json(tmp_path / "tuned" / "run.json", {"mlflow_run_id": "a" * 32})
+    assert tuned_config(cfg).train.lr == 0.002
+    write_json(tmp_path / "tuned" / "run.json", {"mlflow_run_id": "b" * 32})
+    with pytest.raises(ValueError, match=r"tuned/run.json.*bbbb.*best.json.*aaaa.*lmp search"):
+        tuned_config(cfg)
