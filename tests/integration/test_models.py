@@ -4,6 +4,7 @@ FSDP, LoRA, a from-scratch HF config with exact resume, evaluation with benchmar
 registry and `mlflow models serve`. The pretrained folders are tiny models built offline here,
 laid out as `huggingface-cli download` leaves them."""
 
+import copy
 import hashlib
 import json
 import os
@@ -82,7 +83,8 @@ def hub_folder(dest: Path, family: str, texts: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Validated documents, and two downloaded-model folders beside the project."""
-    root = make_project(tmp_path_factory.mktemp("models"), deep_update(TINY_PARAMS, RUN))
+    # A copy: deep_update changes its first argument, and TINY_PARAMS is every module's.
+    root = make_project(tmp_path_factory.mktemp("models"), deep_update(copy.deepcopy(TINY_PARAMS), RUN))
     for stage in ("ingest", "validate"):
         lmp(root, root / "params.yaml", "-q", stage)
     texts = corpus_texts(root)
