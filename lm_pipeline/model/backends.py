@@ -16,14 +16,14 @@ from tokenizers import Tokenizer
 
 from lm_pipeline.config import LoraConfig, ModelConfig
 from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
-from lm_pipeline.io import atomic_path, read_json, write_json
+from lm_pipeline.io import atomic_path, write_json
 from lm_pipeline.model import lora as lora_adapters
 from lm_pipeline.model.folder import (
-    CONFIG_FILE,
     GENERATION_CONFIG_FILE,
     RUN_FILE,
     TOKENIZER_CONFIG_FILE,
     WEIGHTS_FILE,
+    folder_backend,
     read_run_info,
 )
 from lm_pipeline.model.pretrained import load_pretrained, load_weights, tokenizer_config, write_folder
@@ -77,14 +77,14 @@ def save_model(model: nn.Module, tokenizer_dir: Path, out_dir: Path, run_info: d
             return
         model.hf.save_pretrained(str(tmp), safe_serialization=True)
         shutil.copyfile(tokenizer_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        tokenizer = Tokenizer.from_file(str(tokenizer_dir / TOKENIZER_FILE))
         kept = [name for name in HF_TOKENIZER_FILES if parent and (parent / name).is_file()]
         for name in kept:
             shutil.copyfile(parent / name, tmp / name)
         if not kept:
-            tokenizer = Tokenizer.from_file(str(tokenizer_dir / TOKENIZER_FILE))
             write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(tokenizer, model.block_size))
         if not (tmp / GENERATION_CONFIG_FILE).is_file():
-            eot = eot_id(Tokenizer.from_file(str(tmp / TOKENIZER_FILE)))
+            eot = eot_id(tokenizer)
             write_json(tmp / GENERATION_CONFIG_FILE, dict.fromkeys(("bos_token_id", "eos_token_id"), eot))
         write_json(tmp / RUN_FILE, run_info)
 
@@ -98,22 +98,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def folder_backend(folder: Path, run_info: dict) -> str:
-    """Which backend wrote a folder: run.json says; without it, this project's older config.json
-    (no model_type) is the built-in GPT, and anything else a Hugging Face model from elsewhere."""
-    if "backend" in run_info:
-        return run_info["backend"]
-    return "gpt" if run_info or "model_type" not in read_json(folder / CONFIG_FILE) else "hf"
-
-
 def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
     """Any model folder (ours of either backend, older ones, or a Hugging Face folder), in eval mode."""
     folder = Path(folder)
-    run_info = read_run_info(folder) if (folder / RUN_FILE).is_file() else {}
-    if folder_backend(folder, run_info) == "gpt":
+    if folder_backend(folder) == "gpt":
         return load_pretrained(folder, device)
     from lm_pipeline.model import hf
 
+    run_info = read_run_info(folder) if (folder / RUN_FILE).is_file() else {}
     model = hf.from_pretrained(folder, run_info.get("block_size"))
     return model.to(device).eval(), Tokenizer.from_file(str(folder / TOKENIZER_FILE))
 

@@ -28,3 +28,13 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # what makes a folder
 def read_run_info(model_dir: Path) -> dict:
     """run.json: the model's MLflow run id, step, tokenizer hash and parent."""
     return read_json(Path(model_dir) / RUN_FILE)
+
+
+def folder_backend(model_dir: Path) -> str:
+    """Which backend wrote a folder: run.json says; without a backend there, a folder of this
+    project (run.json, or an older config.json without model_type) is the built-in GPT, and
+    anything else a Hugging Face model from elsewhere."""
+    model_dir = Path(model_dir)
+    if (model_dir / RUN_FILE).is_file():
+        return read_run_info(model_dir).get("backend", "gpt")
+    return "hf" if "model_type" in read_json(model_dir / CONFIG_FILE) else "gpt"

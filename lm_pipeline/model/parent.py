@@ -24,10 +24,9 @@ from lm_pipeline.lineage import file_sha256
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
     MODEL_FILES,
-    RUN_FILE,
     TOKENIZER_CONFIG_FILE,
     WEIGHTS_FILE,
-    read_run_info,
+    folder_backend,
 )
 
 PARENT_DIR = "parent"  # in data/processed
@@ -48,10 +47,8 @@ def fetch(cfg: Config, dest: Path) -> dict:
     else:
         record = {"init_from": ref, "model_version": None, "path": str(Path(ref).resolve())}
         copy_model_folder(Path(ref), dest, ref)
-    if "backend" not in record:
-        record["backend"] = read_run_info(dest).get("backend", "gpt") if (dest / RUN_FILE).is_file() \
-            else "gpt"
-    record["weights_sha256"] = weights_sha256(dest)
+    record.setdefault("backend", folder_backend(dest))
+    record["weights_sha256"] = safetensors_sha256(dest)
     write_json(dest / PARENT_FILE, record)
     return record
 
@@ -94,8 +91,9 @@ def check_end_of_text(folder: Path, ref: str) -> None:
                           f"pipeline would end documents with {ours!r}; not supported")
 
 
-def weights_sha256(folder: Path) -> str:
-    """The weights' hash: of model.safetensors, or of every shard's hash in name order."""
+def safetensors_sha256(folder: Path) -> str:
+    """The weights files' hash (not their values': backends.weights_sha256): of model.safetensors,
+    or of every shard's hash in name order."""
     files = sorted(Path(folder).glob("*.safetensors"))
     if [f.name for f in files] == [WEIGHTS_FILE]:
         return file_sha256(files[0])
