@@ -7,19 +7,23 @@ value, threshold and result. Nothing is ever rewritten, so concurrent writers lo
 writer killed mid-upload spoils its own entry only (readers name it and skip it). Logs written
 before this layout (`promotion_log.jsonl`) are still read, first.
 
-Deciding and moving `champion` happens under an exclusive file lock, so two pipeline runs
-registering at once on this machine cannot interleave their read-compare-move. (Runs on
-different machines sharing one registry are serialized by the flow's deployment concurrency
-limit instead.)
+Deciding and moving `champion` happens under one exclusive lock per model name, so two
+registrations cannot interleave their read-compare-move. With a Prefect server configured
+(PREFECT_API_URL, from the environment or the Prefect profile) the lock is a global concurrency
+limit of 1 on that server, so it serialises every process that talks to it: other machines, other
+pods, `lmp promote`/`rollback`/`register --tuned` outside any flow. Its slot is a lease the holder
+renews, so a killed holder frees it within a minute. Without a server it is a file lock in this
+machine's temporary folder, which serialises this machine only (a warning says so when the
+registry is remote).
 """
 
 from __future__ import annotations
 
 import fcntl
 import getpass
-import hashlib
 import json
 import logging
+import re
 import tempfile
 import time
 import uuid
@@ -33,10 +37,57 @@ LOG_TAG = "lmp.promotion_log"
 log = logging.getLogger(__name__)
 
 
+LEASE_SECONDS = 60  # the shortest lease Prefect grants; a dead holder frees the lock after it
+
+
+def lock_name(model_name: str) -> str:
+    """Keyed by the model name alone, so two spellings of one server URI share it; two registries
+    with one model name merely wait for each other."""
+    return "lmp-champion-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+
+
 @contextmanager
 def registry_lock(tracking_uri: str, model_name: str) -> Iterator[None]:
-    key = hashlib.sha256(f"{tracking_uri}\0{model_name}".encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"lm-pipeline-registry-{key}.lock"
+    if prefect_api_url():
+        with prefect_lock(lock_name(model_name)):
+            yield
+        return
+    if not tracking_uri.startswith(("file:", "sqlite:")) and "://" in tracking_uri:
+        log.warning("champion moves are serialised on this machine only: set PREFECT_API_URL to "
+                    "a Prefect server to serialise them across machines")
+    with file_lock(Path(tempfile.gettempdir()) / f"{lock_name(model_name)}.lock"):
+        yield
+
+
+def prefect_api_url() -> str | None:
+    from prefect.settings import get_current_settings  # only here: importing Prefect takes ~2 s
+
+    return get_current_settings().api.url
+
+
+@contextmanager
+def prefect_lock(name: str) -> Iterator[None]:
+    """A global concurrency limit of one slot on the Prefect server, created on first use."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another process created it first
+                pass
+    # strict: a limit that vanished must fail the move, not let it through unserialised
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
         yield

@@ -132,3 +132,40 @@ def test_image_deployment_targets_a_kubernetes_pool_with_the_project_image(deplo
     assert dep.work_pool_name == "lm-pipeline-k8s" and dep.job_variables["image"] == "lm-pipeline:latest"
     assert dep.entrypoint == "flows/pipeline.py:pipeline" and dep.parameters == {"project_dir": "."}
     assert dep.global_concurrency_limit.limit == 1
+
+
+HOLD_LOCK = """
+import sys, time
+from lm_pipeline.registry import history
+with history.registry_lock(sys.argv[1], sys.argv[2]):
+    print("acquired", time.time(), flush=True)
+    time.sleep(float(sys.argv[3]))
+    print("released", time.time(), flush=True)
+"""
+
+
+def hold_champion_lock(uri: str, seconds: float, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "python"), "-c", HOLD_LOCK, uri, MODEL_NAME, str(seconds)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stamps(proc: subprocess.Popen) -> dict[str, float]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return {word: float(t) for word, t in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.security
+def test_champion_moves_serialise_across_machines_through_the_prefect_server(
+        prefect_api, mlflow_server, services_dir, tmp_path):
+    """Two processes that share no temporary folder (two machines, as far as a file lock can tell)
+    and spell the tracking URI differently still take turns: the lock lives on the Prefect server."""
+    env = prefect_env(services_dir, prefect_api) | mlflow_server.env()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = hold_champion_lock(mlflow_server.uri, 4, env | {"TMPDIR": str(tmp_path / "a")})
+    assert first.stdout.readline().startswith("acquired")
+    second = hold_champion_lock(mlflow_server.uri + "/", 0, env | {"TMPDIR": str(tmp_path / "b")})
+    released, acquired = stamps(first)["released"], stamps(second)["acquired"]
+    assert acquired >= released, f"second process took the lock {released - acquired:.1f} s early"
+    limit = prefect_client(prefect_api).read_global_concurrency_limit_by_name(f"lmp-champion-{MODEL_NAME}")
+    assert limit.limit == 1 and limit.active_slots == 0

@@ -49,11 +49,17 @@ def test_registry_lock_is_released_when_the_block_raises(tmp_path):
     assert lock_in_thread(uri, "m").wait(5)
 
 
-def test_registry_lock_is_per_store_and_model(tmp_path):
+def test_registry_lock_is_per_model_whatever_the_uri_spelling(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with history.registry_lock(uri, "m"):
         assert lock_in_thread(uri, "other").wait(5)
-        assert lock_in_thread(f"sqlite:///{tmp_path / 'other.db'}", "m").wait(5)
+        # one store under two spellings must not get two locks
+        assert not lock_in_thread(f"sqlite:///{tmp_path / '.' / 'mlflow.db'}", "m").wait(0.5)
+
+
+def test_lock_names_are_safe_for_prefect_and_files():
+    assert history.lock_name("lm-pipeline") == "lmp-champion-lm-pipeline"
+    assert history.lock_name("team/a b%") == "lmp-champion-team_a_b_"
 
 
 def test_log_run_is_created_once_per_model(store):
