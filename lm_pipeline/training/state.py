@@ -6,10 +6,18 @@
                               is rebuilt from its source)
   trainer_state.json          step, tokens seen, best validation loss so far (rank 0)
   rng_rank{r}.pt              every RNG of rank r: python, numpy, torch CPU and CUDA
+  manifest_rank{r}.json       the sha256 of every file rank r wrote
 
 Each rank writes into its own folder and Ray Train merges them into one checkpoint. The data
 loader's position needs no entry: each step's batch is a pure function of (seed, step), so
-restoring `step` restores the position. Nothing here unpickles arbitrary objects.
+restoring `step` restores the position.
+
+DCP's `.metadata` is a pickle, and unpickling runs code. So before anything is read, every file of
+the merged folder must be listed in a manifest with its hash, and match: a checkpoint altered,
+swapped or added to after it was written is refused, naming the file. The manifests live beside
+the files, so they stop accidents and anyone who can change a file but not rewrite the folder;
+whoever can write checkpoint storage can still run code in the trainer (README: Production mode).
+RNG states load with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -31,8 +39,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lm_pipeline.io import read_json, write_json
+from lm_pipeline.lineage import file_sha256
 
 TRAINER_STATE_FILE = "trainer_state.json"
+MANIFEST_GLOB = "manifest_rank*.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose files are not the ones that were written."""
 
 
 @dataclass
@@ -80,11 +94,44 @@ def save(folder: Path, model, optimizer, state: TrainState, rank: int, frozen: f
     if rank == 0:
         write_json(folder / TRAINER_STATE_FILE, asdict(state))
     torch.save(rng_state(), folder / rng_file(rank))
+    write_json(folder / f"manifest_rank{rank}.json",
+               {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()})
+
+
+def verify(folder: Path) -> None:
+    """Refuse a merged checkpoint folder unless every file is listed in a manifest, unchanged."""
+    folder = Path(folder)
+    manifests = sorted(folder.glob(MANIFEST_GLOB))
+    if not manifests:
+        raise CheckpointError(f"checkpoint {folder}: no manifest_rank*.json, so its files cannot be "
+                              "checked (written by an older version, or altered); refusing to load it")
+    listed: dict[str, str] = {}
+    for manifest in manifests:
+        listed |= read_manifest(manifest)
+    present = {p.name for p in folder.iterdir() if p.is_file() and not p.match(MANIFEST_GLOB)}
+    problems = [f"{name}: not in any manifest" for name in sorted(present - listed.keys())]
+    problems += [f"{name}: listed but missing" for name in sorted(listed.keys() - present)]
+    problems += [f"{name}: sha256 differs from the manifest" for name in sorted(present & listed.keys())
+                 if file_sha256(folder / name) != listed[name]]
+    if problems:
+        raise CheckpointError(f"checkpoint {folder} was altered after it was written, refusing to load it: "
+                              + "; ".join(problems))
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    try:
+        hashes = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint manifest {path} is not valid JSON: {err}") from None
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise CheckpointError(f"checkpoint manifest {path} is not a mapping of file name to sha256")
+    return hashes
 
 
 def load(folder: Path, model, optimizer, rank: int, frozen: frozenset[str]) -> TrainState:
     """Collective: every rank reads its shards of the merged checkpoint folder."""
     folder = Path(folder)
+    verify(folder)
     saved = trainable_state(model, optimizer, frozen)
     dcp.load(saved, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
@@ -97,6 +144,7 @@ def load(folder: Path, model, optimizer, rank: int, frozen: frozenset[str]) -> T
 
 def load_weights(folder: Path, model) -> TrainState:
     """Into a plain, unwrapped model in a single process (the driver's export)."""
+    verify(folder)
     frozen = frozen_names(model)
     weights = get_model_state_dict(model, options=TRAINABLE)
     saved = {"model": {k: v for k, v in weights.items() if k not in frozen}}

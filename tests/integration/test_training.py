@@ -76,6 +76,13 @@ def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float =
         time.sleep(0.2)
 
 
+def wait_until_no_training_workers(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "Ray's training workers outlived the killed stage"
+        time.sleep(0.2)
+
+
 def curve(project: Path, run_name: str, key: str = "train_loss") -> list[tuple[int, float]]:
     run_id = json.loads((project / f"runs/{run_name}/model/run.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -94,6 +101,29 @@ def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
     straight, resumed = curve(project, "straight"), curve(project, "killed")
     assert [s for s, _ in resumed] == list(range(1, TRAIN["train"]["max_steps"] + 1))
     assert resumed == straight  # the same floats, step for step
+
+
+@pytest.mark.security
+@pytest.mark.fault_tolerance
+def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
+    # No retries: a refused checkpoint is refused again on every retry, and Ray would restart 2 times.
+    proc = start_train(project, params_file(project, "tampered", num_workers=1, max_failures=0,
+                                            checkpoint_interval=10))
+    wait_for_checkpoint(project / "runs/tampered", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_until_no_training_workers()  # so no checkpoint is still being written after the tampering
+    shards = list((project / "runs/tampered").glob("checkpoints/*/checkpoint_*/__0_0.distcp"))
+    assert shards
+    for shard in shards:  # one bit of one weight: DCP itself would load it without a word
+        data = bytearray(shard.read_bytes())
+        data[-1] ^= 1
+        shard.write_bytes(data)
+    rerun = start_train(project, project / "tampered.yaml")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode != 0, out
+    assert "__0_0.distcp: sha256 differs from the manifest" in out
+    assert "resumed from the checkpoint" not in out
 
 
 @pytest.mark.fault_tolerance

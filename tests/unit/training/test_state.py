@@ -1,0 +1,81 @@
+"""Checkpoint files are checked against their manifest before anything (DCP's pickled metadata
+included) is read."""
+
+import shutil
+
+import pytest
+import torch
+
+from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.training import state as checkpoint_state
+from lm_pipeline.training.state import CheckpointError, TrainState
+
+pytestmark = [pytest.mark.security, pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")]
+NONE = frozenset()
+
+
+def model_and_optimizer(seed: int):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    return model, model.configure_optimizer(1e-3, 0.1, (0.9, 0.95))
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """Two checkpoints of different weights, as one rank writes them."""
+    for seed, name in ((0, "a"), (1, "b")):
+        model, optimizer = model_and_optimizer(seed)
+        checkpoint_state.save(tmp_path / name, model, optimizer, TrainState(step=seed + 3), 0, NONE)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_an_untouched_checkpoint_loads(checkpoints):
+    a, _ = checkpoints
+    model, optimizer = model_and_optimizer(7)
+    assert checkpoint_state.load(a, model, optimizer, 0, NONE).step == 3
+    assert torch.equal(model.lm_head.weight, model_and_optimizer(0)[0].lm_head.weight)
+
+
+def test_a_shard_swapped_in_from_another_checkpoint_is_refused_at_resume_and_export(checkpoints):
+    a, b = checkpoints
+    shutil.copy(b / "__0_0.distcp", a / "__0_0.distcp")  # a valid file, other weights
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp: sha256 differs from the manifest"):
+        checkpoint_state.load(a, *model_and_optimizer(7), 0, NONE)
+    with pytest.raises(CheckpointError, match=r"altered after it was written"):
+        checkpoint_state.load_weights(a, model_and_optimizer(7)[0])
+
+
+def test_altered_metadata_is_refused_before_it_is_unpickled(checkpoints):
+    a, _ = checkpoints
+    with open(a / ".metadata", "ab") as f:
+        f.write(b"\x80")
+    with pytest.raises(CheckpointError, match=r"\.metadata: sha256 differs"):
+        checkpoint_state.load_weights(a, model_and_optimizer(7)[0])
+
+
+def test_added_and_missing_files_and_a_missing_or_broken_manifest_are_refused(checkpoints):
+    a, b = checkpoints
+    (a / "extra.pt").write_bytes(b"x")
+    (a / "rng_rank0.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"extra.pt: not in any manifest; rng_rank0.pt: listed but missing"):
+        checkpoint_state.verify(a)
+    (b / "manifest_rank0.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"manifest_rank0.json is not valid JSON"):
+        checkpoint_state.verify(b)
+    (b / "manifest_rank0.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no manifest_rank\*.json"):
+        checkpoint_state.verify(b)
+
+
+def test_rank_manifests_together_cover_a_merged_folder(tmp_path, checkpoints):
+    """Ray merges each rank's folder into one; every rank's manifest covers its own files."""
+    a, _ = checkpoints
+    merged = tmp_path / "merged"
+    shutil.copytree(a, merged)
+    (merged / "rng_rank1.pt").write_bytes(b"rank 1 state")
+    (merged / "manifest_rank1.json").write_text(
+        f'{{"rng_rank1.pt": "{checkpoint_state.file_sha256(merged / "rng_rank1.pt")}"}}')
+    checkpoint_state.verify(merged)
+    (merged / "rng_rank1.pt").write_bytes(b"rank 1 stale")
+    with pytest.raises(CheckpointError, match=r"rng_rank1.pt: sha256 differs"):
+        checkpoint_state.verify(merged)
