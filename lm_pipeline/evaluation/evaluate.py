@@ -32,7 +32,7 @@ from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation import harness, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
-from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll
+from lm_pipeline.evaluation.scoring import sequence_nll, stride_for, token_logprobs, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.model.folder import read_run_info
@@ -61,7 +61,7 @@ def run(cfg: Config) -> dict:
     tasks = harness.run(cfg.train.model_dir, harness_data, e.harness_tasks, e) if e.harness_tasks else None
 
     nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.block_size,
-                               cfg.evaluate.stride or model.block_size // 2, cfg.evaluate.batch_size)
+                               stride_for(model.block_size, cfg.evaluate.stride), cfg.evaluate.batch_size)
     n_bytes = sum(len(tokenizer.decode(d.tolist()).encode("utf-8")) for d in test_docs)
     perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,

@@ -17,6 +17,12 @@ import torch.nn.functional as F
 from lm_pipeline.model.transformer import device_of
 
 
+def stride_for(block_size: int, stride: int) -> int:
+    """The configured stride where it fits this model's context, else half the context: a
+    champion with a shorter context than the candidate is still scored on every token."""
+    return stride if 0 < stride <= block_size else block_size // 2
+
+
 def window_spans(n_inputs: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """(start, end, first_scored) over input positions 0..n_inputs; every position scored once."""
     spans, scored_until, start = [], 0, 0
@@ -28,7 +34,6 @@ def window_spans(n_inputs: int, block_size: int, stride: int) -> list[tuple[int,
     return spans
 
 
-@torch.inference_mode()
 def sequence_nll(
     model,
     sequences: Sequence[np.ndarray],
@@ -43,6 +48,8 @@ def sequence_nll(
     A sequence's prefix (if given) is context only: it follows the opening <|endoftext|> and is
     not scored, so the result is -log p(sequence, <|endoftext|> | prefix).
     """
+    if not 0 < stride <= block_size:
+        raise ValueError(f"stride {stride} must be in 1..block_size ({block_size}): a larger one skips tokens")
     windows = []  # (sequence index, inputs, targets with unscored positions = -1)
     for i, seq in enumerate(sequences):
         prefix = np.asarray([] if prefixes is None else prefixes[i], dtype=np.int64)
@@ -53,20 +60,39 @@ def sequence_nll(
             t = targets[start:end].copy()
             t[: first - start] = -1
             windows.append((i, inputs[start:end], t))
-    device = device_of(model)
-    windows.sort(key=lambda w: len(w[1]))  # similar lengths share a batch: little padding
     nll = np.zeros(len(sequences))
     count = np.zeros(len(sequences), dtype=np.int64)
-    for b in range(0, len(windows), batch_size):
-        chunk = windows[b:b + batch_size]
-        x, y = _pad([w[1] for w in chunk], 0), _pad([w[2] for w in chunk], -1)
+    for (i, _, targets), losses in zip(windows, window_losses(model, windows, batch_size), strict=True):
+        nll[i] += losses.sum()
+        count[i] += (targets >= 0).sum()
+    return nll, count
+
+
+def token_logprobs(model, sequences: Sequence[np.ndarray], eot: int, batch_size: int = 16) -> list[np.ndarray]:
+    """log p(token | <|endoftext|>, the tokens before it) for every token of each sequence."""
+    for i, seq in enumerate(sequences):
+        if len(seq) > model.block_size:
+            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than the context ({model.block_size})")
+    windows = [(i, np.concatenate([[eot], np.asarray(seq, dtype=np.int64)[:-1]]), np.asarray(seq, dtype=np.int64))
+               for i, seq in enumerate(sequences)]
+    return [-losses for losses in window_losses(model, windows, batch_size)]
+
+
+@torch.inference_mode()
+def window_losses(model, windows: list[tuple[int, np.ndarray, np.ndarray]], batch_size: int) -> list[np.ndarray]:
+    """Per-position NLL (nats, float64) of each (index, inputs, targets) window; 0 where a target is -1."""
+    device = device_of(model)
+    order = sorted(range(len(windows)), key=lambda w: len(windows[w][1]))  # similar lengths: little padding
+    out: list[np.ndarray] = [np.zeros(0)] * len(windows)
+    for b in range(0, len(order), batch_size):
+        chunk = order[b:b + batch_size]
+        x, y = _pad([windows[w][1] for w in chunk], 0), _pad([windows[w][2] for w in chunk], -1)
         logits = model(x.to(device))[0].float()
         losses = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
-                                 ignore_index=-1, reduction="none").view(y.shape)  # 0 where ignored
-        rows = [w[0] for w in chunk]
-        np.add.at(nll, rows, losses.double().sum(dim=1).cpu().numpy())
-        np.add.at(count, rows, (y >= 0).sum(dim=1).numpy())
-    return nll, count
+                                 ignore_index=-1, reduction="none").view(y.shape).double().cpu().numpy()
+        for row, w in enumerate(chunk):
+            out[w] = losses[row, : len(windows[w][2])]
+    return out
 
 
 def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:

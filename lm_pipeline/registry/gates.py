@@ -20,7 +20,7 @@ from lm_pipeline.config import EvaluateConfig, RegisterConfig
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.metrics import MODEL_KEY
-from lm_pipeline.evaluation.scoring import sequence_nll
+from lm_pipeline.evaluation.scoring import sequence_nll, stride_for
 from lm_pipeline.registry.aliases import RegistryError
 
 
@@ -106,7 +106,7 @@ def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConf
     """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
     seqs = [np.asarray(tokenizer.encode(t, add_special_tokens=False).ids, dtype=np.int64) for t in texts]
     nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.block_size,
-                          evaluate.stride or model.block_size // 2, evaluate.batch_size)
+                          stride_for(model.block_size, evaluate.stride), evaluate.batch_size)
     return nll / math.log(2)
 
 

@@ -207,3 +207,9 @@ def test_modules_load_offline_with_plain_evaluate_load(tmp_path):
            "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_stride_beyond_the_context_is_refused_not_silently_skipping_tokens():
+    # n=10, block 4, stride 6 would score positions 0-3 and 8-9 only
+    with pytest.raises(ValueError, match=r"stride 6 must be in 1..block_size \(4\)"):
+        sequence_nll(UniformLM(50), docs([9]), eot=0, block_size=4, stride=6)

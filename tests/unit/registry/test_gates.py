@@ -1,7 +1,12 @@
-import pytest
+import math
 
-from lm_pipeline.config import RegisterConfig
-from lm_pipeline.registry.gates import Comparison, champion_gate, quality_gates
+import numpy as np
+import pytest
+import torch
+
+from lm_pipeline.config import EvaluateConfig, RegisterConfig, TokenizerConfig
+from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.registry.gates import Comparison, bits_per_document, champion_gate, compare, quality_gates
 
 pytestmark = pytest.mark.registry
 
@@ -74,3 +79,56 @@ def test_metrics_of_another_model_are_refused():
         metrics_of(stamped, other, "reports/metrics.json")
     with pytest.raises(ValueError, match=r"reports/metrics.json does not say which model .*lmp evaluate"):
         metrics_of({"perplexity": 9.0}, model, "reports/metrics.json")
+
+
+class UniformLM(torch.nn.Module):
+    """Equal logits over its vocabulary: every token costs exactly log2(V) bits."""
+
+    def __init__(self, vocab_size: int, block_size: int):
+        super().__init__()
+        self.vocab_size, self.block_size = vocab_size, block_size
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab_size), None, None
+
+
+def char_model(alphabet: str, block_size: int = 64):
+    tokenizer = train_tokenizer([alphabet], TokenizerConfig(kind="char"))
+    return UniformLM(tokenizer.get_vocab_size(), block_size), tokenizer
+
+
+TEXTS = ["abc ab", "cab", "a b c a b c a b c a b c a b c a b c a b c a b c a b c a b c a b c a b c a b c"]
+EVALUATE = EvaluateConfig(stride=24, bootstrap_resamples=200)
+
+
+def exact_bits(texts, vocab_size):  # one token per character plus the closing end-of-text
+    return np.array([(len(t) + 1) * math.log2(vocab_size) for t in texts])
+
+
+@pytest.mark.metrics
+def test_champion_with_another_tokenizer_compares_by_a_known_answer():
+    champion, candidate = char_model("abc xyz"), char_model("abc ")  # 8+1 vs 4+1 symbols
+    result = compare(champion, candidate, TEXTS, "1", EVALUATE)
+    n_bytes = sum(len(t) for t in TEXTS)
+    old, new = exact_bits(TEXTS, champion[1].get_vocab_size()), exact_bits(TEXTS, candidate[1].get_vocab_size())
+    assert result.champion_bits_per_byte == pytest.approx(old.sum() / n_bytes, rel=1e-6)
+    assert result.improvement == pytest.approx((old.sum() - new.sum()) / n_bytes, rel=1e-6)
+    assert 0 < result.ci_low <= result.improvement <= result.ci_high
+    assert champion_gate(result, 0.1).passed
+
+
+@pytest.mark.metrics
+def test_the_same_model_twice_is_no_improvement_and_no_promotion():
+    model = char_model("abc ")
+    result = compare(model, model, TEXTS, "1", EVALUATE)
+    assert result.improvement == 0 and result.ci_low <= 0 <= result.ci_high
+    assert not champion_gate(result, 0.0).passed
+
+
+@pytest.mark.metrics
+def test_a_champion_with_a_shorter_context_is_scored_on_every_token():
+    """stride 24 is valid for the candidate's 64 tokens, not for the champion's 16: the champion
+    must still pay for every token, not look better for the ones a window skipped."""
+    model, tokenizer = char_model("abc ", block_size=16)
+    bits = bits_per_document(model, tokenizer, TEXTS, EVALUATE)
+    np.testing.assert_allclose(bits, exact_bits(TEXTS, tokenizer.get_vocab_size()), rtol=1e-6)
