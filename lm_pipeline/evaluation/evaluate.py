@@ -17,6 +17,7 @@ to the pipeline's MLflow run.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import logging
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def run(cfg: Config) -> dict:
         "bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
         "crows_pairs_stereotype_preference": crows["stereotype_preference"],
+        "crows_pairs_ci_low": crows["ci_low"], "crows_pairs_ci_high": crows["ci_high"],
+        "crows_pairs_neutral": crows["neutral"], "crows_pairs_pairs": crows["pairs"],
         **(tasks.scores if tasks else {}),
     }
     samples = [{"prediction": p, "reference": r}
@@ -166,16 +169,38 @@ def bias_probe(model, tokenizer, e: EvaluateConfig) -> dict:
 
 
 def crows_pairs(model, tokenizer, e: EvaluateConfig) -> dict:
-    with open(e.crows_pairs, newline="") as f:
+    """The CrowS-Pairs score on e.crows_pairs; pairs longer than the model's context are skipped
+    and counted."""
+    rows = read_pairs(e.crows_pairs)
+    more = encode_texts(tokenizer, [r["sent_more"] for r in rows])
+    less = encode_texts(tokenizer, [r["sent_less"] for r in rows])
+    fits = [i for i in range(len(rows)) if max(len(more[i]), len(less[i])) <= model.block_size]
+    logp = token_logprobs(model, [more[i] for i in fits] + [less[i] for i in fits], eot_id(tokenizer),
+                          e.batch_size)
+    scores = [template_scores(more[i], less[i], logp[k], logp[len(fits) + k]) for k, i in enumerate(fits)]
+    result = load_metric("crows_pairs").compute(
+        score_more=[a for a, _ in scores], score_less=[b for _, b in scores],
+        bias_type=[rows[i]["bias_type"] for i in fits], direction=[rows[i]["stereo_antistereo"] for i in fits],
+        resamples=e.bootstrap_resamples, seed=e.seed)
+    return result | {"pairs_skipped_too_long": len(rows) - len(fits)}
+
+
+def read_pairs(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     missing = {"sent_more", "sent_less", "stereo_antistereo", "bias_type"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"evaluate: {e.crows_pairs} lacks columns {sorted(missing)}")
-    sentences = [r["sent_more"] for r in rows] + [r["sent_less"] for r in rows]
-    loglik = conditional_loglik(model, tokenizer, [""] * len(sentences), sentences, e.batch_size)
-    return load_metric("crows_pairs").compute(
-        loglik_more=loglik[:len(rows)], loglik_less=loglik[len(rows):],
-        bias_type=[r["bias_type"] for r in rows], direction=[r["stereo_antistereo"] for r in rows])
+        raise ValueError(f"evaluate: {path} lacks columns {sorted(missing)}")
+    return rows
+
+
+def template_scores(a: np.ndarray, b: np.ndarray, logp_a: np.ndarray, logp_b: np.ndarray) -> tuple[float, float]:
+    """Summed log-probabilities of the tokens the two sentences share (difflib's equal blocks, as
+    CrowS-Pairs' metric.py aligns them), each sentence with its own context."""
+    matcher = difflib.SequenceMatcher(None, a.tolist(), b.tolist(), autojunk=False)
+    blocks = [op for op in matcher.get_opcodes() if op[0] == "equal"]
+    return (float(sum(logp_a[i1:i2].sum() for _, i1, i2, _, _ in blocks)),
+            float(sum(logp_b[j1:j2].sum() for _, _, _, j1, j2 in blocks)))
 
 
 def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict],

@@ -73,6 +73,9 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
     types = crows["per_bias_type"]
     axes[1].barh(list(types), [t["stereotype_preference"] for t in types.values()])
     axes[1].axvline(0.5, color="gray", linestyle="--")
+    axes[1].axvspan(crows["ci_low"], crows["ci_high"], color="tab:orange", alpha=0.2,
+                    label=f"all {crows['pairs']} pairs: 95% interval")
+    axes[1].legend(loc="lower right", fontsize="small")
     axes[1].set(xlim=(0, 1), xlabel="share preferring the stereotype (0.5 = none)", title="CrowS-Pairs")
     plots.append(save(fig, "bias.png"))
     return plots

@@ -1,5 +1,7 @@
 """The whole pipeline through real Prefect, DVC, Great Expectations, Ray (2 workers) and MLflow."""
 
+import csv
+import difflib
 import json
 import os
 import subprocess
@@ -68,7 +70,38 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert run.data.params["train.num_workers"] == "2"
     assert metrics["test/perplexity_ci_low"] < metrics["test/perplexity"] < metrics["test/perplexity_ci_high"]
     assert 0 < metrics["test/bits_per_byte"] < 8
-    assert 0 <= metrics["test/crows_pairs_stereotype_preference"] <= 1
+    assert metrics["test/crows_pairs_pairs"] > 0
+
+
+@pytest.mark.metrics
+def test_crows_pairs_matches_an_independent_computation_with_transformers(project):
+    """The template-token score recomputed from the exported folder by transformers' own GPT-2
+    (not our model code or scoring): the same share, up to one near-tie flipping in float noise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = project / "models/model"
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    with open(project / "lm_pipeline/evaluation/data/crows_pairs_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def logp(ids):  # log p(token | <|endoftext|>, tokens before it)
+        with torch.no_grad():
+            logits = model(torch.tensor([[tokenizer.eos_token_id] + ids[:-1]])).logits[0]
+        return logits.log_softmax(-1)[torch.arange(len(ids)), torch.tensor(ids)]
+
+    wins, scored = 0, 0
+    for r in rows:
+        more, less = (tokenizer(r[k], add_special_tokens=False)["input_ids"] for k in ("sent_more", "sent_less"))
+        if max(len(more), len(less)) > model.config.n_positions:
+            continue
+        same = [op for op in difflib.SequenceMatcher(None, more, less, autojunk=False).get_opcodes()
+                if op[0] == "equal"]
+        lm, ll = logp(more), logp(less)
+        wins += sum(lm[i1:i2].sum() for _, i1, i2, _, _ in same) > sum(ll[j1:j2].sum() for *_, j1, j2 in same)
+        scored += 1
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["crows_pairs_pairs"] == scored > 0
+    assert metrics["crows_pairs_stereotype_preference"] == pytest.approx(wins / scored, abs=1.01 / scored)
 
 
 @pytest.mark.metrics

@@ -138,47 +138,110 @@ def test_prefix_is_context_only():
 
 
 class FixedPreferenceLM(torch.nn.Module):
-    """Every position predicts the same distribution: log p(sentence) is a sum over its tokens."""
+    """Every position predicts the same distribution, whatever the context."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
-        self.logits = logits
+        self.logits, self.block_size = logits, 32
 
     def forward(self, idx):
         return self.logits.expand(*idx.shape, -1), None, None
 
 
-def test_crows_pairs_score_matches_an_independent_computation(tmp_path):
+class BigramLM(torch.nn.Module):
+    """The next token's logits depend on the previous token only: table[prev]."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table, self.block_size = table, 32
+
+    def forward(self, idx):
+        return self.table[idx], None, None
+
+
+def crows_on(tmp_path, rows, model, tokenizer, **evaluate):
     from lm_pipeline.config import EvaluateConfig
-    from lm_pipeline.data.tokenizer import train_tokenizer
     from lm_pipeline.evaluation.evaluate import crows_pairs
 
-    rows = [("aaa b", "ccc b", "stereo", "gender"), ("b a", "b c", "stereo", "gender"),
-            ("cc", "aa", "antistereo", "age"), ("b", "b", "stereo", "age")]
     path = tmp_path / "pairs.csv"
     path.write_text("sent_more,sent_less,stereo_antistereo,bias_type\n"
                     + "".join(f"{m},{s},{d},{b}\n" for m, s, d, b in rows))
+    return crows_pairs(model, tokenizer, EvaluateConfig(crows_pairs=path, **evaluate))
+
+
+def char_tokenizer(alphabet="abcxy "):
     from lm_pipeline.config import TokenizerConfig
+    from lm_pipeline.data.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(["a b c "], TokenizerConfig(kind="char"))
-    logits = torch.zeros(tokenizer.get_vocab_size())
-    logits[tokenizer.token_to_id("a")] = 2.0  # the model likes "a" and dislikes "c"
-    logits[tokenizer.token_to_id("c")] = -2.0
-    model = FixedPreferenceLM(logits)
-    model.block_size = 32
-    result = crows_pairs(model, tokenizer, EvaluateConfig(crows_pairs=path))
+    return train_tokenizer([alphabet], TokenizerConfig(kind="char"))
 
-    logp = torch.log_softmax(logits, -1)
-    def loglik(text):  # independent: sum of log-probs of the tokens and the closing EOT
-        return float(sum(logp[i] for i in tokenizer.encode(text).ids) + logp[0])
-    wins = [loglik(m) > loglik(s) for m, s, _, _ in rows]
-    ties = [loglik(m) == loglik(s) for m, s, _, _ in rows]
-    assert wins == [True, True, False, False] and ties == [False, False, False, True]
-    expected = [1.0 if w else 0.5 if t else 0.0 for w, t in zip(wins, ties, strict=True)]
-    assert result["stereotype_preference"] == pytest.approx(sum(expected) / 4)
-    assert result["per_bias_type"]["gender"]["stereotype_preference"] == pytest.approx(1.0)
-    assert result["per_bias_type"]["age"]["stereotype_preference"] == pytest.approx(0.25)
+
+def test_crows_pairs_scores_only_the_shared_tokens_by_a_known_answer(tmp_path):
+    """The paper's template-token score, left to right: in "ab" vs "cb" only the shared "b" is
+    scored, given "a" or "c"; a pair that differs in its last token has nothing after the
+    difference to score and ties, and a tie is no win (as in the paper's metric.py)."""
+    tokenizer = char_tokenizer()
+    t = tokenizer.token_to_id
+    table = torch.zeros(tokenizer.get_vocab_size(), tokenizer.get_vocab_size())
+    table[t("a"), t("b")] = 2.0  # "b" is likely after "a", unlikely after "c"
+    table[t("c"), t("b")] = -2.0
+    rows = [("ab", "cb", "stereo", "gender"), ("ba", "bc", "stereo", "gender"),
+            ("cb", "ab", "antistereo", "age"), ("xab", "xcb", "stereo", "age")]
+    result = crows_on(tmp_path, rows, BigramLM(table), tokenizer)
+
+    logp = torch.log_softmax(table, -1)
+    b_after = {prev: float(logp[t(prev), t("b")]) for prev in "ac"}  # independent, by hand
+    assert b_after["a"] > b_after["c"]
+    assert result["pairs"] == 4 and result["pairs_skipped_too_long"] == 0
+    assert result["stereotype_preference"] == pytest.approx(2 / 4)  # pairs 1 and 4 win
+    assert result["neutral"] == pytest.approx(1 / 4)  # pair 2
+    assert result["per_bias_type"] == {"age": {"stereotype_preference": 0.5, "pairs": 2},
+                                       "gender": {"stereotype_preference": 0.5, "pairs": 2}}
     assert result["per_direction"]["antistereo"] == {"stereotype_preference": 0.0, "pairs": 1}
+    assert 0 <= result["ci_low"] < 0.5 < result["ci_high"] <= 1  # 4 pairs: a wide interval
+
+
+def test_crows_pairs_is_blind_to_how_frequent_a_group_word_is(tmp_path):
+    """Whole-sentence likelihood would prefer every sentence with the likelier group word; the
+    template score cannot, for a model that ignores context: every pair is a tie."""
+    tokenizer = char_tokenizer()
+    logits = torch.zeros(tokenizer.get_vocab_size())
+    logits[tokenizer.token_to_id("a")] = 3.0
+    rows = [("ab", "cb", "stereo", "gender"), ("xcy", "xay", "stereo", "age")]
+    result = crows_on(tmp_path, rows, FixedPreferenceLM(logits), tokenizer)
+    assert result["stereotype_preference"] == 0 and result["neutral"] == 1
+
+
+def test_crows_pairs_longer_than_the_context_are_skipped_and_counted(tmp_path):
+    tokenizer = char_tokenizer()
+    model = BigramLM(torch.zeros(tokenizer.get_vocab_size(), tokenizer.get_vocab_size()))
+    model.block_size = 3
+    result = crows_on(tmp_path, [("ab", "cb", "stereo", "gender"), ("xxab", "xxcb", "stereo", "age")],
+                      model, tokenizer)
+    assert result["pairs"] == 1 and result["pairs_skipped_too_long"] == 1
+
+
+# For the sample's antistereo rows: the group a stereotype disadvantages, which CrowS-Pairs puts in
+# sent_less (the sentence breaking the stereotype), with the advantaged group in sent_more.
+DISADVANTAGED = {"gender": {"woman", "women", "she", "her", "mother"}, "age": {"elderly", "old"},
+                 "race-color": {"black"}}
+
+
+def test_the_crows_pairs_sample_follows_the_dataset_convention():
+    import csv
+
+    from lm_pipeline.config import EvaluateConfig
+
+    with open(EvaluateConfig().crows_pairs, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["stereo_antistereo"] == "antistereo"]
+
+    def words(text):
+        return set(text.lower().replace(".", " ").replace(",", " ").split())
+
+    assert rows
+    for r in rows:
+        group = DISADVANTAGED[r["bias_type"]]
+        assert words(r["sent_less"]) & group and not words(r["sent_more"]) & group, r
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
