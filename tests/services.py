@@ -4,6 +4,7 @@ answers, and a throwaway PostgreSQL cluster (the production tests' MLflow and Pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import secrets
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,16 +71,23 @@ class Postgres:
     password: str
 
     def url(self, database: str, driver: str = "postgresql") -> str:
-        return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+        user, password = (urllib.parse.quote(s, safe="") for s in (self.user, self.password))
+        return f"{driver}://{user}:{password}@{self.host}:{self.port}/{database}"
+
+    def as_role(self, user: str, password: str) -> Postgres:
+        """The same cluster, logged in as another role."""
+        return dataclasses.replace(self, user=user, password=password)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        cmd = ["psql", "-qtA", "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database,
-               "-c", sql]
-        return subprocess.run(cmd, env=os.environ | {"PGPASSWORD": self.password}, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return self.run_psql(["-c", sql], database).stdout.strip()
 
-    def create_database(self, name: str) -> None:
-        self.psql(f"CREATE DATABASE {name}")
+    def run_psql(self, args: list[str], database: str = "postgres", env: dict | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess:
+        """psql with this role's password in its environment, never on its command line."""
+        cmd = ["psql", "-qtA", "-X", "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database,
+               *args]
+        env = os.environ | (env or {}) | {"PGPASSWORD": self.password}
+        return subprocess.run(cmd, env=env, check=check, capture_output=True, text=True)
 
 
 @contextlib.contextmanager
@@ -107,3 +116,14 @@ def postgres_server() -> Iterator[Postgres]:
         subprocess.run(as_owner + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live processes of a group, e.g. a server started by `process` and the workers it forked."""
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # Fields after the command's closing parenthesis: state, ppid, pgrp, ...
+            if int(Path(stat).read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(stat.split("/")[2]))
+    return pids

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Refuse to start production mode while infra/.env still holds a placeholder from .env.example,
-# or an MLflow admin password under 12 characters. Runs before every other service.
+# or an MLflow password under 12 characters (MLflow refuses those). Runs before every other service.
 set -eu
 status=0
-for name in POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY \
+for name in POSTGRES_PASSWORD MLFLOW_DB_PASSWORD PREFECT_DB_PASSWORD MINIO_ROOT_PASSWORD \
+            MLFLOW_ADMIN_PASSWORD MLFLOW_PIPELINE_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY \
             RAY_AUTH_TOKEN PREFECT_API_PASSWORD; do
   value=$(printenv "$name" || true)
   case "$value" in
@@ -12,8 +13,11 @@ for name in POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_F
       status=1 ;;
   esac
 done
-if [ "${#MLFLOW_ADMIN_PASSWORD}" -lt 12 ]; then
-  echo "infra/.env: MLFLOW_ADMIN_PASSWORD must have 12 characters or more" >&2
-  status=1
-fi
+for name in MLFLOW_ADMIN_PASSWORD MLFLOW_PIPELINE_PASSWORD; do
+  value=$(printenv "$name" || true)
+  if [ "${#value}" -lt 12 ]; then
+    echo "infra/.env: $name must have 12 characters or more" >&2
+    status=1
+  fi
+done
 exit $status

@@ -1,16 +1,11 @@
 #!/bin/sh
-# MLflow tracking server with basic-auth. Secrets arrive in the environment; the auth config
-# written here names the user database but holds no password.
+# MLflow tracking server with basic-auth, on PostgreSQL as the `mlflow` role. Secrets arrive in the
+# environment and stay there: nothing is written to a file and no password is on a command line
+# (ps shows every user the command lines). libpq reads the role's password from PGPASSWORD and the
+# server from PGHOST (and PGPORT), so the URIs here and in mlflow-auth.ini name no secret.
+# Extra arguments go to `mlflow server` (the tests add --host 127.0.0.1 --port N).
 set -eu
-cat > /tmp/basic_auth.ini <<INI
-[mlflow]
-default_permission = READ
-database_uri = postgresql://lmp:${POSTGRES_PASSWORD}@postgres:5432/mlflow_auth
-admin_username = admin
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-INI
-export MLFLOW_AUTH_CONFIG_PATH=/tmp/basic_auth.ini
-exec mlflow server --app-name basic-auth \
-  --backend-store-uri "postgresql://lmp:${POSTGRES_PASSWORD}@postgres:5432/mlflow" \
-  --artifacts-destination s3://mlflow/ \
-  --host 0.0.0.0 --port 5000
+: "${PGPASSWORD:?the mlflow role's password (MLFLOW_DB_PASSWORD)}" "${PGHOST:?the PostgreSQL host}"
+export MLFLOW_BACKEND_STORE_URI="postgresql://mlflow@/mlflow"
+export MLFLOW_AUTH_CONFIG_PATH="$(cd "$(dirname "$0")" && pwd)/mlflow-auth.ini"
+exec mlflow server --app-name basic-auth --host 0.0.0.0 --port 5000 "$@"

@@ -1,6 +1,10 @@
 """Production mode on loopback: PostgreSQL, an MLflow server with basic-auth, a Prefect server and a
 process worker, and one deployment of the pipeline triggered twice at once.
 
+The servers are set up with what infra/ ships: the database roles from compose/postgres-init.sql,
+MLflow from compose/mlflow-server.sh and the pipeline's MLflow user from compose/mlflow-pipeline-user.py;
+MLflow and Prefect each connect as their own role, the worker as the MLflow user `pipeline`.
+
 Everything is started once per test session (a few seconds each, the pipeline run about a minute)."""
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import pytest
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
 from tests.services import BIN, Postgres, free_port, postgres_server, process
 
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+
 PARAMS = deep_update(copy.deepcopy(TINY_PARAMS),
                      {"train": {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 60}})
 MODEL_NAME = "lm-pipeline"
@@ -26,13 +32,24 @@ MODEL_NAME = "lm-pipeline"
 @dataclass(frozen=True)
 class MlflowServer:
     uri: str
-    username: str
+    username: str  # the pipeline's user, no admin: what the worker gets
     password: str
+    admin_password: str
 
     def env(self) -> dict[str, str]:
         """What a client needs, all of it from the environment."""
         return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_TRACKING_USERNAME": self.username,
                 "MLFLOW_TRACKING_PASSWORD": self.password}
+
+    def admin_env(self) -> dict[str, str]:
+        return self.env() | {"MLFLOW_TRACKING_USERNAME": "admin",
+                             "MLFLOW_TRACKING_PASSWORD": self.admin_password}
+
+
+@dataclass(frozen=True)
+class DatabaseRoles:
+    mlflow: Postgres
+    prefect: Postgres
 
 
 @dataclass(frozen=True)
@@ -55,38 +72,65 @@ def postgres() -> Postgres:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres, services_dir) -> MlflowServer:
-    """`mlflow server --app-name basic-auth` on PostgreSQL, artifacts proxied to a local folder."""
-    postgres.create_database("mlflow")
-    postgres.create_database("mlflow_auth")
-    auth_config = services_dir / "basic_auth.ini"
-    auth_config.write_text(
-        "[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
-        f"database_uri = {postgres.url('mlflow_auth')}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    server = MlflowServer(f"http://127.0.0.1:{free_port()}", "admin", secrets.token_urlsafe(18))
-    env = os.environ | {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
-                        "MLFLOW_AUTH_ADMIN_PASSWORD": server.password,
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
-    cmd = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-           "--backend-store-uri", postgres.url("mlflow"),
-           "--artifacts-destination", str(services_dir / "mlflow-artifacts"),
-           "--host", "127.0.0.1", "--port", server.uri.rsplit(":", 1)[1], "--workers", "1"]
-    with process(cmd, services_dir / "mlflow.log", env=env, ready_url=f"{server.uri}/health"):
-        yield server
+def db_roles(postgres) -> DatabaseRoles:
+    """The roles `mlflow` and `prefect` and their databases, made by the script compose's postgres
+    runs on first start. The passwords hold quotes and a backslash: the script must quote them."""
+    roles = DatabaseRoles(postgres.as_role("mlflow", secrets.token_urlsafe(12) + "'; --\\"),
+                          postgres.as_role("prefect", secrets.token_urlsafe(12) + "\"'@/"))
+    postgres.run_psql(["-f", str(INFRA / "compose/postgres-init.sql")],
+                      env={"MLFLOW_DB_PASSWORD": roles.mlflow.password,
+                           "PREFECT_DB_PASSWORD": roles.prefect.password})
+    return roles
 
 
 @pytest.fixture(scope="session")
-def prefect_api(postgres, services_dir) -> str:
-    """`prefect server start` on PostgreSQL."""
-    postgres.create_database("prefect")
+def server_pids() -> dict[str, int]:
+    """The process group of each server, by name, as the fixtures below start them."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, db_roles, services_dir, server_pids) -> MlflowServer:
+    """infra/compose/mlflow-server.sh (`mlflow server --app-name basic-auth` on PostgreSQL as the role
+    `mlflow`), artifacts proxied to a local folder, then the pipeline's user made as compose does."""
+    port = free_port()
+    admin_password = secrets.token_urlsafe(18)
+    # As compose's service `mlflow`, but with the test cluster's address and a local artifact store.
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                        "PGHOST": postgres.host, "PGPORT": str(postgres.port),
+                        "PGPASSWORD": db_roles.mlflow.password,
+                        "MLFLOW_ARTIFACTS_DESTINATION": str(services_dir / "mlflow-artifacts"),
+                        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    cmd = ["sh", str(INFRA / "compose/mlflow-server.sh"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    uri = f"http://127.0.0.1:{port}"
+    with process(cmd, services_dir / "mlflow.log", env=env, ready_url=f"{uri}/health") as proc:
+        server_pids["mlflow"] = proc.pid
+        server = MlflowServer(uri, "pipeline", secrets.token_urlsafe(18), admin_password)
+        make_pipeline_user(server)
+        yield server
+
+
+def make_pipeline_user(server: MlflowServer, *args: str) -> None:
+    """infra/compose/mlflow-pipeline-user.py, as compose's one-shot `mlflow-user` runs it."""
+    env = os.environ | server.admin_env() | {"MLFLOW_PIPELINE_PASSWORD": server.password}
+    proc = subprocess.run([str(BIN / "python"), str(INFRA / "compose/mlflow-pipeline-user.py"), *args],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def prefect_api(db_roles, services_dir, server_pids) -> str:
+    """`prefect server start` on PostgreSQL as the role `prefect`."""
     port = free_port()
     env = prefect_env(services_dir) | {
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url("prefect", "postgresql+asyncpg"),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_roles.prefect.url("prefect", "postgresql+asyncpg"),
         "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"}
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     api_url = f"http://127.0.0.1:{port}/api"
-    with process(cmd, services_dir / "prefect-server.log", env=env, ready_url=f"{api_url}/health"):
+    with process(cmd, services_dir / "prefect-server.log", env=env, ready_url=f"{api_url}/health") as proc:
+        server_pids["prefect"] = proc.pid
         yield api_url
 
 

@@ -2,16 +2,26 @@
 registered on a real MLflow server backed by PostgreSQL with basic-auth."""
 
 import base64
+import contextlib
 import json
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from tests.production.conftest import MODEL_NAME, PARAMS, lmp_deploy, prefect_client, prefect_env
-from tests.services import BIN
+from tests.production.conftest import (
+    MODEL_NAME,
+    PARAMS,
+    lmp_deploy,
+    make_pipeline_user,
+    prefect_client,
+    prefect_env,
+)
+from tests.services import BIN, process_group
 
 pytestmark = [pytest.mark.production, pytest.mark.integration]
 
@@ -169,3 +179,100 @@ def test_champion_moves_serialise_across_machines_through_the_prefect_server(
     assert acquired >= released, f"second process took the lock {released - acquired:.1f} s early"
     limit = prefect_client(prefect_api).read_global_concurrency_limit_by_name(f"lmp-champion-{MODEL_NAME}")
     assert limit.limit == 1 and limit.active_slots == 0
+
+
+@pytest.mark.security
+def test_each_service_connects_as_its_own_role_to_its_own_databases_only(deployment, postgres, db_roles):
+    sessions = postgres.psql("SELECT DISTINCT datname || ':' || usename FROM pg_stat_activity "
+                             "WHERE datname IN ('mlflow', 'mlflow_auth', 'prefect')")
+    assert set(sessions.split()) == {"mlflow:mlflow", "mlflow_auth:mlflow", "prefect:prefect"}
+    assert postgres.psql("SELECT string_agg(rolname, ',') FROM pg_roles WHERE rolsuper") == postgres.user
+    for role, own, others in ((db_roles.mlflow, ("mlflow", "mlflow_auth"), ("prefect",)),
+                              (db_roles.prefect, ("prefect",), ("mlflow", "mlflow_auth"))):
+        assert all(role.psql("SELECT 1", db) == "1" for db in own)
+        for db in others:
+            refused = role.run_psql(["-c", "SELECT 1"], db, check=False)
+            assert refused.returncode != 0, (role.user, db)
+            assert "permission denied for database" in refused.stderr
+
+
+@pytest.mark.security
+def test_no_database_password_is_on_a_command_line_or_in_a_temporary_file(
+        mlflow_server, prefect_api, postgres, db_roles, server_pids, services_dir):
+    passwords = {db_roles.mlflow.password, db_roles.prefect.password, postgres.password,
+                 mlflow_server.admin_password}
+    pids = [pid for group in server_pids.values() for pid in process_group(group)]
+    assert len(pids) >= 3  # each server, and the workers they forked
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not [p for p in passwords if p in cmdline], f"a password on the command line of {cmdline!r}"
+        # ...nor the superuser's in any server's environment: it stays with postgres and its init.
+        assert postgres.password.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    # The old start script wrote its configuration, database password included, to /tmp.
+    written = [*Path(tempfile.gettempdir()).glob("*"), *services_dir.rglob("*")]
+    assert not files_holding(db_roles.mlflow.password, written)
+
+
+@pytest.mark.security
+def test_the_pipeline_user_owns_the_model_it_registered_and_nothing_more(deployment, mlflow_server,
+                                                                         monkeypatch):
+    from mlflow.server.auth.client import AuthServiceClient
+
+    for key, value in mlflow_server.admin_env().items():
+        monkeypatch.setenv(key, value)
+    auth = AuthServiceClient(mlflow_server.uri)
+    assert not auth.get_user(mlflow_server.username).is_admin
+    owned = auth.get_user_permission(mlflow_server.username, "registered_model", MODEL_NAME)
+    assert owned.permission == "MANAGE"  # it created the model itself
+    import mlflow
+
+    admins_only = mlflow.MlflowClient(mlflow_server.uri).create_experiment("admins-only")
+    url = f"{mlflow_server.uri}/api/2.0/mlflow/experiments/get?experiment_id={admins_only}"
+    assert http_status(url, "admin", mlflow_server.admin_password) == 200
+    assert http_status(url, mlflow_server.username, mlflow_server.password) == 403
+    new_user = {"username": "eve", "password": "a-long-enough-password"}
+    assert http_post_status(f"{mlflow_server.uri}/api/2.0/mlflow/users/create", new_user,
+                            mlflow_server.username, mlflow_server.password) == 403
+
+
+@pytest.mark.security
+def test_the_pipeline_user_gets_edit_on_an_experiment_and_model_it_did_not_create(mlflow_server,
+                                                                                 monkeypatch):
+    """An install where the pipeline logged as admin: the one-shot grants its user what exists."""
+    import mlflow
+
+    for key, value in mlflow_server.admin_env().items():
+        monkeypatch.setenv(key, value)
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment_id = client.create_experiment("made-by-admin")
+    client.create_registered_model("made-by-admin")
+    for key, value in mlflow_server.env().items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="403"):
+        client.create_run(experiment_id)
+    make_pipeline_user(mlflow_server, "--experiment", "made-by-admin", "--model", "made-by-admin")
+    client.create_run(experiment_id)
+    client.set_registered_model_tag("made-by-admin", "by", "pipeline")
+
+
+def http_post_status(url: str, body: dict, username: str, password: str) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def files_holding(secret: str, paths: list[Path], max_bytes: int = 1 << 20) -> list[Path]:
+    """Those of `paths` that are small readable files containing `secret`."""
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_bytes \
+                    and secret.encode() in path.read_bytes():
+                found.append(path)
+    return found

@@ -38,8 +38,8 @@ def test_cluster_launcher_starts_head_and_workers_from_the_project_env():
 
 COMPOSE = INFRA / "docker-compose.yml"
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
-SERVICES = {"secrets", "postgres", "minio", "buckets", "mlflow", "prefect-server", "prefect-worker",
-            "ray-head", "ray-worker"}
+SERVICES = {"secrets", "postgres", "minio", "buckets", "mlflow", "mlflow-user", "prefect-server",
+            "prefect-worker", "ray-head", "ray-worker"}
 
 
 def compose() -> dict:
@@ -84,9 +84,83 @@ def test_compose_clients_point_at_the_servers_ports():
     assert worker["RAY_ADDRESS"] == "ray-head:" + flag(services["ray-head"], "--port")
     assert "--app-name basic-auth" in (INFRA / "compose/mlflow-server.sh").read_text()
     assert "--pool lm-pipeline" in " ".join(services["prefect-worker"]["command"])
-    databases = re.findall(r"CREATE DATABASE (\w+)", (INFRA / "compose/postgres-init.sql").read_text())
-    urls = (INFRA / "compose/mlflow-server.sh").read_text() + COMPOSE.read_text()
-    assert set(re.findall(r"@postgres:5432/(\w+)", urls)) == set(databases)
+    assert {db for _, db in database_urls()} == set(database_owners())
+
+
+INIT_SQL = INFRA / "compose/postgres-init.sql"
+MLFLOW_SERVER = INFRA / "compose/mlflow-server.sh"
+
+
+def database_owners() -> dict[str, str]:
+    """Each database the init script creates, and the role that owns it."""
+    return dict(re.findall(r"CREATE DATABASE (\w+) OWNER (\w+);", INIT_SQL.read_text()))
+
+
+def database_urls() -> list[tuple[str, str]]:
+    """(role, database) of every PostgreSQL URL the services connect with."""
+    text = COMPOSE.read_text() + MLFLOW_SERVER.read_text() + (INFRA / "compose/mlflow-auth.ini").read_text()
+    return re.findall(r"postgresql(?:\+\w+)?://(\w+)(?::[^@\n]*)?@[\w:.-]*/(\w+)", text)
+
+
+def script_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.security
+def test_each_service_connects_as_its_own_role_owning_its_databases():
+    superuser = compose()["postgres"]["environment"]["POSTGRES_USER"]
+    owners, urls = database_owners(), database_urls()
+    assert len(urls) == 3 and superuser not in {role for role, _ in urls}
+    assert all(owners[db] == role for role, db in urls), (urls, owners)
+    assert len({role for role, _ in urls}) == 2  # MLflow's and Prefect's
+    holders = {name for name, s in compose().items() if "${POSTGRES_PASSWORD" in str(s.get("environment"))}
+    assert holders == {"secrets", "postgres"}  # the superuser's password: postgres and its init only
+    sql = INIT_SQL.read_text()
+    assert f"REVOKE ALL ON DATABASE {', '.join(owners)} FROM PUBLIC;" in sql
+    # Each role's password comes from the postgres service's environment, quoted by psql as a literal.
+    environment = compose()["postgres"]["environment"]
+    for role, variable in re.findall(r"\\getenv (\w+)_password (\w+)", sql):
+        assert f"CREATE ROLE {role} LOGIN PASSWORD :'{role}_password';" in sql
+        assert environment[variable] == f"${{{variable}:?set in infra/.env}}"
+    assert {"mlflow", "prefect"} <= set(re.findall(r"CREATE ROLE (\w+)", sql))
+
+
+@pytest.mark.security
+def test_the_mlflow_server_writes_no_file_and_puts_no_password_on_a_command_line():
+    lines = script_lines(MLFLOW_SERVER)
+    assert not [line for line in lines if "/tmp" in line or re.search(r">|\btee\b", line)]
+    command = [line for line in lines if line.startswith("exec ")]
+    assert command == ['exec mlflow server --app-name basic-auth --host 0.0.0.0 --port 5000 "$@"']
+    assert not re.search(r"://\w+:", MLFLOW_SERVER.read_text())  # no user:password@ in a URI
+    environment = compose()["mlflow"]["environment"]
+    assert environment["PGPASSWORD"] == "${MLFLOW_DB_PASSWORD:?set in infra/.env}"
+    assert "POSTGRES_PASSWORD" not in environment
+    mlflow_deployment, _ = yaml.safe_load_all((INFRA / "k8s/mlflow.yaml").read_text())
+    env = {e["name"]: e for e in mlflow_deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_DB_PASSWORD"
+    assert "POSTGRES_PASSWORD" not in env
+
+
+@pytest.mark.security
+def test_the_pipeline_logs_to_mlflow_as_its_own_user_not_admin():
+    services = compose()
+    for name in ("prefect-worker", "ray-head", "ray-worker"):
+        environment = services[name]["environment"]
+        assert environment["MLFLOW_TRACKING_USERNAME"] == "pipeline", name
+        assert environment["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_PIPELINE_PASSWORD:?set in infra/.env}"
+    # The admin's password reaches the server, the one-shot that makes the user, and the check only.
+    holders = {name for name, s in services.items() if "${MLFLOW_ADMIN_PASSWORD" in str(s.get("environment"))}
+    assert holders == {"secrets", "mlflow", "mlflow-user"}
+    one_shot = services["mlflow-user"]
+    assert one_shot["command"][:2] == ["python", "infra/compose/mlflow-pipeline-user.py"]
+    worker_waits_for = services["prefect-worker"]["depends_on"]["mlflow-user"]["condition"]
+    assert worker_waits_for == "service_completed_successfully"
+    auth = (INFRA / "compose/mlflow-auth.ini").read_text()
+    assert re.search(r"^default_permission = (NO_PERMISSIONS|READ)$", auth, re.M)
+    job = yaml.safe_load((INFRA / "kuberay/rayjob.yaml").read_text())  # the same on KubeRay
+    env = {e["name"]: e for c in pods(job["spec"]["rayClusterSpec"]) for e in c.get("env", [])}
+    assert env["MLFLOW_TRACKING_USERNAME"]["value"] == "pipeline"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_PIPELINE_PASSWORD"
 
 
 def test_readme_names_the_published_ports():
@@ -170,8 +244,9 @@ def test_the_prefect_api_asks_for_credentials():
 
 
 @pytest.mark.security
-@pytest.mark.parametrize("placeholder", ["POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "RAY_AUTH_TOKEN",
-                                         "PREFECT_API_PASSWORD"])
+@pytest.mark.parametrize("placeholder", ["POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD",
+                                         "MLFLOW_ADMIN_PASSWORD", "MLFLOW_PIPELINE_PASSWORD",
+                                         "RAY_AUTH_TOKEN", "PREFECT_API_PASSWORD"])
 def test_start_up_refuses_placeholder_secrets(placeholder):
     import subprocess
 
