@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     results = {"crows_pairs_real_csv_seconds": seconds,
                "crows_pairs_real_csv_pairs_per_s": result["pairs"] / seconds}
-    print(markdown_table(results | {"pairs": result["pairs"], "stereotype_preference": result["stereotype_preference"]}))
+    shown = {"pairs": result["pairs"], "stereotype_preference": result["stereotype_preference"]}
+    print(markdown_table(results | shown))
     save_results(results)
 
 

@@ -180,7 +180,8 @@ def crows_pairs(model, tokenizer, e: EvaluateConfig) -> dict:
     scores = [template_scores(more[i], less[i], logp[k], logp[len(fits) + k]) for k, i in enumerate(fits)]
     result = load_metric("crows_pairs").compute(
         score_more=[a for a, _ in scores], score_less=[b for _, b in scores],
-        bias_type=[rows[i]["bias_type"] for i in fits], direction=[rows[i]["stereo_antistereo"] for i in fits],
+        bias_type=[rows[i]["bias_type"] for i in fits],
+        direction=[rows[i]["stereo_antistereo"] for i in fits],
         resamples=e.bootstrap_resamples, seed=e.seed)
     return result | {"pairs_skipped_too_long": len(rows) - len(fits)}
 
@@ -194,7 +195,8 @@ def read_pairs(path: Path) -> list[dict]:
     return rows
 
 
-def template_scores(a: np.ndarray, b: np.ndarray, logp_a: np.ndarray, logp_b: np.ndarray) -> tuple[float, float]:
+def template_scores(a: np.ndarray, b: np.ndarray, logp_a: np.ndarray,
+                    logp_b: np.ndarray) -> tuple[float, float]:
     """Summed log-probabilities of the tokens the two sentences share (difflib's equal blocks, as
     CrowS-Pairs' metric.py aligns them), each sentence with its own context."""
     matcher = difflib.SequenceMatcher(None, a.tolist(), b.tolist(), autojunk=False)

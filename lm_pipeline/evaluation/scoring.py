@@ -49,7 +49,8 @@ def sequence_nll(
     not scored, so the result is -log p(sequence, <|endoftext|> | prefix).
     """
     if not 0 < stride <= block_size:
-        raise ValueError(f"stride {stride} must be in 1..block_size ({block_size}): a larger one skips tokens")
+        raise ValueError(f"stride {stride} must be in 1..block_size ({block_size}): "
+                         "a larger one skips tokens")
     windows = []  # (sequence index, inputs, targets with unscored positions = -1)
     for i, seq in enumerate(sequences):
         prefix = np.asarray([] if prefixes is None else prefixes[i], dtype=np.int64)
@@ -68,18 +69,21 @@ def sequence_nll(
     return nll, count
 
 
-def token_logprobs(model, sequences: Sequence[np.ndarray], eot: int, batch_size: int = 16) -> list[np.ndarray]:
+def token_logprobs(model, sequences: Sequence[np.ndarray], eot: int,
+                   batch_size: int = 16) -> list[np.ndarray]:
     """log p(token | <|endoftext|>, the tokens before it) for every token of each sequence."""
     for i, seq in enumerate(sequences):
         if len(seq) > model.block_size:
-            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than the context ({model.block_size})")
-    windows = [(i, np.concatenate([[eot], np.asarray(seq, dtype=np.int64)[:-1]]), np.asarray(seq, dtype=np.int64))
-               for i, seq in enumerate(sequences)]
+            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than the context "
+                             f"({model.block_size})")
+    ids = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+    windows = [(i, np.concatenate([[eot], seq[:-1]]), seq) for i, seq in enumerate(ids)]
     return [-losses for losses in window_losses(model, windows, batch_size)]
 
 
 @torch.inference_mode()
-def window_losses(model, windows: list[tuple[int, np.ndarray, np.ndarray]], batch_size: int) -> list[np.ndarray]:
+def window_losses(model, windows: list[tuple[int, np.ndarray, np.ndarray]],
+                  batch_size: int) -> list[np.ndarray]:
     """Per-position NLL (nats, float64) of each (index, inputs, targets) window; 0 where a target is -1."""
     device = device_of(model)
     order = sorted(range(len(windows)), key=lambda w: len(windows[w][1]))  # similar lengths: little padding

@@ -63,15 +63,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
     train_tokens = load_tokens(cfg.data.processed_dir, "train")
-    validator = Validator(load_tokens(cfg.data.processed_dir, "val"), device, cfg, checkpointer)
+    validator = Validator(load_tokens(cfg.data.processed_dir, "val"), train_tokens, device, cfg, checkpointer)
     logger = metric_logger(loop_config.get("mlflow_run_id"), cfg.tracking_uri, state,
                            restarted=checkpointer.restored) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
     if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
-        initial = validator.loss(model)  # every rank: a collective under FSDP
+        initial = validator.losses(model)  # every rank: a collective under FSDP
         if logger:
-            logger.log({"val_loss": initial}, 0)
+            logger.log(initial, 0)
+        if loop_config.get("parent"):  # the parent is a candidate: a fine-tune never exports worse
+            state.record_validation(initial["val_loss"], cfg.train.min_delta)
+            checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})
 
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
@@ -86,7 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["mfu"] = flops_per_token * tokens_per_s / peak
         improved = False
         if validator.should_validate(state.step):
-            metrics["val_loss"] = validator.loss(model)
+            metrics |= validator.losses(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
         stop = patience_ran_out(state, cfg.train.early_stopping_patience)
         if logger:
@@ -169,19 +172,25 @@ class Checkpointer:
 
 class Validator:
     """Owns the validation set (the same windows every time) and when to measure it: every
-    eval_interval steps and at every scheduled checkpoint, so each checkpoint has its val_loss."""
+    eval_interval steps and at every scheduled checkpoint, so each checkpoint has its val_loss.
 
-    def __init__(self, tokens, device, cfg: Config, checkpointer: Checkpointer):
+    It also measures the training split the same way (`train_eval_loss`: as many fixed windows,
+    eval mode, no label smoothing), so the generalization gap compares like with like; the
+    logged `train_loss` is the optimized one, with dropout and label smoothing."""
+
+    def __init__(self, val_tokens, train_tokens, device, cfg: Config, checkpointer: Checkpointer):
         t = cfg.train
-        self.batches = fixed_batches(tokens, t.eval_batches, t.batch_size, cfg.model.block_size)
+        self.val = fixed_batches(val_tokens, t.eval_batches, t.batch_size, cfg.model.block_size)
+        self.train = fixed_batches(train_tokens, t.eval_batches, t.batch_size, cfg.model.block_size)
         self.device, self.precision = device, cfg.train.precision
         self.interval, self.checkpointer = cfg.train.eval_interval, checkpointer
 
     def should_validate(self, step: int) -> bool:
         return step % self.interval == 0 or self.checkpointer.is_scheduled(step)
 
-    def loss(self, model) -> float:
-        return validation_loss(model, self.batches, self.device, self.precision)
+    def losses(self, model) -> dict[str, float]:
+        return {"val_loss": validation_loss(model, self.val, self.device, self.precision),
+                "train_eval_loss": validation_loss(model, self.train, self.device, self.precision)}
 
 
 def report(metrics: dict) -> None:

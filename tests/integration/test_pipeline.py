@@ -91,7 +91,8 @@ def test_crows_pairs_matches_an_independent_computation_with_transformers(projec
 
     wins, scored = 0, 0
     for r in rows:
-        more, less = (tokenizer(r[k], add_special_tokens=False)["input_ids"] for k in ("sent_more", "sent_less"))
+        more, less = (tokenizer(r[k], add_special_tokens=False)["input_ids"]
+                      for k in ("sent_more", "sent_less"))
         if max(len(more), len(less)) > model.config.n_positions:
             continue
         same = [op for op in difflib.SequenceMatcher(None, more, less, autojunk=False).get_opcodes()

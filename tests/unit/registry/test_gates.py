@@ -110,7 +110,8 @@ def test_champion_with_another_tokenizer_compares_by_a_known_answer():
     champion, candidate = char_model("abc xyz"), char_model("abc ")  # 8+1 vs 4+1 symbols
     result = compare(champion, candidate, TEXTS, "1", EVALUATE)
     n_bytes = sum(len(t) for t in TEXTS)
-    old, new = exact_bits(TEXTS, champion[1].get_vocab_size()), exact_bits(TEXTS, candidate[1].get_vocab_size())
+    old = exact_bits(TEXTS, champion[1].get_vocab_size())
+    new = exact_bits(TEXTS, candidate[1].get_vocab_size())
     assert result.champion_bits_per_byte == pytest.approx(old.sum() / n_bytes, rel=1e-6)
     assert result.improvement == pytest.approx((old.sum() - new.sum()) / n_bytes, rel=1e-6)
     assert 0 < result.ci_low <= result.improvement <= result.ci_high

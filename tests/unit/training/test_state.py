@@ -10,7 +10,8 @@ from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.state import CheckpointError, TrainState
 
-pytestmark = [pytest.mark.security, pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")]
+pytestmark = [pytest.mark.security,
+              pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")]
 NONE = frozenset()
 
 
@@ -57,7 +58,8 @@ def test_added_and_missing_files_and_a_missing_or_broken_manifest_are_refused(ch
     a, b = checkpoints
     (a / "extra.pt").write_bytes(b"x")
     (a / "rng_rank0.pt").unlink()
-    with pytest.raises(CheckpointError, match=r"extra.pt: not in any manifest; rng_rank0.pt: listed but missing"):
+    with pytest.raises(CheckpointError,
+                       match=r"extra.pt: not in any manifest; rng_rank0.pt: listed but missing"):
         checkpoint_state.verify(a)
     (b / "manifest_rank0.json").write_text("{")
     with pytest.raises(CheckpointError, match=r"manifest_rank0.json is not valid JSON"):

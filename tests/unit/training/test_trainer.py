@@ -3,12 +3,13 @@ workers and MLflow are given, and the summary and curves written after training.
 
 import csv
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
 from mlflow.entities import Metric
 
 from lm_pipeline import tracking
@@ -17,7 +18,7 @@ from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
 from lm_pipeline.training import trainer
-from lm_pipeline.training.export import recent_mean, summarize_training, write_curves
+from lm_pipeline.training.export import summarize_training, write_curves
 from lm_pipeline.training.launch import check_parent, portable_config, run_params
 
 META = ProcessedMeta(
@@ -157,39 +158,67 @@ def run_id(cfg) -> str:
     return tracking.start_run(cfg, run_name="train-1", tags={})
 
 
-def test_val_loss_rising_while_train_loss_falls_is_overfitting(run_id):
+@pytest.mark.metrics
+def test_val_loss_rising_while_train_loss_falls_is_overfitting_and_the_gap_is_like_with_like(run_id):
+    """The optimized train_loss (dropout, label smoothing) is logged but not compared: the gap
+    subtracts the training split measured the way val_loss is."""
     client = mlflow.MlflowClient()
-    log_history(run_id, "train_loss", {step: 5.0 - 0.02 * step for step in range(1, 101)})
-    best, last = {"step": 50, "val_loss": 4.5}, {"step": 100, "val_loss": 4.8}
+    log_history(run_id, "train_loss", {step: 9.0 for step in range(1, 101)})  # smoothed: higher
+    best = {"step": 50, "val_loss": 4.5, "train_eval_loss": 4.1}
+    last = {"step": 100, "val_loss": 4.8, "train_eval_loss": 3.6}
     summary = summarize_training(client, run_id, best, last, min_delta=0.1)
-    train_at_best = 5.0 - 0.02 * 45.5  # the mean over steps 41..50
     assert summary["overfitting"] is True and summary["early_stopped"] is False
     assert summary["exported_step"] == 50 and summary["last_step"] == 100
-    assert summary["generalization_gap"] == pytest.approx(4.5 - train_at_best)
-    assert summary["generalization_gap_at_end"] == pytest.approx(4.8 - (5.0 - 0.02 * 95.5))
+    assert summary["generalization_gap"] == pytest.approx(4.5 - 4.1)
+    assert summary["generalization_gap_at_end"] == pytest.approx(4.8 - 3.6)
     run = client.get_run(run_id)
     assert run.data.tags["train.overfitting"] == "true" and run.data.tags["train.exported_step"] == "50"
     assert run.data.tags["train.early_stopped"] == "false"
     assert run.data.metrics["best_val_loss"] == 4.5
-    assert run.data.metrics["generalization_gap"] == pytest.approx(4.5 - train_at_best)
+    assert run.data.metrics["generalization_gap"] == pytest.approx(4.5 - 4.1)
 
 
 def test_no_overfitting_when_val_loss_rose_within_min_delta_or_train_loss_did_not_fall(cfg):
-    falling = {step: 5.0 - 0.02 * step for step in range(1, 101)}
-    flat = {step: 3.0 for step in range(1, 101)}
-    best = {"step": 50, "val_loss": 4.5}
-    cases = [(falling, {"step": 100, "val_loss": 4.55, "early_stopped": True}),  # within min_delta
-             (flat, {"step": 100, "val_loss": 4.8})]  # train loss flat: not fitting noise
+    best = {"step": 50, "val_loss": 4.5, "train_eval_loss": 4.0}
+    cases = [{"step": 100, "val_loss": 4.55, "train_eval_loss": 3.0, "early_stopped": True},  # < min_delta
+             {"step": 100, "val_loss": 4.8, "train_eval_loss": 4.0}]  # train flat: not fitting noise
     summaries = []
-    for history, last in cases:
+    for last in cases:
         run_id = tracking.start_run(cfg, run_name="train", tags={})
-        log_history(run_id, "train_loss", history)
         summaries.append(summarize_training(mlflow.MlflowClient(), run_id, best, last, min_delta=0.1))
         tags = mlflow.MlflowClient().get_run(run_id).data.tags
         assert tags["train.overfitting"] == "false"
     assert [s["overfitting"] for s in summaries] == [False, False]
     assert [s["early_stopped"] for s in summaries] == [True, False]
-    assert summaries[1]["generalization_gap"] == pytest.approx(4.5 - 3.0)
+    assert summaries[1]["generalization_gap_at_end"] == pytest.approx(4.8 - 4.0)
+
+
+@pytest.mark.metrics
+def test_train_eval_loss_is_measured_like_val_loss_without_smoothing_or_dropout():
+    import torch.nn.functional as F
+
+    from lm_pipeline.config import Config
+    from lm_pipeline.model.transformer import GPT, GPTConfig
+    from lm_pipeline.training.batches import fixed_batches
+    from lm_pipeline.training.loop import Validator
+
+    cfg = Config.model_validate({"model": {"block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 16},
+                                 "train": {"batch_size": 4, "eval_batches": 2, "label_smoothing": 0.2}})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    val, train = (np.random.default_rng(s).integers(0, 30, 500) for s in (1, 2))
+
+    class Never:
+        def is_scheduled(self, step):
+            return False
+
+    losses = Validator(val, train, torch.device("cpu"), cfg, Never()).losses(model)
+    assert losses == Validator(val, train, torch.device("cpu"), cfg, Never()).losses(model)  # no dropout
+    with torch.no_grad():
+        expected = np.mean([F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
+                            for x, y in fixed_batches(train, 2, 4, 8)])
+    assert losses["train_eval_loss"] == pytest.approx(expected, rel=1e-6)
+    assert losses["val_loss"] != losses["train_eval_loss"]
 
 
 def test_write_curves_writes_each_loss_sorted_by_step(run_id, tmp_path):
@@ -204,25 +233,3 @@ def test_write_curves_writes_each_loss_sorted_by_step(run_id, tmp_path):
         assert list(csv.reader(f)) == [["step", "train_loss"], ["1", "4.0"], ["2", "3.0"], ["3", "2.0"]]
     with open(out / "val_loss.csv") as f:
         assert list(csv.reader(f)) == [["step", "val_loss"], ["10", "3.5"], ["20", "2.5"]]
-
-
-def test_recent_mean_averages_the_window_up_to_a_step():
-    history = {step: float(step) for step in range(1, 21)}
-    assert recent_mean(history, 20) == 15.5  # steps 11..20
-    assert recent_mean(history, 5, window=3) == 4.0  # steps 3..5
-    assert recent_mean({0: 9.0, 10: 2.0}, 10) == 2.0  # step 0 is outside the window of 10
-    assert math.isnan(recent_mean(history, 100))
-
-
-@pytest.mark.bad_input
-def test_a_split_too_short_for_one_window_is_refused_before_any_compute(tmp_path, monkeypatch):
-    from lm_pipeline.data.processed import write_meta
-
-    monkeypatch.chdir(tmp_path)
-    short = dataclasses.replace(META, tokens={"train": 9000, "val": 100, "test": 500})
-    write_meta(tmp_path / "processed", short)
-    cfg = Config.model_validate({"data": {"processed_dir": "processed"}, "model": {"block_size": 128},
-                                 "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
-    with pytest.raises(ValueError, match=r"the val split has 100 tokens: fewer than model.block_size \+ 1"):
-        trainer.run(cfg)
-    assert not (cfg.train.checkpoint_dir).exists()  # nothing started

@@ -41,7 +41,8 @@ def _grouped(keys, wins):
     groups = defaultdict(list)
     for key, win in zip(keys, wins, strict=True):
         groups[key].append(win)
-    return {k: {"stereotype_preference": float(np.mean(v)), "pairs": len(v)} for k, v in sorted(groups.items())}
+    return {k: {"stereotype_preference": float(np.mean(v)), "pairs": len(v)}
+            for k, v in sorted(groups.items())}
 
 
 class CrowsPairs(evaluate.Metric):
