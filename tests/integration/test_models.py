@@ -182,6 +182,29 @@ def test_lora_on_a_gpt2_folder_under_fsdp_trains_only_adapters_and_exports_peft_
     assert "lmp_last_word/acc" in json.loads((project / "runs/lora/metrics.json").read_text())
 
 
+@pytest.mark.metrics
+def test_a_fine_tune_that_only_gets_worse_exports_its_parent(project):
+    """The parent's step-0 validation is a candidate best: a learning rate that wrecks the model
+    must leave the export equal to the parent, not the least bad of the wrecked steps."""
+    parent = project.parent / "hub-gpt2"
+    params = params_file(project, "worse", model={"backend": "hf"},
+                         train={"init_from": f"hf:{parent}", "num_workers": 1, "max_steps": 4,
+                                "warmup_steps": 0, "lr": 0.5, "min_lr": 0.5, "eval_interval": 2,
+                                "checkpoint_interval": 4})
+    for stage in ("preprocess", "train"):
+        lmp(project, params, "-q", stage)
+    summary = json.loads((project / "runs/worse/curves/summary.json").read_text())
+    run_id = json.loads((project / "runs/worse/model/run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    val = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
+    assert sorted(val) == [0, 2, 4] and val[0] < min(val[2], val[4]), val
+    assert summary["exported_step"] == 0
+    base = load_file(parent / "model.safetensors")
+    exported = load_file(project / "runs/worse/model/model.safetensors")
+    shared = base.keys() & exported.keys()
+    assert shared and all(torch.equal(base[k], exported[k]) for k in shared)
+
+
 def checkpoint_keys(checkpoint: Path) -> set[str]:
     import torch.distributed.checkpoint as dcp
 
