@@ -23,7 +23,13 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy."""
+    """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy.
+
+    Past the context: each token is predicted from the tokens since the window last filled; once
+    a prediction has used a full window (block_size tokens), the cache is dropped and the newest
+    block_size // 2 tokens are re-encoded (positions are absolute, so a window cannot slide one
+    token at a time without recomputing it). A prompt longer than the context keeps its last
+    block_size - 1 tokens. Greedy output equals the uncached model fed those same windows."""
     block_size = model.block_size
     idx_cond, past = idx[:, -(block_size - 1):], None  # leave room for at least one new token
     cached = 0  # positions in the cache (its layout is the backend's own)

@@ -50,15 +50,18 @@ def test_embedding_and_head_are_tied():
     assert m.lm_head.weight is m.wte.weight
 
 
-def test_kv_cache_matches_full_recompute():
+@pytest.mark.metrics
+def test_kv_cache_matches_full_recompute_within_and_past_the_context():
+    from tests.unit.model.test_backends import greedy_in_windows
+
     m = model()
     x = torch.randint(0, CFG.vocab_size, (2, 5))
-    cached = generate(m, x, max_new_tokens=8)
     full = x
-    for _ in range(8):
+    for _ in range(8):  # within block_size: every token sees everything before it
         nxt = m(full)[0][:, -1].argmax(-1, keepdim=True)
         full = torch.cat([full, nxt], dim=1)
-    assert torch.equal(cached, full)
+    assert torch.equal(generate(m, x, max_new_tokens=8), full)
+    assert torch.equal(generate(m, x, max_new_tokens=50), greedy_in_windows(m, x, 50))  # 5 refills
 
 
 def test_sequence_longer_than_block_is_refused():
