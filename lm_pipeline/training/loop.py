@@ -58,6 +58,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     flops_per_token = unwrap(model).flops_per_token()
     if cfg.train.compile:
         model = torch.compile(model)
+    seed_rank(cfg.train.seed, rank)  # after the shared init; a checkpoint's RNG states replace it
     checkpointer = Checkpointer(model, optimizer, rank, cfg.train, frozen)
     state = checkpointer.restore()
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
@@ -115,6 +116,12 @@ def initial_model(cfg: Config, meta, parent: Path | str | None):
     """The model before training: the same on every rank (seeded), from the parent if fine-tuning."""
     torch.manual_seed(cfg.train.seed)
     return build_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, Path(parent) if parent else None)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Each rank its own random stream (dropout masks): with one seed every rank would drop the
+    same units of its different examples."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
@@ -32,9 +33,10 @@ def project(tmp_path_factory):
     return root
 
 
-def params_file(project: Path, name: str, **train) -> Path:
+def params_file(project: Path, name: str, model: dict | None = None, **train) -> Path:
     """params for one training run, with its own checkpoint and model folders."""
     params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"].update(model or {})
     params["train"].update({"checkpoint_dir": f"runs/{name}/checkpoints",
                             "model_dir": f"runs/{name}/model", "curves_dir": f"runs/{name}/curves"},
                            **train)
@@ -90,9 +92,12 @@ def curve(project: Path, run_name: str, key: str = "train_loss") -> list[tuple[i
 
 
 @pytest.mark.fault_tolerance
+@pytest.mark.distributed
 def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
-    train(project, params_file(project, "straight", num_workers=1))
-    killed = start_train(project, params_file(project, "killed", num_workers=1))
+    """Two FSDP ranks with dropout: the restored RNG states must give every rank its masks back."""
+    sharded = {"num_workers": 2, "strategy": "fsdp", "model": {"dropout": 0.1}}
+    train(project, params_file(project, "straight", **sharded))
+    killed = start_train(project, params_file(project, "killed", **sharded))
     wait_for_checkpoint(project / "runs/killed", killed)
     os.killpg(killed.pid, signal.SIGKILL)  # the whole stage: driver, Ray and workers
     killed.wait()
@@ -129,8 +134,9 @@ def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
 def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
-    train(project, params_file(project, "straight-2w", num_workers=2))
-    proc = start_train(project, params_file(project, "worker-kill", num_workers=2))
+    dropout = {"dropout": 0.1}
+    train(project, params_file(project, "straight-2w", num_workers=2, model=dropout))
+    proc = start_train(project, params_file(project, "worker-kill", num_workers=2, model=dropout))
     wait_for_checkpoint(project / "runs/worker-kill", proc)
     workers = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True,
                              text=True).stdout.split()
@@ -144,6 +150,10 @@ def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
     curves_match(curve(project, "straight-2w"), curve(project, "worker-kill"), rel=1e-6)
     restarts = curve(project, "worker-kill", "resumed_from_step")
     assert len(restarts) == 1 and restarts[0][1] % TRAIN["train"]["checkpoint_interval"] == 0
+    # Each rank draws its own dropout masks: their random streams differ.
+    checkpoint = next((project / "runs/worker-kill").glob("checkpoints/*/checkpoint_*"))
+    streams = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
+    assert not torch.equal(*streams)
 
 
 @pytest.mark.distributed
