@@ -7,17 +7,18 @@ import torch
 
 
 def random_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: list[int],
-                 rank: int = 0, world_size: int = 1):
-    """This rank's share of a global batch of random windows: x (B, T) and targets y (B, T).
+                 rank: int = 0, world_size: int = 1, micro: int = 0, accum: int = 1):
+    """This rank's share of one micro-step of a step's global batch: x (B, T) and targets y (B, T).
 
-    The global batch (batch_size * world_size windows) is a pure function of `seed` (e.g.
-    [run seed, step, micro-step]) and rank r takes slice r of it. So a resumed run draws exactly
-    the batches the uninterrupted run drew, and 1 worker with batch 2B sees the same data per
-    step as 2 workers with batch B.
+    The step's global batch (batch_size * world_size * accum windows) is a pure function of `seed`
+    ([run seed, step]); micro-step m on rank r takes slice m * world_size + r of it. So a resumed
+    run draws exactly the batches the uninterrupted run drew, and 1 worker with batch 16, 2 workers
+    with batch 8 and 1 worker with 4 micro-batches of 4 all train on the same 16 windows per step.
     """
     rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(tokens) - block_size, size=batch_size * world_size)
-    return windows(tokens, starts[rank * batch_size:(rank + 1) * batch_size].tolist(), block_size)
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size * world_size * accum)
+    first = (micro * world_size + rank) * batch_size
+    return windows(tokens, starts[first:first + batch_size].tolist(), block_size)
 
 
 def fixed_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int):

@@ -256,7 +256,8 @@ def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config
     rank, world = distributed_rank_and_size()
     total = torch.zeros((), device=device)
     for micro in range(accum):
-        x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed + [micro], rank, world)
+        x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed, rank, world,
+                            micro, accum)
         with gradient_sync(model, enabled=micro == accum - 1), autocast(device, cfg.train.precision):
             _, loss, _ = model(x.to(device), y.to(device), label_smoothing=cfg.train.label_smoothing)
             (loss / accum).backward()

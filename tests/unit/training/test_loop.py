@@ -21,10 +21,13 @@ def model_and_optimizer():
     return model, model.configure_optimizer(1e-3, 0.1, (0.9, 0.95))
 
 
-def test_global_batch_is_split_across_ranks():
+def test_global_batch_is_split_across_ranks_and_micro_steps():
     one = random_batch(TOKENS, 8, 16, [1, 7], rank=0, world_size=1)
     halves = [random_batch(TOKENS, 4, 16, [1, 7], rank=r, world_size=2) for r in (0, 1)]
     assert torch.equal(one[0], torch.cat([halves[0][0], halves[1][0]]))
+    quarters = [random_batch(TOKENS, 2, 16, [1, 7], rank=r, world_size=2, micro=m, accum=2)
+                for m in (0, 1) for r in (0, 1)]
+    assert torch.equal(one[0], torch.cat([q[0] for q in quarters]))
     assert torch.equal(one[1][:, :-1], one[0][:, 1:])  # targets are the inputs shifted by one
 
 

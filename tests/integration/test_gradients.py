@@ -1,0 +1,107 @@
+"""Gradients, not loss curves: AdamW divides a constant gradient scale away, so a wrong average
+(a sum over ranks, a missing 1/accum) would leave the curves of earlier tests looking right.
+
+One optimizer step of the real train_step, with the real DDP and FSDP2 over gloo in 2 processes,
+and an optimizer that records each gradient when the step comes (after the clip, before any
+update): 1 process x batch 16, 2 ranks x batch 8 (DDP and FSDP), and 1 process x 4 micro-batches
+of 4 see the same 16 windows and must produce the same gradients, within float32 reduction-order
+noise (rtol 1e-5, atol 1e-7). Once with clipping off (scale errors show) and once with clipping on
+(FSDP must clip by the norm of the whole gradient, not of its shard, as DDP does)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lm_pipeline.config import Config
+from lm_pipeline.model.transformer import GPT, GPTConfig
+from tests.services import free_port
+
+pytestmark = [pytest.mark.metrics, pytest.mark.distributed]
+
+TOKENS = np.random.default_rng(0).integers(0, 64, size=4000)
+CLIPS = {"off": 0.0, "on": 0.05}  # the natural norm here is ~1: 0.05 always clips
+
+
+class RecordingOptimizer(torch.optim.SGD):
+    """lr 0 SGD that keeps a full copy of every gradient when step() is called."""
+
+    def __init__(self, named_parameters):
+        named = list(named_parameters)
+        super().__init__([p for _, p in named], lr=0.0)
+        self.named, self.grads = named, {}
+
+    def step(self, closure=None):
+        for name, p in self.named:  # full_tensor() is a collective: every rank, the same order
+            grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            self.grads[name.removeprefix("module.")] = grad.detach().clone()
+
+
+def gradients(rank: int, world: int, strategy: str, batch: int, accum: int, port: int, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lm_pipeline.training.loop import train_step
+    from lm_pipeline.training.parallel import parallelize
+
+    if world > 1:
+        os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    for label, clip in CLIPS.items():
+        cfg = Config.model_validate({"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
+                                     "train": {"batch_size": batch, "grad_accum_steps": accum,
+                                               "grad_clip": clip}})
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+        if world > 1:
+            model = DistributedDataParallel(model) if strategy == "ddp" else \
+                parallelize(model, "fsdp", torch.device("cpu"))
+        optimizer = RecordingOptimizer(model.named_parameters())
+        train_step(model, optimizer, TOKENS, [1337, 0], 0.0, cfg, torch.device("cpu"))
+        results[label] = optimizer.grads
+    if rank == 0:
+        torch.save(results, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def run(tmp_path, name: str, world: int, strategy: str, batch: int, accum: int) -> dict:
+    out = str(tmp_path / f"{name}.pt")
+    args = (world, strategy, batch, accum, free_port(), out)
+    if world > 1:
+        mp.spawn(gradients, args=args, nprocs=world)
+    else:
+        gradients(0, *args)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gradients")
+    return {"single": run(tmp, "single", 1, "ddp", 16, 1),
+            "ddp": run(tmp, "ddp", 2, "ddp", 8, 1),
+            "fsdp": run(tmp, "fsdp", 2, "fsdp", 8, 1),
+            "accum": run(tmp, "accum", 1, "ddp", 4, 4)}
+
+
+def global_norm(grads: dict) -> float:
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
+
+
+@pytest.mark.parametrize("split", ["ddp", "fsdp", "accum"])
+@pytest.mark.parametrize("clip", list(CLIPS))
+def test_every_split_of_the_batch_gives_the_single_process_gradient(runs, split, clip):
+    reference, grads = runs["single"][clip], runs[split][clip]
+    assert grads.keys() == reference.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_clipping_scales_to_the_norm_of_the_whole_gradient(runs):
+    unclipped = global_norm(runs["single"]["off"])
+    assert unclipped > 2 * CLIPS["on"]  # the clip is active
+    for split in ("single", "ddp", "fsdp", "accum"):
+        assert global_norm(runs[split]["on"]) == pytest.approx(CLIPS["on"], rel=1e-4), split
