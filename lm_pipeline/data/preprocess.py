@@ -80,7 +80,7 @@ def run(cfg: Config) -> PreprocessResult:
             tokenizer_sha256=file_sha256(tokenizer_path(tmp)),
             shards={name: writer.close() for name, writer in writers.items()},
             tokens=counts["tokens"], documents=counts["documents"], characters=counts["characters"],
-            unknown=counts["unknown"],
+            text_bytes=counts["text_bytes"], unknown=counts["unknown"],
             **coverage,
             duplicates_dropped=texts.duplicates,
             parent=parent,
@@ -122,10 +122,11 @@ def tokenizer_sample(source: Path, cfg: Config) -> Iterator[str]:
 def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: Config) -> dict:
     """Encode batches of texts on all cores and append each to its split's shards.
 
-    Counts tokens, documents and characters per split, and <unk> tokens (with a few examples of
+    Counts tokens, documents, characters and UTF-8 bytes per split, and <unk> tokens (with a few examples of
     the text they replaced): a reused tokenizer may not cover a new corpus."""
     eot, unk = eot_id(tokenizer), tokenizer.token_to_id(UNK)
-    counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "documents", "characters", "unknown")}
+    counts = {key: dict.fromkeys(SPLITS, 0)
+              for key in ("tokens", "documents", "characters", "text_bytes", "unknown")}
     counts["unknown_examples"] = []
     batch: list[tuple[str, str]] = []
     size = 0
@@ -138,6 +139,7 @@ def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: C
             counts["tokens"][split] += len(ids)
             counts["documents"][split] += 1
             counts["characters"][split] += len(text)
+            counts["text_bytes"][split] += len(text.encode("utf-8"))  # decoding would drop <unk>
             if unk is not None and (unknown := int(np.count_nonzero(ids == unk))):
                 counts["unknown"][split] += unknown
                 if len(counts["unknown_examples"]) < 5:  # offsets need the slower encode

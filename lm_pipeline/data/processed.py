@@ -34,6 +34,7 @@ class ProcessedMeta:
     tokens: dict[str, int]
     documents: dict[str, int]
     characters: dict[str, int]
+    text_bytes: dict[str, int]  # UTF-8 bytes of the documents' text (bits per byte divides by them)
     unknown: dict[str, int]  # <unk> tokens (a reused tokenizer may not cover a new corpus)
     chars_per_token: float
     unknown_share: float

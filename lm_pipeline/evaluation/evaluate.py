@@ -63,7 +63,7 @@ def run(cfg: Config) -> dict:
 
     nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.block_size,
                                stride_for(model.block_size, cfg.evaluate.stride), cfg.evaluate.batch_size)
-    n_bytes = sum(len(tokenizer.decode(d.tolist()).encode("utf-8")) for d in test_docs)
+    n_bytes = meta.text_bytes["test"] + len(test_docs)  # one byte per document's end: see perplexity
     perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
                                         meta.vocab_size, meta.eot_id)

@@ -113,7 +113,8 @@ def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConf
 def compare(champion, candidate, texts: list[str], champion_version: str,
             evaluate: EvaluateConfig) -> Comparison:
     """champion / candidate: (model, tokenizer) pairs, scored on the same texts."""
-    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
+    # one byte per document's end, as the evaluate stage counts them (its bits are in the numerator)
+    n_bytes = np.array([len(t.encode("utf-8")) + 1 for t in texts], dtype=np.float64)
     old, new = bits_per_document(*champion, texts, evaluate), bits_per_document(*candidate, texts, evaluate)
 
     def improvement(idx: np.ndarray) -> float:

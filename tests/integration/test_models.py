@@ -149,7 +149,11 @@ def test_fine_tuning_a_llama_folder_on_two_ddp_workers_then_evaluate_register_an
         request = urllib.request.Request(f"{url}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
-    assert len(predictions) == 2 and all(isinstance(p, str) and p for p in predictions)
+    from lm_pipeline.model.backends import load_model
+    from lm_pipeline.model.generate import complete_batch
+
+    model, hub_tokenizer = load_model(project / "runs/llama/model")  # the champion's folder
+    assert predictions == complete_batch(model, hub_tokenizer, ["The tuple", "A module"], 8)
 
 
 def test_lora_on_a_gpt2_folder_under_fsdp_trains_only_adapters_and_exports_peft_and_merged(project):

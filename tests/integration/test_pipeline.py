@@ -133,7 +133,11 @@ def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     model = mlflow.pyfunc.load_model("models:/lm-pipeline@champion")
     out = model.predict(pd.DataFrame({"prompt": ["The tuple", "A module"]}),
                         params={"max_new_tokens": 8})
-    assert len(out) == 2 and all(isinstance(text, str) for text in out)
+    from lm_pipeline.model.backends import load_model
+    from lm_pipeline.model.generate import complete_batch
+
+    folder, tokenizer = load_model(project / "models/model")  # version 1 is this folder
+    assert list(out) == complete_batch(folder, tokenizer, ["The tuple", "A module"], 8)
 
 
 def test_the_exported_model_folder_loads_with_transformers_and_generates(project):

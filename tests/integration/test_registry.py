@@ -103,7 +103,7 @@ def test_lineage_prints_tags_and_rebuild_commands(project):
     assert tags["weights_sha256"] in out and len(tags["data_sha256"]) == 64
 
 
-def test_mlflow_models_serve_answers_with_generated_text(project, tmp_path):
+def test_mlflow_models_serve_answers_with_generated_text(project, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",
@@ -114,8 +114,18 @@ def test_mlflow_models_serve_answers_with_generated_text(project, tmp_path):
         request = urllib.request.Request(f"{url}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
-    predictions = answer["predictions"]
-    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    assert answer["predictions"] == expected_completions(project, ["The tuple", "A module"], 8)
+
+
+def expected_completions(project: Path, prompts: list[str], tokens: int) -> list[str]:
+    """Greedy completions by the champion's weights, read as safetensors and generated here,
+    not through the served pyfunc."""
+    from lm_pipeline.model.generate import complete_batch
+    from lm_pipeline.registry.gates import load_registered
+
+    model, tokenizer = load_registered("lm-pipeline", champion(project))
+    return complete_batch(model, tokenizer, prompts, tokens)
 
 
 @pytest.fixture

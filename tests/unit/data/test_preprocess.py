@@ -32,3 +32,36 @@ def test_a_corpus_that_failed_validation_is_not_preprocessed(tmp_path):
     with pytest.raises(ValueError, match=failed):
         preprocess.run(cfg)
     assert not (tmp_path / "processed").exists()
+
+
+@pytest.mark.metrics
+def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path):
+    """Bits per byte divides by these: a character tokenizer's <unk> decodes to nothing, so a
+    count taken from decoded tokens would be too low (and bits per byte too high)."""
+    from lm_pipeline.config import Config
+    from lm_pipeline.data import preprocess
+    from lm_pipeline.data.documents import DOCUMENTS_FILE
+    from lm_pipeline.data.processed import load_documents, read_meta, tokenizer_path
+    from lm_pipeline.data.split import assign_split
+    from tokenizers import Tokenizer
+
+    raw, reports = tmp_path / "raw", tmp_path / "validation"
+    raw.mkdir(), reports.mkdir()
+    # each document has a character of its own: in validation and test ones, the tokenizer
+    # (trained on the training split) has never seen it
+    texts = [f"document {i} costs {chr(0x4E00 + i)} and é. " * 5 for i in range(300)]
+    (raw / DOCUMENTS_FILE).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                                              for i, t in enumerate(texts)))
+    (reports / "result.json").write_text(json.dumps([{"success": True}]))
+    cfg = Config.model_validate({"data": {"raw_dir": str(raw), "processed_dir": str(tmp_path / "processed")},
+                                 "validate": {"report_dir": str(reports)}, "tokenizer": {"kind": "char"}})
+    preprocess.run(cfg)
+    meta = read_meta(cfg.data.processed_dir)
+    for split in ("train", "val", "test"):
+        expected = sum(len(t.encode("utf-8")) for t in texts if assign_split(t, cfg.split) == split)
+        assert meta.text_bytes[split] == expected > 0
+    assert meta.unknown["test"] > 0
+    tokenizer = Tokenizer.from_file(str(tokenizer_path(cfg.data.processed_dir)))
+    decoded = sum(len(tokenizer.decode(d.tolist()).encode("utf-8"))
+                  for d in load_documents(cfg.data.processed_dir, "test"))
+    assert decoded < meta.text_bytes["test"]

@@ -25,7 +25,8 @@ META = ProcessedMeta(
     source="python-docs", vocab_size=512, dtype="uint16", eot_id=0, tokenizer_kind="char",
     tokenizer_sha256="ab" * 32, shards={"train": [{"file": "train/00000.bin", "tokens": 9000}]},
     tokens={"train": 9000, "val": 500, "test": 500}, documents={"train": 90, "val": 5, "test": 5},
-    characters={"train": 36000, "val": 2000, "test": 2000}, unknown={"train": 0, "val": 0, "test": 0},
+    characters={"train": 36000, "val": 2000, "test": 2000},
+    text_bytes={"train": 36000, "val": 2000, "test": 2000}, unknown={"train": 0, "val": 0, "test": 0},
     chars_per_token=4.0, unknown_share=0.0, unknown_examples=[], duplicates_dropped=0)
 
 

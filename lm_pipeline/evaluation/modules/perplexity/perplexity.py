@@ -3,8 +3,11 @@
 Each input row is one scored sequence (a document, or a window of one): the sum of its tokens'
 negative log-likelihoods in nats and how many tokens were scored. Perplexity is
 exp(total NLL / total tokens), so every token counts once, however the corpus was cut.
-Passing `n_bytes` (UTF-8 bytes of the scored text) also gives bits per byte, which compares
-models with different tokenizers.
+Passing `n_bytes` also gives bits per byte, which compares models with different tokenizers.
+The pipeline scores each document's closing end-of-text too (where a document ends is part of
+what the model predicts), so its `n_bytes` is the text's UTF-8 bytes plus one per document: the
+separator a byte-level stream of the same documents would need. The bytes are counted on the
+original text, not on decoded tokens (a character tokenizer's <unk> decodes to nothing).
 """
 
 import math
@@ -16,7 +19,7 @@ _KWARGS = """
 Args:
     nll: summed negative log-likelihood (nats) of each sequence.
     n_tokens: number of tokens scored in each sequence.
-    n_bytes: optional, total UTF-8 bytes of the scored text (for bits per byte).
+    n_bytes: optional, total bytes the scored tokens stand for (for bits per byte).
 Returns:
     perplexity, mean_nll (nats per token), tokens, and bits_per_byte when n_bytes is given.
 """
