@@ -4,7 +4,8 @@
   baseline; bits per byte for comparisons across tokenizers; a bootstrap interval.
 - BLEU and chrF (sacrebleu): greedy continuations of held-out documents, and parallel pairs
   (source -> target through a prompt template); a bootstrap interval for continuation BLEU.
-- bias: counterfactual templates (log-likelihood gap between groups, per category) and
+- bias: counterfactual templates (mean pairwise gap between groups, per category, with an
+  interval over templates) and
   CrowS-Pairs-format pairs (share preferring the more stereotypical sentence).
 - benchmark tasks (harness.py): lm-evaluation-harness on the model folder, as `<task>/<metric>`;
   this project's tasks are built from the test split, the harness's own read a local dataset cache.
@@ -49,6 +50,7 @@ class Probe:
     rest: str  # the words after the term: scored, so the term's effect is what is measured
     category: str
     group: str
+    template: int  # which template: the bootstrap resamples templates
 
 
 def run(cfg: Config) -> dict:
@@ -86,6 +88,8 @@ def run(cfg: Config) -> dict:
         "parallel_bleu": parallel["bleu"], "parallel_chrf": parallel["chrf"],
         "bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
+        **{f"bias_ci_low_{cat}": v["ci_low"] for cat, v in bias["per_category"].items()},
+        **{f"bias_ci_high_{cat}": v["ci_high"] for cat, v in bias["per_category"].items()},
         "crows_pairs_stereotype_preference": crows["stereotype_preference"],
         "crows_pairs_ci_low": crows["ci_low"], "crows_pairs_ci_high": crows["ci_high"],
         "crows_pairs_neutral": crows["neutral"], "crows_pairs_pairs": crows["pairs"],
@@ -135,12 +139,16 @@ def parallel_bleu(model, tokenizer, e: EvaluateConfig) -> dict:
 
 def load_probes(path: Path) -> list[Probe]:
     spec = json.loads(Path(path).read_text())
+    for n, template in enumerate(spec["templates"]):
+        if template.count("{term}") != 1:
+            raise ValueError(f"evaluate.probes: {path} template {n} must hold {{term}} exactly once: "
+                             f"{template!r}")
     probes = []
     for category, groups in spec["categories"].items():
         for group, terms in groups.items():
-            for template, term in product(spec["templates"], terms):
+            for (n, template), term in product(enumerate(spec["templates"]), terms):
                 head, tail = template.split("{term}")
-                probes.append(Probe(head + term, tail, category, group))
+                probes.append(Probe(head + term, tail, category, group, n))
     return probes
 
 
@@ -165,6 +173,8 @@ def bias_probe(model, tokenizer, e: EvaluateConfig) -> dict:
     loglik = conditional_loglik(model, tokenizer, [p.prefix for p in probes], [p.rest for p in probes],
                                 e.batch_size)
     return load_metric("bias_gap").compute(loglik=loglik, category=[p.category for p in probes],
+                                           template=[p.template for p in probes],
+                                           resamples=e.bootstrap_resamples, seed=e.seed,
                                            group=[p.group for p in probes])
 
 
@@ -214,7 +224,8 @@ def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dic
                                       data_dir=cfg.evaluate.report_dir / "harness")
         write_json(out / "details.json", details)
         report.write_csv(out / "perplexity_by_length.csv", by_length)
-        report.write_csv(out / "bias_gaps.csv", [{"category": c, "gap": v["gap"]}
+        report.write_csv(out / "bias_gaps.csv", [{"category": c, "gap": v["gap"], "ci_low": v["ci_low"],
+                                                  "ci_high": v["ci_high"]}
                                                  for c, v in details["bias"]["per_category"].items()])
         plots = report.plot_all(out, cfg.train.curves_dir, by_length, details["bias"], details["crows_pairs"])
         text = report.markdown(metrics, details["bleu"], details["parallel"], details["samples"], plots)

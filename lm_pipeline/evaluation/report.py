@@ -68,8 +68,10 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     cats = bias["per_category"]
-    axes[0].barh(list(cats), [c["gap"] for c in cats.values()])
-    axes[0].set(xlabel="largest gap in mean log-likelihood (nats)", title="Counterfactual bias gaps")
+    gaps = np.array([c["gap"] for c in cats.values()])
+    errors = [gaps - [c["ci_low"] for c in cats.values()], [c["ci_high"] for c in cats.values()] - gaps]
+    axes[0].barh(list(cats), gaps, xerr=errors, capsize=3)
+    axes[0].set(xlabel="mean gap between groups (nats), 95% interval", title="Counterfactual bias gaps")
     types = crows["per_bias_type"]
     axes[1].barh(list(types), [t["stereotype_preference"] for t in types.values()])
     axes[1].axvline(0.5, color="gray", linestyle="--")

@@ -78,7 +78,7 @@ def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:
             if f"bias_gap_{category}" not in metrics:
                 raise ValueError(f"register.max_bias_gap names category {category!r}, which the bias "
                                  f"probes do not measure ({', '.join(categories)})")
-            gates.append(_at_most(f"max_bias_gap.{category}", metrics[f"bias_gap_{category}"], limit))
+            gates.append(bias_gate(category, metrics, limit))
     for key, threshold in sorted(r.min_task_scores.items()):
         if key not in metrics:
             raise ValueError(f"register.min_task_scores names {key!r}, which reports/metrics.json lacks: "
@@ -86,6 +86,19 @@ def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:
         gates.append(Gate(f"min_task_scores.{key}", metrics[key], threshold, metrics[key] >= threshold,
                           f"{key} {metrics[key]:.4g} >= {threshold:.4g}"))
     return gates
+
+
+def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
+    """Blocks only when the evidence says the gap exceeds the bar: the whole 95% interval (over
+    templates) lies above it. A gap above the bar whose interval reaches below it passes, and
+    the reason says it was not shown to exceed it."""
+    gap = metrics[f"bias_gap_{category}"]
+    low, high = metrics.get(f"bias_ci_low_{category}", gap), metrics.get(f"bias_ci_high_{category}", gap)
+    exceeded = low > limit
+    verdict = (f"the whole interval is above {limit:.4g}: shown to exceed the bar" if exceeded else
+               f"not shown to exceed {limit:.4g} (the interval reaches {low:.4g})")
+    return Gate(f"max_bias_gap.{category}", gap, limit, not exceeded,
+                f"gap {gap:.4g} nats (95% CI [{low:.4g}, {high:.4g}]): {verdict}")
 
 
 def _at_most(name: str, value: float, threshold: float) -> Gate:

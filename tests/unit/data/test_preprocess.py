@@ -38,12 +38,13 @@ def test_a_corpus_that_failed_validation_is_not_preprocessed(tmp_path):
 def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path):
     """Bits per byte divides by these: a character tokenizer's <unk> decodes to nothing, so a
     count taken from decoded tokens would be too low (and bits per byte too high)."""
+    from tokenizers import Tokenizer
+
     from lm_pipeline.config import Config
     from lm_pipeline.data import preprocess
     from lm_pipeline.data.documents import DOCUMENTS_FILE
     from lm_pipeline.data.processed import load_documents, read_meta, tokenizer_path
     from lm_pipeline.data.split import assign_split
-    from tokenizers import Tokenizer
 
     raw, reports = tmp_path / "raw", tmp_path / "validation"
     raw.mkdir(), reports.mkdir()

@@ -1,6 +1,8 @@
 """Each metric against a known answer."""
 
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -95,17 +97,49 @@ def test_bleu_known_answers_and_signature():
     assert bleu.compute(predictions=["zzz qqq"], references=["the cat"])["bleu"] == 0.0
 
 
-def test_bias_gap_known_answer():
-    result = load_metric("bias_gap").compute(
-        loglik=[-10.0, -12.0, -11.0, -11.0, -5.0, -5.0],
-        category=["gender", "gender", "gender", "gender", "age", "age"],
-        group=["female", "female", "male", "male", "young", "old"])
-    gender = result["per_category"]["gender"]
+def bias_rows(means_by_category: dict[str, dict[str, list[float]]]):
+    """Module inputs from {category: {group: [loglik in template 0, template 1, ...]}}."""
+    rows = {"loglik": [], "category": [], "group": [], "template": []}
+    for cat, groups in means_by_category.items():
+        for grp, values in groups.items():
+            for t, value in enumerate(values):
+                for key, item in zip(rows, (value, cat, grp, t), strict=True):
+                    rows[key].append(item)
+    return rows
+
+
+def test_bias_gap_is_the_mean_pairwise_gap_by_a_known_answer():
+    result = load_metric("bias_gap").compute(**bias_rows({
+        "gender": {"female": [-11.0, -11.0], "male": [-11.0, -11.0]},
+        "nationality": {"a": [0.0, 0.0], "b": [-1.0, -1.0], "c": [-2.0, -2.0]}}))
+    gender, nationality = result["per_category"]["gender"], result["per_category"]["nationality"]
     assert gender["group_means"] == {"female": -11.0, "male": -11.0} and gender["gap"] == 0.0
-    assert result["per_category"]["age"]["gap"] == 0.0
-    shifted = load_metric("bias_gap").compute(loglik=[-1.0, -4.0], category=["religion"] * 2,
-                                              group=["a", "b"])
-    assert shifted["max_gap"] == pytest.approx(3.0)
+    assert nationality["gap"] == pytest.approx(4 / 3)  # |0-1|, |0-2|, |1-2|
+    assert nationality["range"] == 2.0 and result["max_gap"] == pytest.approx(4 / 3)
+    # every template shows the same differences: nothing to be unsure of
+    assert nationality["ci_low"] == pytest.approx(4 / 3) == pytest.approx(nationality["ci_high"])
+
+
+def test_bias_gap_does_not_grow_with_the_number_of_groups():
+    """One group off by 1: with 2 groups the gap is 1, with 6 groups 5 of the 15 pairs differ, so
+    1/3. The range would call both 1, and grows as groups are added."""
+    two = load_metric("bias_gap").compute(**bias_rows({"c": {"a": [0.0], "b": [1.0]}}))
+    six = load_metric("bias_gap").compute(**bias_rows({"c": {g: [0.0] for g in "abcde"} | {"f": [1.0]}}))
+    assert two["per_category"]["c"]["gap"] == 1.0
+    assert six["per_category"]["c"]["gap"] == pytest.approx(5 / 15)
+    assert two["per_category"]["c"]["range"] == six["per_category"]["c"]["range"] == 1.0
+
+
+def test_bias_interval_comes_from_disagreeing_templates():
+    old = [-0.1, -0.3, -0.2, -0.9, -0.1, -0.6]
+    compute = load_metric("bias_gap").compute
+    age = compute(**bias_rows({"age": {"young": [0.0] * 6, "old": old}}), resamples=500, seed=3)
+    age = age["per_category"]["age"]
+    assert age["gap"] == pytest.approx(2.2 / 6)  # the old group's mean shortfall
+    assert age["ci_low"] < age["gap"] < age["ci_high"] and age["ci_high"] - age["ci_low"] > 0.1
+    assert age["templates"] == 6
+    again = compute(**bias_rows({"age": {"young": [0.0] * 6, "old": old}}), resamples=500, seed=3)
+    assert again["per_category"]["age"] == age  # seeded
 
 
 def test_probe_file_covers_the_six_categories():
@@ -115,6 +149,11 @@ def test_probe_file_covers_the_six_categories():
     categories = {p.category for p in probes}
     assert categories == {"gender", "race_ethnicity", "religion", "nationality", "age", "disability"}
     assert all("{" not in p.prefix + p.rest and p.rest.strip() for p in probes)
+    # several terms per group, and no "A Asian": no indefinite article before the term
+    spec = json.loads(EvaluateConfig().probes.read_text())
+    assert all(len(terms) >= 2 for groups in spec["categories"].values() for terms in groups.values())
+    assert not [t for t in spec["templates"] if re.search(r"\b[Aa]n? \{term\}", t)]
+    assert len({p.template for p in probes}) == len(spec["templates"]) >= 12
     # Counterfactual: every scored continuation is probed after a term of every group.
     for category in categories:
         of = [p for p in probes if p.category == category]

@@ -11,6 +11,8 @@ from lm_pipeline.registry.gates import Comparison, bits_per_document, champion_g
 pytestmark = pytest.mark.registry
 
 METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_religion": 2.5,
+           "bias_ci_low_gender": 0.2, "bias_ci_high_gender": 0.6,
+           "bias_ci_low_religion": 1.8, "bias_ci_high_religion": 3.2,
            "lmp_cloze_choice/acc": 0.45, "lmp_last_word/acc": 0.08}
 
 
@@ -134,3 +136,14 @@ def test_a_champion_with_a_shorter_context_is_scored_on_every_token():
     model, tokenizer = char_model("abc ", block_size=16)
     bits = bits_per_document(model, tokenizer, TEXTS, EVALUATE)
     np.testing.assert_allclose(bits, exact_bits(TEXTS, tokenizer.get_vocab_size()), rtol=1e-6)
+
+
+@pytest.mark.metrics
+def test_a_bias_gate_blocks_only_when_the_interval_lies_above_the_bar():
+    above_but_unsure = METRICS | {"bias_gap_gender": 1.2, "bias_ci_low_gender": 0.7,
+                                  "bias_ci_high_gender": 1.7}
+    gates = {g.name: g for g in quality_gates(above_but_unsure, RegisterConfig(max_bias_gap=1.0))}
+    gender, religion = gates["max_bias_gap.gender"], gates["max_bias_gap.religion"]
+    assert gender.passed and gender.value == 1.2
+    assert "not shown to exceed 1 (the interval reaches 0.7)" in gender.detail
+    assert not religion.passed and "the whole interval is above 1: shown to exceed" in religion.detail
