@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    clock = PhaseClock()
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -69,13 +71,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            restarted=checkpointer.restored) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
+    clock.add("setup", time.perf_counter() - clock.start)
     if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
-        initial = validator.losses(model)  # every rank: a collective under FSDP
+        with clock.phase("validation"):
+            initial = validator.losses(model)  # every rank: a collective under FSDP
         if logger:
             logger.log(initial, 0)
         if loop_config.get("parent"):  # the parent is a candidate: a fine-tune never exports worse
             state.record_validation(initial["val_loss"], cfg.train.min_delta)
-            checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})
+            with clock.phase("checkpoints"):
+                checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})
 
     while state.step < cfg.train.max_steps:
         t0 = time.perf_counter()
@@ -83,33 +88,60 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss = guarded_step(model, optimizer, train_tokens, state.step, lr, cfg, device)
         state.step += 1
         state.tokens_seen += tokens_per_step
-        tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
+        step_seconds = time.perf_counter() - t0
+        clock.add("steps", step_seconds)
+        tokens_per_s = tokens_per_step / step_seconds
         metrics = {"train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_s,
                    "tokens_seen": state.tokens_seen}
         if peak:
             metrics["mfu"] = flops_per_token * tokens_per_s / peak
         improved = False
         if validator.should_validate(state.step):
-            metrics |= validator.losses(model)
+            with clock.phase("validation"):
+                metrics |= validator.losses(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
         stop = patience_ran_out(state, cfg.train.early_stopping_patience)
-        if logger:
-            logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
-        progress.update(state.step, metrics)
+        with clock.phase("logging"):
+            if logger:
+                logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
+            progress.update(state.step, metrics)
         if "val_loss" in metrics:  # reported at every validation: Tune's schedulers act on them
             reported = metrics | {"step": state.step, "best_step": state.best_step, "early_stopped": stop}
-            if checkpointer.should_save(state.step, improved, stop):
-                if logger:
-                    logger.flush()  # the curve is complete up to every checkpoint
-                checkpointer.save(state, reported)
-            else:
-                report(reported)
+            with clock.phase("checkpoints"):
+                if checkpointer.should_save(state.step, improved, stop):
+                    if logger:
+                        logger.flush()  # the curve is complete up to every checkpoint
+                    checkpointer.save(state, reported)
+                else:
+                    report(reported)
         if stop:
             print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
                   f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
                   f"step {state.best_step})", flush=True)
             break
     progress.close()
+    if logger:  # where this attempt's time went (a resumed run logs its own attempt's)
+        logger.log({f"time_{name}_s": seconds for name, seconds in clock.seconds.items()}, state.step)
+        logger.flush()
+
+
+class PhaseClock:
+    """Seconds per phase of the loop (setup, steps, validation, logging, checkpoints), measured on
+    every rank and logged by rank 0 as time_<phase>_s: what a run spends besides its steps."""
+
+    def __init__(self):
+        self.start, self.seconds = time.perf_counter(), defaultdict(float)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
 
 
 def initial_model(cfg: Config, meta, parent: Path | str | None):

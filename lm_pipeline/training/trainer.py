@@ -20,7 +20,14 @@ from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_training, write_curves
-from lm_pipeline.training.launch import check_data_fits, check_parent, run_params, run_tags, train_on_ray
+from lm_pipeline.training.launch import (
+    check_data_fits,
+    check_parent,
+    init_ray,
+    run_params,
+    run_tags,
+    train_on_ray,
+)
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
@@ -38,6 +45,7 @@ class TrainResult:
 def run(cfg: Config) -> TrainResult:
     import mlflow
 
+    started = time.perf_counter()
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
     check_data_fits(cfg, meta)
@@ -56,22 +64,38 @@ def run(cfg: Config) -> TrainResult:
         mlflow.log_params(run_params(cfg, meta))
         # The validate stage's corpus figures (duplicates, contamination, ...) beside the curves.
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})
+        marks = {"prepare": time.perf_counter()}
         try:
+            init_ray(cfg)
+            marks["ray_start"] = time.perf_counter()
             result = train_on_ray(cfg, run_id, run_dir)
+            marks["fit"] = time.perf_counter()
         except Exception:
             mlflow.set_tag("failed_stage", "train")
             raise
         best, best_metrics = min(result.best_checkpoints, key=lambda c: c[1]["val_loss"])
         mlflow.log_params(export_model(cfg, best, meta, run_id))
+        marks["export"] = time.perf_counter()
         client = mlflow.MlflowClient()
         write_curves(client, run_id, cfg.train.curves_dir)
         summary = summarize_training(client, run_id, best_metrics, result.metrics, cfg.train.min_delta)
         write_json(cfg.train.curves_dir / SUMMARY_FILE, summary)
         mlflow.log_artifacts(str(cfg.train.curves_dir), "training")
+        marks["report"] = time.perf_counter()
+        mlflow.log_metrics(driver_times(started, marks))
     final = result.metrics
     log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
              final["train_loss"], final["val_loss"], cfg.train.model_dir, run_id)
     return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
+
+
+def driver_times(started: float, marks: dict[str, float]) -> dict[str, float]:
+    """Seconds of each driver phase, as time_driver_<phase>_s, and of the whole stage (the
+    workers log their own phases: loop.PhaseClock). `fit` holds the workers' start and run."""
+    times, last = {}, started
+    for phase, at in marks.items():
+        times[f"time_driver_{phase}_s"], last = at - last, at
+    return times | {"time_stage_s": last - started}
 
 
 def run_digest(cfg: Config, meta: ProcessedMeta) -> str:

@@ -71,6 +71,9 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert metrics["test/perplexity_ci_low"] < metrics["test/perplexity"] < metrics["test/perplexity_ci_high"]
     assert 0 < metrics["test/bits_per_byte"] < 8
     assert metrics["test/crows_pairs_pairs"] > 0
+    # where the train stage's time went: the workers' phases fit inside the stage
+    phases = sum(metrics[f"time_{p}_s"] for p in ("setup", "steps", "validation", "checkpoints"))
+    assert 0 < metrics["time_steps_s"] and phases < metrics["time_driver_fit_s"] < metrics["time_stage_s"]
 
 
 @pytest.mark.metrics

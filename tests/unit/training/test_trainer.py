@@ -234,3 +234,21 @@ def test_write_curves_writes_each_loss_sorted_by_step(run_id, tmp_path):
         assert list(csv.reader(f)) == [["step", "train_loss"], ["1", "4.0"], ["2", "3.0"], ["3", "2.0"]]
     with open(out / "val_loss.csv") as f:
         assert list(csv.reader(f)) == [["step", "val_loss"], ["10", "3.5"], ["20", "2.5"]]
+
+
+def test_driver_times_split_the_stage_into_consecutive_phases():
+    times = trainer.driver_times(10.0, {"prepare": 11.0, "ray_start": 13.5, "fit": 40.0, "export": 41.0})
+    assert times == {"time_driver_prepare_s": 1.0, "time_driver_ray_start_s": 2.5, "time_driver_fit_s": 26.5,
+                     "time_driver_export_s": 1.0, "time_stage_s": 31.0}
+
+
+def test_the_phase_clock_adds_up_each_phase():
+    from lm_pipeline.training.loop import PhaseClock
+
+    clock = PhaseClock()
+    clock.add("steps", 1.5)
+    clock.add("steps", 2.0)
+    with pytest.raises(RuntimeError), clock.phase("validation"):
+        time.sleep(0.01)
+        raise RuntimeError("a failing validation still counts")
+    assert clock.seconds["steps"] == 3.5 and 0.01 <= clock.seconds["validation"] < 1
