@@ -75,13 +75,15 @@ def stage_phases(workdir: Path) -> tuple[dict[str, float], float]:
 
 
 def breakdown(phases: dict[str, float], wall: float) -> dict[str, float]:
-    """The process's wall time as start-up (process, imports, MLflow run, Ray and its workers),
-    steps, validation, checkpoints (with reports to Ray), logging, export and the rest."""
-    worker = {p: phases.get(f"time_{p}_s", 0.0) for p in ("steps", "validation", "checkpoints", "logging")}
-    inside_fit = phases["time_driver_fit_s"] - sum(worker.values())
-    return {**worker,
-            "startup": wall - phases["time_stage_s"] + phases["time_driver_prepare_s"]
-            + phases["time_driver_ray_start_s"] + inside_fit,
+    """The process's wall time, phase by phase: start-up (the process and its imports, the MLflow
+    run, Ray, Ray's worker processes, the model and data on the worker), steps, validation,
+    checkpoints (with the reports to Ray), logging, export and the rest."""
+    worker = {p: phases.get(f"time_{p}_s", 0.0) for p in ("setup", "steps", "validation", "checkpoints",
+                                                          "logging")}
+    return {"startup_process_and_mlflow": wall - phases["time_stage_s"] + phases["time_driver_prepare_s"],
+            "startup_ray": phases["time_driver_ray_start_s"],
+            "startup_workers": phases["time_driver_fit_s"] - sum(worker.values()),
+            "startup_worker_setup": worker.pop("setup"), **worker,
             "export": phases["time_driver_export_s"], "report": phases["time_driver_report_s"]}
 
 
