@@ -117,8 +117,11 @@ def dvc_status(project) -> dict:
     return json.loads(out)
 
 
-def http_status(url: str, username: str | None = None, password: str | None = None) -> int:
-    request = urllib.request.Request(url)
+def http_status(url: str, username: str | None = None, password: str | None = None,
+                body: dict | None = None) -> int:
+    """The HTTP status of a GET (or, with a body, a JSON POST), with basic-auth if given."""
+    request = urllib.request.Request(url) if body is None else urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
     if username:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -231,8 +234,8 @@ def test_the_pipeline_user_owns_the_model_it_registered_and_nothing_more(deploym
     assert http_status(url, "admin", mlflow_server.admin_password) == 200
     assert http_status(url, mlflow_server.username, mlflow_server.password) == 403
     new_user = {"username": "eve", "password": "a-long-enough-password"}
-    assert http_post_status(f"{mlflow_server.uri}/api/2.0/mlflow/users/create", new_user,
-                            mlflow_server.username, mlflow_server.password) == 403
+    assert http_status(f"{mlflow_server.uri}/api/2.0/mlflow/users/create", mlflow_server.username,
+                       mlflow_server.password, body=new_user) == 403
 
 
 @pytest.mark.security
@@ -253,18 +256,6 @@ def test_the_pipeline_user_gets_edit_on_an_experiment_and_model_it_did_not_creat
     make_pipeline_user(mlflow_server, "--experiment", "made-by-admin", "--model", "made-by-admin")
     client.create_run(experiment_id)
     client.set_registered_model_tag("made-by-admin", "by", "pipeline")
-
-
-def http_post_status(url: str, body: dict, username: str, password: str) -> int:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 def files_holding(secret: str, paths: list[Path], max_bytes: int = 1 << 20) -> list[Path]:
