@@ -91,6 +91,7 @@ def curve(project: Path, run_name: str, key: str = "train_loss") -> list[tuple[i
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
 def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
@@ -131,6 +132,7 @@ def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
     assert "resumed from the checkpoint" not in out
 
 
+@pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
 def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):

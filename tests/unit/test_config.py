@@ -16,6 +16,7 @@ def write(tmp_path, data) -> Path:
     return path
 
 
+@pytest.mark.metrics
 def test_project_params_load_and_match_defaults():
     """params.yaml is `python -m lm_pipeline.config` output: every value is the code's default."""
     assert load_config(ROOT / "params.yaml").model_dump() == Config().model_dump()
