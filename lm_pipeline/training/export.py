@@ -51,17 +51,21 @@ def write_curves(client, run_id: str, out_dir: Path) -> None:
 
 def summarize_training(client, run_id: str, best: dict, last: dict, min_delta: float) -> dict:
     """Which step was exported and why, the generalization gap, and whether it overfitted
-    (validation loss up from its best while the training split's loss went down), as tags and
-    metrics. `best` and `last` are the metrics reported with the best and the last validation; the
-    gap subtracts `train_eval_loss`, measured like `val_loss` (see loop.Validator)."""
+    (validation loss up from its best while the training loss went down), as tags and metrics.
+
+    `best` and `last` are the metrics reported with the best and the last validation. The gap
+    subtracts `train_eval_loss`, the training split measured like `val_loss` (loop.Validator);
+    the trend compares the logged training loss with itself (a 10-step mean at each end), which
+    is steadier than a few fixed windows."""
     nan = float("nan")  # a run reported before train_eval_loss existed
-    train_at_best, train_at_end = best.get("train_eval_loss", nan), last.get("train_eval_loss", nan)
-    overfitting = last["val_loss"] > best["val_loss"] + min_delta and train_at_end < train_at_best
+    train_loss = {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
+    trend_at_best, trend_at_end = recent_mean(train_loss, best["step"]), recent_mean(train_loss, last["step"])
+    overfitting = last["val_loss"] > best["val_loss"] + min_delta and trend_at_end < trend_at_best
     summary = {"exported_step": best["step"], "best_val_loss": best["val_loss"],
                "last_step": last["step"], "last_val_loss": last["val_loss"],
                "early_stopped": bool(last.get("early_stopped")),
-               "generalization_gap": best["val_loss"] - train_at_best,
-               "generalization_gap_at_end": last["val_loss"] - train_at_end,
+               "generalization_gap": best["val_loss"] - best.get("train_eval_loss", nan),
+               "generalization_gap_at_end": last["val_loss"] - last.get("train_eval_loss", nan),
                "overfitting": overfitting}
     for key in ("exported_step", "early_stopped", "overfitting"):
         client.set_tag(run_id, f"train.{key}", str(summary[key]).lower())
@@ -70,6 +74,12 @@ def summarize_training(client, run_id: str, best: dict, last: dict, min_delta: f
     client.log_metric(run_id, "generalization_gap_at_end", summary["generalization_gap_at_end"])
     if overfitting:
         log.warning("train: overfitting: val_loss rose from %.4f (step %d) to %.4f (step %d) while "
-                    "the training split's loss fell; exporting step %d", best["val_loss"], best["step"],
+                    "train_loss fell; exporting step %d", best["val_loss"], best["step"],
                     last["val_loss"], last["step"], best["step"])
     return summary
+
+
+def recent_mean(history: dict[int, float], step: int, window: int = 10) -> float:
+    """A metric averaged over the `window` steps up to `step` (single steps are noisy)."""
+    values = [v for s, v in history.items() if step - window < s <= step]
+    return sum(values) / len(values) if values else float("nan")

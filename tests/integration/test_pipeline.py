@@ -101,7 +101,8 @@ def test_crows_pairs_matches_an_independent_computation_with_transformers(projec
         same = [op for op in difflib.SequenceMatcher(None, more, less, autojunk=False).get_opcodes()
                 if op[0] == "equal"]
         lm, ll = logp(more), logp(less)
-        wins += sum(lm[i1:i2].sum() for _, i1, i2, _, _ in same) > sum(ll[j1:j2].sum() for *_, j1, j2 in same)
+        score_more = float(sum(lm[i1:i2].sum() for _, i1, i2, _, _ in same))
+        wins += score_more > float(sum(ll[j1:j2].sum() for *_, j1, j2 in same))
         scored += 1
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["crows_pairs_pairs"] == scored > 0

@@ -3,6 +3,7 @@ workers and MLflow are given, and the summary and curves written after training.
 
 import csv
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
 from lm_pipeline.training import trainer
-from lm_pipeline.training.export import summarize_training, write_curves
+from lm_pipeline.training.export import recent_mean, summarize_training, write_curves
 from lm_pipeline.training.launch import check_parent, portable_config, run_params
 
 META = ProcessedMeta(
@@ -161,10 +162,10 @@ def run_id(cfg) -> str:
 
 @pytest.mark.metrics
 def test_val_loss_rising_while_train_loss_falls_is_overfitting_and_the_gap_is_like_with_like(run_id):
-    """The optimized train_loss (dropout, label smoothing) is logged but not compared: the gap
-    subtracts the training split measured the way val_loss is."""
+    """The trend compares the logged training loss with itself; the gap subtracts the training
+    split measured the way val_loss is, not the optimized (smoothed, dropout) train_loss."""
     client = mlflow.MlflowClient()
-    log_history(run_id, "train_loss", {step: 9.0 for step in range(1, 101)})  # smoothed: higher
+    log_history(run_id, "train_loss", {step: 9.0 - 0.02 * step for step in range(1, 101)})  # smoothed
     best = {"step": 50, "val_loss": 4.5, "train_eval_loss": 4.1}
     last = {"step": 100, "val_loss": 4.8, "train_eval_loss": 3.6}
     summary = summarize_training(client, run_id, best, last, min_delta=0.1)
@@ -180,18 +181,29 @@ def test_val_loss_rising_while_train_loss_falls_is_overfitting_and_the_gap_is_li
 
 
 def test_no_overfitting_when_val_loss_rose_within_min_delta_or_train_loss_did_not_fall(cfg):
+    falling = {step: 5.0 - 0.02 * step for step in range(1, 101)}
+    flat = {step: 3.0 for step in range(1, 101)}
     best = {"step": 50, "val_loss": 4.5, "train_eval_loss": 4.0}
-    cases = [{"step": 100, "val_loss": 4.55, "train_eval_loss": 3.0, "early_stopped": True},  # < min_delta
-             {"step": 100, "val_loss": 4.8, "train_eval_loss": 4.0}]  # train flat: not fitting noise
+    cases = [(falling, {"step": 100, "val_loss": 4.55, "train_eval_loss": 3.0, "early_stopped": True}),
+             (flat, {"step": 100, "val_loss": 4.8, "train_eval_loss": 4.0})]  # train flat: no noise fitted
     summaries = []
-    for last in cases:
+    for history, last in cases:
         run_id = tracking.start_run(cfg, run_name="train", tags={})
+        log_history(run_id, "train_loss", history)
         summaries.append(summarize_training(mlflow.MlflowClient(), run_id, best, last, min_delta=0.1))
         tags = mlflow.MlflowClient().get_run(run_id).data.tags
         assert tags["train.overfitting"] == "false"
     assert [s["overfitting"] for s in summaries] == [False, False]
     assert [s["early_stopped"] for s in summaries] == [True, False]
     assert summaries[1]["generalization_gap_at_end"] == pytest.approx(4.8 - 4.0)
+
+
+def test_recent_mean_averages_the_window_up_to_a_step():
+    history = {step: float(step) for step in range(1, 21)}
+    assert recent_mean(history, 20) == 15.5  # steps 11..20
+    assert recent_mean(history, 5, window=3) == 4.0  # steps 3..5
+    assert recent_mean({0: 9.0, 10: 2.0}, 10) == 2.0  # step 0 is outside the window of 10
+    assert math.isnan(recent_mean(history, 100))
 
 
 @pytest.mark.metrics
