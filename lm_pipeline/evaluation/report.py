@@ -69,7 +69,9 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     cats = bias["per_category"]
     gaps = np.array([c["gap"] for c in cats.values()])
-    errors = [gaps - [c["ci_low"] for c in cats.values()], [c["ci_high"] for c in cats.values()] - gaps]
+    # A gap is a mean of absolute differences: its bootstrap interval can lie wholly above it.
+    errors = np.clip([gaps - [c["ci_low"] for c in cats.values()],
+                      [c["ci_high"] for c in cats.values()] - gaps], 0, None)
     axes[0].barh(list(cats), gaps, xerr=errors, capsize=3)
     axes[0].set(xlabel="mean gap between groups (nats), 95% interval", title="Counterfactual bias gaps")
     types = crows["per_bias_type"]
