@@ -33,6 +33,7 @@ from benchmarks.run import markdown_table, save_results
 
 BIN = Path(sys.executable).parent
 MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}
+BATCH = 12
 
 
 def write_params(workdir: Path, steps: int) -> Path:
@@ -44,7 +45,7 @@ def write_params(workdir: Path, steps: int) -> Path:
         "validate": {"report_dir": str(workdir / "validation")},
         "tokenizer": {"kind": "char"},
         "model": MODEL,
-        "train": {"num_workers": 1, "cpus_per_worker": 2, "batch_size": 12, "max_steps": steps,
+        "train": {"num_workers": 1, "cpus_per_worker": 2, "batch_size": BATCH, "max_steps": steps,
                   "eval_interval": 250, "checkpoint_interval": 250,
                   "model_dir": str(workdir / "model"), "checkpoint_dir": str(workdir / "ckpt"),
                   "curves_dir": str(workdir / "curves")},
@@ -69,7 +70,7 @@ def stage_phases(workdir: Path) -> tuple[dict[str, float], float]:
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     metrics = client.get_run(run_id).data.metrics
     rates = [m.value for m in sorted(client.get_metric_history(run_id, "tokens_per_s"), key=lambda m: m.step)]
-    tokens_per_step = 12 * MODEL["block_size"]
+    tokens_per_step = BATCH * MODEL["block_size"]
     return ({k: v for k, v in metrics.items() if k.startswith("time_")},
             statistics.median(tokens_per_step / r for r in rates[10:]))
 
