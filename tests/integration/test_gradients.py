@@ -9,6 +9,8 @@ noise (rtol 1e-5, atol 1e-7). Once with clipping off (scale errors show) and onc
 (FSDP must clip by the norm of the whole gradient, not of its shard, as DDP does)."""
 
 import os
+import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -40,39 +42,54 @@ class RecordingOptimizer(torch.optim.SGD):
             self.grads[name.removeprefix("module.")] = grad.detach().clone()
 
 
-def gradients(rank: int, world: int, strategy: str, batch: int, accum: int, port: int, out: str) -> None:
+def step_gradients(world: int, strategy: str, batch: int, accum: int, clip: float) -> dict:
+    """The gradients of one train_step. The model dies on return: a DDP reducer that outlives its
+    process group can hang its process at exit (seen here, about one run in two)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.parallel import parallelize
 
+    cfg = Config.model_validate({"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
+                                 "train": {"batch_size": batch, "grad_accum_steps": accum,
+                                           "grad_clip": clip}})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
     if world > 1:
-        os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    results = {}
-    for label, clip in CLIPS.items():
-        cfg = Config.model_validate({"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
-                                     "train": {"batch_size": batch, "grad_accum_steps": accum,
-                                               "grad_clip": clip}})
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
-        if world > 1:
-            model = DistributedDataParallel(model) if strategy == "ddp" else \
-                parallelize(model, "fsdp", torch.device("cpu"))
-        optimizer = RecordingOptimizer(model.named_parameters())
-        train_step(model, optimizer, TOKENS, [1337, 0], 0.0, cfg, torch.device("cpu"))
-        results[label] = optimizer.grads
+        model = DistributedDataParallel(model) if strategy == "ddp" else \
+            parallelize(model, "fsdp", torch.device("cpu"))
+    optimizer = RecordingOptimizer(model.named_parameters())
+    train_step(model, optimizer, TOKENS, [1337, 0], 0.0, cfg, torch.device("cpu"))
+    return optimizer.grads
+
+
+def gradients(rank: int, world: int, strategy: str, batch: int, accum: int, port: int, out: str) -> None:
+    if world > 1:
+        os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    results = {label: step_gradients(world, strategy, batch, accum, clip) for label, clip in CLIPS.items()}
     if rank == 0:
         torch.save(results, out)
     if world > 1:
         dist.destroy_process_group()
 
 
+def spawn(fn, args: tuple, nprocs: int, deadline_s: float = 180) -> None:
+    """mp.spawn with a deadline: a hung rank fails the test instead of stalling the suite."""
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{fn.__name__} ranks still running after {deadline_s:.0f} s")
+
+
 def run(tmp_path, name: str, world: int, strategy: str, batch: int, accum: int) -> dict:
     out = str(tmp_path / f"{name}.pt")
     args = (world, strategy, batch, accum, free_port(), out)
     if world > 1:
-        mp.spawn(gradients, args=args, nprocs=world)
+        spawn(gradients, args, world)
     else:
         gradients(0, *args)
     return torch.load(out, weights_only=True)
