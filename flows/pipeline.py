@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, get_client, get_run_logger, task
@@ -40,9 +41,12 @@ class StageFailed(RuntimeError):
 @task(task_run_name="{stage}")
 def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     """Reproduce one DVC stage; returns 'ran' or 'skipped'."""
+    started = time.perf_counter()
     tail = run_command(stage, ["dvc", "repro", "--single-item", stage] + (["--force"] if force else []),
                        project_dir)
-    return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+    outcome = "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+    get_run_logger().info("stage %s %s in %.1f s", stage, outcome, time.perf_counter() - started)
+    return outcome
 
 
 def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
