@@ -1,0 +1,80 @@
+"""`make run` on a fresh clone of this checkout, timed end to end, and where the time goes.
+
+    python -m benchmarks.make_run
+
+The README's figure is for a fresh clone once the environment exists, so the clone borrows this
+checkout's .venv (make is told it is up to date with `-o`) and PYTHONPATH puts the clone's own
+code first. One run, nothing else running.
+
+Keys: make_run_seconds (wall time of `make run`), make_run_phase_<stage>_s (each stage's task, as
+the flow logs it: `dvc repro` and the `lmp` process it starts), make_run_phase_orchestration_s
+(the rest: make, the flow's process, Prefect's temporary server, the summary), and
+make_run_train_time_<phase>_s (the train stage's own breakdown), and
+make_run_test_perplexity, to show the time was not bought by training less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.run import save_results
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_LINE = re.compile(r"stage (\w+) (ran|skipped) in ([\d.]+) s")
+
+
+def fresh_clone(into: Path) -> Path:
+    clone = into / "lm-pipeline"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    (clone / ".venv").symlink_to(ROOT / ".venv")
+    return clone
+
+
+def timed_make_run(clone: Path) -> tuple[float, list[str]]:
+    env = {"PYTHONPATH": str(clone), "PATH": f"{clone / '.venv/bin'}:/usr/bin:/bin"}
+    start = time.perf_counter()
+    proc = subprocess.run(["make", "-o", ".venv/.installed", "run"], cwd=clone, env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"make run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return seconds, (proc.stdout + proc.stderr).splitlines()
+
+
+def stage_seconds(lines: list[str]) -> dict[str, float]:
+    return {m[1]: float(m[3]) for line in lines if (m := STAGE_LINE.search(line))}
+
+
+def train_phases(clone: Path) -> dict[str, float]:
+    """The train stage's own breakdown (its run's time_* metrics: loop.PhaseClock, driver_times)."""
+    import mlflow
+
+    run_id = json.loads((clone / "models/model/run.json").read_text())["mlflow_run_id"]
+    metrics = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}").get_run(run_id).data.metrics
+    return {f"make_run_train_{k}": v for k, v in sorted(metrics.items()) if k.startswith("time_")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lmp-bench-make-run-") as tmp:
+        clone = fresh_clone(Path(tmp))
+        wall, lines = timed_make_run(clone)
+        stages = stage_seconds(lines)
+        train = train_phases(clone)
+        perplexity = json.loads((clone / "reports/metrics.json").read_text())["perplexity"]
+    results = {"make_run_seconds": wall,
+               **{f"make_run_phase_{stage}_s": s for stage, s in stages.items()},
+               "make_run_phase_orchestration_s": wall - sum(stages.values()),
+               **train, "make_run_test_perplexity": perplexity}
+    save_results(results)
+
+
+if __name__ == "__main__":
+    main()
