@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def fresh_clone(into: Path) -> Path:
 
 
 def timed_make_run(clone: Path) -> tuple[float, list[str]]:
-    env = {"PYTHONPATH": str(clone), "PATH": f"{clone / '.venv/bin'}:/usr/bin:/bin"}
+    env = os.environ | {"PYTHONPATH": str(clone), "PATH": f"{clone / '.venv/bin'}:{os.environ['PATH']}"}
     start = time.perf_counter()
     proc = subprocess.run(["make", "-o", ".venv/.installed", "run"], cwd=clone, env=env,
                           capture_output=True, text=True)
@@ -52,23 +53,28 @@ def stage_seconds(lines: list[str]) -> dict[str, float]:
     return {m[1]: float(m[3]) for line in lines if (m := STAGE_LINE.search(line))}
 
 
-def train_phases(clone: Path) -> dict[str, float]:
+def train_phases(clone: Path, cfg) -> dict[str, float]:
     """The train stage's own breakdown (its run's time_* metrics: loop.PhaseClock, driver_times)."""
     import mlflow
 
-    run_id = json.loads((clone / "models/model/run.json").read_text())["mlflow_run_id"]
-    metrics = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}").get_run(run_id).data.metrics
+    run_id = json.loads((clone / cfg.train.model_dir / "run.json").read_text())["mlflow_run_id"]
+    db = clone / cfg.tracking_uri.removeprefix("sqlite:///")  # the default store, in the clone
+    uri = f"sqlite:///{db}" if cfg.tracking_uri.startswith("sqlite:///") else cfg.tracking_uri
+    metrics = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
     return {f"make_run_train_{k}": v for k, v in sorted(metrics.items()) if k.startswith("time_")}
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lm_pipeline.config import load_config
+
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lmp-bench-make-run-") as tmp:
         clone = fresh_clone(Path(tmp))
         wall, lines = timed_make_run(clone)
+        cfg = load_config(clone / "params.yaml")  # where the clone's stages wrote
         stages = stage_seconds(lines)
-        train = train_phases(clone)
-        perplexity = json.loads((clone / "reports/metrics.json").read_text())["perplexity"]
+        train = train_phases(clone, cfg)
+        perplexity = json.loads((clone / cfg.evaluate.metrics_file).read_text())["perplexity"]
     results = {"make_run_seconds": wall,
                **{f"make_run_phase_{stage}_s": s for stage, s in stages.items()},
                "make_run_phase_orchestration_s": wall - sum(stages.values()),
