@@ -1,5 +1,6 @@
 """Real servers as processes on loopback for the tests: any command started and waited on until it
-answers, and a throwaway PostgreSQL cluster (the production tests' MLflow and Prefect backend)."""
+answers, and a throwaway PostgreSQL cluster (the production tests' MLflow and Prefect backend); and
+torch ranks spawned with a deadline."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+
+
+def spawn(fn, args: tuple, nprocs: int, deadline_s: float = 180) -> None:
+    """torch's mp.spawn with a deadline: a hung rank fails the test instead of stalling the suite."""
+    import pytest
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in context.processes:
+                proc.kill()
+            pytest.fail(f"{fn.__name__} ranks still running after {deadline_s:.0f} s")
 
 
 def free_port() -> int:

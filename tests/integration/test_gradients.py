@@ -9,18 +9,16 @@ noise (rtol 1e-5, atol 1e-7). Once with clipping off (scale errors show) and onc
 (FSDP must clip by the norm of the whole gradient, not of its shard, as DDP does)."""
 
 import os
-import time
 from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from tests.services import free_port
+from tests.services import free_port, spawn
 
 pytestmark = [pytest.mark.metrics, pytest.mark.distributed]
 
@@ -72,17 +70,6 @@ def gradients(rank: int, world: int, strategy: str, batch: int, accum: int, port
         torch.save(results, out)
     if world > 1:
         dist.destroy_process_group()
-
-
-def spawn(fn, args: tuple, nprocs: int, deadline_s: float = 180) -> None:
-    """mp.spawn with a deadline: a hung rank fails the test instead of stalling the suite."""
-    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
-    deadline = time.monotonic() + deadline_s
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"{fn.__name__} ranks still running after {deadline_s:.0f} s")
 
 
 def run(tmp_path, name: str, world: int, strategy: str, batch: int, accum: int) -> dict:
