@@ -16,7 +16,7 @@ import codecs
 import json
 import logging
 import sysconfig
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,6 +319,18 @@ def module_docstrings(path: Path) -> list[str]:
         tree = ast.parse(path.read_bytes())
     except (SyntaxError, ValueError):
         return []  # a few stdlib files are templates or target other versions
-    nodes = [tree] + [n for n in ast.walk(tree)
-                      if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
-    return [doc for node in nodes if (doc := ast.get_docstring(node))]
+    return [doc for node in [tree, *definitions(tree)] if (doc := ast.get_docstring(node))]
+
+
+def definitions(tree: ast.Module) -> list[ast.AST]:
+    """The functions and classes of a module in ast.walk's order (breadth first), reached through
+    statements only. A definition is a statement, never inside an expression, so skipping the
+    expressions (most of a module's nodes, and most of the time of a full walk) loses none."""
+    found, queue = [], deque([tree])
+    while queue:
+        node = queue.popleft()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.append(node)
+        queue.extend(child for child in ast.iter_child_nodes(node)
+                     if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case))
+    return found

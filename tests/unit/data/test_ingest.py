@@ -188,6 +188,49 @@ def test_builtin_corpus_is_real_english_prose():
     assert any(d["id"] == "topics:assert" for d in docs)
 
 
+NESTED = """
+\"\"\"module\"\"\"
+x = [lambda: 1 for _ in range(3)]
+if x:
+    def in_if():
+        \"\"\"in if\"\"\"
+try:
+    class InTry:
+        \"\"\"in try\"\"\"
+        async def method(self):
+            \"\"\"async method\"\"\"
+            def inner():
+                \"\"\"inner\"\"\"
+except ImportError:
+    def in_handler():
+        \"\"\"in handler\"\"\"
+finally:
+    pass
+match x:
+    case [1]:
+        def in_case():
+            \"\"\"in case\"\"\"
+with open(__file__) as f:
+    for y in x:
+        while y:
+            def in_loop():
+                \"\"\"in loop\"\"\"
+def top():
+    \"\"\"top\"\"\"
+"""
+
+
+def test_docstrings_come_in_the_order_of_a_full_ast_walk():
+    """The corpus (and so its hash and every stage after ingest) depends on this order."""
+    import ast
+
+    tree = ast.parse(NESTED)
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    walked = [n for n in ast.walk(tree) if isinstance(n, kinds)]
+    assert [n.name for n in ingest.definitions(tree)] == [n.name for n in walked]
+    assert len(walked) == 8
+
+
 def test_local_formats(tmp_path):
     (tmp_path / "a.txt").write_text("plain text document")
     (tmp_path / "b.jsonl").write_text('{"text": "first", "id": "j1"}\n\n{"text": "second"}\n')
