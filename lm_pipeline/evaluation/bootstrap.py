@@ -27,8 +27,20 @@ def perplexity_of(nll: np.ndarray, counts: np.ndarray) -> Callable[[np.ndarray],
 
 
 def corpus_bleu_of(predictions: list[str], references: list[str]) -> Callable[[np.ndarray], float]:
+    """Corpus BLEU of a resample of segments. Corpus BLEU is a function of the n-gram counts and
+    lengths summed over segments, so each segment is tokenized and counted once, and a resample
+    only sums its rows (sacrebleu's own scoring from the sums: the same number as corpus_score)."""
     import sacrebleu
 
     bleu = sacrebleu.metrics.BLEU()
-    return lambda idx: bleu.corpus_score([predictions[i] for i in idx],
-                                         [[references[i] for i in idx]]).score
+    segments = [bleu.corpus_score([p], [[r]]) for p, r in zip(predictions, references, strict=True)]
+    correct, total = (np.array([s.counts for s in segments]), np.array([s.totals for s in segments]))
+    sys_len, ref_len = np.array([s.sys_len for s in segments]), np.array([s.ref_len for s in segments])
+
+    def score(idx: np.ndarray) -> float:
+        return bleu.compute_bleu(correct[idx].sum(0).tolist(), total[idx].sum(0).tolist(),
+                                 int(sys_len[idx].sum()), int(ref_len[idx].sum()),
+                                 smooth_method=bleu.smooth_method, smooth_value=bleu.smooth_value,
+                                 effective_order=bleu.effective_order,
+                                 max_ngram_order=bleu.max_ngram_order).score
+    return score

@@ -297,6 +297,25 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
     assert narrow[1] - narrow[0] < high - low  # more documents, tighter interval
 
 
+def test_bleu_of_a_resample_is_sacrebleus_corpus_bleu_of_those_segments():
+    """The bootstrap sums per-segment counts: each resample must score as corpus_score would,
+    repeats, empty outputs and zero matches included."""
+    import sacrebleu
+
+    from lm_pipeline.evaluation.bootstrap import corpus_bleu_of
+
+    rng = np.random.default_rng(3)
+    vocab = "the a cat dog sat on mat ran far , .".split()
+    references = [" ".join(rng.choice(vocab, size=rng.integers(3, 12))) for _ in range(30)]
+    predictions = [" ".join(rng.choice(vocab, size=rng.integers(0, 12))) for _ in range(30)]
+    predictions[:3] = [references[0], "", "zzz qqq"]
+    stat = corpus_bleu_of(predictions, references)
+    for idx in [np.arange(30), *(rng.integers(0, 30, size=30) for _ in range(20)), np.array([1, 2])]:
+        expected = sacrebleu.metrics.BLEU().corpus_score([predictions[i] for i in idx],
+                                                         [[references[i] for i in idx]]).score
+        assert stat(idx) == pytest.approx(expected, abs=1e-9)
+
+
 def test_modules_load_offline_with_plain_evaluate_load(tmp_path):
     import subprocess
     import sys
