@@ -79,6 +79,44 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
 
 
 @dataclass(frozen=True)
+class S3Server:
+    """An S3 endpoint and the credentials clients find in their environment, as in production."""
+    endpoint: str
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": "lmp-test", "AWS_SECRET_ACCESS_KEY": "lmp-test-secret",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self):
+        import boto3
+
+        env = self.env()
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+    def keys(self, bucket: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@contextlib.contextmanager
+def s3_server(log: Path, buckets: tuple[str, ...]) -> Iterator[S3Server]:
+    """moto's standalone S3 server on a free loopback port, with `buckets` made as compose's
+    minio-buckets makes them. MinIO's server is not packaged for this machine; moto speaks the same
+    S3 API to the same clients (boto3, s3fs, DVC, MLflow)."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log,
+                 ready_url=f"{endpoint}/moto-api/"):
+        server = S3Server(endpoint)
+        for bucket in buckets:
+            server.client().create_bucket(Bucket=bucket)
+        yield server
+
+
+@dataclass(frozen=True)
 class Postgres:
     host: str
     port: int

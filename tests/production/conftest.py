@@ -3,7 +3,8 @@ process worker, and one deployment of the pipeline triggered twice at once.
 
 The servers are set up with what infra/ ships: the database roles from compose/postgres-init.sql,
 MLflow from compose/mlflow-server.sh and the pipeline's MLflow user from compose/mlflow-pipeline-user.py;
-MLflow and Prefect each connect as their own role, the worker as the MLflow user `pipeline`.
+MLflow and Prefect each connect as their own role, the worker as the MLflow user `pipeline`. MLflow
+proxies artifacts to the bucket `mlflow` of a real S3 server (moto's, standing in for MinIO).
 
 Everything is started once per test session (a few seconds each, the pipeline run about a minute)."""
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
-from tests.services import BIN, Postgres, free_port, postgres_server, process
+from tests.services import BIN, Postgres, S3Server, free_port, postgres_server, process, s3_server
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
@@ -66,6 +67,13 @@ def services_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3(services_dir) -> S3Server:
+    """The S3 server with compose's buckets: `mlflow` (artifacts) and `dvc` (the DVC remote)."""
+    with s3_server(services_dir / "s3.log", ("mlflow", "dvc")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def postgres() -> Postgres:
     with postgres_server() as db:
         yield db
@@ -90,16 +98,17 @@ def server_pids() -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres, db_roles, services_dir, server_pids) -> MlflowServer:
+def mlflow_server(postgres, db_roles, services_dir, server_pids, s3) -> MlflowServer:
     """infra/compose/mlflow-server.sh (`mlflow server --app-name basic-auth` on PostgreSQL as the role
-    `mlflow`), artifacts proxied to a local folder, then the pipeline's user made as compose does."""
+    `mlflow`), artifacts proxied to the S3 bucket `mlflow` as compose's `mlflow` service does (the
+    S3 credentials only in the server's environment), then the pipeline's user made as compose does."""
     port = free_port()
     admin_password = secrets.token_urlsafe(18)
-    # As compose's service `mlflow`, but with the test cluster's address and a local artifact store.
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    # As compose's service `mlflow`, with the test cluster's and the S3 server's addresses.
+    env = os.environ | s3.env() | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
                         "PGHOST": postgres.host, "PGPORT": str(postgres.port),
                         "PGPASSWORD": db_roles.mlflow.password,
-                        "MLFLOW_ARTIFACTS_DESTINATION": str(services_dir / "mlflow-artifacts"),
+                        "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/",
                         "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
     cmd = ["sh", str(INFRA / "compose/mlflow-server.sh"), "--host", "127.0.0.1", "--port", str(port),

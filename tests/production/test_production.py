@@ -79,7 +79,7 @@ def test_each_run_has_a_summary_artifact_with_the_registry_decision(deployment):
 
 
 def test_pipeline_tracks_and_registers_on_the_postgres_backed_server(deployment, mlflow_server, postgres,
-                                                                     monkeypatch):
+                                                                     s3, monkeypatch):
     client = mlflow_client(mlflow_server, monkeypatch)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(champion.version) == "1"
@@ -91,6 +91,10 @@ def test_pipeline_tracks_and_registers_on_the_postgres_backed_server(deployment,
     # Artifacts go through the server's proxy, not to a path on the client.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert "evaluation" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # ...which stores them in the S3 bucket: the run's reports and the registered model's files.
+    keys = s3.keys("mlflow")
+    assert any(run.info.run_id in key and "/evaluation/" in key for key in keys), keys[:20]
+    assert any(key.endswith("/MLmodel") for key in keys), keys[:20]
     # ...and the rows really are in PostgreSQL.
     assert postgres.psql("SELECT count(*) FROM model_versions", "mlflow") == "1"
     assert int(postgres.psql("SELECT count(*) FROM metrics WHERE key = 'train_loss'", "mlflow")) >= len(steps)
