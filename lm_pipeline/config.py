@@ -35,7 +35,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the corpus comes from and where its documents and tokens go."""
 
-    source: str = Field("python-docs", description="'python-docs' or a .txt/.jsonl/.parquet path or folder")
+    source: str = Field("python-docs", description="'python-docs', or a .txt/.jsonl/.parquet file or "
+                        "folder, local or in object storage (s3://bucket/prefix; endpoint and keys from "
+                        "the environment)")
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
     min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")

@@ -19,6 +19,8 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.services import S3Server, s3_server  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -27,3 +29,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> S3Server:
+    """One real S3 server per session, with compose's buckets `mlflow` (artifacts) and `dvc` (the
+    DVC remote), and `corpus` for data."""
+    with s3_server(tmp_path_factory.mktemp("s3") / "s3.log", ("mlflow", "dvc", "corpus")) as server:
+        yield server

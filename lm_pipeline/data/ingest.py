@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import ast
 import codecs
+import io
 import json
 import logging
 import sysconfig
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Literal
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.documents import documents_path
@@ -50,6 +51,27 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """A corpus file on any filesystem fsspec knows (local, s3://, gs://, ...): messages and
+    document ids name it by `name`, its local path or its URL."""
+
+    fs: Any  # an fsspec AbstractFileSystem
+    path: str
+    name: str
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.path).suffix
+
+    def size(self) -> int:
+        return self.fs.size(self.path)
+
+    def open(self) -> BinaryIO:
+        # Buffered as a local file is: readline(limit) bounds what one JSONL line may hold.
+        return io.BufferedReader(self.fs.open(self.path, "rb"))
 
 
 @dataclass(frozen=True)
@@ -119,14 +141,36 @@ def iter_documents(source: str, min_doc_chars: int = 1,
     if source == BUILTIN_SOURCE:
         yield from python_docs(min_doc_chars)
         return
-    for item in corpus_files(Path(source).expanduser()):
+    files = object_files(source) if "://" in source else corpus_files(Path(source).expanduser())
+    for item in files:
         if isinstance(item, Problem):
             yield item
         else:
             yield from from_file(item, max_bytes)
 
 
-def corpus_files(root: Path) -> Iterator[Path | Problem]:
+def object_files(url: str) -> Iterator[CorpusFile]:
+    """The corpus files at an object-storage URL (a file, or every file under a prefix), in key
+    order. The endpoint and credentials come from the environment (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for s3://), never from params.yaml."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)  # today's listing, env
+        paths = sorted(fs.find(root))
+    except Exception as err:  # no such bucket, no endpoint, refused keys: each library its own type
+        raise IngestError(f"{url}: cannot list it ({type(err).__name__}: {err}); object storage takes its "
+                          "endpoint and keys from the environment (for s3://: AWS_ENDPOINT_URL, "
+                          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from None
+    files = [CorpusFile(fs, path, fs.unstrip_protocol(path)) for path in paths]
+    files = [f for f in files if f.suffix in SUPPORTED_SUFFIXES]
+    if not files:
+        raise IngestError(f"{url}: no {', '.join(SUPPORTED_SUFFIXES)} files there "
+                          "(data.source in params.yaml)")
+    yield from files
+
+
+def corpus_files(root: Path) -> Iterator[CorpusFile | Problem]:
     """The corpus files under `root`, in a stable order; broken links are problems, not silence."""
     if not root.exists():
         what = "symlink loop or broken symlink" if root.is_symlink() else "corpus path does not exist"
@@ -134,7 +178,7 @@ def corpus_files(root: Path) -> Iterator[Path | Problem]:
     if not root.is_dir():
         if root.suffix not in SUPPORTED_SUFFIXES:
             raise IngestError(f"{root}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})")
-        yield root
+        yield local_file(root)
         return
     entries = sorted(root.rglob("*"))
     files = [p for p in entries if p.suffix in SUPPORTED_SUFFIXES
@@ -149,32 +193,40 @@ def corpus_files(root: Path) -> Iterator[Path | Problem]:
             yield Problem(str(path), f"symlink to {path.resolve()}, outside the corpus folder {inside}",
                           "file")
         else:
-            yield path
+            yield local_file(path)
     for path in entries:
         if path.is_symlink() and path.is_dir():
             yield Problem(str(path), f"symlinked folder (to {path.resolve()}) not followed", "file")
 
 
-def from_file(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
+def local_file(path: Path) -> CorpusFile:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return CorpusFile(LocalFileSystem(), str(path), str(path))
+
+
+def from_file(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
     readers = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
     try:
-        yield from readers[path.suffix](path, max_bytes)
+        yield from readers[file.suffix](file, max_bytes)
     except OSError as err:  # permissions, I/O errors, a file removed while reading
-        yield Problem(str(path), f"cannot read ({err.strerror or err})", "file")
+        yield Problem(file.name, f"cannot read ({err.strerror or err})", "file")
 
 
 def too_large(size: int, max_bytes: int) -> str:
     return f"{size} bytes, over data.max_document_bytes ({max_bytes})"
 
 
-def read_txt(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
+def read_txt(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
     """A .txt file is one document."""
-    if (size := path.stat().st_size) > max_bytes:
-        yield Problem(str(path), too_large(size, max_bytes), "file")
+    path = file.name
+    if (size := file.size()) > max_bytes:
+        yield Problem(path, too_large(size, max_bytes), "file")
         return
-    data = path.read_bytes()
+    with file.open() as f:
+        data = f.read()
     if problem := binary_or_wrong_encoding(data):
-        yield Problem(str(path), problem, "file")
+        yield Problem(path, problem, "file")
         return
     try:
         text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
@@ -183,22 +235,22 @@ def read_txt(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
         yield Problem(f"{path}:{line}", f"invalid UTF-8 (byte {err.start} of the file)", "file")
         return
     if not text.strip():
-        yield Problem(str(path), "empty file", "file")
+        yield Problem(path, "empty file", "file")
         return
-    yield {"id": str(path), "text": text, "source": str(path)}
+    yield {"id": path, "text": text, "source": path}
 
 
-def read_jsonl(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
+def read_jsonl(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
     """One JSON object per line with a string `text` field (and optionally `id`)."""
-    records = 0
-    with open(path, "rb") as f:
+    path, records = file.name, 0
+    with file.open() as f:
         for lineno, raw in enumerate(capped_lines(f, max_bytes), start=1):
             if raw is None:
                 yield Problem(f"{path}:{lineno}", f"line over data.max_document_bytes ({max_bytes})",
                               "record")
                 continue
             if lineno == 1 and (problem := binary_or_wrong_encoding(raw)):
-                yield Problem(str(path), problem, "file")
+                yield Problem(path, problem, "file")
                 return
             if not raw.strip():
                 continue
@@ -208,9 +260,9 @@ def read_jsonl(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
                 continue
             records += 1
             yield {"id": str(record.get("id", f"{path}:{lineno}")), "text": record["text"],
-                   "source": str(path)}
+                   "source": path}
     if not records:
-        yield Problem(str(path), "empty file (no JSON records)", "file")
+        yield Problem(path, "empty file (no JSON records)", "file")
 
 
 def capped_lines(f, max_bytes: int) -> Iterator[bytes | None]:
@@ -261,19 +313,24 @@ def binary_or_wrong_encoding(head: bytes) -> str | None:
     return None
 
 
-def read_parquet(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
+def read_parquet(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
     """Rows with a string `text` column (and optionally `id`), read a batch at a time."""
+    with file.open() as f:
+        yield from parquet_rows(f, file.name, max_bytes)
+
+
+def parquet_rows(f: BinaryIO, path: str, max_bytes: int) -> Iterator[dict | Problem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(f)
     except pa.ArrowException as err:
-        yield Problem(str(path), f"not a readable Parquet file ({err})", "file")
+        yield Problem(path, f"not a readable Parquet file ({err})", "file")
         return
     columns = parquet.schema_arrow.names
     if "text" not in columns:
-        yield Problem(str(path), f"no 'text' column (columns: {', '.join(columns)})", "file")
+        yield Problem(path, f"no 'text' column (columns: {', '.join(columns)})", "file")
         return
     row = 0
     batches = parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else []))
@@ -281,7 +338,7 @@ def read_parquet(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
         try:
             batch = next(batches, None)
         except (pa.ArrowException, OSError) as err:  # a corrupt page: the footer read fine
-            yield Problem(str(path), f"corrupt Parquet data after row {row} ({str(err)[:200]})", "file")
+            yield Problem(path, f"corrupt Parquet data after row {row} ({str(err)[:200]})", "file")
             return
         if batch is None:
             return
@@ -293,7 +350,7 @@ def read_parquet(path: Path, max_bytes: int) -> Iterator[dict | Problem]:
             elif len(text) > max_bytes:  # characters: at least as many bytes
                 yield Problem(f"{path}:row {row}", too_large(len(text.encode()), max_bytes), "record")
             else:
-                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": str(path)}
+                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": path}
             row += 1
 
 

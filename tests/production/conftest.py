@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
-from tests.services import BIN, Postgres, S3Server, free_port, postgres_server, process, s3_server
+from tests.services import BIN, Postgres, free_port, postgres_server, process
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
@@ -64,13 +64,6 @@ class Deployment:
 @pytest.fixture(scope="session")
 def services_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("services")
-
-
-@pytest.fixture(scope="session")
-def s3(services_dir) -> S3Server:
-    """The S3 server with compose's buckets: `mlflow` (artifacts) and `dvc` (the DVC remote)."""
-    with s3_server(services_dir / "s3.log", ("mlflow", "dvc")) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,75 @@
+"""A corpus in object storage: `data.source: s3://bucket/prefix` against a real S3 server (moto's,
+on loopback), with the endpoint and keys only in the environment. The bucket's copy of a local
+folder gives the same documents, in the same order, as the folder; bad files are named by URL."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lm_pipeline.config import Config, DataConfig
+from lm_pipeline.data import ingest
+from lm_pipeline.data.documents import read_documents
+
+pytestmark = pytest.mark.scale
+
+
+def corpus(root: Path) -> Path:
+    """txt, jsonl and parquet files, one in a subfolder."""
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("A plain text document about the cat.")
+    (root / "b.jsonl").write_text('{"text": "first record", "id": "j1"}\n\n{"text": "second record"}\n')
+    pd.DataFrame({"text": ["from parquet", "another row"]}).to_parquet(root / "sub/c.parquet")
+    (root / "notes.csv").write_text("not,a,corpus,file")
+    return root
+
+
+def upload(s3, root: Path, bucket: str, prefix: str) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            s3.client().upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+def run_ingest(tmp_path: Path, source: str, name: str) -> list[dict]:
+    cfg = Config(data=DataConfig(source=source, raw_dir=tmp_path / name / "raw",
+                                 report_file=tmp_path / name / "ingest.json"))
+    result = ingest.run(cfg)
+    return list(read_documents(result.path))
+
+
+def test_a_bucket_prefix_gives_the_documents_of_the_same_local_folder(tmp_path, s3_env):
+    local = corpus(tmp_path / "corpus")
+    upload(s3_env, local, "corpus", "same/docs")
+    from_folder = run_ingest(tmp_path, str(local), "local")
+    from_bucket = run_ingest(tmp_path, "s3://corpus/same/docs", "s3")
+    assert [d["text"] for d in from_bucket] == [d["text"] for d in from_folder]
+    assert len(from_bucket) == 5
+    assert from_bucket[0]["source"] == "s3://corpus/same/docs/a.txt"
+    assert from_bucket[1]["id"] == "j1" and from_bucket[2]["id"] == "s3://corpus/same/docs/b.jsonl:3"
+    report = json.loads((tmp_path / "s3/ingest.json").read_text())
+    assert report["documents"] == 5 and report["skipped"] == 0
+
+
+def test_a_bad_file_in_the_bucket_is_named_by_its_url(tmp_path, s3_env):
+    local = corpus(tmp_path / "corpus")
+    (local / "sub/bad.txt").write_bytes(b"\x00\x01binary")
+    upload(s3_env, local, "corpus", "bad/docs")
+    with pytest.raises(ingest.IngestError, match=r"s3://corpus/bad/docs/sub/bad.txt: binary file"):
+        run_ingest(tmp_path, "s3://corpus/bad/docs", "bad")
+    assert not (tmp_path / "bad/raw/documents.jsonl").exists()
+
+
+def test_an_empty_prefix_and_missing_keys_are_clear_errors(tmp_path, s3_env, monkeypatch):
+    with pytest.raises(ingest.IngestError, match=r"s3://corpus/nothing/here: no \.txt, \.jsonl, \.parquet"):
+        run_ingest(tmp_path, "s3://corpus/nothing/here", "empty")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ingest.IngestError, match=r"s3://corpus/x: cannot list it .*AWS_ENDPOINT_URL"):
+        run_ingest(tmp_path, "s3://corpus/x", "unreachable")
