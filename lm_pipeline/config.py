@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import os
 from itertools import combinations
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
 # What the stages write, each replaced whole: none may be inside another, or the project itself.
 OUTPUTS = ("data.raw_dir", "data.processed_dir", "data.report_file", "validate.report_dir",
            "train.model_dir", "train.checkpoint_dir", "train.curves_dir", "evaluate.metrics_file",
            "evaluate.report_dir", "register.record_file", "tune.model_dir", "tune.report_dir")
+
+
+# A folder or an object-storage URL, kept as written (a Path would fold s3:// into s3:/).
+Location = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, PurePath) else v)]
 
 
 class ConfigError(ValueError):
@@ -184,7 +188,9 @@ class TrainConfig(Section):
                                   "from scratch")
     seed: int = Field(1337, description="seeds the initial weights and every batch")
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="Ray Train storage (checkpoints)")
+    checkpoint_dir: Location = Field("checkpoints", description="Ray Train storage (checkpoints): a folder, "
+                                     "or an object-storage URL every worker reaches (s3://bucket/prefix; "
+                                     "endpoint and keys from the environment)")
     curves_dir: Path = Field(Path("reports/training"), description="loss curves as CSV (dvc plots)")
 
     @model_validator(mode="after")
@@ -354,7 +360,7 @@ class Config(Section):
     def _outputs_stay_apart(self) -> Config:
         """Stages replace their outputs whole: an output that is the project (`.`), outside it
         (`..`), or inside or around another stage's output would delete what it covers."""
-        outputs = {key: self.path(key) for key in OUTPUTS}
+        outputs = {key: self.path(key) for key in OUTPUTS if "://" not in self.value(key)}  # URLs: elsewhere
         for key, path in outputs.items():
             if path.name in ("", ".", "..") or (".." in path.parts and not path.is_absolute()):
                 raise ValueError(f"{key}: {str(path)!r} must name a file or folder inside the project "
@@ -366,8 +372,11 @@ class Config(Section):
         return self
 
     def path(self, key: str) -> Path:
+        return Path(self.value(key))
+
+    def value(self, key: str) -> str:
         section, name = key.split(".")
-        return Path(getattr(getattr(self, {"validate": "validate_", "register": "register_"}.get(
+        return str(getattr(getattr(self, {"validate": "validate_", "register": "register_"}.get(
             section, section)), name))
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> S3Server:
     """One real S3 server per session, with compose's buckets `mlflow` (artifacts) and `dvc` (the
-    DVC remote), and `corpus` for data."""
-    with s3_server(tmp_path_factory.mktemp("s3") / "s3.log", ("mlflow", "dvc", "corpus")) as server:
+    DVC remote), and `corpus` and `checkpoints` for data and training."""
+    buckets = ("mlflow", "dvc", "corpus", "checkpoints")
+    with s3_server(tmp_path_factory.mktemp("s3") / "s3.log", buckets) as server:
         yield server

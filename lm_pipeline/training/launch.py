@@ -24,11 +24,12 @@ class TrainingError(RuntimeError):
     """Training failed on the workers; the message carries each failing rank's error."""
 
 
-def train_on_ray(cfg: Config, run_id: str, run_dir: Path, callbacks: tuple = ()):
+def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callbacks: tuple = ()):
     """Run the loop on cfg.train.num_workers Ray Train workers; returns Ray's Result.
 
-    `run_dir` names the run: the same folder resumes from its latest checkpoint. `callbacks` are
-    Ray Train callbacks (a Tune trial passes its reporter)."""
+    The run's folder is `name` in `checkpoints` (an absolute path or an s3:// URL every worker
+    reaches): the same folder resumes from its latest checkpoint. `callbacks` are Ray Train
+    callbacks (a Tune trial passes its reporter)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -48,8 +49,8 @@ def train_on_ray(cfg: Config, run_id: str, run_dir: Path, callbacks: tuple = ())
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=run_dir.name,  # the same name resumes from the latest checkpoint in it
-            storage_path=str(run_dir.parent),
+            name=name,  # the same name resumes from the latest checkpoint in it
+            storage_path=checkpoints,
             # The best checkpoints by validation loss are kept (and the latest, for resuming).
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
                                                checkpoint_score_attribute="val_loss",

@@ -27,6 +27,7 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.folder import RUN_FILE, read_run_info
+from lm_pipeline.storage import join, root
 from lm_pipeline.training.export import export_model, write_curves
 from lm_pipeline.training.launch import (
     check_data_fits,
@@ -79,7 +80,7 @@ def run(cfg: Config) -> dict:
     log.info("tune: %d trials (at most %d at once, %d workers each, %.0f s budget) over %s; MLflow "
              "parent run %s", cfg.tune.num_samples, cfg.tune.max_concurrent_trials,
              cfg.tune.workers_per_trial, cfg.tune.time_budget_s, ", ".join(cfg.tune.space), parent_id)
-    storage = (cfg.train.checkpoint_dir / f"tune-{stamp}").resolve()
+    storage = join(root(cfg.train.checkpoint_dir), f"tune-{stamp}")
     results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage).fit()
     children = {run.data.tags["tune.trial_id"]: run for run in client.search_runs(
         [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
@@ -87,12 +88,12 @@ def run(cfg: Config) -> dict:
     return record_search(cfg, client, parent_id, trials, meta)
 
 
-def make_tuner(cfg: Config, trial_tags: dict, storage: Path):
+def make_tuner(cfg: Config, trial_tags: dict, storage: str):
     from ray import tune
 
     return tune.Tuner(
         tune.with_resources(  # the trial only drives; its Ray Train workers hold the CPUs
-            tune.with_parameters(run_trial, base=portable_config(cfg), storage=str(storage), tags=trial_tags),
+            tune.with_parameters(run_trial, base=portable_config(cfg), storage=storage, tags=trial_tags),
             {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
@@ -102,7 +103,7 @@ def make_tuner(cfg: Config, trial_tags: dict, storage: Path):
                                                          random_state=cfg.tune.seed),
             time_budget_s=cfg.tune.time_budget_s,
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}"),
-        run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
+        run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0,
                                   callbacks=[free_workers_callback()]),
     )
 
@@ -209,7 +210,7 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
     client = mlflow.MlflowClient()
     params = run_params(cfg, meta)
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    train_on_ray(cfg, run_id, Path(storage) / f"trial-{trial_id}", callbacks=(TuneReportCallback(),))
+    train_on_ray(cfg, run_id, storage, f"trial-{trial_id}", callbacks=(TuneReportCallback(),))
     client.set_terminated(run_id, "FINISHED")
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm_pipeline import tracking
+from lm_pipeline import storage, tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
@@ -49,7 +49,8 @@ def run(cfg: Config) -> TrainResult:
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
     check_data_fits(cfg, meta)
-    run_dir = (cfg.train.checkpoint_dir / f"train-{run_digest(cfg, meta)}").resolve()
+    checkpoints, name = storage.root(cfg.train.checkpoint_dir), f"train-{run_digest(cfg, meta)}"
+    run_dir = storage.join(checkpoints, name)
     run_id = resumable_run_id(cfg, run_dir)
     if run_id:
         log.info("train: resuming %s from its latest checkpoint (same config and data; delete "
@@ -57,7 +58,7 @@ def run(cfg: Config) -> TrainResult:
     else:
         run_id = tracking.start_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                                     tags=run_tags(cfg, meta))
-        write_json(run_dir / MLFLOW_RUN_FILE, {"mlflow_run_id": run_id})
+        storage.write_json(storage.join(run_dir, MLFLOW_RUN_FILE), {"mlflow_run_id": run_id})
         log.info("train: fresh run in %s; MLflow run %s (%s)", run_dir, run_id,
                  tracking.tracking_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
@@ -68,7 +69,7 @@ def run(cfg: Config) -> TrainResult:
         try:
             init_ray(cfg)
             marks["ray_start"] = time.perf_counter()
-            result = train_on_ray(cfg, run_id, run_dir)
+            result = train_on_ray(cfg, run_id, checkpoints, name)
             marks["fit"] = time.perf_counter()
         except Exception:
             mlflow.set_tag("failed_stage", "train")
@@ -119,14 +120,15 @@ def hf_config_json(hf_config) -> dict | None:
     return read_json(Path(hf_config).expanduser() / "config.json")
 
 
-def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
-    """The MLflow run of an earlier attempt at this run, if it left one we can continue."""
+def resumable_run_id(cfg: Config, run_dir: str | Path) -> str | None:
+    """The MLflow run of an earlier attempt at this run (in a folder or a bucket), if it left one
+    we can continue."""
     import mlflow
 
-    record = run_dir / MLFLOW_RUN_FILE
-    if not record.exists():
+    record = storage.join(run_dir, MLFLOW_RUN_FILE)
+    if not storage.exists(record):
         return None
-    run_id = read_json(record)["mlflow_run_id"]
+    run_id = storage.read_json(record)["mlflow_run_id"]
     try:
         tracking.setup(cfg)
         mlflow.MlflowClient().get_run(run_id)
@@ -135,9 +137,9 @@ def resumable_run_id(cfg: Config, run_dir: Path) -> str | None:
             raise RuntimeError(f"train: cannot tell whether MLflow run {run_id} exists at "
                                f"{tracking.tracking_uri(cfg)} ({err.message}); the checkpoints in "
                                f"{run_dir} are kept: fix the tracking server and rerun") from None
-        aside = run_dir.with_name(f"{run_dir.name}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = f"{str(run_dir).rstrip('/')}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}"
         log.warning("train: %s names MLflow run %s, which this store lacks; starting over (the old "
                     "checkpoints are kept in %s)", record, run_id, aside)
-        run_dir.rename(aside)
+        storage.move(run_dir, aside)
         return None
     return run_id

@@ -132,6 +132,46 @@ def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
     assert "resumed from the checkpoint" not in out
 
 
+def committed_in_bucket(s3, bucket: str) -> int:
+    """committed_checkpoints, for a run whose storage is a bucket."""
+    client = s3.client()
+    for key in s3.keys(bucket):
+        if key.endswith("/checkpoint_manager_snapshot.json"):
+            try:
+                body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                return len(json.loads(body)["checkpoint_results"])
+            except (json.JSONDecodeError, KeyError, client.exceptions.NoSuchKey):
+                return 0
+    return 0
+
+
+@pytest.mark.scale
+@pytest.mark.fault_tolerance
+@pytest.mark.distributed
+def test_with_checkpoints_only_in_a_bucket_a_killed_stage_resumes_from_them(project, s3, monkeypatch):
+    """train.checkpoint_dir: s3://... on the real S3 server; the endpoint and keys reach the stage
+    (and through it Ray's workers) from the environment only."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    params = params_file(project, "in-bucket", num_workers=2, checkpoint_dir="s3://checkpoints/runs")
+    proc = start_train(project, params)
+    deadline = time.monotonic() + 180
+    while not committed_in_bucket(s3, "checkpoints"):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint in the bucket in time"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = train(project, params)
+    assert "resuming" in out and "resumed from the checkpoint at step" in out
+    assert [s for s, _ in curve(project, "in-bucket")] == list(range(1, TRAIN["train"]["max_steps"] + 1))
+    keys = s3.keys("checkpoints")
+    assert any(key.endswith("/manifest_rank1.json") for key in keys), keys[:20]
+    assert any(key.endswith("/mlflow_run.json") for key in keys), keys[:20]
+    assert not (project / "runs/in-bucket/checkpoints").exists()  # nothing on the local disk
+    assert (project / "runs/in-bucket/model/model.safetensors").is_file()  # exported from the bucket
+
+
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed

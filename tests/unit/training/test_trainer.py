@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.entities import Metric
 
-from lm_pipeline import tracking
+from lm_pipeline import storage, tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import write_json
@@ -97,6 +97,23 @@ def test_a_record_naming_a_run_the_store_lacks_starts_over_and_keeps_the_old_che
     assert not run_dir.exists()
     kept = list((tmp_path / "checkpoints").glob("train-abc.orphaned-*/checkpoint_000001"))
     assert len(kept) == 1  # moved aside, never deleted
+
+
+@pytest.mark.scale
+@pytest.mark.security
+def test_in_a_bucket_too_a_run_the_store_lacks_is_moved_aside_not_deleted(cfg, s3, monkeypatch):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    run_dir = "s3://checkpoints/orphan/train-abc"
+    storage.write_json(f"{run_dir}/{trainer.MLFLOW_RUN_FILE}", {"mlflow_run_id": "0" * 32})
+    s3.client().put_object(Bucket="checkpoints", Key="orphan/train-abc/checkpoint_000001/w.bin", Body=b"w")
+    assert trainer.resumable_run_id(cfg, run_dir) is None
+    keys = s3.keys("checkpoints")
+    assert not [k for k in keys if k.startswith("orphan/train-abc/")]
+    assert [k for k in keys if k.startswith("orphan/train-abc.orphaned-") and k.endswith("000001/w.bin")]
+    run_id = tracking.start_run(cfg, run_name="train-1", tags={})  # a record naming a real run resumes
+    storage.write_json(f"{run_dir}/{trainer.MLFLOW_RUN_FILE}", {"mlflow_run_id": run_id})
+    assert trainer.resumable_run_id(cfg, run_dir) == run_id
 
 
 @pytest.mark.security
