@@ -36,12 +36,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class MixSource(Section):
+    """One source of a data mixture."""
+
+    source: str = Field(description="as data.source: a file or folder, local or s3://, or 'python-docs'")
+    weight: float = Field(gt=0, description="its share of the mixture's characters (weights are normalized)")
+    name: str | None = Field(None, description="how reports name it; the source itself by default")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.source
+
+
+def corpus_description(source: str, sources: list[MixSource]) -> str:
+    """The corpus in one line: data.source, or the mixture of data.sources with its weights."""
+    if not sources:
+        return source
+    return "mixture: " + ", ".join(f"{s.label} ({s.weight:g})" for s in sources)
+
+
 class DataConfig(Section):
     """Where the corpus comes from and where its documents and tokens go."""
 
     source: str = Field("python-docs", description="'python-docs', or a .txt/.jsonl/.parquet file or "
                         "folder, local or in object storage (s3://bucket/prefix; endpoint and keys from "
                         "the environment)")
+    sources: list[MixSource] = Field([], description="a weighted mixture, read instead of data.source "
+                                     "when not empty: [{source: ..., weight: ...}, ...]; each source is "
+                                     "sampled down (never repeated) so its characters make its weight's "
+                                     "share")
+    mix_seed: int = Field(1337, description="seeds which documents each source of a mixture gives")
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
     min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")
@@ -53,6 +77,13 @@ class DataConfig(Section):
         "fail", description="a malformed JSONL line, a record without a string 'text'")
     report_file: Path = Field(Path("reports/ingest.json"), description="documents read, inputs skipped")
     shard_tokens: int = Field(1 << 24, ge=1024, description="tokens per shard file (the last is shorter)")
+
+    @model_validator(mode="after")
+    def _sources_have_names(self) -> DataConfig:
+        labels = [s.label for s in self.sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"data.sources: two sources share a name ({', '.join(labels)}); set `name`")
+        return self
 
 
 class ValidateConfig(Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import codecs
+import hashlib
 import io
 import json
 import logging
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Literal
 
-from lm_pipeline.config import Config
+import numpy as np
+
+from lm_pipeline.config import Config, MixSource, corpus_description
 from lm_pipeline.data.documents import documents_path
 from lm_pipeline.io import atomic_path, remove_leftovers, write_json
 
@@ -88,8 +91,13 @@ def run(cfg: Config) -> IngestResult:
     policy = {"file": cfg.data.on_bad_file, "record": cfg.data.on_bad_record}
     count = chars = 0
     skipped = Skipped()
+    described = corpus_description(cfg.data.source, cfg.data.sources)
+    mixture = Mixture(cfg.data.sources, cfg.data.mix_seed, cfg.data.min_doc_chars,
+                      cfg.data.max_document_bytes) if cfg.data.sources else None
+    items = mixture.documents() if mixture else \
+        iter_documents(cfg.data.source, cfg.data.min_doc_chars, cfg.data.max_document_bytes)
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for item in iter_documents(cfg.data.source, cfg.data.min_doc_chars, cfg.data.max_document_bytes):
+        for item in items:
             if isinstance(item, Problem):
                 if policy[item.scope] == "fail":
                     raise IngestError(f"{item} (data.on_bad_{item.scope}: skip to skip and report it)")
@@ -101,14 +109,17 @@ def run(cfg: Config) -> IngestResult:
             count += 1
             chars += len(item["text"])
         if count == 0:
-            raise IngestError(f"{cfg.data.source}: no documents"
+            raise IngestError(f"{described}: no documents"
                               + (f"; all {skipped.count} inputs were skipped, first: {skipped.examples[0]}"
                                  if skipped.count else ""))
-    write_report(cfg.data.report_file, count, chars, skipped)
+    write_report(cfg.data.report_file, count, chars, skipped, mixture.stats if mixture else None)
     for problem in skipped.examples[:10]:
         log.warning("ingest: skipped %s", problem)
     log.info("ingest: %d documents, %d characters from %s -> %s (%d inputs skipped)",
-             count, chars, cfg.data.source, out, skipped.count)
+             count, chars, described, out, skipped.count)
+    for stats in mixture.stats if mixture else ():
+        log.info("ingest: %s: %d of %d documents, %.1f%% of the characters (weight %.1f%%)", stats["name"],
+                 stats["documents"], stats["documents_read"], 100 * stats["share"], 100 * stats["weight"])
     return IngestResult(out, count, chars, tuple(skipped.examples))
 
 
@@ -126,14 +137,75 @@ class Skipped:
             self.examples.append(problem)
 
 
-def write_report(path: Path, documents: int, characters: int, skipped: Skipped) -> None:
+def write_report(path: Path, documents: int, characters: int, skipped: Skipped,
+                 mixture: list[dict] | None = None) -> None:
     write_json(path, {
         "documents": documents,
         "characters": characters,
         "skipped": skipped.count,
         "skipped_by_reason": dict(skipped.by_reason),
         "skipped_examples": [{"where": p.where, "reason": p.reason} for p in skipped.examples],
+        **({"mixture": mixture} if mixture else {}),
     })
+
+
+class Mixture:
+    """data.sources read as one corpus. A first pass measures each source (its documents'
+    lengths, and a sha256 of their texts, for lineage); then each source is sampled down to its
+    weight's share of the characters (keep_masks) and streamed again, its documents labelled
+    `mixture: <name>`. Bad input is reported by the first pass only."""
+
+    def __init__(self, sources: list[MixSource], seed: int, min_doc_chars: int, max_bytes: int):
+        self.sources, self.seed, self.stats = sources, seed, []
+        self.min_doc_chars, self.max_bytes = min_doc_chars, max_bytes
+
+    def read(self, spec: MixSource) -> Iterator[dict | Problem]:
+        return iter_documents(spec.source, self.min_doc_chars, self.max_bytes)
+
+    def documents(self) -> Iterator[dict | Problem]:
+        lengths = []
+        for spec in self.sources:
+            digest, sizes = hashlib.sha256(), []
+            for item in self.read(spec):
+                if isinstance(item, Problem):
+                    yield item
+                    continue
+                digest.update(item["text"].encode("utf-8", "surrogatepass") + b"\0")
+                sizes.append(len(item["text"]))
+            if not sizes:
+                raise IngestError(f"data.sources: {spec.label} has no usable documents")
+            lengths.append(np.array(sizes, dtype=np.int64))
+            self.stats.append({"name": spec.label, "source": spec.source, "sha256": digest.hexdigest(),
+                               "documents_read": len(sizes), "characters_read": int(sum(sizes))})
+        weights = [spec.weight for spec in self.sources]
+        masks = keep_masks(lengths, weights, self.seed)
+        for spec, sizes, keep, stats in zip(self.sources, lengths, masks, self.stats, strict=True):
+            stats |= {"weight": spec.weight / sum(weights), "documents": int(keep.sum()),
+                      "characters": int(sizes[keep].sum())}
+            documents = (item for item in self.read(spec) if not isinstance(item, Problem))
+            for kept, item in zip(keep, documents, strict=True):
+                if kept:
+                    yield item | {"mixture": spec.label}
+        total = sum(stats["characters"] for stats in self.stats)
+        for stats in self.stats:
+            stats["share"] = stats["characters"] / total
+
+
+def keep_masks(lengths: list[np.ndarray], weights: list[float], seed: int) -> list[np.ndarray]:
+    """Which documents of each source a mixture keeps. The mixture is the largest one every source
+    can fill at its weight without repeating a document (the scarcest source gives all of its);
+    each source gives a seeded random subset, its documents taken in a shuffled order while they
+    fit its share of the characters."""
+    shares = np.asarray(weights, dtype=float) / sum(weights)
+    size = min(float(sizes.sum()) / share for sizes, share in zip(lengths, shares, strict=True))
+    masks = []
+    for k, (sizes, share) in enumerate(zip(lengths, shares, strict=True)):
+        order = np.random.default_rng([seed, k]).permutation(len(sizes))
+        fits = np.cumsum(sizes[order]) <= share * size * (1 + 1e-9)
+        mask = np.zeros(len(sizes), dtype=bool)
+        mask[order[fits]] = True
+        masks.append(mask)
+    return masks
 
 
 def iter_documents(source: str, min_doc_chars: int = 1,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from lm_pipeline.config import Config, TokenizerConfig
+from lm_pipeline.config import Config, TokenizerConfig, corpus_description
 from lm_pipeline.data.documents import documents_path, read_documents
 from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
 from lm_pipeline.data.quality import check_validation_passed
@@ -72,7 +72,7 @@ def run(cfg: Config) -> PreprocessResult:
         if parent:
             check_parent_tokenizer_covers(coverage, tmp / parents.PARENT_DIR, parent, cfg.tokenizer)
         meta = ProcessedMeta(
-            source=cfg.data.source,
+            source=corpus_description(cfg.data.source, cfg.data.sources),
             vocab_size=tokenizer.get_vocab_size(),
             dtype=np.dtype(dtype).name,
             eot_id=eot_id(tokenizer),

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class CorpusScan:
     control_heavy: int = 0
     invalid_utf8: int = 0
     duplicates: int = 0
+    mixture_characters: Counter = field(default_factory=Counter)  # by data.sources name
     sample: list[dict] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -123,6 +125,8 @@ def scan_corpus(docs: Iterator[dict], cfg: Config) -> CorpusScan:
         text, doc_id = doc["text"], str(doc["id"])
         scan.documents += 1
         scan.characters += len(text)
+        if "mixture" in doc:
+            scan.mixture_characters[doc["mixture"]] += len(text)
         if not v.min_chars <= len(text) <= v.max_chars:
             scan.bad_length += 1
             scan.note("bad_length", doc_id)
@@ -352,6 +356,9 @@ def fmt(value) -> str:
     return f"{float(value):.4g}" if isinstance(value, int | float | np.number) else repr(value)
 
 
+METRIC_UNSAFE = re.compile(r"[^\w./ -]")  # what an MLflow metric name may not hold
+
+
 def corpus_metrics(scan: CorpusScan, documents: pd.DataFrame) -> dict:
     overlap = documents["train_overlap"].dropna()
     return {
@@ -366,4 +373,7 @@ def corpus_metrics(scan: CorpusScan, documents: pd.DataFrame) -> dict:
         "test_train_overlap_max": float(overlap.max()) if len(overlap) else 0.0,
         "control_heavy_documents": scan.control_heavy,
         "invalid_utf8_documents": scan.invalid_utf8,
+        # a mixture's sources, as shares of the characters (data.sources' weights are the goal)
+        **{"mixture_share/" + METRIC_UNSAFE.sub("_", name): chars / max(scan.characters, 1)
+           for name, chars in scan.mixture_characters.items()},
     }

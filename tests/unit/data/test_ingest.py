@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from lm_pipeline.config import Config, DataConfig
 from lm_pipeline.data import ingest
-from lm_pipeline.data.documents import DOCUMENTS_FILE, read_documents
+from lm_pipeline.data.documents import DOCUMENTS_FILE, documents_path, read_documents
 from lm_pipeline.data.ingest import iter_documents, python_docs
 
 pytestmark = pytest.mark.bad_input
@@ -301,3 +302,56 @@ def test_the_report_keeps_counts_and_a_few_examples_however_many_records_are_bad
     assert report["skipped"] == 5000
     assert report["skipped_by_reason"] == {"malformed JSON: Expecting value": 5000}
     assert len(report["skipped_examples"]) == len(result.skipped) == ingest.REPORT_EXAMPLES
+
+
+def jsonl_source(folder: Path, prefix: str, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = [json.dumps({"text": f"{prefix} {i} " + "word " * int(rng.integers(5, 60))}) for i in range(n)]
+    write(folder / "docs.jsonl", "\n".join(lines) + "\n")
+    return folder
+
+
+def mixture_config(tmp_path: Path, name: str, weights: tuple[float, float], seed: int = 1337) -> Config:
+    sources = [{"source": str(jsonl_source(tmp_path / "web", "web", 3000, 1)), "weight": weights[0],
+                "name": "web"},
+               {"source": str(jsonl_source(tmp_path / "code", "code", 800, 2)), "weight": weights[1],
+                "name": "code"}]
+    return Config(data=DataConfig(sources=sources, mix_seed=seed, raw_dir=tmp_path / name / "raw",
+                                  report_file=tmp_path / name / "ingest.json"))
+
+
+@pytest.mark.scale
+def test_a_weighted_mixture_has_its_shares_and_is_the_same_for_a_seed(tmp_path):
+    """70/30 of the characters, within 1 point: the tolerance is a few documents' worth (the
+    documents are 30 to 300 characters, the sources hundreds of thousands)."""
+    cfg = mixture_config(tmp_path, "a", (0.7, 0.3))
+    ingest.run(cfg)
+    report = json.loads(cfg.data.report_file.read_text())
+    shares = {s["name"]: s["share"] for s in report["mixture"]}
+    assert shares["web"] == pytest.approx(0.7, abs=0.01) and shares["code"] == pytest.approx(0.3, abs=0.01)
+    code = next(s for s in report["mixture"] if s["name"] == "code")
+    assert code["documents"] == code["documents_read"] == 800  # the scarcer source gives all it has
+    assert all(len(s["sha256"]) == 64 and s["weight"] > 0 for s in report["mixture"])
+    docs = list(read_documents(documents_path(cfg.data.raw_dir)))
+    assert {d["mixture"] for d in docs} == {"web", "code"} and len(docs) == report["documents"]
+    again = mixture_config(tmp_path, "b", (0.7, 0.3))
+    ingest.run(again)
+    assert documents_path(again.data.raw_dir).read_bytes() == documents_path(cfg.data.raw_dir).read_bytes()
+    other = mixture_config(tmp_path, "c", (0.7, 0.3), seed=7)
+    ingest.run(other)
+    assert documents_path(other.data.raw_dir).read_bytes() != documents_path(cfg.data.raw_dir).read_bytes()
+
+
+def test_mixture_masks_fill_each_share_from_a_seeded_subset():
+    rng = np.random.default_rng(0)
+    lengths = [rng.integers(10, 100, size=5000), rng.integers(10, 100, size=500)]
+    masks = ingest.keep_masks(lengths, [3.0, 1.0], seed=1)
+    chars = [int(sizes[mask].sum()) for sizes, mask in zip(lengths, masks, strict=True)]
+    assert chars[0] / sum(chars) == pytest.approx(0.75, abs=0.005)
+    assert masks[1].all()  # the scarce source is used whole
+    assert not np.array_equal(masks[0], ingest.keep_masks(lengths, [3.0, 1.0], seed=2)[0])
+
+
+def test_two_sources_of_one_name_are_refused():
+    with pytest.raises(ValueError, match="two sources share a name"):
+        DataConfig(sources=[{"source": "a", "weight": 1}, {"source": "a", "weight": 2}])

@@ -131,3 +131,14 @@ def test_a_document_id_or_text_that_is_markup_shows_escaped_in_the_data_docs(tmp
     # they must be escaped.
     pages = [p.read_text() for p in (tmp_path / "reports" / "data_docs").rglob("*.html")]
     assert len(pages) >= 3 and not any("<script>alert(" in page for page in pages)
+
+
+def test_a_mixtures_shares_are_counted_over_every_document_as_metrics_mlflow_accepts():
+    import pandas as pd
+
+    docs = [{"id": "1", "text": "aaaa", "mixture": "web"}, {"id": "2", "text": "bb", "mixture": "s3://b/code"},
+            {"id": "3", "text": "cccccc", "mixture": "web"}]
+    scan = validate.scan_corpus(iter(docs), Config())
+    metrics = validate.corpus_metrics(scan, pd.DataFrame(columns=["train_overlap"]))
+    assert metrics["mixture_share/web"] == pytest.approx(10 / 12)
+    assert metrics["mixture_share/s3_//b/code"] == pytest.approx(2 / 12)
