@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from lm_pipeline import storage
 from lm_pipeline.config import Config, MixSource, corpus_description
 from lm_pipeline.data.documents import documents_path
 from lm_pipeline.io import atomic_path, remove_leftovers, write_json
@@ -213,7 +214,7 @@ def iter_documents(source: str, min_doc_chars: int = 1,
     if source == BUILTIN_SOURCE:
         yield from python_docs(min_doc_chars)
         return
-    files = object_files(source) if "://" in source else corpus_files(Path(source).expanduser())
+    files = object_files(source) if storage.is_url(source) else corpus_files(Path(source).expanduser())
     for item in files:
         if isinstance(item, Problem):
             yield item
@@ -225,10 +226,8 @@ def object_files(url: str) -> Iterator[CorpusFile]:
     """The corpus files at an object-storage URL (a file, or every file under a prefix), in key
     order. The endpoint and credentials come from the environment (AWS_ENDPOINT_URL,
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for s3://), never from params.yaml."""
-    import fsspec
-
     try:
-        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)  # today's listing, env
+        fs, root = storage.filesystem(url)
         paths = sorted(fs.find(root))
     except Exception as err:  # no such bucket, no endpoint, refused keys: each library its own type
         raise IngestError(f"{url}: cannot list it ({type(err).__name__}: {err}); object storage takes its "
