@@ -77,6 +77,12 @@ class DataConfig(Section):
         "fail", description="a malformed JSONL line, a record without a string 'text'")
     report_file: Path = Field(Path("reports/ingest.json"), description="documents read, inputs skipped")
     shard_tokens: int = Field(1 << 24, ge=1024, description="tokens per shard file (the last is shorter)")
+    preprocess_on: Literal["auto", "local", "ray"] = Field(
+        "auto", description="where preprocessing encodes: this machine's cores, or Ray Data on every CPU "
+        "of the cluster; auto takes Ray when a cluster is configured (ray.address or RAY_ADDRESS) and "
+        "documents.jsonl has at least data.ray_preprocess_min_bytes")
+    ray_preprocess_min_bytes: int = Field(1 << 30, ge=0, description="smallest corpus auto encodes on Ray "
+                                          "(below it, Ray's start-up costs more than it saves)")
 
     @model_validator(mode="after")
     def _sources_have_names(self) -> DataConfig:

@@ -2,8 +2,9 @@
 
 Streams data/raw/documents.jsonl twice and never holds the corpus in memory: once to train the
 tokenizer on the training split (a seeded sample of it when the corpus is larger than
-tokenizer.max_train_chars), once to encode every document in batches on all cores (the
-tokenizer's own threads) and write fixed-size shards.
+tokenizer.max_train_chars), once to encode every document in batches, on all cores (the
+tokenizer's own threads) or as Ray Data on every CPU of a cluster (data.preprocess_on; encode.py),
+and write fixed-size shards.
 
 The output, data/processed/ (its format: data/processed.py), is written atomically as one folder.
 With train.init_from, the parent model is pinned in it and its tokenizer reused; a corpus that
@@ -13,7 +14,7 @@ tokenizer does not cover is refused (see model/parent.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tokenizers import Tokenizer
 
 from lm_pipeline.config import Config, TokenizerConfig, corpus_description
 from lm_pipeline.data.documents import documents_path, read_documents
+from lm_pipeline.data.encode import COLUMNS, local_batches, ray_batches, use_ray
 from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
 from lm_pipeline.data.quality import check_validation_passed
 from lm_pipeline.data.shards import ShardWriter
@@ -33,9 +35,6 @@ from lm_pipeline.model import parent as parents
 from lm_pipeline.model.folder import RUN_FILE, read_run_info
 
 log = logging.getLogger(__name__)
-
-ENCODE_BATCH_CHARS = 2_000_000  # text per encode_batch call: enough to keep every core busy
-
 
 @dataclass(frozen=True)
 class PreprocessResult:
@@ -62,8 +61,8 @@ def run(cfg: Config) -> PreprocessResult:
         tokenizer.save(str(tokenizer_path(tmp)))
         dtype = token_dtype(tokenizer.get_vocab_size())
         writers = {name: ShardWriter(tmp / name, dtype, cfg.data.shard_tokens) for name in SPLITS}
-        texts = UniqueTexts(source)
-        counts = encode_into_shards(texts, tokenizer, writers, cfg)
+        encode = ray_batches if use_ray(cfg, source) else local_batches
+        counts, duplicates = write_shards(encode(source, tokenizer, cfg, dtype), tokenizer, writers)
         for name in SPLITS:
             if not counts["documents"][name]:
                 raise ValueError(f"preprocess: the {name} split is empty ({sum(counts['documents'].values())}"
@@ -82,13 +81,13 @@ def run(cfg: Config) -> PreprocessResult:
             tokens=counts["tokens"], documents=counts["documents"], characters=counts["characters"],
             text_bytes=counts["text_bytes"], unknown=counts["unknown"],
             **coverage,
-            duplicates_dropped=texts.duplicates,
+            duplicates_dropped=duplicates,
             parent=parent,
         )
         write_meta(tmp, meta)
     log.info("preprocess: vocab %d, tokens %s in shards of %d, %d duplicates dropped -> %s",
-             meta.vocab_size, meta.tokens, cfg.data.shard_tokens, texts.duplicates, out)
-    return PreprocessResult(out, meta.vocab_size, meta.tokens, texts.duplicates)
+             meta.vocab_size, meta.tokens, cfg.data.shard_tokens, duplicates, out)
+    return PreprocessResult(out, meta.vocab_size, meta.tokens, duplicates)
 
 
 class UniqueTexts:
@@ -119,45 +118,38 @@ def tokenizer_sample(source: Path, cfg: Config) -> Iterator[str]:
             yield text
 
 
-def encode_into_shards(texts, tokenizer, writers: dict[str, ShardWriter], cfg: Config) -> dict:
-    """Encode batches of texts on all cores and append each to its split's shards.
+def write_shards(batches: Iterable[dict], tokenizer: Tokenizer, writers: dict[str, ShardWriter]):
+    """Append each encoded document (encode.py's columns) to its split's shards, first copies only.
 
-    Counts tokens, documents, characters and UTF-8 bytes per split, and <unk> tokens (with a few examples of
-    the text they replaced): a reused tokenizer may not cover a new corpus."""
-    eot, unk = eot_id(tokenizer), tokenizer.token_to_id(UNK)
+    Returns the counts per split of tokens, documents, characters, UTF-8 bytes and <unk> tokens
+    (with a few examples of the text they replaced: a reused tokenizer may not cover a new corpus),
+    and how many duplicates were dropped."""
+    unk = tokenizer.token_to_id(UNK)
     counts = {key: dict.fromkeys(SPLITS, 0)
               for key in ("tokens", "documents", "characters", "text_bytes", "unknown")}
     counts["unknown_examples"] = []
-    batch: list[tuple[str, str]] = []
-    size = 0
-
-    def flush() -> None:
-        encodings = tokenizer.encode_batch_fast([text for _, text in batch], add_special_tokens=False)
-        for (split, text), encoding in zip(batch, encodings, strict=True):
-            ids = np.append(np.asarray(encoding.ids, dtype=writers[split].dtype), eot)
+    seen: set[bytes] = set()  # 8-byte digests: the one thing that grows with the corpus
+    duplicates = 0
+    for batch in batches:
+        for digest, split, ids, characters, text_bytes, unknown, text in zip(
+                *(batch[name] for name in COLUMNS), strict=True):
+            if digest in seen:
+                duplicates += 1
+                continue
+            seen.add(digest)
+            ids = np.frombuffer(ids, dtype=writers[split].dtype)
             writers[split].append(ids)
             counts["tokens"][split] += len(ids)
             counts["documents"][split] += 1
-            counts["characters"][split] += len(text)
-            counts["text_bytes"][split] += len(text.encode("utf-8"))  # decoding would drop <unk>
-            if unk is not None and (unknown := int(np.count_nonzero(ids == unk))):
-                counts["unknown"][split] += unknown
-                if len(counts["unknown_examples"]) < 5:  # offsets need the slower encode
-                    # One span per id but the final <|endoftext|>.
-                    spans = tokenizer.encode(text, add_special_tokens=False).offsets
-                    unknown_spans = [span for i, span in zip(ids[:-1], spans, strict=True) if i == unk]
-                    counts["unknown_examples"] += [text[a:b] for a, b in unknown_spans[:2]]
-        batch.clear()
-
-    for text in texts:
-        batch.append((assign_split(text, cfg.split), text))
-        size += len(text)
-        if size >= ENCODE_BATCH_CHARS:
-            flush()
-            size = 0
-    if batch:
-        flush()
-    return counts
+            counts["characters"][split] += int(characters)
+            counts["text_bytes"][split] += int(text_bytes)
+            counts["unknown"][split] += int(unknown)
+            if unknown and len(counts["unknown_examples"]) < 5:  # offsets need the slower encode
+                # One span per id but the final <|endoftext|>.
+                spans = tokenizer.encode(text, add_special_tokens=False).offsets
+                unknown_spans = [span for i, span in zip(ids[:-1], spans, strict=True) if i == unk]
+                counts["unknown_examples"] += [text[a:b] for a, b in unknown_spans[:2]]
+    return counts, duplicates
 
 
 def tokenizer_coverage(counts: dict) -> dict:

@@ -10,7 +10,8 @@ import platform
 import sys
 from pathlib import Path
 
-from lm_pipeline import env, tracking
+from lm_pipeline import tracking
+from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.model import parent as parents
@@ -36,7 +37,7 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callback
 
     from lm_pipeline.training.loop import train_loop_per_worker
 
-    init_ray(cfg)
+    join_ray(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -57,8 +58,7 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callback
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=list(callbacks),
-            worker_runtime_env={"env_vars": env.for_workers() | {"PYTHONPATH": project_pythonpath()}
-                                | tracking.client_env()},
+            worker_runtime_env={"env_vars": worker_env() | tracking.client_env()},
         ),
     )
     try:
@@ -67,17 +67,9 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callback
         raise TrainingError(f"train: training failed: {worker_errors(err)}") from None
 
 
-def init_ray(cfg: Config, cpus: int = 0) -> None:
-    """Join cfg's cluster, or start a local one with at least `cpus` (default: one training's)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray_address
-    cpus = cpus or cfg.train.num_workers * cfg.train.cpus_per_worker
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             num_cpus=None if address else max(os.cpu_count() or 1, cpus))
-    log.info("train: Ray %s with %s CPUs", address or "local instance", ray.cluster_resources().get("CPU"))
+def join_ray(cfg: Config) -> None:
+    """Join cfg's cluster, or start a local one that fits one training run."""
+    init_ray(cfg.ray_address, cfg.train.num_workers * cfg.train.cpus_per_worker)
 
 
 def worker_errors(err) -> str:
@@ -97,11 +89,6 @@ def portable_config(cfg: Config) -> dict:
         data["model"]["hf_config"] = str(Path(cfg.model.hf_config).expanduser().resolve())
     data["mlflow"]["tracking_uri"] = tracking.tracking_uri(cfg)
     return data
-
-
-def project_pythonpath() -> str:
-    root = str(Path(__file__).resolve().parents[2])
-    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 def check_parent(cfg: Config, meta: ProcessedMeta) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lm_pipeline import tracking
+from lm_pipeline.cluster import init_ray
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
@@ -32,7 +33,6 @@ from lm_pipeline.training.export import export_model, write_curves
 from lm_pipeline.training.launch import (
     check_data_fits,
     check_parent,
-    init_ray,
     portable_config,
     run_params,
     run_tags,
@@ -69,7 +69,7 @@ def run(cfg: Config) -> dict:
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
     check_data_fits(cfg, meta)
-    init_ray(cfg, cpus=math.ceil(cpus_needed(cfg)))
+    init_ray(cfg.ray_address, math.ceil(cpus_needed(cfg)))
     check_capacity(cfg, ray_cpus())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = run_tags(cfg, meta)

@@ -23,7 +23,7 @@ from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_tr
 from lm_pipeline.training.launch import (
     check_data_fits,
     check_parent,
-    init_ray,
+    join_ray,
     run_params,
     run_tags,
     train_on_ray,
@@ -67,7 +67,7 @@ def run(cfg: Config) -> TrainResult:
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})
         marks = {"prepare": time.perf_counter()}
         try:
-            init_ray(cfg)
+            join_ray(cfg)
             marks["ray_start"] = time.perf_counter()
             result = train_on_ray(cfg, run_id, checkpoints, name)
             marks["fit"] = time.perf_counter()

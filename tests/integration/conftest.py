@@ -1,7 +1,10 @@
 """Fixtures for integration tests: a copy of the project with tiny params, one Prefect server."""
 
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,21 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A real Ray cluster of two nodes on this machine, one CPU each."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = "26379"
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false", f"--temp-dir={temp_dir}"], check=True, env=env,
+                   capture_output=True)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
+                       env=env, capture_output=True)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -235,24 +234,6 @@ def curves_match(a: list, b: list, rel: float) -> None:
     assert [s for s, _ in a] == [s for s, _ in b]
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert y == pytest.approx(x, rel=rel)
-
-
-@pytest.fixture
-def two_node_cluster():
-    """A real Ray cluster of two nodes on this machine, one CPU each."""
-    ray = str(Path(sys.executable).parent / "ray")
-    port = "26379"
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1",
-                    "--include-dashboard=false", f"--temp-dir={temp_dir}"], check=True, env=env,
-                   capture_output=True)
-    try:
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
-                       env=env, capture_output=True)
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True)
 
 
 @pytest.mark.distributed
