@@ -1,7 +1,10 @@
 """Stage 1, ingest: materialize the corpus as documents {id, text, source} in data/raw/.
 
 Sources: the built-in `python-docs` corpus (the prose that ships with the running Python), or a
-local .txt / .jsonl / .parquet file or a folder of them, read a line or a batch at a time.
+.txt / .jsonl / .parquet file or a folder of them, local or in object storage, read a line or a
+batch at a time. A Hugging Face `datasets` folder written by `save_to_disk` (a Dataset or a
+DatasetDict) is a folder of .arrow files with a `text` column, read as data: no dataset script or
+pickled state of it is loaded or run.
 
 Broken input is found here and named by file (and line): unreadable files, symlink loops, binary
 data, text that is not UTF-8, malformed or text-less records. By default it stops the stage
@@ -34,7 +37,7 @@ from lm_pipeline.io import atomic_path, remove_leftovers, write_json
 log = logging.getLogger(__name__)
 
 BUILTIN_SOURCE = "python-docs"
-SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
+SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet", ".arrow")
 REPORT_EXAMPLES = 100  # skipped inputs listed by name in the report (all are counted)
 # Standard-library folders that hold tests, tools or vendored code rather than documentation.
 _STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "ensurepip", "site-packages", "turtledemo",
@@ -277,7 +280,7 @@ def local_file(path: Path) -> CorpusFile:
 
 
 def from_file(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
-    readers = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
+    readers = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet, ".arrow": read_arrow}
     try:
         yield from readers[file.suffix](file, max_bytes)
     except OSError as err:  # permissions, I/O errors, a file removed while reading
@@ -400,16 +403,47 @@ def parquet_rows(f: BinaryIO, path: str, max_bytes: int) -> Iterator[dict | Prob
         yield Problem(path, f"not a readable Parquet file ({err})", "file")
         return
     columns = parquet.schema_arrow.names
-    if "text" not in columns:
+    if "text" in columns:
+        yield from table_rows(parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else [])),
+                              columns, path, max_bytes, "Parquet")
+    else:
         yield Problem(path, f"no 'text' column (columns: {', '.join(columns)})", "file")
-        return
+
+
+def read_arrow(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
+    """An Arrow IPC file as `datasets.save_to_disk` writes its shards (the stream format; the
+    file format is read too), with a string `text` column and optionally `id`."""
+    import pyarrow as pa
+
+    with file.open() as f:
+        head = f.read(6)
+        f.seek(0)
+        try:  # the file format opens with its magic; save_to_disk writes the stream format
+            reader = pa.ipc.open_file(f) if head == b"ARROW1" else pa.ipc.open_stream(f)
+        except pa.ArrowException as err:
+            yield Problem(file.name, f"not a readable Arrow IPC file ({err})", "file")
+            return
+        columns = reader.schema.names
+        if "text" not in columns:
+            yield Problem(file.name, f"no 'text' column (columns: {', '.join(columns)})", "file")
+            return
+        batches = (iter(reader) if head != b"ARROW1"
+                   else (reader.get_batch(i) for i in range(reader.num_record_batches)))
+        yield from table_rows(batches, columns, file.name, max_bytes, "Arrow")
+
+
+def table_rows(batches: Iterator, columns: list[str], path: str, max_bytes: int,
+               kind: str) -> Iterator[dict | Problem]:
+    """Documents from Arrow record batches (Parquet, Arrow IPC), a batch at a time; a row is
+    named by its index in the file."""
+    import pyarrow as pa
+
     row = 0
-    batches = parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else []))
     while True:
         try:
             batch = next(batches, None)
-        except (pa.ArrowException, OSError) as err:  # a corrupt page: the footer read fine
-            yield Problem(path, f"corrupt Parquet data after row {row} ({str(err)[:200]})", "file")
+        except (pa.ArrowException, OSError) as err:  # a corrupt page or block: the header read fine
+            yield Problem(path, f"corrupt {kind} data after row {row} ({str(err)[:200]})", "file")
             return
         if batch is None:
             return

@@ -87,7 +87,7 @@ def test_bad_jsonl_record_is_named_with_its_line(tmp_path, line, message):
 def test_missing_path_empty_folder_and_unsupported_file(tmp_path):
     fails(tmp_path, tmp_path / "missing", r"missing: corpus path does not exist \(data.source")
     (tmp_path / "empty").mkdir()
-    fails(tmp_path, tmp_path / "empty", r"empty: folder has no .txt, .jsonl, .parquet files")
+    fails(tmp_path, tmp_path / "empty", r"empty: folder has no .txt, .jsonl, .parquet, .arrow files")
     fails(tmp_path, write(tmp_path / "notes.docx", "x"), r"notes.docx: unsupported file type")
 
 
@@ -355,3 +355,41 @@ def test_mixture_masks_fill_each_share_from_a_seeded_subset():
 def test_two_sources_of_one_name_are_refused():
     with pytest.raises(ValueError, match="two sources share a name"):
         DataConfig(sources=[{"source": "a", "weight": 1}, {"source": "a", "weight": 2}])
+
+
+@pytest.mark.scale
+def test_hugging_face_datasets_saved_to_disk_and_their_parquet_exports_are_sources(tmp_path):
+    import datasets
+
+    texts = [f"document {i} about saved datasets" for i in range(40)]
+    dataset = datasets.Dataset.from_dict({"text": texts, "label": list(range(40))})
+    dataset.shuffle(seed=0).save_to_disk(str(tmp_path / "saved"), num_shards=3)  # indices flattened
+    datasets.DatasetDict({"train": dataset.select(range(30)), "test": dataset.select(range(30, 40))}
+                         ).save_to_disk(str(tmp_path / "dict"))
+    dataset.to_parquet(str(tmp_path / "export.parquet"))
+
+    shuffled = dataset.shuffle(seed=0)["text"]
+    assert [d["text"] for d in iter_documents(str(tmp_path / "saved"))] == shuffled  # shards in order
+    from_dict = [d["text"] for d in iter_documents(str(tmp_path / "dict"))]
+    assert from_dict == texts[30:] + texts[:30]  # every split, in folder order (the pipeline re-splits)
+    assert [d["text"] for d in iter_documents(str(tmp_path / "export.parquet"))] == texts
+
+    sources = [{"source": str(tmp_path / "saved"), "weight": 1, "name": "hf"},
+               {"source": str(jsonl_source(tmp_path / "web", "web", 40, 1)), "weight": 1, "name": "web"}]
+    cfg = Config(data=DataConfig(sources=sources, raw_dir=tmp_path / "out/raw",
+                                 report_file=tmp_path / "out/ingest.json"))
+    ingest.run(cfg)
+    mixed = {d["mixture"] for d in read_documents(documents_path(cfg.data.raw_dir))}
+    assert mixed == {"hf", "web"}
+
+
+def test_a_bad_arrow_file_is_named(tmp_path):
+    import pyarrow as pa
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    with pa.ipc.new_stream(folder / "data-00000-of-00001.arrow", pa.schema([("content", pa.string())])) as w:
+        w.write_table(pa.table({"content": ["no text column"]}))
+    fails(tmp_path, folder, r"data-00000-of-00001.arrow: no 'text' column \(columns: content\)")
+    write(folder / "data-00000-of-00001.arrow", b"\xff\xff\xff\xff not arrow at all")
+    fails(tmp_path, folder, r"data-00000-of-00001.arrow: not a readable Arrow IPC file")
