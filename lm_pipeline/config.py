@@ -15,7 +15,15 @@ from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
 # What the stages write, each replaced whole: none may be inside another, or the project itself.
@@ -36,16 +44,34 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# What a source of a mixture may set for itself: the checks of sampled documents (code is not
+# English prose). Counters over the whole corpus (lengths, duplicates) stay corpus-wide.
+PER_SOURCE_THRESHOLDS = ("min_median_chars", "min_letter_share", "min_common_word_share",
+                         "max_near_duplicate_ratio", "contamination_overlap", "max_contaminated_share")
+
+
 class MixSource(Section):
     """One source of a data mixture."""
 
     source: str = Field(description="as data.source: a file or folder, local or s3://, or 'python-docs'")
     weight: float = Field(gt=0, description="its share of the mixture's characters (weights are normalized)")
     name: str | None = Field(None, description="how reports name it; the source itself by default")
+    validate_: dict[str, float] = Field({}, alias="validate", description="its own document thresholds "
+                                        f"(any of {', '.join(PER_SOURCE_THRESHOLDS)}), in place of the "
+                                        "validate section's for its documents")
 
     @property
     def label(self) -> str:
         return self.name or self.source
+
+    @field_validator("validate_")
+    @classmethod
+    def _document_thresholds_only(cls, value: dict[str, float]) -> dict[str, float]:
+        if wrong := sorted(set(value) - set(PER_SOURCE_THRESHOLDS)):
+            raise ValueError(f"{', '.join(wrong)}: not a per-source threshold (these are: "
+                             f"{', '.join(PER_SOURCE_THRESHOLDS)})")
+        ValidateConfig(**value)  # the same bounds as in the validate section
+        return value
 
 
 def corpus_description(source: str, sources: list[MixSource]) -> str:

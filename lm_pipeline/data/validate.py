@@ -78,7 +78,7 @@ def run(cfg: Config) -> ValidationReport:
     source = documents_path(cfg.data.raw_dir)
     scan = scan_corpus(read_documents(source), cfg)
     documents = document_frame(scan.sample, source, cfg)
-    report = run_suite(scan.counters_frame(), documents, cfg.validate_, scan.examples)
+    report = run_suite(scan.counters_frame(), document_batches(documents, cfg), cfg.validate_, scan.examples)
     write_json(cfg.validate_.report_dir / METRICS_FILE, corpus_metrics(scan, documents))
     if not report.success:
         failed = "\n  - ".join(c.describe() for c in report.checks if not c.success)
@@ -143,7 +143,7 @@ def scan_corpus(docs: Iterator[dict], cfg: Config) -> CorpusScan:
             continue  # a copy adds nothing to the sample
         seen.add(digest)
         keep = {"id": doc_id, "text": text[:SAMPLE_CHARS], "chars": len(text),
-                "split": assign_split(text, cfg.split)}
+                "split": assign_split(text, cfg.split), "mixture": doc.get("mixture")}
         unique = len(seen)
         if unique <= v.sample_documents:
             scan.sample.append(keep)
@@ -164,6 +164,7 @@ def document_frame(sample: list[dict], source: Path, cfg: Config) -> pd.DataFram
     frame = pd.DataFrame({
         "id": [row["id"] for row in sample],
         "split": [row["split"] for row in sample],
+        "mixture": [row["mixture"] for row in sample],
         "chars": [row["chars"] for row in sample],
         "letter_share": [letter_share(t) for t in texts],
         "common_word_share": [common_word_share(t) for t in texts],
@@ -261,35 +262,56 @@ def corpus_expectations(cfg: ValidateConfig) -> list:
     ]
 
 
-def document_expectations(cfg: ValidateConfig) -> list:
+def document_batches(documents: pd.DataFrame, cfg: Config) -> list[tuple[str, pd.DataFrame, list]]:
+    """The sampled documents and their expectations: one batch, or, when a source of the mixture
+    sets its own thresholds (data.sources[*].validate), one batch per source with its own."""
+    sources = cfg.data.sources
+    if not any(s.validate_ for s in sources):
+        return [("documents", documents, document_expectations(cfg.validate_))]
+    batches = []
+    for s in sources:
+        rows = documents[documents["mixture"] == s.label].reset_index(drop=True)
+        if rows.empty:  # a source too small to be sampled: its documents are still counted
+            log.warning("validate: no sampled document of source %s; raise validate.sample_documents",
+                        s.label)
+            continue
+        thresholds = cfg.validate_.model_copy(update=s.validate_)
+        batches.append((f"documents of {METRIC_UNSAFE.sub('_', s.label)}", rows,
+                        document_expectations(thresholds, f"{s.label}: ")))
+    return batches
+
+
+def document_expectations(cfg: ValidateConfig, about: str = "") -> list:
+    """The checks of sampled documents; `about` opens each description (which source)."""
     import great_expectations.expectations as gxe
 
     return [
-        gxe.ExpectColumnMedianToBeBetween(column="chars", min_value=cfg.min_median_chars,
-                                          description=f"median length at least {cfg.min_median_chars}"),
+        gxe.ExpectColumnMedianToBeBetween(
+            column="chars", min_value=cfg.min_median_chars,
+            description=about + f"median length at least {cfg.min_median_chars}"),
         gxe.ExpectColumnValuesToBeBetween(
             column="letter_share", min_value=cfg.min_letter_share, mostly=0.95,
-            description=f"text, not symbols: letters at least {cfg.min_letter_share:.0%} of "
+            description=about + f"text, not symbols: letters at least {cfg.min_letter_share:.0%} of "
                         "visible characters (95% of documents)"),
         gxe.ExpectColumnMeanToBeBetween(
             column="common_word_share", min_value=cfg.min_common_word_share,
-            description=f"English prose: common words at least {cfg.min_common_word_share:.0%} "
+            description=about + f"English prose: common words at least {cfg.min_common_word_share:.0%} "
                         "of words on average"),
         gxe.ExpectColumnValuesToBeInSet(
             column="near_duplicate", value_set=[False], mostly=1 - cfg.max_near_duplicate_ratio,
-            description=f"at most {cfg.max_near_duplicate_ratio:.0%} near duplicates "
+            description=about + f"at most {cfg.max_near_duplicate_ratio:.0%} near duplicates "
                         f"(word 5-gram Jaccard >= {cfg.near_duplicate_jaccard})"),
         gxe.ExpectColumnValuesToBeBetween(
             column="train_overlap", max_value=cfg.contamination_overlap,
             mostly=1 - cfg.max_contaminated_share,
-            description=f"test not copied from train: at most {cfg.max_contaminated_share:.0%} of "
+            description=about + f"test not copied from train: at most {cfg.max_contaminated_share:.0%} of "
                         f"test documents share over {cfg.contamination_overlap:.0%} of their "
                         f"{cfg.contamination_ngram}-grams with the training split"),
     ]
 
 
-def run_suite(counters: pd.DataFrame, documents: pd.DataFrame, cfg: ValidateConfig,
-              examples: dict[str, list[str]]) -> ValidationReport:
+def run_suite(counters: pd.DataFrame, document_batches: list[tuple[str, pd.DataFrame, list]],
+              cfg: ValidateConfig, examples: dict[str, list[str]]) -> ValidationReport:
     import great_expectations as gx
 
     # GX logs setup chatter at INFO, one module even forcing its own level.
@@ -307,8 +329,7 @@ def run_suite(counters: pd.DataFrame, documents: pd.DataFrame, cfg: ValidateConf
     })
     source = context.data_sources.add_pandas("corpus")
     definitions, frames = [], {}
-    for name, frame, suite in (("corpus", counters, corpus_expectations(cfg)),
-                               ("documents", documents, document_expectations(cfg))):
+    for name, frame, suite in [("corpus", counters, corpus_expectations(cfg)), *document_batches]:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definitions.append(context.validation_definitions.add(gx.ValidationDefinition(
             name=name, data=batch, suite=context.suites.add(gx.ExpectationSuite(name, expectations=suite)))))
@@ -319,17 +340,18 @@ def run_suite(counters: pd.DataFrame, documents: pd.DataFrame, cfg: ValidateConf
             name=definition.name, validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["id"]}
-            if definition.name == "documents" else {"result_format": "SUMMARY"}))
+            if definition.name != "corpus" else {"result_format": "SUMMARY"}))
         run = checkpoint.run(batch_parameters={"dataframe": frames[definition.name]})
         results.append(next(iter(run.run_results.values())))
 
     result_path = cfg.report_dir / RESULT_FILE
     with atomic_path(result_path) as tmp:
         tmp.write_text(json.dumps([r.to_json_dict() for r in results], indent=2))
-    ids = {"corpus": [], "documents": list(documents["id"])}
+    ids = {name: list(frame["id"]) if name != "corpus" else [] for name, frame in frames.items()}
     checks = [to_check(r, name, ids[name], examples)
-              for name, result in zip(("corpus", "documents"), results, strict=True) for r in result.results]
-    return ValidationReport(all(r.success for r in results), checks, len(documents), result_path,
+              for name, result in zip(frames, results, strict=True) for r in result.results]
+    sampled = sum(len(frame) for name, frame in frames.items() if name != "corpus")
+    return ValidationReport(all(r.success for r in results), checks, sampled, result_path,
                             docs_dir / "index.html")
 
 

@@ -142,3 +142,47 @@ def test_a_mixtures_shares_are_counted_over_every_document_as_metrics_mlflow_acc
     metrics = validate.corpus_metrics(scan, pd.DataFrame(columns=["train_overlap"]))
     assert metrics["mixture_share/web"] == pytest.approx(10 / 12)
     assert metrics["mixture_share/s3_//b/code"] == pytest.approx(2 / 12)
+
+
+def write_mixture(tmp_path, code_thresholds: dict, web_thresholds: dict | None = None) -> Config:
+    """40 prose documents from `web` and 40 code-like ones (a quarter letters, no English) from `code`."""
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    docs = [{"id": f"web{i}", "text": prose(i), "mixture": "web"} for i in range(40)]
+    docs += [{"id": f"code{i}", "text": f"x{i} = f(y2) + 0x3f; z[{i}] = {{4: 5}} # {i}", "mixture": "code"}
+             for i in range(40)]
+    (raw / DOCUMENTS_FILE).write_text("".join(json.dumps(d) + "\n" for d in docs))
+    sources = [{"source": "corpora/web", "weight": 1, "name": "web", "validate": web_thresholds or {}},
+               {"source": "corpora/code", "weight": 1, "name": "code", "validate": code_thresholds}]
+    return Config(data=DataConfig(raw_dir=raw, sources=sources),
+                  validate=ValidateConfig(min_rows=5, max_chars=1000, max_near_duplicate_ratio=1.0,
+                                          report_dir=tmp_path / "reports"))
+
+
+@pytest.mark.bad_input
+def test_a_source_of_a_mixture_is_checked_against_its_own_thresholds(tmp_path):
+    """Code is not English prose: its own letter and common-word bars let it pass, while prose from
+    the other source is still held to the validate section's, each failure naming its source."""
+    with pytest.raises(validate.ValidationFailed, match=r"code: text, not symbols: letters at least 50%.*"
+                                                        r"40 of 40 documents broke it \(e.g. code0"):
+        validate.run(write_mixture(tmp_path, {"min_letter_share": 0.5}))  # the global bar, said again
+
+    report = validate.run(write_mixture(tmp_path, {"min_letter_share": 0.2, "min_common_word_share": 0}))
+    assert report.success and report.rows == 80
+    batches = json.loads(report.result_path.read_text())
+    assert len(batches) == 3  # the corpus counters, then web's and code's documents
+    assert any("code: text, not symbols: letters at least 20%" in c.description for c in report.checks)
+
+    strict_web = {"min_common_word_share": 0.95}
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(write_mixture(tmp_path, {"min_letter_share": 0.2, "min_common_word_share": 0}, strict_web))
+    assert "failed 1 of 15 expectations" in str(err.value)
+    assert "web: English prose: common words at least 95% of words on average" in str(err.value)
+
+
+def test_only_document_checks_can_be_set_per_source():
+    with pytest.raises(ValueError, match=r"sources.0.validate\s+Value error, min_rows: not a per-source "
+                                         r"threshold"):
+        DataConfig(sources=[{"source": "a", "weight": 1, "validate": {"min_rows": 3}}])
+    with pytest.raises(ValueError, match=r"min_letter_share\s+Input should be less than or equal to 1"):
+        DataConfig(sources=[{"source": "a", "weight": 1, "validate": {"min_letter_share": 2}}])
