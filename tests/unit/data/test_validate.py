@@ -167,7 +167,8 @@ def test_a_source_of_a_mixture_is_checked_against_its_own_thresholds(tmp_path):
                                                         r"40 of 40 documents broke it \(e.g. code0"):
         validate.run(write_mixture(tmp_path, {"min_letter_share": 0.5}))  # the global bar, said again
 
-    report = validate.run(write_mixture(tmp_path, {"min_letter_share": 0.2, "min_common_word_share": 0}))
+    code = {"min_letter_share": 0.2, "min_common_word_share": 0}
+    report = validate.run(write_mixture(tmp_path, code))
     assert report.success and report.rows == 80
     batches = json.loads(report.result_path.read_text())
     assert len(batches) == 3  # the corpus counters, then web's and code's documents
@@ -175,7 +176,7 @@ def test_a_source_of_a_mixture_is_checked_against_its_own_thresholds(tmp_path):
 
     strict_web = {"min_common_word_share": 0.95}
     with pytest.raises(validate.ValidationFailed) as err:
-        validate.run(write_mixture(tmp_path, {"min_letter_share": 0.2, "min_common_word_share": 0}, strict_web))
+        validate.run(write_mixture(tmp_path, code, strict_web))
     assert "failed 1 of 15 expectations" in str(err.value)
     assert "web: English prose: common words at least 95% of words on average" in str(err.value)
 
