@@ -103,12 +103,23 @@ class DataConfig(Section):
         "fail", description="a malformed JSONL line, a record without a string 'text'")
     report_file: Path = Field(Path("reports/ingest.json"), description="documents read, inputs skipped")
     shard_tokens: int = Field(1 << 24, ge=1024, description="tokens per shard file (the last is shorter)")
+    shards_url: str | None = Field(None, description="object storage (s3://bucket/prefix) that training "
+                                   "workers read the processed data from, for nodes without a shared "
+                                   "filesystem: published there once per content, copied once per node")
     preprocess_on: Literal["auto", "local", "ray"] = Field(
         "auto", description="where preprocessing encodes: this machine's cores, or Ray Data on every CPU "
         "of the cluster; auto takes Ray when a cluster is configured (ray.address or RAY_ADDRESS) and "
         "documents.jsonl has at least data.ray_preprocess_min_bytes")
     ray_preprocess_min_bytes: int = Field(1 << 30, ge=0, description="smallest corpus auto encodes on Ray "
                                           "(below it, Ray's start-up costs more than it saves)")
+
+    @field_validator("shards_url")
+    @classmethod
+    def _shards_url_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"{value!r} is not a URL (s3://bucket/prefix); data.processed_dir is the "
+                             "local folder")
+        return value
 
     @model_validator(mode="after")
     def _sources_have_names(self) -> DataConfig:

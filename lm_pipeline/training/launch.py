@@ -13,6 +13,7 @@ from pathlib import Path
 from lm_pipeline import tracking
 from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config
+from lm_pipeline.data import published
 from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.hf_format import gpt_config
@@ -44,8 +45,10 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callback
             "config": portable_config(cfg),
             "mlflow_run_id": run_id,
             "progress_bar": sys.stderr.isatty(),
-            "parent": str(parents.pinned_folder(cfg.data.processed_dir).resolve())
-            if cfg.train.init_from else None,
+            "fine_tune": bool(cfg.train.init_from),
+            # Workers on nodes without the driver's folder read the data from object storage.
+            "shards_url": published.publish(cfg.data.processed_dir, cfg.data.shards_url)
+            if cfg.data.shards_url else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),

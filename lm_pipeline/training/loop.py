@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from lm_pipeline.config import Config, TrainConfig
+from lm_pipeline.data import published
 from lm_pipeline.data.processed import load_tokens, read_meta
+from lm_pipeline.model import parent as parents
 from lm_pipeline.model.backends import build_model
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
@@ -40,13 +42,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    meta = read_meta(cfg.data.processed_dir)
+    shards_url = loop_config.get("shards_url")
+    processed_dir = published.node_copy(shards_url) if shards_url else cfg.data.processed_dir
+    meta = read_meta(processed_dir)
+    parent = parents.pinned_folder(processed_dir) if loop_config.get("fine_tune") else None
 
     device = ray.train.torch.get_device()
     print(f"[rank {rank}/{world}] node {ray.get_runtime_context().get_node_id()[:12]} device {device} "
           f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
-    model = initial_model(cfg, meta, loop_config.get("parent"))  # a checkpoint overrides its weights
+    model = initial_model(cfg, meta, parent)  # a checkpoint overrides its weights
     frozen = checkpoint_state.frozen_names(model)
     if rank == 0:
         trainable, total = parameter_counts(model)
@@ -65,8 +70,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = checkpointer.restore()
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
-    train_tokens = load_tokens(cfg.data.processed_dir, "train")
-    validator = Validator(load_tokens(cfg.data.processed_dir, "val"), train_tokens, device, cfg, checkpointer)
+    train_tokens = load_tokens(processed_dir, "train")
+    validator = Validator(load_tokens(processed_dir, "val"), train_tokens, device, cfg, checkpointer)
     logger = metric_logger(loop_config.get("mlflow_run_id"), cfg.tracking_uri, state,
                            restarted=checkpointer.restored) if rank == 0 else None
     progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
@@ -77,7 +82,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             initial = validator.losses(model)  # every rank: a collective under FSDP
         if logger:
             logger.log(initial, 0)
-        if loop_config.get("parent"):  # the parent is a candidate: a fine-tune never exports worse
+        if parent:  # the parent is a candidate: a fine-tune never exports worse
             state.record_validation(initial["val_loss"], cfg.train.min_delta)
             with clock.phase("checkpoints"):
                 checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})

@@ -1,10 +1,13 @@
 """Fixtures for integration tests: a copy of the project with tiny params, one Prefect server."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,19 +59,33 @@ def prefect_server():
         yield
 
 
-@pytest.fixture
-def two_node_cluster():
-    """A real Ray cluster of two nodes on this machine, one CPU each."""
+@dataclass(frozen=True)
+class TwoNodes:
+    address: str
+    caches: tuple[Path, Path]  # each node's processed-data cache (LMP_SHARDS_CACHE)
+
+
+@contextlib.contextmanager
+def two_ray_nodes(env: dict[str, str]) -> Iterator[TwoNodes]:
+    """A real Ray cluster of two nodes on this machine, one CPU each, each with its own cache
+    folder for processed data, so that nothing but `env`'s services is shared between them."""
     ray = str(Path(sys.executable).parent / "ray")
     port = "26379"
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1",
-                    "--include-dashboard=false", f"--temp-dir={temp_dir}"], check=True, env=env,
-                   capture_output=True)
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"} | env
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+    caches = (temp_dir / "cache-head", temp_dir / "cache-other")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                    f"--temp-dir={temp_dir}"], check=True, capture_output=True,
+                   env=env | {"LMP_SHARDS_CACHE": str(caches[0])})
     try:
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
-                       env=env, capture_output=True)
-        yield f"127.0.0.1:{port}"
+                       capture_output=True, env=env | {"LMP_SHARDS_CACHE": str(caches[1])})
+        yield TwoNodes(f"127.0.0.1:{port}", caches)
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[TwoNodes]:
+    with two_ray_nodes({}) as nodes:
+        yield nodes

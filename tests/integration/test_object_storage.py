@@ -73,3 +73,38 @@ def test_an_empty_prefix_and_missing_keys_are_clear_errors(tmp_path, s3_env, mon
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(ingest.IngestError, match=r"s3://corpus/x: cannot list it .*AWS_ENDPOINT_URL"):
         run_ingest(tmp_path, "s3://corpus/x", "unreachable")
+
+
+def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path, s3_env, monkeypatch):
+    from lm_pipeline.data.published import CACHE_ENV, COMPLETE, node_copy, publish
+    from lm_pipeline.lineage import tree_sha256
+
+    processed = tmp_path / "processed"
+    (processed / "train").mkdir(parents=True)
+    (processed / "meta.json").write_text('{"vocab_size": 5}')
+    (processed / "train/00000.bin").write_bytes(bytes(range(256)) * 100)
+    url, digest = publish(processed, "s3://checkpoints/shards"), tree_sha256(processed)
+    assert url == f"s3://checkpoints/shards/{digest}"
+    keys = s3_env.keys("checkpoints")
+    assert sorted(k for k in keys if k.startswith("shards/")) == sorted(
+        f"shards/{digest}/{name}" for name in (COMPLETE, "meta.json", "train/00000.bin"))
+    marker = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{COMPLETE}")
+    assert publish(processed, "s3://checkpoints/shards") == url  # reused, not uploaded again
+    again = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{COMPLETE}")
+    assert again["LastModified"] == marker["LastModified"] and again["ETag"] == marker["ETag"]
+
+    copies = []
+    for node in ("node-a", "node-b"):  # each node its own cache: nothing shared but the bucket
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / node))
+        copies.append(node_copy(url))
+    assert [c.parent.name for c in copies] == ["node-a", "node-b"]
+    assert all(tree_sha256(c) == tree_sha256(processed) and not (c / COMPLETE).exists() for c in copies)
+
+    s3_env.client().put_object(Bucket="checkpoints", Key=f"shards/{digest}/meta.json",
+                               Body=b'{"vocab_size": 6}')
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node-c"))
+    with pytest.raises(OSError, match=r"do not hash to .*changed in the bucket"):
+        node_copy(url)
+    assert list((tmp_path / "node-c").iterdir()) == []  # the bad copy is not left to be used
+    with pytest.raises(FileNotFoundError, match=r"s3://checkpoints/shards/0+: no complete copy"):
+        node_copy("s3://checkpoints/shards/" + "0" * 64)

@@ -52,7 +52,7 @@ def test_ray_data_on_two_nodes_writes_the_shards_of_the_local_path(tmp_path, two
     here = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     preprocess(tmp_path, "local", "local", here)
-    log = preprocess(tmp_path, "ray", "ray", here | {"RAY_ADDRESS": two_node_cluster})
+    log = preprocess(tmp_path, "ray", "ray", here | {"RAY_ADDRESS": two_node_cluster.address})
 
     assert "encoding on Ray Data (2.0 CPUs)" in log  # both nodes' CPUs
     local, ray = files(tmp_path / "local"), files(tmp_path / "ray")

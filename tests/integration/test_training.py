@@ -14,7 +14,9 @@ import pytest
 import torch
 import yaml
 
-from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from lm_pipeline.lineage import tree_sha256
+from tests.integration.conftest import TINY_PARAMS, deep_update, make_project, two_ray_nodes
+from tests.services import free_port, process
 
 LMP = str(Path(sys.executable).parent / "lmp")
 # Slow enough (tens of ms a step) that a test can act between a checkpoint and the end.
@@ -84,9 +86,10 @@ def wait_until_no_training_workers(timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def curve(project: Path, run_name: str, key: str = "train_loss") -> list[tuple[int, float]]:
+def curve(project: Path, run_name: str, key: str = "train_loss",
+          tracking_uri: str = "") -> list[tuple[int, float]]:
     run_id = json.loads((project / f"runs/{run_name}/model/run.json").read_text())["mlflow_run_id"]
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri or f"sqlite:///{project / 'mlflow.db'}")
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
@@ -131,11 +134,11 @@ def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
     assert "resumed from the checkpoint" not in out
 
 
-def committed_in_bucket(s3, bucket: str) -> int:
+def committed_in_bucket(s3, bucket: str, prefix: str = "") -> int:
     """committed_checkpoints, for a run whose storage is a bucket."""
     client = s3.client()
     for key in s3.keys(bucket):
-        if key.endswith("/checkpoint_manager_snapshot.json"):
+        if key.startswith(prefix) and key.endswith("/checkpoint_manager_snapshot.json"):
             try:
                 body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
                 return len(json.loads(body)["checkpoint_results"])
@@ -238,9 +241,64 @@ def curves_match(a: list, b: list, rel: float) -> None:
 
 @pytest.mark.distributed
 def test_two_node_cluster_runs_one_worker_per_node(project, two_node_cluster, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", two_node_cluster)
+    monkeypatch.setenv("RAY_ADDRESS", two_node_cluster.address)
     steps = {"max_steps": 20, "checkpoint_interval": 10, "eval_interval": 20}
     out = train(project, params_file(project, "multinode", num_workers=2, cpus_per_worker=1, **steps))
     nodes = dict(re.findall(r"\[rank (\d)/2\] node (\w+)", out))
     assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], out[-3000:]
     assert len(curve(project, "multinode")) == 20
+
+
+@pytest.fixture
+def mlflow_over_http(tmp_path) -> str:
+    """A tracking server the workers reach over HTTP (artifacts proxied to its own folder)."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
+    with process(cmd, tmp_path / "mlflow.log", ready_url=f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.scale
+@pytest.mark.fault_tolerance
+@pytest.mark.distributed
+def test_two_nodes_sharing_only_a_bucket_train_through_a_killed_worker(project, s3, mlflow_over_http,
+                                                                       monkeypatch):
+    """One worker per node; each node's workers get the data from the bucket into a cache of the
+    node's own, write checkpoints to the bucket and log over HTTP: no folder is shared. A worker
+    killed mid-run is replaced and the run resumes from the bucket's latest checkpoint."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_over_http)
+    params = params_file(project, "bucket-only", num_workers=2, cpus_per_worker=1,
+                         checkpoint_dir="s3://checkpoints/bucket-only")
+    config = yaml.safe_load(params.read_text())
+    config["data"]["shards_url"] = "s3://corpus/shards"
+    params.write_text(yaml.safe_dump(config))
+    with two_ray_nodes(s3.env()) as nodes:  # the nodes get the store's address and keys, as on a cluster
+        monkeypatch.setenv("RAY_ADDRESS", nodes.address)
+        proc = start_train(project, params)
+        deadline = time.monotonic() + 240
+        while not committed_in_bucket(s3, "checkpoints", "bucket-only/"):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint in the bucket in time"
+            time.sleep(0.5)
+        workers = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        out = finish(proc)
+    nodes_of_ranks = dict(re.findall(r"\[rank (\d)/2\] node (\w+)", out))
+    assert set(nodes_of_ranks) == {"0", "1"} and len(set(nodes_of_ranks.values())) == 2, out[-3000:]
+    steps = [s for s, _ in curve(project, "bucket-only", tracking_uri=mlflow_over_http)]
+    assert steps == list(range(1, TRAIN["train"]["max_steps"] + 1))  # no gap, no duplicate
+    restarts = curve(project, "bucket-only", "resumed_from_step", tracking_uri=mlflow_over_http)
+    assert len(restarts) == 1 and restarts[0][1] % TRAIN["train"]["checkpoint_interval"] == 0
+    # Each node holds its own copy of the data, identical to the driver's, taken from the bucket.
+    digest = tree_sha256(project / "data/processed")
+    assert all(tree_sha256(cache / digest) == digest for cache in nodes.caches)
+    assert any(key.startswith(f"shards/{digest}/train/") for key in s3.keys("corpus"))
+    assert not (project / "runs/bucket-only/checkpoints").exists()
+    assert (project / "runs/bucket-only/model/model.safetensors").is_file()  # exported from the bucket
+

@@ -109,3 +109,9 @@ def test_a_search_space_with_a_model_no_trial_could_build_is_refused_at_load():
                                "tune": {"space": {"model.n_embd": {"grid": [100, 96]}}}})
     assert Config.model_validate({"tune": {"space": {"model.n_head": {"choice": [2, 4]},
                                                      "model.n_embd": {"choice": [64, 128]}}}})
+
+
+def test_shards_url_must_be_object_storage(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.shards_url: .*'data/shared' is not a URL"):
+        load_config(write(tmp_path, {"data": {"shards_url": "data/shared"}}))
+    assert load_config(write(tmp_path, {"data": {"shards_url": "s3://b/p"}})).data.shards_url == "s3://b/p"
