@@ -58,6 +58,15 @@ def test_a_bucket_prefix_gives_the_documents_of_the_same_local_folder(tmp_path, 
     assert report["documents"] == 5 and report["skipped"] == 0
 
 
+def test_a_datasets_folder_saved_to_disk_is_read_from_a_bucket_prefix(tmp_path, s3_env):
+    import datasets
+
+    texts = [f"saved document {i}" for i in range(12)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"), num_shards=2)
+    upload(s3_env, tmp_path / "saved", "corpus", "hf/saved")
+    assert [d["text"] for d in run_ingest(tmp_path, "s3://corpus/hf/saved", "hf")] == texts
+
+
 def test_a_bad_file_in_the_bucket_is_named_by_its_url(tmp_path, s3_env):
     local = corpus(tmp_path / "corpus")
     (local / "sub/bad.txt").write_bytes(b"\x00\x01binary")
