@@ -26,12 +26,19 @@ class TrainingError(RuntimeError):
     """Training failed on the workers; the message carries each failing rank's error."""
 
 
-def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callbacks: tuple = ()):
+def shared_data(cfg: Config) -> str | None:
+    """With data.shards_url, the processed data's URL in object storage (published now, once per
+    content), from which workers on any node read it; else None: they read data.processed_dir."""
+    return published.publish(cfg.data.processed_dir, cfg.data.shards_url) if cfg.data.shards_url else None
+
+
+def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, shards_url: str | None,
+                 callbacks: tuple = ()):
     """Run the loop on cfg.train.num_workers Ray Train workers; returns Ray's Result.
 
     The run's folder is `name` in `checkpoints` (an absolute path or an s3:// URL every worker
-    reaches): the same folder resumes from its latest checkpoint. `callbacks` are Ray Train
-    callbacks (a Tune trial passes its reporter)."""
+    reaches): the same folder resumes from its latest checkpoint. `shards_url` is shared_data's.
+    `callbacks` are Ray Train callbacks (a Tune trial passes its reporter)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -46,9 +53,7 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, callback
             "mlflow_run_id": run_id,
             "progress_bar": sys.stderr.isatty(),
             "fine_tune": bool(cfg.train.init_from),
-            # Workers on nodes without the driver's folder read the data from object storage.
-            "shards_url": published.publish(cfg.data.processed_dir, cfg.data.shards_url)
-            if cfg.data.shards_url else None,
+            "shards_url": shards_url,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),

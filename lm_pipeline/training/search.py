@@ -25,6 +25,7 @@ from pathlib import Path
 from lm_pipeline import tracking
 from lm_pipeline.cluster import init_ray
 from lm_pipeline.config import Config
+from lm_pipeline.data import published
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.folder import RUN_FILE, read_run_info
@@ -36,6 +37,7 @@ from lm_pipeline.training.launch import (
     portable_config,
     run_params,
     run_tags,
+    shared_data,
     train_on_ray,
 )
 
@@ -81,19 +83,20 @@ def run(cfg: Config) -> dict:
              "parent run %s", cfg.tune.num_samples, cfg.tune.max_concurrent_trials,
              cfg.tune.workers_per_trial, cfg.tune.time_budget_s, ", ".join(cfg.tune.space), parent_id)
     storage = join(root(cfg.train.checkpoint_dir), f"tune-{stamp}")
-    results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage).fit()
+    results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage, shared_data(cfg)).fit()
     children = {run.data.tags["tune.trial_id"]: run for run in client.search_runs(
         [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
     trials = [close_trial(client, children.get(trial_id_of(result)), result, cfg) for result in results]
     return record_search(cfg, client, parent_id, trials, meta)
 
 
-def make_tuner(cfg: Config, trial_tags: dict, storage: str):
+def make_tuner(cfg: Config, trial_tags: dict, storage: str, shards_url: str | None):
     from ray import tune
 
     return tune.Tuner(
         tune.with_resources(  # the trial only drives; its Ray Train workers hold the CPUs
-            tune.with_parameters(run_trial, base=portable_config(cfg), storage=storage, tags=trial_tags),
+            tune.with_parameters(run_trial, base=portable_config(cfg), storage=storage, tags=trial_tags,
+                                 shards_url=shards_url),
             {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
@@ -195,8 +198,9 @@ def trial_config(base: Config, values: dict) -> Config:
     return Config.model_validate(data)
 
 
-def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
-    """One Tune trial: a Ray Train run of the train stage's loop, logged as an MLflow child run."""
+def run_trial(values: dict, base: dict, storage: str, tags: dict, shards_url: str | None) -> None:
+    """One Tune trial: a Ray Train run of the train stage's loop, logged as an MLflow child run.
+    It runs on any node: with shards_url, it reads the data's index from the node's copy."""
     import mlflow
     from mlflow.entities import Param
     from ray import tune
@@ -204,13 +208,13 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict) -> None:
 
     cfg = trial_config(Config.model_validate(base), values)
     trial_id = tune.get_context().get_trial_id()
-    meta = read_meta(cfg.data.processed_dir)
+    meta = read_meta(published.node_copy(shards_url) if shards_url else cfg.data.processed_dir)
     tags = tags | {"pipeline.stage": "tune", "tune.trial_id": trial_id}
     run_id = tracking.start_run(cfg, run_name=f"trial-{trial_id}", tags=tags)
     client = mlflow.MlflowClient()
     params = run_params(cfg, meta)
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    train_on_ray(cfg, run_id, storage, f"trial-{trial_id}", callbacks=(TuneReportCallback(),))
+    train_on_ray(cfg, run_id, storage, f"trial-{trial_id}", shards_url, callbacks=(TuneReportCallback(),))
     client.set_terminated(run_id, "FINISHED")
 
 

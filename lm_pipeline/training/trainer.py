@@ -26,6 +26,7 @@ from lm_pipeline.training.launch import (
     join_ray,
     run_params,
     run_tags,
+    shared_data,
     train_on_ray,
 )
 
@@ -69,7 +70,7 @@ def run(cfg: Config) -> TrainResult:
         try:
             join_ray(cfg)
             marks["ray_start"] = time.perf_counter()
-            result = train_on_ray(cfg, run_id, checkpoints, name)
+            result = train_on_ray(cfg, run_id, checkpoints, name, shared_data(cfg))
             marks["fit"] = time.perf_counter()
         except Exception:
             mlflow.set_tag("failed_stage", "train")

@@ -20,17 +20,31 @@ SEARCH = {"num_samples": 1, "max_concurrent_trials": 2, "workers_per_trial": 1, 
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, prefect_server):
+def searched(tmp_path_factory, prefect_server, s3):
+    """The tune flow, with the trials reading the processed data from a bucket (data.shards_url)."""
     from flows.tune import tune
 
     params = deep_update(copy.deepcopy(TINY_PARAMS), {
+        "data": {"shards_url": "s3://corpus/tune-shards"},
         "train": {"max_steps": STEPS, "eval_interval": 10, "checkpoint_interval": STEPS}})
     root = make_project(tmp_path_factory.mktemp("tune"), params)
     merged = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merged | {"tune": SEARCH}, sort_keys=False))
-    state = tune(project_dir=str(root), return_state=True)
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3.env().items():
+            env.setenv(key, value)
+        env.setenv("LMP_SHARDS_CACHE", str(root / "node-cache"))
+        state = tune(project_dir=str(root), return_state=True)
     assert state.is_completed(), state.message
     return root
+
+
+def test_trials_read_the_data_from_the_bucket(searched, s3):
+    from lm_pipeline.lineage import tree_sha256
+
+    digest = tree_sha256(searched / "data/processed")
+    assert any(key.startswith(f"tune-shards/{digest}/train/") for key in s3.keys("corpus"))
+    assert tree_sha256(searched / "node-cache" / digest) == digest  # the trials' node copy
 
 
 def client_for(project):
