@@ -59,8 +59,9 @@ def node_copy(url: str) -> Path:
         for key in fs.find(root):
             relative = key[len(root):].lstrip("/")
             if relative != COMPLETE:
-                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(key, str(partial / relative))
+                destination = inside(partial, relative, url)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(key, str(destination))
         if tree_sha256(partial) != digest:
             raise OSError(f"{url}: the downloaded files do not hash to {digest} (changed in the bucket?)")
         partial.rename(target)
@@ -70,3 +71,12 @@ def node_copy(url: str) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def inside(folder: Path, relative: str, url: str) -> Path:
+    """folder/relative, refused if a key (`..`, an absolute path) would put it anywhere else."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()) or path == folder.resolve():
+        raise OSError(f"{url}: object {relative!r} would be written outside {folder}; refused")
+    return path
+

@@ -117,3 +117,20 @@ def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path
     assert list((tmp_path / "node-c").iterdir()) == []  # the bad copy is not left to be used
     with pytest.raises(FileNotFoundError, match=r"s3://checkpoints/shards/0+: no complete copy"):
         node_copy("s3://checkpoints/shards/" + "0" * 64)
+
+
+@pytest.mark.security
+def test_a_bucket_key_that_climbs_out_of_the_cache_is_refused(tmp_path, s3_env, monkeypatch):
+    from lm_pipeline.data.published import CACHE_ENV, node_copy, publish
+
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    (processed / "meta.json").write_text("{}")
+    url = publish(processed, "s3://checkpoints/climb")
+    digest = url.rsplit("/", 1)[1]
+    s3_env.client().put_object(Bucket="checkpoints", Key=f"climb/{digest}/../../../escaped.txt", Body=b"x")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(OSError, match=r"object '\.\./\.\./\.\./escaped.txt' would be written outside"):
+        node_copy(url)
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert list((tmp_path / "cache").iterdir()) == []
