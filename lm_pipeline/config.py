@@ -56,7 +56,7 @@ class MixSource(Section):
     source: str = Field(description="as data.source: a file or folder, local or s3://, or 'python-docs'")
     weight: float = Field(gt=0, description="its share of the mixture's characters (weights are normalized)")
     name: str | None = Field(None, description="how reports name it; the source itself by default")
-    validate_: dict[str, float] = Field({}, alias="validate", description="its own document thresholds "
+    validate_: dict[str, float | int] = Field({}, alias="validate", description="its own document thresholds "
                                         f"(any of {', '.join(PER_SOURCE_THRESHOLDS)}), in place of the "
                                         "validate section's for its documents")
 
@@ -70,8 +70,8 @@ class MixSource(Section):
         if wrong := sorted(set(value) - set(PER_SOURCE_THRESHOLDS)):
             raise ValueError(f"{', '.join(wrong)}: not a per-source threshold (these are: "
                              f"{', '.join(PER_SOURCE_THRESHOLDS)})")
-        ValidateConfig(**value)  # the same bounds as in the validate section
-        return value
+        # The same bounds and types as in the validate section (an int stays an int).
+        return ValidateConfig(**value).model_dump(include=set(value))
 
 
 def corpus_description(source: str, sources: list[MixSource]) -> str:

@@ -269,15 +269,16 @@ def document_batches(documents: pd.DataFrame, cfg: Config) -> list[tuple[str, pd
     if not any(s.validate_ for s in sources):
         return [("documents", documents, document_expectations(cfg.validate_))]
     batches = []
-    for s in sources:
+    for number, s in enumerate(sources, 1):
         rows = documents[documents["mixture"] == s.label].reset_index(drop=True)
         if rows.empty:  # a source too small to be sampled: its documents are still counted
             log.warning("validate: no sampled document of source %s; raise validate.sample_documents",
                         s.label)
             continue
         thresholds = cfg.validate_.model_copy(update=s.validate_)
-        batches.append((f"documents of {METRIC_UNSAFE.sub('_', s.label)}", rows,
-                        document_expectations(thresholds, f"{s.label}: ")))
+        # GX names become file names: no slashes; the number keeps two similar labels apart.
+        name = f"documents of source {number} {BATCH_UNSAFE.sub('_', s.label)}"
+        batches.append((name, rows, document_expectations(thresholds, f"{s.label}: ")))
     return batches
 
 
@@ -379,6 +380,7 @@ def fmt(value) -> str:
 
 
 METRIC_UNSAFE = re.compile(r"[^\w./ -]")  # what an MLflow metric name may not hold
+BATCH_UNSAFE = re.compile(r"[^\w.-]+")  # what a Great Expectations batch name may not hold
 
 
 def corpus_metrics(scan: CorpusScan, documents: pd.DataFrame) -> dict:

@@ -145,15 +145,17 @@ def test_a_mixtures_shares_are_counted_over_every_document_as_metrics_mlflow_acc
 
 
 def write_mixture(tmp_path, code_thresholds: dict, web_thresholds: dict | None = None) -> Config:
-    """40 prose documents from `web` and 40 code-like ones (a quarter letters, no English) from `code`."""
+    """40 prose documents from corpora/web and 40 code-like ones (a quarter letters, no English)
+    from the source named code."""
     raw = tmp_path / "raw"
     raw.mkdir(exist_ok=True)
-    docs = [{"id": f"web{i}", "text": prose(i), "mixture": "web"} for i in range(40)]
+    docs = [{"id": f"web{i}", "text": prose(i), "mixture": "corpora/web"} for i in range(40)]
     docs += [{"id": f"code{i}", "text": f"x{i} = f(y2) + 0x3f; z[{i}] = {{4: 5}} # {i}", "mixture": "code"}
              for i in range(40)]
     (raw / DOCUMENTS_FILE).write_text("".join(json.dumps(d) + "\n" for d in docs))
-    sources = [{"source": "corpora/web", "weight": 1, "name": "web", "validate": web_thresholds or {}},
-               {"source": "corpora/code", "weight": 1, "name": "code", "validate": code_thresholds}]
+    # web is named by its path (a label with slashes), code by its name
+    sources = [{"source": "corpora/web", "weight": 1, "validate": web_thresholds or {}},
+               {"source": "s3://corpora/code", "weight": 1, "name": "code", "validate": code_thresholds}]
     return Config(data=DataConfig(raw_dir=raw, sources=sources),
                   validate=ValidateConfig(min_rows=5, max_chars=1000, max_near_duplicate_ratio=1.0,
                                           report_dir=tmp_path / "reports"))
@@ -178,7 +180,7 @@ def test_a_source_of_a_mixture_is_checked_against_its_own_thresholds(tmp_path):
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(write_mixture(tmp_path, code, strict_web))
     assert "failed 1 of 15 expectations" in str(err.value)
-    assert "web: English prose: common words at least 95% of words on average" in str(err.value)
+    assert "corpora/web: English prose: common words at least 95% of words on average" in str(err.value)
 
 
 def test_only_document_checks_can_be_set_per_source():
