@@ -10,8 +10,9 @@ dict of equal-length columns, one entry per document:
     characters  len(text); text_bytes: its UTF-8 length
     unknown     how many ids are <unk>; text: the text when there are any (for examples), else ""
 
-On Ray, the file is read on the driver's node (no other node needs a path to it), every CPU of
-the cluster encodes, one single-threaded task per CPU, and the driver writes the shards in order.
+On Ray, the file is read on the driver's node in byte ranges that end with a line (no other node
+needs a path to it), every CPU of the cluster encodes, one single-threaded task per CPU, and the
+driver writes the shards in order.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ENCODE_BATCH_CHARS = 2_000_000  # text per local encode_batch call: enough to keep every core busy
 RAY_BATCH_DOCUMENTS = 2048  # documents per Ray task: a few MB of text, seconds of work
+RANGE_BYTES = 64 << 20  # documents.jsonl is read in pieces of about this size, a task each
 COLUMNS = ("digest", "split", "ids", "characters", "text_bytes", "unknown", "text")
 
 
@@ -80,7 +82,8 @@ def local_batches(source: Path, tokenizer: Tokenizer, cfg: Config, dtype) -> Ite
 def ray_batches(source: Path, tokenizer: Tokenizer, cfg: Config, dtype) -> Iterator[dict]:
     """Encoded batches of documents.jsonl from Ray Data tasks on every CPU of the cluster, in order.
 
-    Streaming: Ray Data bounds the blocks in flight, so memory does not grow with the corpus."""
+    Streaming: the file is read a range at a time and Ray Data bounds the blocks in flight, so
+    memory does not grow with the corpus."""
     import ray.data
 
     from lm_pipeline.cluster import init_ray, worker_env
@@ -90,7 +93,9 @@ def ray_batches(source: Path, tokenizer: Tokenizer, cfg: Config, dtype) -> Itera
     context.execution_options.preserve_order = True  # the shards keep the file's order
     context.enable_progress_bars = sys.stderr.isatty()
     here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # read where the file is
-    lines = ray.data.read_text(str(Path(source).resolve()), label_selector=here)
+    pieces = ray.data.from_items([{"start": a, "end": b} for a, b in line_ranges(source, RANGE_BYTES)])
+    lines = pieces.map_batches(read_lines, batch_size=1, batch_format="numpy", label_selector=here,
+                               fn_kwargs={"path": str(Path(source).resolve())})
     encoded = lines.map_batches(
         encode_lines, batch_size=RAY_BATCH_DOCUMENTS, batch_format="numpy", num_cpus=1,
         fn_kwargs={"tokenizer_json": tokenizer.to_str(), "split": cfg.split.model_dump(),
@@ -99,6 +104,27 @@ def ray_batches(source: Path, tokenizer: Tokenizer, cfg: Config, dtype) -> Itera
         runtime_env={"env_vars": worker_env(TOKENIZERS_PARALLELISM="false")})
     log.info("preprocess: encoding on Ray Data (%s CPUs)", ray.cluster_resources().get("CPU"))
     yield from encoded.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def line_ranges(path: Path, size: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of about `size` that cover the file, each ending with a line."""
+    ranges, start, total = [], 0, Path(path).stat().st_size
+    with open(path, "rb") as f:
+        while start < total:
+            f.seek(min(start + size, total))
+            f.readline()  # on to the end of the line the cut fell in
+            ranges.append((start, f.tell()))
+            start = f.tell()
+    return ranges
+
+
+def read_lines(batch: dict[str, np.ndarray], path: str) -> dict:
+    """Ray Data task: one byte range of documents.jsonl -> its lines (a range's worth in memory)."""
+    with open(path, "rb") as f:
+        f.seek(int(batch["start"][0]))
+        data = f.read(int(batch["end"][0]) - int(batch["start"][0]))
+    return {"text": np.array([line.decode("utf-8") for line in data.split(b"\n") if line.strip()],
+                             dtype=object)}
 
 
 def encode_lines(batch: dict[str, np.ndarray], tokenizer_json: str, split: dict, dtype: str) -> dict:

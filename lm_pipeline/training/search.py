@@ -25,7 +25,6 @@ from pathlib import Path
 from lm_pipeline import tracking
 from lm_pipeline.cluster import init_ray
 from lm_pipeline.config import Config
-from lm_pipeline.data import published
 from lm_pipeline.data.processed import ProcessedMeta, read_meta
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.folder import RUN_FILE, read_run_info
@@ -73,6 +72,7 @@ def run(cfg: Config) -> dict:
     check_data_fits(cfg, meta)
     init_ray(cfg.ray_address, math.ceil(cpus_needed(cfg)))
     check_capacity(cfg, ray_cpus())
+    shards_url = shared_data(cfg)  # before the MLflow run: a failed upload leaves no run behind
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = run_tags(cfg, meta)
     parent_id = tracking.start_run(cfg, run_name=f"tune-{stamp}", tags={
@@ -83,20 +83,20 @@ def run(cfg: Config) -> dict:
              "parent run %s", cfg.tune.num_samples, cfg.tune.max_concurrent_trials,
              cfg.tune.workers_per_trial, cfg.tune.time_budget_s, ", ".join(cfg.tune.space), parent_id)
     storage = join(root(cfg.train.checkpoint_dir), f"tune-{stamp}")
-    results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage, shared_data(cfg)).fit()
+    results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage, shards_url, meta).fit()
     children = {run.data.tags["tune.trial_id"]: run for run in client.search_runs(
         [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
     trials = [close_trial(client, children.get(trial_id_of(result)), result, cfg) for result in results]
     return record_search(cfg, client, parent_id, trials, meta)
 
 
-def make_tuner(cfg: Config, trial_tags: dict, storage: str, shards_url: str | None):
+def make_tuner(cfg: Config, trial_tags: dict, storage: str, shards_url: str | None, meta: ProcessedMeta):
     from ray import tune
 
     return tune.Tuner(
         tune.with_resources(  # the trial only drives; its Ray Train workers hold the CPUs
             tune.with_parameters(run_trial, base=portable_config(cfg), storage=storage, tags=trial_tags,
-                                 shards_url=shards_url),
+                                 shards_url=shards_url, meta=meta),
             {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
@@ -198,9 +198,11 @@ def trial_config(base: Config, values: dict) -> Config:
     return Config.model_validate(data)
 
 
-def run_trial(values: dict, base: dict, storage: str, tags: dict, shards_url: str | None) -> None:
+def run_trial(values: dict, base: dict, storage: str, tags: dict, shards_url: str | None,
+              meta: ProcessedMeta) -> None:
     """One Tune trial: a Ray Train run of the train stage's loop, logged as an MLflow child run.
-    It runs on any node: with shards_url, it reads the data's index from the node's copy."""
+    It may run on any node: the data's index comes from the driver, the data itself through
+    shards_url (or data.processed_dir) to the trial's workers."""
     import mlflow
     from mlflow.entities import Param
     from ray import tune
@@ -208,7 +210,6 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict, shards_url: st
 
     cfg = trial_config(Config.model_validate(base), values)
     trial_id = tune.get_context().get_trial_id()
-    meta = read_meta(published.node_copy(shards_url) if shards_url else cfg.data.processed_dir)
     tags = tags | {"pipeline.stage": "tune", "tune.trial_id": trial_id}
     run_id = tracking.start_run(cfg, run_name=f"trial-{trial_id}", tags=tags)
     client = mlflow.MlflowClient()

@@ -85,7 +85,7 @@ def test_an_empty_prefix_and_missing_keys_are_clear_errors(tmp_path, s3_env, mon
 
 
 def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path, s3_env, monkeypatch):
-    from lm_pipeline.data.published import CACHE_ENV, COMPLETE, node_copy, publish
+    from lm_pipeline.data.published import CACHE_ENV, MANIFEST, node_copy, publish
     from lm_pipeline.lineage import tree_sha256
 
     processed = tmp_path / "processed"
@@ -96,10 +96,10 @@ def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path
     assert url == f"s3://checkpoints/shards/{digest}"
     keys = s3_env.keys("checkpoints")
     assert sorted(k for k in keys if k.startswith("shards/")) == sorted(
-        f"shards/{digest}/{name}" for name in (COMPLETE, "meta.json", "train/00000.bin"))
-    marker = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{COMPLETE}")
+        f"shards/{digest}/{name}" for name in (MANIFEST, "meta.json", "train/00000.bin"))
+    marker = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{MANIFEST}")
     assert publish(processed, "s3://checkpoints/shards") == url  # reused, not uploaded again
-    again = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{COMPLETE}")
+    again = s3_env.client().head_object(Bucket="checkpoints", Key=f"shards/{digest}/{MANIFEST}")
     assert again["LastModified"] == marker["LastModified"] and again["ETag"] == marker["ETag"]
 
     copies = []
@@ -107,30 +107,41 @@ def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path
         monkeypatch.setenv(CACHE_ENV, str(tmp_path / node))
         copies.append(node_copy(url))
     assert [c.parent.name for c in copies] == ["node-a", "node-b"]
-    assert all(tree_sha256(c) == tree_sha256(processed) and not (c / COMPLETE).exists() for c in copies)
+    assert all(tree_sha256(c) == digest and not (c / MANIFEST).exists() for c in copies)
+    assert (tmp_path / "node-a").stat().st_mode & 0o777 == 0o700  # private to this user
 
     s3_env.client().put_object(Bucket="checkpoints", Key=f"shards/{digest}/meta.json",
                                Body=b'{"vocab_size": 6}')
+    assert node_copy(url) == copies[1]  # a node's checked copy is reused, not fetched again
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node-c"))
-    with pytest.raises(OSError, match=r"do not hash to .*changed in the bucket"):
+    with pytest.raises(OSError, match=r"/meta.json: not the file the manifest lists .*delete s3://"):
         node_copy(url)
-    assert list((tmp_path / "node-c").iterdir()) == []  # the bad copy is not left to be used
+    assert [p.name for p in (tmp_path / "node-c").iterdir()] == [f"{digest}.lock"]  # nothing half-made
     with pytest.raises(FileNotFoundError, match=r"s3://checkpoints/shards/0+: no complete copy"):
         node_copy("s3://checkpoints/shards/" + "0" * 64)
 
 
 @pytest.mark.security
-def test_a_bucket_key_that_climbs_out_of_the_cache_is_refused(tmp_path, s3_env, monkeypatch):
-    from lm_pipeline.data.published import CACHE_ENV, node_copy, publish
+def test_only_the_manifests_files_are_fetched_and_none_outside_the_cache(tmp_path, s3_env, monkeypatch):
+    import json as jsonlib
+
+    from lm_pipeline.data.published import CACHE_ENV, MANIFEST, node_copy, publish
 
     processed = tmp_path / "processed"
     processed.mkdir()
     (processed / "meta.json").write_text("{}")
     url = publish(processed, "s3://checkpoints/climb")
     digest = url.rsplit("/", 1)[1]
-    s3_env.client().put_object(Bucket="checkpoints", Key=f"climb/{digest}/../../../escaped.txt", Body=b"x")
+    client = s3_env.client()
+    client.put_object(Bucket="checkpoints", Key=f"climb/{digest}/../../../escaped.txt", Body=b"x")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    with pytest.raises(OSError, match=r"object '\.\./\.\./\.\./escaped.txt' would be written outside"):
+    assert sorted(p.name for p in node_copy(url).iterdir()) == ["meta.json"]  # the stray key is not fetched
+
+    key = f"climb/{digest}/{MANIFEST}"
+    manifest = jsonlib.loads(client.get_object(Bucket="checkpoints", Key=key)["Body"].read())
+    manifest["files"]["../../../escaped.txt"] = {"bytes": 1, "sha256": "0" * 64}
+    client.put_object(Bucket="checkpoints", Key=key, Body=jsonlib.dumps(manifest))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "other-cache"))
+    with pytest.raises(OSError, match=r"file '\.\./\.\./\.\./escaped.txt' would be written outside"):
         node_copy(url)
     assert not list(tmp_path.rglob("escaped.txt"))
-    assert list((tmp_path / "cache").iterdir()) == []

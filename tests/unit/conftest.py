@@ -18,13 +18,20 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def mlflow_uri(tmp_path, empty_mlflow_db, monkeypatch):
-    """This test's own MLflow store. MLflow's process-wide URI is reset afterwards:
-    mlflow.set_tracking_uri (in tracking.setup) also exports MLFLOW_TRACKING_URI, which Config prefers."""
+def forget_mlflow_uri(monkeypatch):
+    """MLflow's process-wide URI is reset after the test: mlflow.set_tracking_uri (in
+    tracking.setup) also exports MLFLOW_TRACKING_URI, which Config and every later subprocess
+    (the flows' stages) would take."""
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
-    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+    yield
     mlflow.set_tracking_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, empty_mlflow_db, forget_mlflow_uri):
+    """This test's own MLflow store (the URI forgotten afterwards)."""
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -44,3 +44,20 @@ def test_auto_takes_ray_for_a_large_corpus_on_a_configured_cluster(tmp_path, mon
         f.truncate(size)  # sparse: the size is what counts
     cfg = Config.model_validate({"data": {"preprocess_on": setting}, "ray": {"address": address}})
     assert use_ray(cfg, source) is expected
+
+
+@pytest.mark.parametrize("size", [1, 7, 40, 10_000])
+def test_byte_ranges_cover_the_file_and_cut_only_between_lines(tmp_path, size):
+    from lm_pipeline.data.encode import line_ranges, read_lines
+
+    path = tmp_path / "documents.jsonl"
+    # raw multi-byte characters and a line separator that is not a newline (U+2028)
+    texts = [f"doc {i} " + "é" * (i % 5) + "\u2028" for i in range(30)]
+    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in texts]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ranges = line_ranges(path, size)
+    assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # no gap, no overlap
+    read = [line for a, b in ranges
+            for line in read_lines({"start": np.array([a]), "end": np.array([b])}, str(path))["text"]]
+    assert read == lines  # every line once, whole, in order

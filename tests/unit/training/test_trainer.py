@@ -117,10 +117,9 @@ def test_in_a_bucket_too_a_run_the_store_lacks_is_moved_aside_not_deleted(cfg, s
 
 
 @pytest.mark.security
-def test_a_tracking_server_that_fails_never_costs_the_checkpoints(tmp_path, monkeypatch):
+def test_a_tracking_server_that_fails_never_costs_the_checkpoints(tmp_path, monkeypatch, forget_mlflow_uri):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     down = Config.model_validate({"mlflow": {"tracking_uri": "http://127.0.0.1:9"}})  # nothing listens
     run_dir = tmp_path / "checkpoints" / "train-abc"
     write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
