@@ -419,7 +419,12 @@ def read_arrow(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
         head = f.read(6)
         f.seek(0)
         try:  # the file format opens with its magic; save_to_disk writes the stream format
-            reader = pa.ipc.open_file(f) if head == b"ARROW1" else pa.ipc.open_stream(f)
+            if head == b"ARROW1":
+                reader = pa.ipc.open_file(f)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                reader = pa.ipc.open_stream(f)
+                batches = iter(reader)
         except pa.ArrowException as err:
             yield Problem(file.name, f"not a readable Arrow IPC file ({err})", "file")
             return
@@ -427,8 +432,6 @@ def read_arrow(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
         if "text" not in columns:
             yield Problem(file.name, f"no 'text' column (columns: {', '.join(columns)})", "file")
             return
-        batches = (iter(reader) if head != b"ARROW1"
-                   else (reader.get_batch(i) for i in range(reader.num_record_batches)))
         yield from table_rows(batches, columns, file.name, max_bytes, "Arrow")
 
 

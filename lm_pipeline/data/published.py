@@ -73,10 +73,11 @@ def node_cache() -> Path:
 
 def fetch(url: str, digest: str, target: Path) -> None:
     """Download the files the manifest lists, check them, and move them into place whole."""
-    manifest_url = storage.join(url, MANIFEST)
-    if not storage.exists(manifest_url):
-        raise FileNotFoundError(f"{url}: no complete copy of the processed data there ({MANIFEST} missing)")
-    manifest = storage.read_json(manifest_url)
+    try:
+        manifest = storage.read_json(storage.join(url, MANIFEST))
+    except FileNotFoundError:
+        missing = f"{url}: no complete copy of the processed data there ({MANIFEST} missing)"
+        raise FileNotFoundError(missing) from None
     partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest[:12]}-"))
     try:
         fs, root = storage.filesystem(url)

@@ -311,8 +311,9 @@ def document_expectations(cfg: ValidateConfig, about: str = "") -> list:
     ]
 
 
-def run_suite(counters: pd.DataFrame, document_batches: list[tuple[str, pd.DataFrame, list]],
+def run_suite(counters: pd.DataFrame, documents: list[tuple[str, pd.DataFrame, list]],
               cfg: ValidateConfig, examples: dict[str, list[str]]) -> ValidationReport:
+    """The corpus counters and each batch of `documents` (document_batches) through their suites."""
     import great_expectations as gx
 
     # GX logs setup chatter at INFO, one module even forcing its own level.
@@ -330,7 +331,7 @@ def run_suite(counters: pd.DataFrame, document_batches: list[tuple[str, pd.DataF
     })
     source = context.data_sources.add_pandas("corpus")
     definitions, frames = [], {}
-    for name, frame, suite in [("corpus", counters, corpus_expectations(cfg)), *document_batches]:
+    for name, frame, suite in [("corpus", counters, corpus_expectations(cfg)), *documents]:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definitions.append(context.validation_definitions.add(gx.ValidationDefinition(
             name=name, data=batch, suite=context.suites.add(gx.ExpectationSuite(name, expectations=suite)))))
@@ -348,10 +349,10 @@ def run_suite(counters: pd.DataFrame, document_batches: list[tuple[str, pd.DataF
     result_path = cfg.report_dir / RESULT_FILE
     with atomic_path(result_path) as tmp:
         tmp.write_text(json.dumps([r.to_json_dict() for r in results], indent=2))
-    ids = {name: list(frame["id"]) if name != "corpus" else [] for name, frame in frames.items()}
+    ids = {"corpus": []} | {name: list(frame["id"]) for name, frame, _ in documents}
     checks = [to_check(r, name, ids[name], examples)
               for name, result in zip(frames, results, strict=True) for r in result.results]
-    sampled = sum(len(frame) for name, frame in frames.items() if name != "corpus")
+    sampled = sum(len(frame) for _, frame, _ in documents)
     return ValidationReport(all(r.success for r in results), checks, sampled, result_path,
                             docs_dir / "index.html")
 
