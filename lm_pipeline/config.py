@@ -227,7 +227,12 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     """Ray Train: workers, the optimizer and its schedule, validation, checkpoints, early stopping."""
 
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    run_on: Literal["auto", "local", "ray"] = Field(
+        "auto", description="'local': the one worker runs in the `lmp train` process (no Ray "
+        "start-up, no worker processes; failed attempts retried in it from the last checkpoint); "
+        "'ray': Ray Train workers; auto: local for one DDP worker when no Ray cluster is "
+        "configured (ray.address, RAY_ADDRESS), else ray. Either resumes the other's checkpoints")
     use_gpu: bool = Field(False, description="one GPU per worker")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="replicated (DDP) or sharded (FSDP2)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU fast path)")
@@ -235,10 +240,10 @@ class TrainConfig(Section):
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer's "
                                            "activations in the backward pass: less memory, ~30% more compute")
     peak_tflops: float = Field(0.0, ge=0, description="per-device peak for MFU; 0 = known GPUs only")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per worker")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1, description="best checkpoints by val_loss kept on disk")
-    batch_size: int = Field(16, ge=1, description="sequences per worker per micro-step")
+    batch_size: int = Field(32, ge=1, description="sequences per worker per micro-step")
     grad_accum_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
     max_steps: int = Field(300, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
@@ -273,6 +278,9 @@ class TrainConfig(Section):
             raise ValueError("warmup_steps must be smaller than max_steps")
         if self.min_lr > self.lr:
             raise ValueError("min_lr must not exceed lr")
+        if self.run_on == "local" and (self.num_workers > 1 or self.strategy != "ddp"):
+            raise ValueError("run_on: local runs one DDP worker in this process: set num_workers: 1 "
+                             "and strategy: ddp, or run_on: ray")
         return self
 
 
@@ -357,7 +365,7 @@ class TuneConfig(Section):
     num_samples: int = Field(8, ge=1, description="trials (with grid values: runs of the whole grid)")
     max_concurrent_trials: int = Field(1, ge=1, description="trials at once; times workers_per_trial "
                                        "times train.cpus_per_worker must fit the cluster")
-    workers_per_trial: int = Field(2, ge=1, description="Ray Train workers (DDP ranks) of each trial")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) of each trial")
     time_budget_s: float = Field(3600, gt=0, description="wall time of the whole search; trials "
                                  "still running then are stopped")
     grace_period: int = Field(100, ge=1, description="steps every trial trains before ASHA may stop it")

@@ -1,5 +1,6 @@
-"""Ray Train wiring shared by the train stage and the search: start or join Ray, run the loop on
-a TorchTrainer, check the fine-tuning parent, and what every training run logs to MLflow.
+"""Where the training loop runs, for the train stage and the search: on a Ray Train TorchTrainer,
+or in this process for one worker without a cluster (runs_in_process); the fine-tuning parent's
+checks, and what every training run logs to MLflow.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ import logging
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from lm_pipeline import tracking
+from lm_pipeline import storage, tracking
 from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config
 from lm_pipeline.data import published
@@ -73,6 +75,48 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, shards_u
         return trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrainingError(f"train: training failed: {worker_errors(err)}") from None
+
+
+def runs_in_process(cfg: Config) -> bool:
+    """train.run_on: auto keeps one DDP worker in this process unless a cluster is configured."""
+    if cfg.train.run_on != "auto":
+        return cfg.train.run_on == "local"
+    return cfg.train.num_workers == 1 and cfg.train.strategy == "ddp" and not cfg.ray_address
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What the train stage reads of Ray's Result: the last report and the kept checkpoints."""
+
+    metrics: dict
+    best_checkpoints: list
+
+
+def train_in_process(cfg: Config, run_id: str, checkpoints: str, name: str) -> LocalResult:
+    """Run the loop here, as one worker: what train_on_ray does, without Ray. A failed attempt is
+    retried up to train.max_failures times from the run's latest checkpoint, as Ray restarts a
+    worker group; a killed process resumes the same way when `lmp train` runs again."""
+    import torch
+
+    from lm_pipeline.training.checkpoints import RunCheckpoints
+    from lm_pipeline.training.loop import train_loop
+    from lm_pipeline.training.session import LocalSession
+
+    torch.set_num_threads(cfg.train.cpus_per_worker)  # what Ray gives a worker (OMP_NUM_THREADS)
+    loop_config = {"config": portable_config(cfg), "mlflow_run_id": run_id,
+                   "progress_bar": sys.stderr.isatty(), "fine_tune": bool(cfg.train.init_from)}
+    run_dir, failures = storage.join(checkpoints, name), 0
+    while True:
+        session = LocalSession(RunCheckpoints(run_dir, cfg.train.checkpoints_to_keep), cfg.train.use_gpu)
+        try:
+            train_loop(loop_config, session)
+            return LocalResult(session.last_metrics, session.checkpoints.best())
+        except Exception as err:  # noqa: BLE001 (Ray retries any error of the loop the same way)
+            failures += 1
+            if failures > cfg.train.max_failures:
+                raise TrainingError(f"train: training failed: rank 0: {type(err).__name__}: {err}") from err
+            log.warning("train: the run failed (%s: %s); restart %d of %d from the latest checkpoint",
+                        type(err).__name__, err, failures, cfg.train.max_failures)
 
 
 def join_ray(cfg: Config) -> None:
@@ -165,10 +209,11 @@ def run_tags(cfg: Config, meta: ProcessedMeta) -> dict[str, str]:
 
 
 def system_info() -> dict[str, str]:
-    import ray
+    from importlib.metadata import version  # not `import ray`: an in-process run never needs it
+
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"system.python": platform.python_version(), "system.torch": torch.__version__,
-            "system.ray": ray.__version__, "system.platform": platform.platform(),
+            "system.ray": version("ray"), "system.platform": platform.platform(),
             "system.cpu_count": str(os.cpu_count()), "system.gpu": gpu}

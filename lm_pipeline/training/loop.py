@@ -1,4 +1,5 @@
-"""The per-worker training loop that Ray Train runs on every rank.
+"""The per-worker training loop: Ray Train runs it on every rank, or this process runs it alone
+(session.py says where, and owns the few calls that differ).
 
 The loop only coordinates: restore, then step -> validate -> log -> checkpoint until max_steps.
 The components own their timing: the Validator decides when to validate, the Checkpointer when to
@@ -34,22 +35,23 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
+    """The function Ray Train runs on each worker."""
+    from lm_pipeline.training.session import RaySession
 
+    train_loop(loop_config, RaySession())
+
+
+def train_loop(loop_config: dict, session) -> None:
     clock = PhaseClock()
     cfg = Config.model_validate(loop_config["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     shards_url = loop_config.get("shards_url")
     processed_dir = published.node_copy(shards_url) if shards_url else cfg.data.processed_dir
     meta = read_meta(processed_dir)
     parent = parents.pinned_folder(processed_dir) if loop_config.get("fine_tune") else None
 
-    device = ray.train.torch.get_device()
-    print(f"[rank {rank}/{world}] node {ray.get_runtime_context().get_node_id()[:12]} device {device} "
-          f"strategy {cfg.train.strategy} precision {cfg.train.precision}", flush=True)
+    print(f"[rank {rank}/{world}] {session.where} device {device} strategy {cfg.train.strategy} "
+          f"precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
     model = initial_model(cfg, meta, parent)  # a checkpoint overrides its weights
     frozen = checkpoint_state.frozen_names(model)
@@ -66,7 +68,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.train.compile:
         model = torch.compile(model)
     seed_rank(cfg.train.seed, rank)  # after the shared init; a checkpoint's RNG states replace it
-    checkpointer = Checkpointer(model, optimizer, rank, cfg.train, frozen)
+    checkpointer = Checkpointer(model, optimizer, session, cfg.train, frozen)
     state = checkpointer.restore()
     peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
 
@@ -74,7 +76,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     validator = Validator(load_tokens(processed_dir, "val"), train_tokens, device, cfg, checkpointer)
     logger = metric_logger(loop_config.get("mlflow_run_id"), cfg.tracking_uri, state,
                            restarted=checkpointer.restored) if rank == 0 else None
-    progress = Progress(rank, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
+    progress = Progress(session, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
     clock.add("setup", time.perf_counter() - clock.start)
     if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
@@ -118,7 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         logger.flush()  # the curve is complete up to every checkpoint
                     checkpointer.save(state, reported)
                 else:
-                    report(reported)
+                    session.report(reported)
         if stop:
             print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
                   f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
@@ -177,19 +179,17 @@ class Checkpointer:
 
     Every rank saves its own shards and reports them (a barrier); Ray merges them into one."""
 
-    def __init__(self, model, optimizer, rank: int, train: TrainConfig, frozen: frozenset[str]):
-        self.model, self.optimizer, self.rank, self.frozen = model, optimizer, rank, frozen
+    def __init__(self, model, optimizer, session, train: TrainConfig, frozen: frozenset[str]):
+        self.model, self.optimizer, self.session, self.frozen = model, optimizer, session, frozen
+        self.rank = session.rank
         self.interval, self.last_step = train.checkpoint_interval, train.max_steps
         self.restored = False
 
     def restore(self) -> TrainState:
         """The state of the run's latest checkpoint (a fresh one when the run is new)."""
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if not checkpoint:
-            return TrainState()
-        with checkpoint.as_directory() as d:
+        with self.session.latest_checkpoint() as d:
+            if d is None:
+                return TrainState()
             state = checkpoint_state.load(d, self.model, self.optimizer, self.rank, self.frozen)
         self.restored = True
         print(f"[rank {self.rank}] resumed from the checkpoint at step {state.step}", flush=True)
@@ -202,14 +202,11 @@ class Checkpointer:
         return self.is_scheduled(step) or improved or stop
 
     def save(self, state: TrainState, metrics: dict) -> None:
-        import ray.train
-
         tmpdir = tempfile.mkdtemp(prefix="lmp-ckpt-")
         try:
             checkpoint_state.save(tmpdir, self.model, self.optimizer, state, self.rank, self.frozen)
-            # The sync upload copies the files before report returns, so tmpdir can go after.
-            ray.train.report(with_placement_group(metrics),
-                             checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
+            # Both sessions copy the files before report returns, so tmpdir can go after.
+            self.session.report(metrics, Path(tmpdir))
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -235,21 +232,6 @@ class Validator:
     def losses(self, model) -> dict[str, float]:
         return {"val_loss": validation_loss(model, self.val, self.device, self.precision),
                 "train_eval_loss": validation_loss(model, self.train, self.device, self.precision)}
-
-
-def report(metrics: dict) -> None:
-    """Report metrics to Ray Train without a checkpoint. Every rank calls it (it is a barrier)."""
-    import ray.train
-
-    ray.train.report(with_placement_group(metrics))
-
-
-def with_placement_group(metrics: dict) -> dict:
-    """Tune kills a trial it stops early with its Train controller, but Ray keeps the workers'
-    placement group until the job ends: the search frees it by this id (search.free_workers_callback)."""
-    import ray
-
-    return metrics | {"placement_group": ray.get_runtime_context().get_placement_group_id() or ""}
 
 
 def metric_logger(run_id: str | None, tracking_uri: str, state: TrainState, restarted: bool):
@@ -360,13 +342,11 @@ def validation_loss(model, batches, device, precision: str = "fp32") -> float:
 class Progress:
     """Rank 0's progress: a bar drawn on the driver's terminal, or periodic log lines."""
 
-    def __init__(self, rank: int, start: int, total: int, bar: bool):
-        self.enabled, self.total, self.bar = rank == 0, total, None
+    def __init__(self, session, start: int, total: int, bar: bool):
+        self.enabled, self.total, self.bar = session.rank == 0, total, None
         self.every = max(1, total // 10)
         if self.enabled and bar:
-            from ray.experimental.tqdm_ray import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step")
+            self.bar = session.progress_bar(total, start)
 
     def update(self, step: int, metrics: dict) -> None:
         if not self.enabled:

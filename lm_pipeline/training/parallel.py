@@ -18,9 +18,11 @@ import torch.nn as nn
 
 def parallelize(model: nn.Module, strategy: str, device: torch.device):
     """Place the model on this worker's device and wrap it for data-parallel training."""
-    import ray.train.torch
-
     if strategy == "ddp":
+        if not torch.distributed.is_initialized():  # one worker in this process (session.LocalSession)
+            return model.to(device)
+        import ray.train.torch
+
         return ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP if world > 1
     from torch.distributed.fsdp import fully_shard
 

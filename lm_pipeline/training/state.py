@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def trainable_state(model, optimizer, frozen: frozenset[str]) -> dict:
 def save(folder: Path, model, optimizer, state: TrainState, rank: int, frozen: frozenset[str]) -> None:
     """Collective: every rank calls it with its own (local) folder."""
     folder = Path(folder)
-    dcp.save(trainable_state(model, optimizer, frozen), checkpoint_id=folder)
+    with single_process_ok():
+        dcp.save(trainable_state(model, optimizer, frozen), checkpoint_id=folder)
     if rank == 0:
         write_json(folder / TRAINER_STATE_FILE, asdict(state))
     torch.save(rng_state(), folder / rng_file(rank))
@@ -133,7 +135,8 @@ def load(folder: Path, model, optimizer, rank: int, frozen: frozenset[str]) -> T
     folder = Path(folder)
     verify(folder)
     saved = trainable_state(model, optimizer, frozen)
-    dcp.load(saved, checkpoint_id=folder)
+    with single_process_ok():
+        dcp.load(saved, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
                    options=TRAINABLE)
     rng = folder / rng_file(rank)
@@ -148,11 +151,18 @@ def load_weights(folder: Path, model) -> TrainState:
     frozen = frozen_names(model)
     weights = get_model_state_dict(model, options=TRAINABLE)
     saved = {"model": {k: v for k, v in weights.items() if k not in frozen}}
-    with warnings.catch_warnings():  # DCP warns that no process group exists: that is the intent
-        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+    with single_process_ok():
         dcp.load(saved, checkpoint_id=Path(folder))
     set_model_state_dict(model, saved["model"], options=TRAINABLE)
     return TrainState(**read_json(Path(folder) / TRAINER_STATE_FILE))
+
+
+@contextmanager
+def single_process_ok():
+    """DCP warns when no process group exists; a run in one process (and the export) means it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
 
 
 def rng_state() -> dict:

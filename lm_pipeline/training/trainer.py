@@ -1,8 +1,9 @@
-"""Stage 4, train: Ray Train's TorchTrainer runs the loop on num_workers DDP ranks.
+"""Stage 4, train: Ray Train's TorchTrainer runs the loop on num_workers DDP ranks, or this
+process runs it as the one worker (launch.runs_in_process).
 
 The driver opens the pipeline's MLflow run (params, system info, live system metrics), starts or
-joins Ray, runs the trainer, and exports the best-validation checkpoint as a safetensors model
-folder with the run id beside it. The loss curves are written as CSV for `dvc plots`.
+joins Ray when the loop runs there, runs the loop, and exports the best-validation checkpoint as a
+safetensors model folder with the run id beside it. The loss curves are written as CSV for `dvc plots`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from lm_pipeline.training.launch import (
     join_ray,
     run_params,
     run_tags,
+    runs_in_process,
     shared_data,
+    train_in_process,
     train_on_ray,
 )
 
@@ -68,9 +71,13 @@ def run(cfg: Config) -> TrainResult:
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})
         marks = {"prepare": time.perf_counter()}
         try:
-            join_ray(cfg)
-            marks["ray_start"] = time.perf_counter()
-            result = train_on_ray(cfg, run_id, checkpoints, name, shared_data(cfg))
+            if runs_in_process(cfg):
+                log.info("train: one worker, in this process (train.run_on: %s)", cfg.train.run_on)
+                result = train_in_process(cfg, run_id, checkpoints, name)
+            else:
+                join_ray(cfg)
+                marks["ray_start"] = time.perf_counter()
+                result = train_on_ray(cfg, run_id, checkpoints, name, shared_data(cfg))
             marks["fit"] = time.perf_counter()
         except Exception:
             mlflow.set_tag("failed_stage", "train")
@@ -103,9 +110,11 @@ def driver_times(started: float, marks: dict[str, float]) -> dict[str, float]:
 def run_digest(cfg: Config, meta: ProcessedMeta) -> str:
     """What makes two training runs the same run: model, training recipe and data.
 
-    Where checkpoints go and how many failures to tolerate do not change the run.
+    Where checkpoints go, how many failures to tolerate and where the loop runs (in this process
+    or on Ray: the checkpoints are the same files) do not change the run.
     """
-    operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir"}
+    operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir",
+                   "run_on"}
     recipe = {"model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
               "hf_config": hf_config_json(cfg.model.hf_config),
               "train": cfg.train.model_dump(mode="json", exclude=operational),

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_PARAMS = {
     "tokenizer": {"vocab_size": 512},
     "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32},
-    "train": {"num_workers": 2, "batch_size": 16, "max_steps": 300, "warmup_steps": 10,
+    "train": {"num_workers": 2, "cpus_per_worker": 1, "batch_size": 16, "max_steps": 300, "warmup_steps": 10,
               "lr": 0.01, "min_lr": 0.001, "eval_interval": 50, "eval_batches": 2,
               "checkpoint_interval": 150},
     "evaluate": {"bleu_documents": 8, "prompt_tokens": 8, "continuation_tokens": 8},

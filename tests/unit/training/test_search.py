@@ -7,7 +7,7 @@ from lm_pipeline.training.search import check_capacity, trial_config
 @pytest.mark.optimization
 def test_trials_take_their_values_and_must_fit_the_cluster():
 
-    base = Config.model_validate({"train": {"lr": 0.004, "min_lr": 0.0004},
+    base = Config.model_validate({"train": {"lr": 0.004, "min_lr": 0.0004, "cpus_per_worker": 1},
                                   "tune": {"workers_per_trial": 2, "max_concurrent_trials": 2}})
     trial = trial_config(base, {"train.lr": 0.001, "model.n_layer": 2})
     assert trial.model.n_layer == 2 and trial.train.num_workers == 2

@@ -1,0 +1,126 @@
+"""A run's checkpoints, kept by this process in the layout Ray Train V2 keeps them in.
+
+    <run folder>/checkpoint_<YYYY-mm-dd_HH-MM-SS.ffffff>/   one checkpoint (see state.py)
+    <run folder>/checkpoint_manager_snapshot.json          which of them count, with their metrics
+
+The in-process runner (session.LocalSession) writes through this; Ray Train writes the same files
+itself. So a run started in one process continues on a Ray cluster and the other way round, and
+the export reads either alike. The snapshot is the commit point: a checkpoint folder it does not
+list (a copy cut short by a kill) is never read.
+
+Which are kept is Ray's rule: the `keep` lowest val_loss, and always the latest (to resume).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from lm_pipeline import storage
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+SCORE = "val_loss"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """One checkpoint folder, local or in a bucket; `as_directory` gives it as a local folder."""
+
+    path: str
+
+    @contextmanager
+    def as_directory(self) -> Iterator[Path]:
+        if not storage.is_url(self.path):
+            yield Path(self.path)
+            return
+        fs, remote = storage.filesystem(self.path)
+        with tempfile.TemporaryDirectory(prefix="lmp-ckpt-") as tmp:
+            for key in fs.ls(remote, detail=False):  # checkpoint folders are flat
+                fs.get_file(key, str(Path(tmp) / Path(key).name))
+            yield Path(tmp)
+
+
+class RunCheckpoints:
+    def __init__(self, run_dir: str, keep: int):
+        self.run_dir, self.keep = run_dir, keep
+        snapshot = storage.join(run_dir, SNAPSHOT)
+        state = storage.read_json(snapshot) if storage.exists(snapshot) else {}
+        self.results: list[dict] = state.get("checkpoint_results", [])  # {checkpoint_dir_name, metrics}
+        self.indices: list[int] = state.get("checkpoint_report_indices", [])
+        self.latest_result: dict | None = state.get("latest_checkpoint_result")
+        self.reports: int = state.get("current_report_index", 0)
+
+    def latest(self) -> StoredCheckpoint | None:
+        return self.checkpoint(self.latest_result) if self.latest_result else None
+
+    def best(self) -> list[tuple[StoredCheckpoint, dict]]:
+        return [(self.checkpoint(r), r["metrics"]) for r in self.results]
+
+    def checkpoint(self, result: dict) -> StoredCheckpoint:
+        return StoredCheckpoint(storage.join(self.run_dir, result["checkpoint_dir_name"]))
+
+    def count_report(self) -> None:
+        """A report without a checkpoint (Ray numbers every report; the snapshot keeps the count)."""
+        self.reports += 1
+
+    def add(self, folder: Path, metrics: dict) -> None:
+        """Copy a finished checkpoint folder in, commit it in the snapshot, then drop the ones
+        the rule no longer keeps."""
+        name = f"checkpoint_{datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
+        copy_folder(Path(folder), storage.join(self.run_dir, name))
+        result = {"version": 0, "checkpoint_dir_name": name, "metrics": metrics}
+        self.results.append(result)
+        self.indices.append(self.reports)
+        self.latest_result = result
+        self.reports += 1
+        dropped = self.prune()
+        self.write_snapshot()
+        for old in dropped:
+            remove_folder(storage.join(self.run_dir, old["checkpoint_dir_name"]))
+
+    def prune(self) -> list[dict]:
+        """Keep Ray's order too: worst first by val_loss (a later report wins a tie)."""
+        paired = sorted(zip(self.results, self.indices, strict=True),
+                        key=lambda ri: (-ri[0]["metrics"].get(SCORE, float("inf")), ri[1]))
+        latest = self.latest_result["checkpoint_dir_name"]
+        kept = [ri for n, ri in enumerate(paired)
+                if n >= len(paired) - self.keep or ri[0]["checkpoint_dir_name"] == latest]
+        self.results, self.indices = [r for r, _ in kept], [i for _, i in kept]
+        return [r for r, i in paired if (r, i) not in kept]
+
+    def write_snapshot(self) -> None:
+        storage.write_json(storage.join(self.run_dir, SNAPSHOT), {
+            "ray_version": version("ray"), "checkpoint_results": self.results,
+            "checkpoint_report_indices": self.indices, "latest_checkpoint_result": self.latest_result,
+            "pending_training_results": [], "pending_validation_specs": [],
+            "current_report_index": self.reports, "validated_checkpoint_dir_names": [],
+            "timed_out_validation_checkpoint_dir_names": [], "failed_validation_checkpoint_dir_names": []})
+
+
+def copy_folder(source: Path, target: str) -> None:
+    """A local target is copied under a temporary name and renamed (whole or absent); in a
+    bucket the files are uploaded one by one, and only the snapshot written after makes it count."""
+    if storage.is_url(target):
+        fs, remote = storage.filesystem(target)
+        for file in sorted(source.iterdir()):
+            fs.put_file(str(file), f"{remote}/{file.name}")
+        return
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    shutil.copytree(source, partial, dirs_exist_ok=True)
+    partial.rename(final)
+
+
+def remove_folder(location: str) -> None:
+    if storage.is_url(location):
+        fs, remote = storage.filesystem(location)
+        fs.rm(remote, recursive=True)
+    else:
+        shutil.rmtree(location, ignore_errors=True)

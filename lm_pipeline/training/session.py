@@ -1,0 +1,92 @@
+"""Where the training loop runs, behind the few calls it makes: who am I, which device, the
+checkpoint to resume from, report (metrics, and a checkpoint), a progress bar.
+
+- RaySession: a Ray Train worker (any number of workers and nodes; Ray restarts failed ones).
+- LocalSession: this process, for one worker without a cluster. It saves what Ray's start-up and
+  worker processes cost (about 20 s of a short run on a small machine) and runs the steps on the
+  main thread. Its checkpoints are Ray Train's files (checkpoints.RunCheckpoints), so the same
+  run folder resumes under either.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from lm_pipeline.training.checkpoints import RunCheckpoints
+
+
+class RaySession:
+    def __init__(self):
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.where = f"node {ray.get_runtime_context().get_node_id()[:12]}"
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            yield None
+            return
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        """Every rank calls it (it is a barrier); Ray merges the ranks' checkpoint folders."""
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(with_placement_group(metrics), checkpoint=checkpoint)
+
+    def progress_bar(self, total: int, initial: int):
+        from ray.experimental.tqdm_ray import tqdm  # drawn on the driver's terminal
+
+        return tqdm(total=total, initial=initial, desc="train", unit="step")
+
+
+def with_placement_group(metrics: dict) -> dict:
+    """Tune kills a trial it stops early with its Train controller, but Ray keeps the workers'
+    placement group until the job ends: the search frees it by this id (search.free_workers_callback)."""
+    import ray
+
+    return metrics | {"placement_group": ray.get_runtime_context().get_placement_group_id() or ""}
+
+
+class LocalSession:
+    rank, world, where = 0, 1, "this process (no Ray)"
+
+    def __init__(self, checkpoints: RunCheckpoints, use_gpu: bool):
+        self.checkpoints, self.last_metrics = checkpoints, {}
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        latest = self.checkpoints.latest()
+        if not latest:
+            yield None
+            return
+        with latest.as_directory() as d:
+            yield d
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        if checkpoint_dir:
+            self.checkpoints.add(checkpoint_dir, metrics)
+        else:
+            self.checkpoints.count_report()
+        self.last_metrics = metrics
+
+    def progress_bar(self, total: int, initial: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr)
