@@ -82,7 +82,7 @@ def breakdown(phases: dict[str, float], wall: float) -> dict[str, float]:
     worker = {p: phases.get(f"time_{p}_s", 0.0) for p in ("setup", "steps", "validation", "checkpoints",
                                                           "logging")}
     return {"startup_process_and_mlflow": wall - phases["time_stage_s"] + phases["time_driver_prepare_s"],
-            "startup_ray": phases["time_driver_ray_start_s"],
+            "startup_ray": phases.get("time_driver_ray_start_s", 0.0),  # 0 when it runs in-process
             "startup_workers": phases["time_driver_fit_s"] - sum(worker.values()),
             "startup_worker_setup": worker.pop("setup"), **worker,
             "export": phases["time_driver_export_s"], "report": phases["time_driver_report_s"]}

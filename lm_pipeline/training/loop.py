@@ -270,7 +270,8 @@ def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config
     """One optimizer step over grad_accum_steps micro-batches; returns the global mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    model.train()
+    if not model.training:  # after a validation; train() walks every module (0.1 ms a step)
+        model.train()
     accum = cfg.train.grad_accum_steps
     rank, world = distributed_rank_and_size()
     total = torch.zeros((), device=device)

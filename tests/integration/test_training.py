@@ -176,6 +176,60 @@ def test_with_checkpoints_only_in_a_bucket_a_killed_stage_resumes_from_them(proj
 
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
+def test_a_run_killed_in_process_resumes_on_a_ray_worker_to_the_identical_curve(project):
+    """One worker without a cluster runs in the `lmp train` process; its checkpoints are Ray
+    Train's files, so a rerun on Ray Train (run_on: ray) continues the same run."""
+    straight = train(project, params_file(project, "inproc-straight", num_workers=1))
+    assert "[rank 0/1] this process (no Ray)" in straight
+    proc = start_train(project, params_file(project, "inproc-killed", num_workers=1))
+    wait_for_checkpoint(project / "runs/inproc-killed", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = train(project, params_file(project, "inproc-killed", num_workers=1, run_on="ray"))
+    assert re.search(r"\[rank 0/1\] node \w+", out) and "resumed from the checkpoint at step" in out
+    curves_match(curve(project, "inproc-straight"), curve(project, "inproc-killed"), rel=1e-6)
+    assert len(curve(project, "inproc-killed", "resumed_from_step")) == 1
+
+
+@pytest.mark.fault_tolerance
+def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(project, monkeypatch, caplog):
+    """What Ray's FailureConfig does for workers, the in-process runner does for attempts: the
+    same final state as a run that never failed, and max_failures bounds the retries."""
+    from lm_pipeline.config import load_config
+    from lm_pipeline.training import launch, loop
+
+    monkeypatch.chdir(project)
+    cfg = load_config(params_file(project, "retry", num_workers=1, max_steps=100, max_failures=1))
+    real_step, failures = loop.guarded_step, []
+
+    def failing_at(steps):
+        def step(model, optimizer, tokens, at, *args):
+            if at in steps and at not in failures:
+                failures.append(at)
+                raise ConnectionError(f"lost the tracking server at step {at}")
+            return real_step(model, optimizer, tokens, at, *args)
+        return step
+
+    threads = torch.get_num_threads()  # the runner sets this process's torch threads
+    try:
+        straight = launch.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
+        monkeypatch.setattr(loop, "guarded_step", failing_at({70}))
+        retried = launch.train_in_process(cfg, None, str(project / "runs/retry/b"), "run")
+        assert failures == [70] and "restart 1 of 1 from the latest checkpoint" in caplog.text
+        assert retried.metrics["step"] == 100
+        assert retried.metrics["val_loss"] == pytest.approx(straight.metrics["val_loss"], rel=1e-6)
+        assert retried.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)
+        failures.clear()
+        monkeypatch.setattr(loop, "guarded_step", failing_at({30, 60}))
+        with pytest.raises(launch.TrainingError, match="rank 0: ConnectionError: lost the tracking "
+                           "server at step 60"):
+            launch.train_in_process(cfg, None, str(project / "runs/retry/c"), "run")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.metrics
+@pytest.mark.fault_tolerance
 @pytest.mark.distributed
 def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
     dropout = {"dropout": 0.1}
