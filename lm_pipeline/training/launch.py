@@ -182,6 +182,15 @@ def check_data_fits(cfg: Config, meta: ProcessedMeta) -> None:
                              "or add documents (or raise split fractions)")
 
 
+# What may differ between attempts of one run (none changes what it trains: trainer.run_digest):
+# logged as tags, which show the latest attempt's, since MLflow refuses to change a param.
+ATTEMPT_SETTINGS = ("run_on", "max_failures", "checkpoints_to_keep", "model_dir", "curves_dir")
+
+
+def attempt_tags(cfg: Config) -> dict[str, str]:
+    return {f"train.{key}": str(getattr(cfg.train, key)) for key in ATTEMPT_SETTINGS}
+
+
 def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
     """What a training run logs as params: the same keys for pipeline runs, DVC experiments and
     Tune trials, so the MLflow UI compares them side by side. The data and its tokenizer are
@@ -189,7 +198,7 @@ def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
     params.yaml, which this stage does not read."""
     return tracking.flatten("", {
         "model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
-        "train": cfg.train.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude=set(ATTEMPT_SETTINGS)),
         "tokenizer": {"kind": meta.tokenizer_kind},
         "data": {"source": meta.source, "vocab_size": meta.vocab_size, "train_tokens": meta.tokens["train"],
                  "val_tokens": meta.tokens["val"]}}) | system_info()

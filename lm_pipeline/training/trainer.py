@@ -22,6 +22,8 @@ from lm_pipeline.data.quality import read_corpus_metrics
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_training, write_curves
 from lm_pipeline.training.launch import (
+    ATTEMPT_SETTINGS,
+    attempt_tags,
     check_data_fits,
     check_parent,
     join_ray,
@@ -67,6 +69,7 @@ def run(cfg: Config) -> TrainResult:
                  tracking.tracking_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         mlflow.log_params(run_params(cfg, meta))
+        mlflow.set_tags(attempt_tags(cfg))
         # The validate stage's corpus figures (duplicates, contamination, ...) beside the curves.
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})
         marks = {"prepare": time.perf_counter()}
@@ -113,8 +116,7 @@ def run_digest(cfg: Config, meta: ProcessedMeta) -> str:
     Where checkpoints go, how many failures to tolerate and where the loop runs (in this process
     or on Ray: the checkpoints are the same files) do not change the run.
     """
-    operational = {"max_failures", "checkpoints_to_keep", "model_dir", "checkpoint_dir", "curves_dir",
-                   "run_on"}
+    operational = {*ATTEMPT_SETTINGS, "checkpoint_dir"}
     recipe = {"model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
               "hf_config": hf_config_json(cfg.model.hf_config),
               "train": cfg.train.model_dump(mode="json", exclude=operational),

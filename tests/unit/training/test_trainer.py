@@ -20,7 +20,7 @@ from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
 from lm_pipeline.training import trainer
 from lm_pipeline.training.export import recent_mean, summarize_training, write_curves
-from lm_pipeline.training.launch import check_parent, portable_config, run_params
+from lm_pipeline.training.launch import attempt_tags, check_parent, portable_config, run_params
 
 META = ProcessedMeta(
     source="python-docs", vocab_size=512, dtype="uint16", eot_id=0, tokenizer_kind="char",
@@ -157,6 +157,9 @@ def test_run_params_describe_model_recipe_data_and_system():
     params = run_params(cfg, META)
     assert params["model.n_layer"] == 2 and params["train.lr"] == 1e-3
     assert params["train.checkpoint_dir"] == "checkpoints" and params["train.init_from"] is None
+    # A resumed attempt may change these (a param never changes): they are tags.
+    assert not {"train.run_on", "train.max_failures", "train.model_dir"} & params.keys()
+    assert attempt_tags(cfg)["train.run_on"] == "auto"
     # The data as preprocess made it, not the tokenizer section (bpe, 4096).
     assert params["tokenizer.kind"] == "char" and params["data.vocab_size"] == 512
     assert params["data.source"] == "python-docs"
