@@ -256,7 +256,7 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, gt=0, lt=1, description="AdamW: decay of the squared gradient's running mean")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     eval_interval: int = Field(50, ge=1, description="steps between validation losses")
-    eval_batches: int = Field(8, ge=1, description="batches per validation loss")
+    eval_batches: int = Field(4, ge=1, description="batches (of batch_size windows) per validation loss")
     checkpoint_interval: int = Field(100, ge=1, description="steps between checkpoints")
     early_stopping_patience: int = Field(0, ge=0, description="stop after this many validations "
                                          "without improvement; 0 trains all max_steps")
