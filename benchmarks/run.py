@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         kv_speedup = kv_cache_speedup(cfg)
         backends = measure_backends(cfg)
         stage = train_stage_throughput(cfg)
-        ddp1 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1))
+        # Both on Ray Train workers, so only the number of ranks differs (1 worker would run in-process).
+        ddp1 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1, run_on="ray"))
         ddp2 = train_stage_throughput(bench_config(Path(tmp), args.steps, cpus_per_worker=1,
-                                                   num_workers=2))
+                                                   num_workers=2, run_on="ray"))
     results = {
         "train_vs_bare_loop_ratio": stage["tokens_per_s"] / bare,
         "train_stage_tokens_per_s": stage["tokens_per_s"],

@@ -1,0 +1,60 @@
+"""The in-process runner's checkpoint store: Ray Train's files and keep rule (Ray's own model of
+the snapshot parses it; Ray resuming such a run is test_training.py's)."""
+
+import json
+
+import pytest
+
+from lm_pipeline.training.checkpoints import SNAPSHOT, RunCheckpoints
+
+
+def checkpoint_folder(tmp_path, step: int):
+    folder = tmp_path / f"src-{step}"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (folder / "__0_0.distcp").write_bytes(bytes([step]) * 64)
+    return folder
+
+
+def add_steps(store: RunCheckpoints, tmp_path, val_losses: dict[int, float]) -> None:
+    for step, val_loss in val_losses.items():
+        store.add(checkpoint_folder(tmp_path, step), {"step": step, "val_loss": val_loss})
+        store.count_report()  # reports without a checkpoint in between are numbered too
+
+
+def steps_of(store: RunCheckpoints) -> set[int]:
+    return {metrics["step"] for _, metrics in store.best()}
+
+
+def test_keeps_the_best_by_val_loss_and_the_latest_in_a_snapshot_ray_reads(tmp_path):
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
+
+    run = tmp_path / "run"
+    store = RunCheckpoints(str(run), keep=2)
+    add_steps(store, tmp_path, {10: 3.0, 20: 2.0, 30: 2.5, 40: 2.8})
+    assert steps_of(store) == {20, 30, 40}  # the two best, and the latest to resume from
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == sorted(
+        r["checkpoint_dir_name"] for r in store.results)  # dropped folders are gone
+    with store.latest().as_directory() as d:
+        assert json.loads((d / "trainer_state.json").read_text()) == {"step": 40}
+    snapshot = _CheckpointManagerState.model_validate(json.loads((run / SNAPSHOT).read_text()))
+    assert [r.metrics["val_loss"] for r in snapshot.checkpoint_results] == [2.8, 2.5, 2.0]  # worst first
+    assert snapshot.checkpoint_report_indices == [6, 4, 2] and snapshot.current_report_index == 7
+    reopened = RunCheckpoints(str(run), keep=2)  # a rerun continues the same bookkeeping
+    assert reopened.latest() == store.latest() and steps_of(reopened) == {20, 30, 40}
+    add_steps(reopened, tmp_path, {50: 2.9})
+    assert steps_of(reopened) == {20, 30, 50}
+
+
+@pytest.mark.scale
+def test_the_same_store_in_a_bucket(tmp_path, s3, monkeypatch):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    store = RunCheckpoints("s3://checkpoints/unit-store/run", keep=1)
+    add_steps(store, tmp_path, {10: 3.0, 20: 2.0, 30: 2.5})
+    keys = s3.keys("checkpoints")
+    kept = {r["checkpoint_dir_name"] for r in store.results}
+    assert {k.split("/")[2] for k in keys if k.startswith("unit-store/run/") and k.count("/") == 3} == kept
+    with store.latest().as_directory() as d:
+        assert (d / "__0_0.distcp").read_bytes() == bytes([30]) * 64
+    assert steps_of(RunCheckpoints("s3://checkpoints/unit-store/run", keep=1)) == {20, 30}
