@@ -67,7 +67,9 @@ class LocalSession:
     rank, world, where = 0, 1, "this process (no Ray)"
 
     def __init__(self, checkpoints: RunCheckpoints, use_gpu: bool):
-        self.checkpoints, self.last_metrics = checkpoints, {}
+        # A finished run, rerun, reports nothing: its result is its last checkpoint's (as on Ray).
+        latest = checkpoints.latest_result
+        self.checkpoints, self.last_metrics = checkpoints, latest["metrics"] if latest else {}
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
 
     @contextmanager

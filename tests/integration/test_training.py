@@ -213,6 +213,9 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
     threads = torch.get_num_threads()  # the runner sets this process's torch threads
     try:
         straight = launch.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
+        # Rerun when finished (`dvc repro --force`): nothing to train, the same result, as on Ray.
+        again = launch.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
+        assert again.metrics == straight.metrics and again.best_checkpoints == straight.best_checkpoints
         monkeypatch.setattr(loop, "guarded_step", failing_at({70}))
         retried = launch.train_in_process(cfg, None, str(project / "runs/retry/b"), "run")
         assert failures == [70] and "restart 1 of 1 from the latest checkpoint" in caplog.text
