@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                **{f"make_run_phase_{stage}_s": s for stage, s in stages.items()},
                "make_run_phase_orchestration_s": wall - sum(stages.values()),
                **train, "make_run_test_perplexity": perplexity}
-    save_results(results)
+    save_results(results, replaces="make_run_")
 
 
 if __name__ == "__main__":

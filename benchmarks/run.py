@@ -177,9 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     save_results(results)
 
 
-def save_results(results: dict[str, float]) -> None:
-    """Merge into benchmarks/results.json (other benchmarks' keys stay) and print the table."""
+def save_results(results: dict[str, float], replaces: str | None = None) -> None:
+    """Merge into benchmarks/results.json (other benchmarks' keys stay; with `replaces`, earlier
+    keys starting with it go, so a phase that no longer happens leaves no stale figure) and
+    print the table."""
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if replaces:
+        previous = {k: v for k, v in previous.items() if not k.startswith(replaces)}
     RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")
     print(markdown_table(results))
     print(f"\nwritten to {RESULTS}")

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                **{f"train_stage_phase_{k}_s": v for k, v in breakdown(phases, stage_wall).items()},
                **{f"reference_loop_{k}": v for k, v in reference.items() if k.endswith("_s")}}
     print(markdown_table(results))
-    save_results(results)
+    save_results(results, replaces="train_stage_phase_")
 
 
 if __name__ == "__main__":
