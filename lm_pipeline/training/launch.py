@@ -102,6 +102,9 @@ def train_in_process(cfg: Config, run_id: str, checkpoints: str, name: str) -> L
     from lm_pipeline.training.loop import train_loop
     from lm_pipeline.training.session import LocalSession
 
+    if cfg.train.use_gpu and not torch.cuda.is_available():  # Ray would wait for a GPU for ever
+        raise ValueError("train.use_gpu is true but this machine has no CUDA GPU: set use_gpu: false, "
+                         "or point ray.address (RAY_ADDRESS) at a cluster with GPUs")
     torch.set_num_threads(cfg.train.cpus_per_worker)  # what Ray gives a worker (OMP_NUM_THREADS)
     loop_config = {"config": portable_config(cfg), "mlflow_run_id": run_id,
                    "progress_bar": sys.stderr.isatty(), "fine_tune": bool(cfg.train.init_from)}

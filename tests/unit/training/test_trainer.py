@@ -283,3 +283,16 @@ def test_the_phase_clock_adds_up_each_phase():
         time.sleep(0.01)
         raise RuntimeError("a failing validation still counts")
     assert clock.seconds["steps"] == 3.5 and 0.01 <= clock.seconds["validation"] < 1
+
+
+@pytest.mark.bad_input
+def test_in_process_training_refuses_a_gpu_this_machine_lacks(monkeypatch):
+    """One worker runs in-process (run_on: auto); asking it for a GPU where there is none fails at
+    once, naming the key, instead of failing every retry inside the loop."""
+    from lm_pipeline.training import launch
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # this machine, or any without one
+    cfg = Config.model_validate({"train": {"use_gpu": True}})
+    assert launch.runs_in_process(cfg)
+    with pytest.raises(ValueError, match=r"train.use_gpu is true but this machine has no CUDA GPU"):
+        launch.train_in_process(cfg, None, "unused", "unused")
