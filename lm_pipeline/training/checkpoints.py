@@ -13,6 +13,8 @@ Which are kept is Ray's rule: the `keep` lowest val_loss, and always the latest 
 
 from __future__ import annotations
 
+import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from lm_pipeline import storage
 
+log = logging.getLogger(__name__)
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 SCORE = "val_loss"
 
@@ -41,8 +44,9 @@ class StoredCheckpoint:
             return
         fs, remote = storage.filesystem(self.path)
         with tempfile.TemporaryDirectory(prefix="lmp-ckpt-") as tmp:
-            for key in fs.ls(remote, detail=False):  # checkpoint folders are flat
-                fs.get_file(key, str(Path(tmp) / Path(key).name))
+            for key, info in fs.find(remote, detail=True).items():  # checkpoint folders are flat
+                if info["type"] == "file" and not key.endswith("/"):  # not a folder marker Ray left
+                    fs.get_file(key, str(Path(tmp) / Path(key).name))
             yield Path(tmp)
 
 
@@ -85,9 +89,8 @@ class RunCheckpoints:
             remove_folder(storage.join(self.run_dir, old["checkpoint_dir_name"]))
 
     def prune(self) -> list[dict]:
-        """Keep Ray's order too: worst first by val_loss (a later report wins a tie)."""
-        paired = sorted(zip(self.results, self.indices, strict=True),
-                        key=lambda ri: (-ri[0]["metrics"].get(SCORE, float("inf")), ri[1]))
+        """Keep Ray's order too: worst first by val_loss (NaN worst; a later report wins a tie)."""
+        paired = sorted(zip(self.results, self.indices, strict=True), key=lambda ri: (goodness(ri[0]), ri[1]))
         latest = self.latest_result["checkpoint_dir_name"]
         kept = [ri for n, ri in enumerate(paired)
                 if n >= len(paired) - self.keep or ri[0]["checkpoint_dir_name"] == latest]
@@ -103,24 +106,44 @@ class RunCheckpoints:
             "timed_out_validation_checkpoint_dir_names": [], "failed_validation_checkpoint_dir_names": []})
 
 
+def goodness(result: dict) -> tuple[bool, float]:
+    """Ray's ranking for a minimized score: a NaN (or missing) val_loss below every number."""
+    score = result["metrics"].get(SCORE, math.nan)
+    return (not math.isnan(score), -score if not math.isnan(score) else 0.0)
+
+
 def copy_folder(source: Path, target: str) -> None:
     """A local target is copied under a temporary name and renamed (whole or absent); in a
-    bucket the files are uploaded one by one, and only the snapshot written after makes it count."""
+    bucket the files are uploaded one by one, and only the snapshot written after makes it count.
+    A copy that fails is removed (best effort), so a retried attempt leaves no half checkpoints."""
     if storage.is_url(target):
         fs, remote = storage.filesystem(target)
-        for file in sorted(source.iterdir()):
-            fs.put_file(str(file), f"{remote}/{file.name}")
+        try:
+            for file in sorted(source.iterdir()):
+                fs.put_file(str(file), f"{remote}/{file.name}")
+        except BaseException:
+            remove_folder(target)
+            raise
         return
     final = Path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    shutil.copytree(source, partial, dirs_exist_ok=True)
-    partial.rename(final)
+    try:
+        shutil.copytree(source, partial, dirs_exist_ok=True)
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def remove_folder(location: str) -> None:
-    if storage.is_url(location):
-        fs, remote = storage.filesystem(location)
-        fs.rm(remote, recursive=True)
-    else:
-        shutil.rmtree(location, ignore_errors=True)
+    """A checkpoint the rule dropped; failing to delete it (a bucket that refuses) costs space, not
+    the run, so it is logged, as Ray does."""
+    try:
+        if storage.is_url(location):
+            fs, remote = storage.filesystem(location)
+            fs.rm(remote, recursive=True)
+        else:
+            shutil.rmtree(location)
+    except OSError as err:
+        log.warning("could not delete the dropped checkpoint %s: %s", location, err)

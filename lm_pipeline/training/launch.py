@@ -120,6 +120,20 @@ def train_in_process(cfg: Config, run_id: str, checkpoints: str, name: str) -> L
                 raise TrainingError(f"train: training failed: rank 0: {type(err).__name__}: {err}") from err
             log.warning("train: the run failed (%s: %s); restart %d of %d from the latest checkpoint",
                         type(err).__name__, err, failures, cfg.train.max_failures)
+        finally:
+            session.close()
+        release_memory()  # what a restarted Ray worker gets by being a new process
+
+
+def release_memory() -> None:
+    """The failed attempt's model and optimizer, held by its traceback's frames until collected."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def join_ray(cfg: Config) -> None:

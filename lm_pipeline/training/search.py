@@ -31,6 +31,7 @@ from lm_pipeline.model.folder import RUN_FILE, read_run_info
 from lm_pipeline.storage import join, root
 from lm_pipeline.training.export import export_model, write_curves
 from lm_pipeline.training.launch import (
+    attempt_tags,
     check_data_fits,
     check_parent,
     portable_config,
@@ -195,6 +196,7 @@ def trial_config(base: Config, values: dict) -> Config:
     if "train.lr" in values and "train.min_lr" not in values:
         data["train"]["min_lr"] = values["train.lr"] * base.train.min_lr / base.train.lr
     data["train"]["num_workers"] = base.tune.workers_per_trial
+    data["train"]["run_on"] = "ray"  # each trial is a Ray Train run inside Tune
     return Config.model_validate(data)
 
 
@@ -210,7 +212,7 @@ def run_trial(values: dict, base: dict, storage: str, tags: dict, shards_url: st
 
     cfg = trial_config(Config.model_validate(base), values)
     trial_id = tune.get_context().get_trial_id()
-    tags = tags | {"pipeline.stage": "tune", "tune.trial_id": trial_id}
+    tags = tags | {"pipeline.stage": "tune", "tune.trial_id": trial_id} | attempt_tags(cfg)
     run_id = tracking.start_run(cfg, run_name=f"trial-{trial_id}", tags=tags)
     client = mlflow.MlflowClient()
     params = run_params(cfg, meta)

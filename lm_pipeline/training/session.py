@@ -70,6 +70,7 @@ class LocalSession:
         # A finished run, rerun, reports nothing: its result is its last checkpoint's (as on Ray).
         latest = checkpoints.latest_result
         self.checkpoints, self.last_metrics = checkpoints, latest["metrics"] if latest else {}
+        self.bar = None
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
 
     @contextmanager
@@ -91,4 +92,10 @@ class LocalSession:
     def progress_bar(self, total: int, initial: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr)
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr)
+        return self.bar
+
+    def close(self) -> None:
+        """After an attempt, failed or not: its bar is closed (a retry draws its own)."""
+        if self.bar:
+            self.bar.close()

@@ -114,7 +114,8 @@ def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
 @pytest.mark.security
 @pytest.mark.fault_tolerance
 def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
-    # No retries: a refused checkpoint is refused again on every retry, and Ray would restart 2 times.
+    # No retries: a refused checkpoint is refused again on every retry (of Ray or of the in-process
+    # runner that one worker gets), and there would be 2.
     proc = start_train(project, params_file(project, "tampered", num_workers=1, max_failures=0,
                                             checkpoint_interval=10))
     wait_for_checkpoint(project / "runs/tampered", proc)
@@ -200,10 +201,11 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
 
     monkeypatch.chdir(project)
     cfg = load_config(params_file(project, "retry", num_workers=1, max_steps=100, max_failures=1))
-    real_step, failures = loop.guarded_step, []
+    real_step, failures, calls = loop.guarded_step, [], []
 
     def failing_at(steps):
         def step(model, optimizer, tokens, at, *args):
+            calls.append(at)
             if at in steps and at not in failures:
                 failures.append(at)
                 raise ConnectionError(f"lost the tracking server at step {at}")
@@ -219,6 +221,7 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
         monkeypatch.setattr(loop, "guarded_step", failing_at({70}))
         retried = launch.train_in_process(cfg, None, str(project / "runs/retry/b"), "run")
         assert failures == [70] and "restart 1 of 1 from the latest checkpoint" in caplog.text
+        assert calls[calls.index(70) + 1] == 40  # the retry went on from the checkpoint at step 40
         assert retried.metrics["step"] == 100
         assert retried.metrics["val_loss"] == pytest.approx(straight.metrics["val_loss"], rel=1e-6)
         assert retried.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)

@@ -22,6 +22,13 @@ def add_steps(store: RunCheckpoints, tmp_path, val_losses: dict[int, float]) -> 
         store.count_report()  # reports without a checkpoint in between are numbered too
 
 
+def test_a_nan_val_loss_ranks_worst_as_in_ray(tmp_path):
+    """A NaN in the sort made the order undefined, and the better step 20 was dropped for 40."""
+    store = RunCheckpoints(str(tmp_path / "run"), keep=2)
+    add_steps(store, tmp_path, {10: 3.0, 20: 2.0, 30: float("nan"), 40: 2.5, 50: 1.0})
+    assert steps_of(store) == {20, 50}
+
+
 def steps_of(store: RunCheckpoints) -> set[int]:
     return {metrics["step"] for _, metrics in store.best()}
 
@@ -55,6 +62,9 @@ def test_the_same_store_in_a_bucket(tmp_path, s3, monkeypatch):
     keys = s3.keys("checkpoints")
     kept = {r["checkpoint_dir_name"] for r in store.results}
     assert {k.split("/")[2] for k in keys if k.startswith("unit-store/run/") and k.count("/") == 3} == kept
+    latest = store.latest_result["checkpoint_dir_name"]
+    s3.client().put_object(Bucket="checkpoints", Key=f"unit-store/run/{latest}/", Body=b"")  # as Ray leaves
     with store.latest().as_directory() as d:
+        assert sorted(p.name for p in d.iterdir()) == ["__0_0.distcp", "trainer_state.json"]
         assert (d / "__0_0.distcp").read_bytes() == bytes([30]) * 64
     assert steps_of(RunCheckpoints("s3://checkpoints/unit-store/run", keep=1)) == {20, 30}
