@@ -31,16 +31,10 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.where = f"node {ray.get_runtime_context().get_node_id()[:12]}"
 
-    @contextmanager
-    def latest_checkpoint(self) -> Iterator[Path | None]:
+    def latest_checkpoint(self):
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if not checkpoint:
-            yield None
-            return
-        with checkpoint.as_directory() as d:
-            yield Path(d)
+        return as_folder(ray.train.get_checkpoint())
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         """Every rank calls it (it is a barrier); Ray merges the ranks' checkpoint folders."""
@@ -53,6 +47,17 @@ class RaySession:
         from ray.experimental.tqdm_ray import tqdm  # drawn on the driver's terminal
 
         return tqdm(total=total, initial=initial, desc="train", unit="step")
+
+
+@contextmanager
+def as_folder(checkpoint) -> Iterator[Path | None]:
+    """A checkpoint (Ray's or checkpoints.StoredCheckpoint: both have as_directory) as a local
+    folder, or None for none: what the sessions' latest_checkpoint gives the loop."""
+    if not checkpoint:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        yield Path(d)
 
 
 def with_placement_group(metrics: dict) -> dict:
@@ -73,14 +78,8 @@ class LocalSession:
         self.bar = None
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
 
-    @contextmanager
-    def latest_checkpoint(self) -> Iterator[Path | None]:
-        latest = self.checkpoints.latest()
-        if not latest:
-            yield None
-            return
-        with latest.as_directory() as d:
-            yield d
+    def latest_checkpoint(self):
+        return as_folder(self.checkpoints.latest())
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         if checkpoint_dir:
