@@ -159,7 +159,7 @@ def test_with_checkpoints_only_in_a_bucket_a_killed_stage_resumes_from_them(proj
     params = params_file(project, "in-bucket", num_workers=2, checkpoint_dir="s3://checkpoints/runs")
     proc = start_train(project, params)
     deadline = time.monotonic() + 180
-    while not committed_in_bucket(s3, "checkpoints"):
+    while not committed_in_bucket(s3, "checkpoints", "runs/"):  # this run's, not another test's
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint in the bucket in time"
         time.sleep(0.5)
