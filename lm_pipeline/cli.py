@@ -157,15 +157,21 @@ def search(cfg: Config, args) -> None:
 
 
 def run_flow(cfg: Config, args) -> None:
-    from flows.pipeline import pipeline
+    from flows.temporary_server import temporary_server
 
-    pipeline(force=args.force)
+    with temporary_server():
+        from flows.pipeline import pipeline
+
+        pipeline(force=args.force)
 
 
 def tune_flow(cfg: Config, args) -> None:
-    from flows.tune import tune
+    from flows.temporary_server import temporary_server
 
-    tune(force=args.force)
+    with temporary_server():
+        from flows.tune import tune
+
+        tune(force=args.force)
 
 
 def deploy_flow(cfg: Config, args) -> str:
