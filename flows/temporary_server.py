@@ -4,10 +4,10 @@ With no Prefect API configured, Prefect starts a temporary server when a flow be
 imports its whole server package into the flow's process (about 3 s on 2 cores, 6 s on a slow
 one), then starts the server process, which imports it again and migrates the database, while the
 flow waits. `temporary_server()` starts that same server process (Prefect's own command and
-environment, from `SubprocessASGIServer`) as soon as Prefect's settings say one is needed, so its
-start-up overlaps the flow's imports and the server package stays out of the flow's process. The
-flow then talks to it as to any configured server; the stages' processes are not told about it,
-as they are not told about Prefect's own. If it does not answer, Prefect's own starts instead.
+environment, from `SubprocessASGIServer`) when Prefect's settings say one is needed, without
+importing the server package here first. The flow then talks to it as to any configured server;
+the stages' processes are not told about it, as they are not told about Prefect's own. If it does
+not answer, Prefect's own starts instead.
 
     with temporary_server():
         pipeline()
