@@ -51,10 +51,26 @@ def temporary_server() -> Iterator[str | None]:
             yield None  # Prefect starts its own
             return
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                drain_prefect_workers()  # to this server: its URL is still the setting
     finally:
         stop(process)
         log.info("Stopped temporary Prefect server on %s", url.removesuffix("/api"))
+
+
+def drain_prefect_workers() -> None:
+    """Send the flow's last logs and events while the server still listens: Prefect's workers
+    otherwise flush them at exit, to a server already gone (Prefect's test harness does this too)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:  # never started: nothing was logged
+        pass
+    EventsWorker.drain_all()
 
 
 def free_port() -> int:

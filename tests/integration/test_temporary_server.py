@@ -1,6 +1,7 @@
 """`lmp run`/`lmp tune` start Prefect's temporary server themselves (flows/temporary_server.py):
-the flow must really run on it, the server package must stay out of the flow's process, the
-server must be gone afterwards, and a server that fails to start must leave Prefect's own."""
+the flow must really run on it with its logs, the server package must stay out of the flow's
+process, the server must be gone afterwards, and a server that fails to start must leave Prefect's
+own."""
 
 import json
 import os
@@ -40,7 +41,8 @@ server.start_server = lambda port, env: subprocess.Popen([sys.executable, "-c", 
 def run_flow(tmp_path: Path, patch: str = "") -> dict:
     """A one-task flow in a new process with no Prefect API configured and its own Prefect home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT),
+            "PREFECT_LOGGING_LEVEL": "INFO"}  # the suite's WARNING would leave no logs to check
     proc = subprocess.run([sys.executable, "-c", FLOW.format(patch=patch)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,7 +62,10 @@ def test_an_ad_hoc_flow_runs_on_a_server_started_outside_its_process(tmp_path):
     assert not listening(out["url"])  # stopped with the context
     with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:  # the run is on record there
         states = db.execute("SELECT state_type FROM flow_run").fetchall()
+        logs = [message for (message,) in db.execute("SELECT message FROM log")]
     assert states == [("COMPLETED",)]
+    # its last log lines reached the server before it stopped (Prefect's workers send them late)
+    assert "Finished in state Completed()" in logs
 
 
 def test_a_server_that_fails_to_start_leaves_prefects_own(tmp_path):
