@@ -17,7 +17,7 @@ default model and steps on the clone's processed data: make_run_reference_train_
 time, the floor this machine sets for the training alone. make_run_overhead_s (make run minus that
 floor) is what the pipeline adds, and make_run_vs_reference_ratio its share; those two compare
 across machines, where the seconds do not (a 2 GHz Zen 1 core steps about 3x slower than the
-machine that first met the 150 s goal).
+machine that first met the 150 s goal). make_run_machine_matmul_gflops says which machine it was.
 """
 
 from __future__ import annotations
@@ -80,6 +80,20 @@ def reference_train_seconds(clone: Path) -> float:
     return json.loads(out.read_text())["wall_s"]
 
 
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matrix-multiply speed on the training's threads: which machine the
+    seconds above came from (they differ threefold between the 2-core machines seen here)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size)
+    a @ a  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main(argv: list[str] | None = None) -> None:
     from lm_pipeline.config import load_config
 
@@ -92,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         train = train_phases(clone, cfg)
         perplexity = json.loads((clone / cfg.evaluate.metrics_file).read_text())["perplexity"]
         reference = reference_train_seconds(clone)
+        gflops = matmul_gflops(cfg.train.cpus_per_worker)
     results = {"make_run_seconds": wall, "make_run_reference_train_s": reference,
                "make_run_overhead_s": wall - reference, "make_run_vs_reference_ratio": wall / reference,
+               "make_run_machine_matmul_gflops": gflops,
                **{f"make_run_phase_{stage}_s": s for stage, s in stages.items()},
                "make_run_phase_orchestration_s": wall - sum(stages.values()),
                **train, "make_run_test_perplexity": perplexity}
