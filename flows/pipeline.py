@@ -160,4 +160,7 @@ def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
 
 
 if __name__ == "__main__":
-    pipeline()
+    from flows.temporary_server import temporary_server
+
+    with temporary_server():
+        pipeline()

@@ -40,4 +40,7 @@ def tune(project_dir: str = ".", force: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    tune()
+    from flows.temporary_server import temporary_server
+
+    with temporary_server():
+        tune()
