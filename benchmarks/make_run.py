@@ -16,7 +16,7 @@ Side by side in the same run, the reference loop (benchmarks/reference_loop.py) 
 default model and steps on the clone's processed data: make_run_reference_train_s is its wall
 time, the floor this machine sets for the training alone. make_run_overhead_s (make run minus that
 floor) is what the pipeline adds, and make_run_vs_reference_ratio its share; those two compare
-across machines, where the seconds do not (a 2 GHz Zen 1 core steps about 3x slower than the
+across machines, where the seconds do not (a 2 GHz Zen 1 core steps about 2.7x slower than the
 machine that first met the 150 s goal). make_run_machine_matmul_gflops says which machine it was.
 """
 

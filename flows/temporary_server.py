@@ -43,8 +43,9 @@ def temporary_server() -> Iterator[str | None]:
         yield None
         return
     port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log.info("Starting temporary Prefect server on %s", url.removesuffix("/api"))
+    address = f"http://127.0.0.1:{port}"
+    url = f"{address}/api"
+    log.info("Starting temporary Prefect server on %s", address)
     process = start_server(port, settings.to_environment_variables(exclude_unset=True))
     try:
         if not wait_until_healthy(process, url):
@@ -57,7 +58,7 @@ def temporary_server() -> Iterator[str | None]:
                 drain_prefect_workers()  # to this server: its URL is still the setting
     finally:
         stop(process)
-        log.info("Stopped temporary Prefect server on %s", url.removesuffix("/api"))
+        log.info("Stopped temporary Prefect server on %s", address)
 
 
 def drain_prefect_workers() -> None:
