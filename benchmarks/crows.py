@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from lm_pipeline.config import EvaluateConfig
-    from lm_pipeline.evaluation.evaluate import crows_pairs
     from lm_pipeline.evaluation.metrics import load_metric
     from lm_pipeline.model.backends import load_model
+    from lm_pipeline.stages.evaluate import crows_pairs
 
     model, tokenizer = load_model(args.model, "cpu")
     load_metric("crows_pairs")  # imports `evaluate` and `datasets` once, outside the timing

@@ -61,7 +61,7 @@ def stage_seconds(lines: list[str]) -> dict[str, float]:
 
 
 def train_phases(clone: Path, cfg) -> dict[str, float]:
-    """The train stage's own breakdown (its run's time_* metrics: loop.PhaseClock, driver_times)."""
+    """The train stage's own breakdown (its run's time_* metrics: progress.PhaseClock, driver_times)."""
     import mlflow
 
     run_id = json.loads((clone / cfg.train.model_dir / "run.json").read_text())["mlflow_run_id"]

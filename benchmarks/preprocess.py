@@ -87,14 +87,14 @@ def child(kind: str, raw_dir: Path, out_dir: Path) -> None:
 
 
 def run_stage(cfg) -> None:
-    from lm_pipeline.data import preprocess
+    from lm_pipeline.stages import preprocess
 
     preprocess.run(cfg)
 
 
 def run_tokenizer(cfg) -> None:
     from lm_pipeline.data.documents import documents_path
-    from lm_pipeline.data.preprocess import tokenizer_sample
+    from lm_pipeline.data.tokenized import tokenizer_sample
     from lm_pipeline.data.tokenizer import train_tokenizer
 
     train_tokenizer(tokenizer_sample(documents_path(cfg.data.raw_dir), cfg), cfg.tokenizer)
@@ -107,9 +107,9 @@ def driver_seconds(cfg) -> float:
 
     from lm_pipeline.data.documents import documents_path
     from lm_pipeline.data.encode import local_batches
-    from lm_pipeline.data.preprocess import tokenizer_sample, write_shards
     from lm_pipeline.data.processed import token_dtype
     from lm_pipeline.data.shards import ShardWriter
+    from lm_pipeline.data.tokenized import tokenizer_sample, write_shards
     from lm_pipeline.data.tokenizer import train_tokenizer
 
     source = documents_path(cfg.data.raw_dir)

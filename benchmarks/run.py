@@ -50,7 +50,7 @@ def bench_config(workdir: Path, steps: int, **train):
 
 
 def prepare_data(cfg) -> None:
-    from lm_pipeline.data import ingest, preprocess
+    from lm_pipeline.stages import ingest, preprocess
 
     ingest.run(cfg)
     preprocess.run(cfg)
@@ -60,10 +60,10 @@ def train_stage_throughput(cfg) -> dict[str, float]:
     """Median tokens/s of the train stage after warm-up, and the seconds around the steps."""
     import mlflow
 
-    from lm_pipeline.training import trainer
+    from lm_pipeline.stages import train as train_stage
 
     start = time.perf_counter()
-    result = trainer.run(cfg)
+    result = train_stage.run(cfg)
     wall = time.perf_counter() - start
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "tokens_per_s")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]

@@ -13,7 +13,7 @@ process and timed from start to exit:
 Keys: train_stage_vs_reference_wall_ratio (reference wall / stage wall; 1.0 = no overhead),
 step_vs_reference_ratio (median steady step time, reference / stage), train_stage_seconds,
 reference_loop_seconds, and train_stage_phase_<phase>_s: the stage's wall time split into its
-phases (from the run's time_* metrics, see loop.PhaseClock and trainer.driver_times).
+phases (from the run's time_* metrics, see progress.PhaseClock and train_stage.driver_times).
 """
 
 from __future__ import annotations

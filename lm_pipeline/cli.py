@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "tuned", False):
-            from lm_pipeline.training.search import tuned_config
+            from lm_pipeline.training.tuned import tuned_config
 
             cfg = tuned_config(cfg)
         output = COMMANDS[args.command](cfg, args)
@@ -122,32 +122,32 @@ def main(argv: list[str] | None = None) -> int:
 # --- the commands: (cfg, args) -> text to print, or None -------------------------------------
 
 def ingest(cfg: Config, args) -> None:
-    from lm_pipeline.data import ingest as stage
+    from lm_pipeline.stages import ingest as stage
     stage.run(cfg)
 
 
 def validate(cfg: Config, args) -> None:
-    from lm_pipeline.data import validate as stage
+    from lm_pipeline.stages import validate as stage
     stage.run(cfg)
 
 
 def preprocess(cfg: Config, args) -> None:
-    from lm_pipeline.data import preprocess as stage
+    from lm_pipeline.stages import preprocess as stage
     stage.run(cfg)
 
 
 def train(cfg: Config, args) -> None:
-    from lm_pipeline.training import trainer as stage
+    from lm_pipeline.stages import train as stage
     stage.run(cfg)
 
 
 def evaluate(cfg: Config, args) -> None:
-    from lm_pipeline.evaluation import evaluate as stage
+    from lm_pipeline.stages import evaluate as stage
     stage.run(cfg)
 
 
 def register(cfg: Config, args) -> None:
-    from lm_pipeline.registry import register as stage
+    from lm_pipeline.stages import register as stage
     stage.run(cfg)
 
 
@@ -157,30 +157,30 @@ def search(cfg: Config, args) -> None:
 
 
 def run_flow(cfg: Config, args) -> None:
-    from flows.temporary_server import temporary_server
+    from lm_pipeline.flows.temporary_server import temporary_server
 
     with temporary_server():
-        from flows.pipeline import pipeline
+        from lm_pipeline.flows.pipeline import pipeline
 
         pipeline(force=args.force)
 
 
 def tune_flow(cfg: Config, args) -> None:
-    from flows.temporary_server import temporary_server
+    from lm_pipeline.flows.temporary_server import temporary_server
 
     with temporary_server():
-        from flows.tune import tune
+        from lm_pipeline.flows.tune import tune
 
         tune(force=args.force)
 
 
 def deploy_flow(cfg: Config, args) -> str:
     if args.serve:
-        from flows.pipeline import serve
+        from lm_pipeline.flows.pipeline import serve
 
         serve(name=args.name, cron=args.cron)
         return "stopped serving"
-    from flows.deploy import deploy
+    from lm_pipeline.flows.deploy import deploy
 
     deployment_id = deploy(args.name, args.cron, args.pool, args.timezone, args.image)
     return (f"deployment lm-pipeline/{args.name} ({deployment_id}): cron '{args.cron}' "

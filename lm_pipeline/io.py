@@ -1,4 +1,9 @@
-"""Small I/O helpers shared by the stages: atomic writes and JSON files."""
+"""Reading and writing files: atomic local outputs, and JSON records in a folder or a bucket.
+
+A location is a local path or an object-storage URL (s3://bucket/key). Endpoint and keys of
+object storage come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY for s3://), never from params.yaml.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +46,33 @@ def remove_leftovers(final: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
 
 
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+def filesystem(location: str | Path):
+    """The fsspec filesystem of a location and the location's path in it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(location), skip_instance_cache=True)  # today's listing and environment
+
+
+def write_json(location: str | Path, data) -> None:
+    """A small JSON record: a local file is written to a temporary name and renamed; a new object
+    in a bucket is whole or absent."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if not is_url(location):
+        with atomic_path(Path(location)) as tmp:
+            tmp.write_text(text)
+        return
+    fs, path = filesystem(location)
+    with fs.open(path, "wb") as f:
+        f.write(text.encode())
+
+
+def read_json(location: str | Path):
+    if not is_url(location):
+        return json.loads(Path(location).read_text())
+    fs, path = filesystem(location)
+    with fs.open(path, "rb") as f:
+        return json.load(f)

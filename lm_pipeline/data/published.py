@@ -9,7 +9,7 @@ ever mixing files.
 
 The manifest (`_COMPLETE`, written last: a copy without it is partial) lists each file's size and
 sha256. Only the files it lists are fetched, each to a path checked to stay inside the cache.
-The endpoint and keys of object storage come from the environment (see storage.py).
+The endpoint and keys of object storage come from the environment (see io.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 from lm_pipeline import storage
-from lm_pipeline.lineage import file_sha256, tree_sha256
+from lm_pipeline.hashing import file_sha256, tree_sha256
+from lm_pipeline.io import filesystem, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ def publish(folder: Path, base_url: str) -> str:
     if storage.exists(storage.join(url, MANIFEST)):
         log.info("train: processed data already in %s", url)
         return url
-    fs, root = storage.filesystem(url)
+    fs, root = filesystem(url)
     files = {path.relative_to(folder).as_posix(): path
              for path in sorted(Path(folder).rglob("*")) if path.is_file()}
     for relative, path in files.items():
         fs.put_file(str(path), f"{root}/{relative}")
-    storage.write_json(storage.join(url, MANIFEST), {"tree_sha256": digest, "files": {
+    write_json(storage.join(url, MANIFEST), {"tree_sha256": digest, "files": {
         relative: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         for relative, path in files.items()}})
     log.info("train: published %d files of %s to %s", len(files), folder, url)
@@ -74,13 +75,13 @@ def node_cache() -> Path:
 def fetch(url: str, digest: str, target: Path) -> None:
     """Download the files the manifest lists, check them, and move them into place whole."""
     try:
-        manifest = storage.read_json(storage.join(url, MANIFEST))
+        manifest = read_json(storage.join(url, MANIFEST))
     except FileNotFoundError:
         missing = f"{url}: no complete copy of the processed data there ({MANIFEST} missing)"
         raise FileNotFoundError(missing) from None
     partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest[:12]}-"))
     try:
-        fs, root = storage.filesystem(url)
+        fs, root = filesystem(url)
         for relative, expected in manifest["files"].items():
             destination = inside(partial, relative, url)
             destination.parent.mkdir(parents=True, exist_ok=True)

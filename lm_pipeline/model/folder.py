@@ -9,7 +9,7 @@
 
 So `transformers.AutoModelForCausalLM` and `AutoTokenizer` load the folder as it is (model/hf_format.py).
 
-Names only, no torch: preprocess pins a parent folder without paying for the model's imports.
+Names only, no torch: what only reads or copies a folder needs none of the model's imports.
 """
 
 from pathlib import Path

@@ -4,29 +4,31 @@ A parent is a registered version (`models:/<name>@<alias>` or `models:/<name>/<v
 local model folder (what `lmp train` exports: config.json, model.safetensors, tokenizer.json), or
 `hf:<folder>`: a Hugging Face model on disk, as `huggingface-cli download` leaves it (config.json,
 safetensors weights, tokenizer.json); nothing is downloaded.
-Preprocess fetches it into data/processed/parent/ and pins it there: an alias is resolved to its
-version once, so the token files, the training run and the new version's lineage all name the
-same parent. The parent's tokenizer encodes the new corpus, and training starts from its weights
-with a fresh optimizer and its own learning-rate schedule.
+Preprocess fetches it into data/processed/parent/ (a registered one through
+registry/downloads.py) and pins it there: an alias is resolved to its version once, so the token
+files, the training run and the new version's lineage all name the same parent. The parent's
+tokenizer encodes the new corpus, and training starts from its weights with a fresh optimizer and
+its own learning-rate schedule.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
-from lm_pipeline.config import HF_PREFIX, Config
-from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
+from lm_pipeline.config import HF_PREFIX, TokenizerConfig
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id
+from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.lineage import file_sha256
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
     MODEL_FILES,
+    RUN_FILE,
     TOKENIZER_CONFIG_FILE,
     WEIGHTS_FILE,
     folder_backend,
+    read_run_info,
 )
 
 PARENT_DIR = "parent"  # in data/processed
@@ -37,16 +39,18 @@ class ParentError(ValueError):
     """train.init_from names a model that cannot be fine-tuned here; the message says why."""
 
 
-def fetch(cfg: Config, dest: Path) -> dict:
-    """Copy the parent model folder into `dest` and return its record (also in parent.json)."""
-    ref = cfg.train.init_from
-    if ref.startswith("models:/"):
-        record = fetch_registered(cfg, ref, dest)
-    elif ref.startswith(HF_PREFIX):
-        record = fetch_hf_folder(Path(ref.removeprefix(HF_PREFIX)).expanduser(), dest, ref)
-    else:
-        record = {"init_from": ref, "model_version": None, "path": str(Path(ref).resolve())}
-        copy_model_folder(Path(ref), dest, ref)
+def fetch(ref: str, dest: Path) -> dict:
+    """Copy the parent model folder of a local reference (a folder, or hf:<folder>) into `dest`
+    and pin it there; returns its record. A models:/ reference is the registry's to download
+    (registry/downloads.py), which pins what it downloaded the same way."""
+    if ref.startswith(HF_PREFIX):
+        return pin(dest, fetch_hf_folder(Path(ref.removeprefix(HF_PREFIX)).expanduser(), dest, ref))
+    copy_model_folder(Path(ref), dest, ref)
+    return pin(dest, {"init_from": ref, "model_version": None, "path": str(Path(ref).resolve())})
+
+
+def pin(dest: Path, record: dict) -> dict:
+    """Complete a fetched parent's record (backend, weights hash) and write it beside the folder."""
     record.setdefault("backend", folder_backend(dest))
     record["weights_sha256"] = safetensors_sha256(dest)
     write_json(dest / PARENT_FILE, record)
@@ -100,40 +104,6 @@ def safetensors_sha256(folder: Path) -> str:
     return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
 
-def fetch_registered(cfg: Config, uri: str, dest: Path) -> dict:
-    import mlflow
-
-    from lm_pipeline import tracking
-    from lm_pipeline.registry.aliases import RegistryError, model_version
-
-    tracking.setup(cfg)
-    try:
-        mv = model_version(mlflow.MlflowClient(), uri)
-    except RegistryError as err:
-        raise ParentError(f"train.init_from: {err}") from None
-    except mlflow.exceptions.MlflowException as err:
-        raise ParentError(f"train.init_from: {uri} is not in the registry at "
-                          f"{tracking.tracking_uri(cfg)} ({err.message})") from None
-    pinned = f"models:/{mv.name}/{mv.version}"
-    with tempfile.TemporaryDirectory() as tmp:
-        copy_model_folder(download_version_folder(mv, Path(tmp)), dest, pinned)
-    return {"init_from": uri, "model_version": pinned, "name": mv.name, "version": str(mv.version),
-            "run_id": mv.run_id}
-
-
-def download_version_folder(mv, dest: Path) -> Path:
-    """A registered version's model folder, downloaded as plain files: its MLflow loader (Python
-    code in the artifact store) is never run."""
-    import mlflow
-
-    pinned = f"models:/{mv.name}/{mv.version}"
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(dest)))
-    folders = [p.parent for p in root.glob(f"artifacts/*/{WEIGHTS_FILE}")]
-    if len(folders) != 1:
-        raise ParentError(f"{pinned} holds no lm-pipeline model folder")
-    return folders[0]
-
-
 def copy_model_folder(src: Path, dest: Path, ref: str) -> None:
     missing = [f for f in MODEL_FILES if not (src / f).is_file()]
     if missing:
@@ -156,3 +126,25 @@ def load(processed_dir: Path) -> tuple[dict, dict] | tuple[None, None]:
 
 def pinned_folder(processed_dir: Path) -> Path:
     return Path(processed_dir) / PARENT_DIR
+
+
+def check_tokenizer_covers(coverage: dict, parent_dir: Path, parent: dict,
+                           tokenizer: TokenizerConfig) -> None:
+    """Refuse a corpus that needs another tokenizer than the parent's: many <unk> tokens, or far
+    worse compression than on the parent's own corpus (e.g. another script under byte-level BPE)."""
+    name = describe(parent)
+    problems = []
+    if coverage["unknown_share"] > tokenizer.max_unknown_share:
+        problems.append(f"{coverage['unknown_share']:.2%} of its tokens are {UNK} (limit "
+                        f"tokenizer.max_unknown_share {tokenizer.max_unknown_share:.2%}; "
+                        f"e.g. {', '.join(map(repr, coverage['unknown_examples']))})")
+    before = read_run_info(parent_dir).get("chars_per_token") if (parent_dir / RUN_FILE).is_file() else None
+    if before and coverage["chars_per_token"] < tokenizer.min_relative_compression * before:
+        problems.append(f"it encodes at {coverage['chars_per_token']:.2f} characters per token against "
+                        f"{before:.2f} on the parent's corpus (limit tokenizer.min_relative_compression "
+                        f"{tokenizer.min_relative_compression})")
+    if problems:
+        raise ParentError(
+            f"preprocess: this corpus needs a different tokenizer than {name}'s: {'; '.join(problems)}. "
+            "Fine-tuning must reuse the parent's tokenizer: train from scratch instead (drop "
+            "train.init_from)")

@@ -10,9 +10,7 @@ register.min_improvement and its 95% interval excludes zero.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +19,7 @@ from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.metrics import MODEL_KEY
 from lm_pipeline.evaluation.scoring import sequence_nll, stride_for
-from lm_pipeline.registry.aliases import RegistryError
+from lm_pipeline.model.backends import weights_sha256
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,6 @@ class Comparison:
 def metrics_of(stamped: dict, model, path) -> dict:
     """The evaluation's numbers, once they are known to describe `model` (not a model trained
     since, or evaluated before an evaluate was killed between its writes)."""
-    from lm_pipeline.model.backends import weights_sha256
-
     metrics = dict(stamped)
     measured = metrics.pop(MODEL_KEY, None)
     if measured is None:
@@ -139,22 +135,3 @@ def compare(champion, candidate, texts: list[str], champion_version: str,
                       improvement(everything), low, high)
 
 
-def load_registered(name: str, version: str, device: str = "cpu"):
-    """A registered version's (model, tokenizer), read from its safetensors folder, never through
-    its pyfunc loader (code from the artifact store would run here, with this stage's
-    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
-    import mlflow
-
-    from lm_pipeline.model.backends import load_model, weights_sha256
-    from lm_pipeline.model.parent import download_version_folder
-
-    mv = mlflow.MlflowClient().get_model_version(name, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
-    actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
-    if actual != recorded:
-        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
-                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
-                            "changed after it was registered; refusing to compare with it (restore it, or "
-                            "move champion to a version you trust with `lmp promote`)")
-    return model, tokenizer

@@ -25,6 +25,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from lm_pipeline import storage
+from lm_pipeline.io import filesystem, is_url, read_json, write_json
 
 log = logging.getLogger(__name__)
 SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -39,10 +40,10 @@ class StoredCheckpoint:
 
     @contextmanager
     def as_directory(self) -> Iterator[Path]:
-        if not storage.is_url(self.path):
+        if not is_url(self.path):
             yield Path(self.path)
             return
-        fs, remote = storage.filesystem(self.path)
+        fs, remote = filesystem(self.path)
         with tempfile.TemporaryDirectory(prefix="lmp-ckpt-") as tmp:
             for key, info in fs.find(remote, detail=True).items():  # checkpoint folders are flat
                 if info["type"] == "file" and not key.endswith("/"):  # not a folder marker Ray left
@@ -54,7 +55,7 @@ class RunCheckpoints:
     def __init__(self, run_dir: str, keep: int):
         self.run_dir, self.keep = run_dir, keep
         snapshot = storage.join(run_dir, SNAPSHOT)
-        state = storage.read_json(snapshot) if storage.exists(snapshot) else {}
+        state = read_json(snapshot) if storage.exists(snapshot) else {}
         self.results: list[dict] = state.get("checkpoint_results", [])  # {checkpoint_dir_name, metrics}
         self.indices: list[int] = state.get("checkpoint_report_indices", [])
         self.latest_result: dict | None = state.get("latest_checkpoint_result")
@@ -98,7 +99,7 @@ class RunCheckpoints:
         return [r for r, i in paired if (r, i) not in kept]
 
     def write_snapshot(self) -> None:
-        storage.write_json(storage.join(self.run_dir, SNAPSHOT), {
+        write_json(storage.join(self.run_dir, SNAPSHOT), {
             "ray_version": version("ray"), "checkpoint_results": self.results,
             "checkpoint_report_indices": self.indices, "latest_checkpoint_result": self.latest_result,
             "pending_training_results": [], "pending_validation_specs": [],
@@ -116,8 +117,8 @@ def copy_folder(source: Path, target: str) -> None:
     """A local target is copied under a temporary name and renamed (whole or absent); in a
     bucket the files are uploaded one by one, and only the snapshot written after makes it count.
     A copy that fails is removed (best effort), so a retried attempt leaves no half checkpoints."""
-    if storage.is_url(target):
-        fs, remote = storage.filesystem(target)
+    if is_url(target):
+        fs, remote = filesystem(target)
         try:
             for file in sorted(source.iterdir()):
                 fs.put_file(str(file), f"{remote}/{file.name}")
@@ -140,8 +141,8 @@ def remove_folder(location: str) -> None:
     """A checkpoint the rule dropped; failing to delete it (a bucket that refuses) costs space, not
     the run, so it is logged, as Ray does."""
     try:
-        if storage.is_url(location):
-            fs, remote = storage.filesystem(location)
+        if is_url(location):
+            fs, remote = filesystem(location)
             fs.rm(remote, recursive=True)
         else:
             shutil.rmtree(location)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,31 +23,32 @@ from lm_pipeline.data import published
 from lm_pipeline.data.processed import load_tokens, read_meta
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.backends import build_model
+from lm_pipeline.tracking import MetricLogger
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
 from lm_pipeline.training.parallel import checkpoint_activations, gradient_sync, parallelize, unwrap
+from lm_pipeline.training.progress import PhaseClock, Progress
 from lm_pipeline.training.schedule import get_lr
+from lm_pipeline.training.session import RaySession
+from lm_pipeline.training.spec import WorkerSpec
 from lm_pipeline.training.state import TrainState
 
 # Dense bf16 peak of known accelerators, for MFU (train.peak_tflops overrides).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """The function Ray Train runs on each worker."""
-    from lm_pipeline.training.session import RaySession
-
-    train_loop(loop_config, RaySession())
+def train_loop_per_worker(spec: dict) -> None:
+    """The function Ray Train runs on each worker, given a WorkerSpec as a dict."""
+    train_loop(WorkerSpec.from_dict(spec), RaySession())
 
 
-def train_loop(loop_config: dict, session) -> None:
+def train_loop(spec: WorkerSpec, session) -> None:
     clock = PhaseClock()
-    cfg = Config.model_validate(loop_config["config"])
+    cfg = Config.model_validate(spec.config)
     rank, world, device = session.rank, session.world, session.device
-    shards_url = loop_config.get("shards_url")
-    processed_dir = published.node_copy(shards_url) if shards_url else cfg.data.processed_dir
+    processed_dir = published.node_copy(spec.shards_url) if spec.shards_url else cfg.data.processed_dir
     meta = read_meta(processed_dir)
-    parent = parents.pinned_folder(processed_dir) if loop_config.get("fine_tune") else None
+    parent = parents.pinned_folder(processed_dir) if spec.fine_tune else None
 
     print(f"[rank {rank}/{world}] {session.where} device {device} strategy {cfg.train.strategy} "
           f"precision {cfg.train.precision}", flush=True)
@@ -74,9 +74,9 @@ def train_loop(loop_config: dict, session) -> None:
 
     train_tokens = load_tokens(processed_dir, "train")
     validator = Validator(load_tokens(processed_dir, "val"), train_tokens, device, cfg, checkpointer)
-    logger = metric_logger(loop_config.get("mlflow_run_id"), cfg.tracking_uri, state,
+    logger = metric_logger(spec.mlflow_run_id, cfg.tracking_uri, state,
                            restarted=checkpointer.restored) if rank == 0 else None
-    progress = Progress(session, state.step, cfg.train.max_steps, loop_config.get("progress_bar", False))
+    progress = Progress(session, state.step, cfg.train.max_steps, spec.progress_bar)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
     clock.add("setup", time.perf_counter() - clock.start)
     if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
@@ -130,25 +130,6 @@ def train_loop(loop_config: dict, session) -> None:
     if logger:  # where this attempt's time went (a resumed run logs its own attempt's)
         logger.log({f"time_{name}_s": seconds for name, seconds in clock.seconds.items()}, state.step)
         logger.flush()
-
-
-class PhaseClock:
-    """Seconds per phase of the loop (setup, steps, validation, logging, checkpoints), measured on
-    every rank and logged by rank 0 as time_<phase>_s: what a run spends besides its steps."""
-
-    def __init__(self):
-        self.start, self.seconds = time.perf_counter(), defaultdict(float)
-
-    def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] += seconds
-
-    @contextmanager
-    def phase(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, time.perf_counter() - start)
 
 
 def initial_model(cfg: Config, meta, parent: Path | str | None):
@@ -238,8 +219,6 @@ def metric_logger(run_id: str | None, tracking_uri: str, state: TrainState, rest
     """Rank 0's MLflow logger; on a restart it marks the step and skips steps already logged."""
     if not run_id:
         return None
-    from lm_pipeline.tracking import MetricLogger
-
     logger = MetricLogger(tracking_uri, run_id)
     logged = logger.last_step("train_loss")
     if restarted or logged >= 0:  # an earlier attempt of this run got this far
@@ -340,25 +319,3 @@ def validation_loss(model, batches, device, precision: str = "fp32") -> float:
     return (sums[0] / sums[1]).item()
 
 
-class Progress:
-    """Rank 0's progress: a bar drawn on the driver's terminal, or periodic log lines."""
-
-    def __init__(self, session, start: int, total: int, bar: bool):
-        self.enabled, self.total, self.bar = session.rank == 0, total, None
-        self.every = max(1, total // 10)
-        if self.enabled and bar:
-            self.bar = session.progress_bar(total, start)
-
-    def update(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        if self.bar:
-            self.bar.update(1)
-        elif step % self.every == 0 or step == self.total:
-            val = f" val_loss {metrics['val_loss']:.3f}" if "val_loss" in metrics else ""
-            print(f"step {step}/{self.total} train_loss {metrics['train_loss']:.3f}{val} "
-                  f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.close()

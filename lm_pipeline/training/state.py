@@ -39,8 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.lineage import file_sha256
 
 TRAINER_STATE_FILE = "trainer_state.json"
 MANIFEST_GLOB = "manifest_rank*.json"

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from lm_pipeline.config import Config, DataConfig
-from lm_pipeline.data import ingest
 from lm_pipeline.data.documents import read_documents
+from lm_pipeline.data.sources.problems import IngestError
+from lm_pipeline.stages import ingest
 
 pytestmark = pytest.mark.scale
 
@@ -71,22 +72,22 @@ def test_a_bad_file_in_the_bucket_is_named_by_its_url(tmp_path, s3_env):
     local = corpus(tmp_path / "corpus")
     (local / "sub/bad.txt").write_bytes(b"\x00\x01binary")
     upload(s3_env, local, "corpus", "bad/docs")
-    with pytest.raises(ingest.IngestError, match=r"s3://corpus/bad/docs/sub/bad.txt: binary file"):
+    with pytest.raises(IngestError, match=r"s3://corpus/bad/docs/sub/bad.txt: binary file"):
         run_ingest(tmp_path, "s3://corpus/bad/docs", "bad")
     assert not (tmp_path / "bad/raw/documents.jsonl").exists()
 
 
 def test_an_empty_prefix_and_missing_keys_are_clear_errors(tmp_path, s3_env, monkeypatch):
-    with pytest.raises(ingest.IngestError, match=r"s3://corpus/nothing/here: no \.txt, \.jsonl, \.parquet"):
+    with pytest.raises(IngestError, match=r"s3://corpus/nothing/here: no \.txt, \.jsonl, \.parquet"):
         run_ingest(tmp_path, "s3://corpus/nothing/here", "empty")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(ingest.IngestError, match=r"s3://corpus/x: cannot list it .*AWS_ENDPOINT_URL"):
+    with pytest.raises(IngestError, match=r"s3://corpus/x: cannot list it .*AWS_ENDPOINT_URL"):
         run_ingest(tmp_path, "s3://corpus/x", "unreachable")
 
 
 def test_processed_data_is_published_once_and_copied_whole_to_each_node(tmp_path, s3_env, monkeypatch):
     from lm_pipeline.data.published import CACHE_ENV, MANIFEST, node_copy, publish
-    from lm_pipeline.lineage import tree_sha256
+    from lm_pipeline.hashing import tree_sha256
 
     processed = tmp_path / "processed"
     (processed / "train").mkdir(parents=True)

@@ -41,7 +41,7 @@ def mlflow_client(project: Path):
 def project(tmp_path_factory, prefect_server):
     """A project after one complete flow run, from a clone's state: the flow rewrites the committed
     dvc.lock and reports/, which must not make the tree count as dirty."""
-    from flows.pipeline import pipeline
+    from lm_pipeline.flows.pipeline import pipeline
 
     root = make_project(tmp_path_factory.mktemp("project"), TINY_PARAMS, with_results=True)
     state = pipeline(project_dir=str(root), return_state=True)
@@ -207,8 +207,8 @@ def test_flow_fine_tunes_the_champion_on_a_new_corpus(project, tmp_path, monkeyp
     champion's weights: its validation loss at step 0 is the champion's own on the new data."""
     from tokenizers import Tokenizer
 
-    from flows.pipeline import pipeline
-    from lm_pipeline.registry.gates import load_registered
+    from lm_pipeline.flows.pipeline import pipeline
+    from lm_pipeline.registry.downloads import load_registered
 
     corpus = tmp_path / "second.jsonl"  # new text (lowercased) the champion's tokenizer still fits
     with open(project / "data/raw/documents.jsonl") as src, open(corpus, "w") as out:
@@ -259,7 +259,7 @@ def validation_loss_on(project: Path, model, params: dict) -> float:
 
 @pytest.mark.bad_input
 def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
-    from flows.pipeline import pipeline
+    from lm_pipeline.flows.pipeline import pipeline
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": "" if i % 3 == 0 else f"document {i}"}) + "\n"

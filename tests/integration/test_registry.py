@@ -122,7 +122,7 @@ def expected_completions(project: Path, prompts: list[str], tokens: int) -> list
     """Greedy completions by the champion's weights, read as safetensors and generated here,
     not through the served pyfunc."""
     from lm_pipeline.model.generate import complete_batch
-    from lm_pipeline.registry.gates import load_registered
+    from lm_pipeline.registry.downloads import load_registered
 
     model, tokenizer = load_registered("lm-pipeline", champion(project))
     return complete_batch(model, tokenizer, prompts, tokens)
@@ -208,7 +208,7 @@ CRASH_POINTS = ("after_registering", "after_logging", "after_moving_challenger",
 
 def crash_point(crash_at: str) -> tuple[object, str]:
     """(owner, name) of the call after which a register attempt dies."""
-    from lm_pipeline.registry import register
+    from lm_pipeline.stages import register
 
     return {"after_registering": (mlflow, "register_model"),
             "after_logging": (history, "append"),
@@ -222,7 +222,7 @@ def test_register_killed_anywhere_and_retried_leaves_one_version_one_entry_and_i
         project, monkeypatch, crash_at):
     """Prefect retries register: the rerun finishes the first attempt's version, not a new one."""
     from lm_pipeline.config import load_config
-    from lm_pipeline.registry import register
+    from lm_pipeline.stages import register
 
     name = f"retry-{crash_at.replace('_', '-')}"  # a model of its own: its first version is champion
     monkeypatch.chdir(project)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 FLOW = """
 import json, sys
 from prefect import flow
-import flows.temporary_server as server
+import lm_pipeline.flows.temporary_server as server
 {patch}
 
 @flow(name="hello")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from lm_pipeline.lineage import tree_sha256
+from lm_pipeline.hashing import tree_sha256
 from tests.integration.conftest import TINY_PARAMS, deep_update, make_project, two_ray_nodes
 from tests.services import free_port, process
 
@@ -197,7 +197,7 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
     """What Ray's FailureConfig does for workers, the in-process runner does for attempts: the
     same final state as a run that never failed, and max_failures bounds the retries."""
     from lm_pipeline.config import load_config
-    from lm_pipeline.training import launch, loop
+    from lm_pipeline.training import loop, runners
 
     monkeypatch.chdir(project)
     cfg = load_config(params_file(project, "retry", num_workers=1, max_steps=100, max_failures=1))
@@ -214,12 +214,12 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
 
     threads = torch.get_num_threads()  # the runner sets this process's torch threads
     try:
-        straight = launch.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
+        straight = runners.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
         # Rerun when finished (`dvc repro --force`): nothing to train, the same result, as on Ray.
-        again = launch.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
+        again = runners.train_in_process(cfg, None, str(project / "runs/retry/a"), "run")
         assert again.metrics == straight.metrics and again.best_checkpoints == straight.best_checkpoints
         monkeypatch.setattr(loop, "guarded_step", failing_at({70}))
-        retried = launch.train_in_process(cfg, None, str(project / "runs/retry/b"), "run")
+        retried = runners.train_in_process(cfg, None, str(project / "runs/retry/b"), "run")
         assert failures == [70] and "restart 1 of 1 from the latest checkpoint" in caplog.text
         assert calls[calls.index(70) + 1] == 40  # the retry went on from the checkpoint at step 40
         assert retried.metrics["step"] == 100
@@ -227,9 +227,9 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
         assert retried.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)
         failures.clear()
         monkeypatch.setattr(loop, "guarded_step", failing_at({30, 60}))
-        with pytest.raises(launch.TrainingError, match="rank 0: ConnectionError: lost the tracking "
+        with pytest.raises(runners.TrainingError, match="rank 0: ConnectionError: lost the tracking "
                            "server at step 60"):
-            launch.train_in_process(cfg, None, str(project / "runs/retry/c"), "run")
+            runners.train_in_process(cfg, None, str(project / "runs/retry/c"), "run")
     finally:
         torch.set_num_threads(threads)
 

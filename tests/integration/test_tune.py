@@ -22,7 +22,7 @@ SEARCH = {"num_samples": 1, "max_concurrent_trials": 2, "workers_per_trial": 1, 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, prefect_server, s3):
     """The tune flow, with the trials reading the processed data from a bucket (data.shards_url)."""
-    from flows.tune import tune
+    from lm_pipeline.flows.tune import tune
 
     params = deep_update(copy.deepcopy(TINY_PARAMS), {
         "data": {"shards_url": "s3://corpus/tune-shards"},
@@ -40,7 +40,7 @@ def searched(tmp_path_factory, prefect_server, s3):
 
 
 def test_trials_read_the_data_from_the_bucket(searched, s3):
-    from lm_pipeline.lineage import tree_sha256
+    from lm_pipeline.hashing import tree_sha256
 
     digest = tree_sha256(searched / "data/processed")
     assert any(key.startswith(f"tune-shards/{digest}/train/") for key in s3.keys("corpus"))

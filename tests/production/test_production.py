@@ -147,7 +147,8 @@ def test_image_deployment_targets_a_kubernetes_pool_with_the_project_image(deplo
     client = prefect_client(deployment.api_url)
     dep = client.read_deployment_by_name("lm-pipeline/nightly-k8s")
     assert dep.work_pool_name == "lm-pipeline-k8s" and dep.job_variables["image"] == "lm-pipeline:latest"
-    assert dep.entrypoint == "flows/pipeline.py:pipeline" and dep.parameters == {"project_dir": "."}
+    assert dep.entrypoint == "lm_pipeline/flows/pipeline.py:pipeline"
+    assert dep.parameters == {"project_dir": "."}
     assert dep.global_concurrency_limit.limit == 1
 
 

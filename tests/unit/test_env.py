@@ -36,7 +36,7 @@ def test_apply_sets_every_default_but_keeps_what_the_user_set(monkeypatch):
 
 def test_lmp_and_the_flows_apply_the_defaults():
     clean = {k: v for k, v in os.environ.items() if k not in env.DEFAULTS}
-    for entry in ("from lm_pipeline import cli; cli.main(['--help'])", "import flows.pipeline"):
+    for entry in ("from lm_pipeline import cli; cli.main(['--help'])", "import lm_pipeline.flows.pipeline"):
         script = (f"import os\ntry:\n    {entry}\nexcept SystemExit:\n    pass\n"
                   "print(os.environ.get('HF_EVALUATE_OFFLINE'), "
                   "os.environ.get('PREFECT_SERVER_ANALYTICS_ENABLED'))")

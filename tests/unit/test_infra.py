@@ -222,8 +222,8 @@ def test_the_image_holds_no_secret_checkout_history_or_data():
                  "models/model/model.safetensors", "checkpoints/train-1/x", "mlartifacts/1/a", "mlruns/0/x",
                  ".venv/bin/python", "dvc-remote/ab/cd", ".dvc/cache/ab", ".dvc/config.local"):
         assert ignored(rules, path), f"{path} would be baked into the image"
-    for path in ("lm_pipeline/cli.py", "flows/pipeline.py", "infra/compose/mlflow-server.sh", "dvc.yaml",
-                 "params.yaml", "pyproject.toml"):
+    for path in ("lm_pipeline/cli.py", "lm_pipeline/flows/pipeline.py", "infra/compose/mlflow-server.sh",
+                 "dvc.yaml", "params.yaml", "pyproject.toml"):
         assert not ignored(rules, path), f"{path} is needed in the image"
 
 

@@ -13,9 +13,12 @@ import pandas as pd
 import pytest
 
 from lm_pipeline.config import Config, DataConfig
-from lm_pipeline.data import ingest
 from lm_pipeline.data.documents import DOCUMENTS_FILE, documents_path, read_documents
-from lm_pipeline.data.ingest import iter_documents, python_docs
+from lm_pipeline.data.sources.corpus import iter_documents
+from lm_pipeline.data.sources.mixture import keep_masks
+from lm_pipeline.data.sources.problems import IngestError
+from lm_pipeline.data.sources.python_docs import definitions, python_docs
+from lm_pipeline.stages import ingest
 
 pytestmark = pytest.mark.bad_input
 
@@ -30,7 +33,7 @@ def config(tmp_path: Path, source: Path, **policy) -> Config:
 def fails(tmp_path: Path, source: Path, message: str) -> None:
     """Ingest stops naming the problem, and writes neither documents nor report."""
     cfg = config(tmp_path, source)
-    with pytest.raises(ingest.IngestError, match=message):
+    with pytest.raises(IngestError, match=message):
         ingest.run(cfg)
     assert not (cfg.data.raw_dir / DOCUMENTS_FILE).exists()
     assert not cfg.data.report_file.exists()
@@ -127,7 +130,7 @@ def test_unreadable_file(tmp_path):
 
 def test_a_50mb_single_line_streams_through_and_validation_names_it(tmp_path):
     from lm_pipeline.config import ValidateConfig
-    from lm_pipeline.data import validate
+    from lm_pipeline.stages import validate
 
     big = tmp_path / "big.jsonl"
     with open(big, "w") as f:
@@ -144,7 +147,7 @@ def test_a_50mb_single_line_streams_through_and_validation_names_it(tmp_path):
 
 def test_all_duplicates_fail_validation(tmp_path):
     from lm_pipeline.config import ValidateConfig
-    from lm_pipeline.data import validate
+    from lm_pipeline.stages import validate
 
     corpus = write(tmp_path / "dups.jsonl", (json.dumps({"text": "the same text"}) + "\n") * 200)
     cfg = config(tmp_path, corpus).model_copy(
@@ -178,7 +181,7 @@ def test_nothing_usable_is_an_error_even_when_skipping(tmp_path):
     write(tmp_path / "corpus/empty.txt", b"")
     cfg = config(tmp_path, tmp_path / "corpus", on_bad_file="skip")
     message = r"no documents; all 1 inputs were skipped, first: .*empty file"
-    with pytest.raises(ingest.IngestError, match=message):
+    with pytest.raises(IngestError, match=message):
         ingest.run(cfg)
 
 
@@ -228,7 +231,7 @@ def test_docstrings_come_in_the_order_of_a_full_ast_walk():
     tree = ast.parse(NESTED)
     kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
     walked = [n for n in ast.walk(tree) if isinstance(n, kinds)]
-    assert [n.name for n in ingest.definitions(tree)] == [n.name for n in walked]
+    assert [n.name for n in definitions(tree)] == [n.name for n in walked]
     assert len(walked) == 8
 
 
@@ -273,7 +276,7 @@ def test_a_document_over_the_size_cap_is_named_not_read_whole(tmp_path):
     assert report["skipped_examples"][0]["where"].endswith("big.jsonl:1")
     assert "data.max_document_bytes" in report["skipped_examples"][0]["reason"]
     write(tmp_path / "corpus/huge.txt", "b" * 2000)
-    with pytest.raises(ingest.IngestError, match=r"huge.txt: 2000 bytes, over data.max_document_bytes"):
+    with pytest.raises(IngestError, match=r"huge.txt: 2000 bytes, over data.max_document_bytes"):
         ingest.run(cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_file": "fail"})}))
 
 
@@ -345,11 +348,11 @@ def test_a_weighted_mixture_has_its_shares_and_is_the_same_for_a_seed(tmp_path):
 def test_mixture_masks_fill_each_share_from_a_seeded_subset():
     rng = np.random.default_rng(0)
     lengths = [rng.integers(10, 100, size=5000), rng.integers(10, 100, size=500)]
-    masks = ingest.keep_masks(lengths, [3.0, 1.0], seed=1)
+    masks = keep_masks(lengths, [3.0, 1.0], seed=1)
     chars = [int(sizes[mask].sum()) for sizes, mask in zip(lengths, masks, strict=True)]
     assert chars[0] / sum(chars) == pytest.approx(0.75, abs=0.005)
     assert masks[1].all()  # the scarce source is used whole
-    assert not np.array_equal(masks[0], ingest.keep_masks(lengths, [3.0, 1.0], seed=2)[0])
+    assert not np.array_equal(masks[0], keep_masks(lengths, [3.0, 1.0], seed=2)[0])
 
 
 def test_two_sources_of_one_name_are_refused():

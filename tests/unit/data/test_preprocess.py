@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lm_pipeline.data.preprocess import UniqueTexts
+from lm_pipeline.data.tokenized import UniqueTexts
 
 
 def test_unique_texts_keeps_the_first_of_each_text_streaming(tmp_path):
@@ -16,8 +16,8 @@ def test_unique_texts_keeps_the_first_of_each_text_streaming(tmp_path):
 @pytest.mark.bad_input
 def test_a_corpus_that_failed_validation_is_not_preprocessed(tmp_path):
     from lm_pipeline.config import Config
-    from lm_pipeline.data import preprocess
     from lm_pipeline.data.documents import DOCUMENTS_FILE
+    from lm_pipeline.stages import preprocess
 
     raw, reports = tmp_path / "raw", tmp_path / "validation"
     raw.mkdir()
@@ -41,10 +41,10 @@ def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path)
     from tokenizers import Tokenizer
 
     from lm_pipeline.config import Config
-    from lm_pipeline.data import preprocess
     from lm_pipeline.data.documents import DOCUMENTS_FILE
     from lm_pipeline.data.processed import load_documents, read_meta, tokenizer_path
     from lm_pipeline.data.split import assign_split
+    from lm_pipeline.stages import preprocess
 
     raw, reports = tmp_path / "raw", tmp_path / "validation"
     raw.mkdir(), reports.mkdir()

@@ -4,10 +4,11 @@ import random
 import pytest
 
 from lm_pipeline.config import Config, DataConfig, SplitConfig, ValidateConfig
-from lm_pipeline.data import validate
 from lm_pipeline.data.documents import DOCUMENTS_FILE
+from lm_pipeline.data.profile import corpus_metrics, scan_corpus
 from lm_pipeline.data.quality import METRICS_FILE
 from lm_pipeline.data.split import assign_split
+from lm_pipeline.stages import validate
 
 WORDS = ("the of and to a in is it that for as with was on be by this are or not from at an which "
          "interpreter reads file line list tuple string module class function value name object "
@@ -138,8 +139,8 @@ def test_a_mixtures_shares_are_counted_over_every_document_as_metrics_mlflow_acc
 
     docs = [{"id": "1", "text": "aaaa", "mixture": "web"}, {"id": "2", "text": "bb", "mixture": "s3://b/code"},
             {"id": "3", "text": "cccccc", "mixture": "web"}]
-    scan = validate.scan_corpus(iter(docs), Config())
-    metrics = validate.corpus_metrics(scan, pd.DataFrame(columns=["train_overlap"]))
+    scan = scan_corpus(iter(docs), Config().validate_, Config().split)
+    metrics = corpus_metrics(scan, pd.DataFrame(columns=["train_overlap"]))
     assert metrics["mixture_share/web"] == pytest.approx(10 / 12)
     assert metrics["mixture_share/s3_//b/code"] == pytest.approx(2 / 12)
 

@@ -6,13 +6,13 @@ import random
 import pytest
 
 from lm_pipeline.config import Config
-from lm_pipeline.data import preprocess
 from lm_pipeline.data.processed import read_meta
 from lm_pipeline.data.tokenizer import train_tokenizer
 from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.pretrained import save_pretrained
 from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.stages import preprocess
 
 pytestmark = pytest.mark.optimization
 
@@ -79,7 +79,7 @@ def test_a_corpus_the_parents_bpe_compresses_badly_is_refused(tmp_path):
 
 
 def test_training_checks_the_data_was_made_for_its_parent_and_keeps_its_architecture(tmp_path):
-    from lm_pipeline.training.launch import check_parent
+    from lm_pipeline.training.preflight import check_parent
 
     parent = parent_folder(tmp_path, "bpe")  # n_layer 1, n_head 2, n_embd 16, block_size 16
     cfg = project_config(tmp_path, sentences(ENGLISH[0].split()), parent)
@@ -99,7 +99,6 @@ def test_training_checks_the_data_was_made_for_its_parent_and_keeps_its_architec
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):
     (tmp_path / "weights").mkdir()
     write_json(tmp_path / "weights" / "config.json", {})
-    cfg = Config.model_validate({"train": {"init_from": str(tmp_path / "weights")}})
     with pytest.raises(parents.ParentError, match=r"weights is not a model folder \(missing "
                        r"model.safetensors, tokenizer.json\)"):
-        parents.fetch(cfg, tmp_path / "dest")
+        parents.fetch(str(tmp_path / "weights"), tmp_path / "dest")

@@ -1,7 +1,8 @@
 import pytest
 
 from lm_pipeline.config import Config
-from lm_pipeline.training.search import check_capacity, trial_config
+from lm_pipeline.training.search import check_capacity
+from lm_pipeline.training.tuned import trial_config
 
 
 @pytest.mark.optimization
@@ -25,7 +26,7 @@ def test_a_tuned_model_from_another_search_than_best_json_is_refused(tmp_path):
     different searches: evaluate --tuned and register --tuned must not pair them."""
     from lm_pipeline.config import Config
     from lm_pipeline.io import write_json
-    from lm_pipeline.training.search import BEST_FILE, tuned_config
+    from lm_pipeline.training.tuned import BEST_FILE, tuned_config
 
     cfg = Config.model_validate({"tune": {"model_dir": str(tmp_path / "tuned"),
                                           "report_dir": str(tmp_path / "report")}})

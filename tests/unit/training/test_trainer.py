@@ -13,14 +13,17 @@ import pytest
 import torch
 from mlflow.entities import Metric
 
-from lm_pipeline import storage, tracking
+from lm_pipeline import tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import write_json
 from lm_pipeline.model import parent as parents
-from lm_pipeline.training import trainer
+from lm_pipeline.stages import train as train_stage
+from lm_pipeline.training import run_record
 from lm_pipeline.training.export import recent_mean, summarize_training, write_curves
-from lm_pipeline.training.launch import attempt_tags, check_parent, portable_config, run_params
+from lm_pipeline.training.preflight import check_parent
+from lm_pipeline.training.run_record import attempt_tags, run_params
+from lm_pipeline.training.spec import portable_config
 
 META = ProcessedMeta(
     source="python-docs", vocab_size=512, dtype="uint16", eot_id=0, tokenizer_kind="char",
@@ -42,58 +45,58 @@ def with_(cfg: Config, section: str, **values) -> Config:
 
 def test_run_digest_ignores_where_checkpoints_go_and_how_many_failures_are_tolerated():
     cfg = Config()
-    digest = trainer.run_digest(cfg, META)
+    digest = run_record.run_digest(cfg, META)
     assert len(digest) == 12 and int(digest, 16) >= 0
     operational = with_(cfg, "train", max_failures=9, checkpoints_to_keep=5, checkpoint_dir=Path("/x"),
                         model_dir=Path("elsewhere"), curves_dir=Path("plots"))
-    assert trainer.run_digest(operational, META) == digest
+    assert run_record.run_digest(operational, META) == digest
 
 
 def test_run_digest_changes_with_the_recipe_the_model_or_the_data():
     cfg = Config()
-    digest = trainer.run_digest(cfg, META)
-    assert trainer.run_digest(with_(cfg, "train", lr=1e-3), META) != digest
-    assert trainer.run_digest(with_(cfg, "train", seed=7), META) != digest
-    assert trainer.run_digest(with_(cfg, "model", n_layer=2), META) != digest
+    digest = run_record.run_digest(cfg, META)
+    assert run_record.run_digest(with_(cfg, "train", lr=1e-3), META) != digest
+    assert run_record.run_digest(with_(cfg, "train", seed=7), META) != digest
+    assert run_record.run_digest(with_(cfg, "model", n_layer=2), META) != digest
     more_tokens = dataclasses.replace(META, tokens={"train": 9001, "val": 500, "test": 500})
-    assert trainer.run_digest(cfg, more_tokens) != digest
-    assert trainer.run_digest(cfg, dataclasses.replace(META, tokenizer_sha256="cd" * 32)) != digest
+    assert run_record.run_digest(cfg, more_tokens) != digest
+    assert run_record.run_digest(cfg, dataclasses.replace(META, tokenizer_sha256="cd" * 32)) != digest
     fine_tune = dataclasses.replace(META, parent={"weights_sha256": "ef" * 32})
-    assert trainer.run_digest(cfg, fine_tune) != digest
-    assert trainer.run_digest(cfg, dataclasses.replace(META, documents={"train": 1})) == digest
+    assert run_record.run_digest(cfg, fine_tune) != digest
+    assert run_record.run_digest(cfg, dataclasses.replace(META, documents={"train": 1})) == digest
 
 
 def test_run_digest_changes_with_lora_and_with_the_contents_of_an_hf_config_folder(tmp_path):
     tuned = Config.model_validate({"train": {"init_from": "models:/m/1"}})
-    digest = trainer.run_digest(tuned, META)
-    assert trainer.run_digest(with_(tuned, "lora", r=8), META) != digest  # adapters or not: another run
-    assert trainer.run_digest(with_(with_(tuned, "lora", r=8), "lora", alpha=8), META) != \
-        trainer.run_digest(with_(tuned, "lora", r=8), META)
+    digest = run_record.run_digest(tuned, META)
+    assert run_record.run_digest(with_(tuned, "lora", r=8), META) != digest  # adapters or not: another run
+    assert run_record.run_digest(with_(with_(tuned, "lora", r=8), "lora", alpha=8), META) != \
+        run_record.run_digest(with_(tuned, "lora", r=8), META)
     (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
     folder = Config.model_validate({"model": {"backend": "hf", "hf_config": str(tmp_path)}})
-    before = trainer.run_digest(folder, META)
+    before = run_record.run_digest(folder, META)
     (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 128}')
-    assert trainer.run_digest(folder, META) != before  # same path, another architecture
+    assert run_record.run_digest(folder, META) != before  # same path, another architecture
 
 
 def test_without_a_record_there_is_no_run_to_resume(cfg, tmp_path):
-    assert trainer.resumable_run_id(cfg, tmp_path / "checkpoints" / "train-abc") is None
+    assert run_record.resumable_run_id(cfg, tmp_path / "checkpoints" / "train-abc") is None
 
 
 def test_a_record_naming_an_existing_run_resumes_it(cfg, tmp_path):
     run_id = tracking.start_run(cfg, run_name="train-1", tags={})
     run_dir = tmp_path / "checkpoints" / "train-abc"
-    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": run_id})
-    assert trainer.resumable_run_id(cfg, run_dir) == run_id
+    write_json(run_dir / run_record.MLFLOW_RUN_FILE, {"mlflow_run_id": run_id})
+    assert run_record.resumable_run_id(cfg, run_dir) == run_id
     assert run_dir.is_dir()
 
 
 @pytest.mark.security
 def test_a_record_naming_a_run_the_store_lacks_starts_over_and_keeps_the_old_checkpoints(cfg, tmp_path):
     run_dir = tmp_path / "checkpoints" / "train-abc"
-    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
+    write_json(run_dir / run_record.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
     (run_dir / "checkpoint_000001").mkdir()
-    assert trainer.resumable_run_id(cfg, run_dir) is None
+    assert run_record.resumable_run_id(cfg, run_dir) is None
     assert not run_dir.exists()
     kept = list((tmp_path / "checkpoints").glob("train-abc.orphaned-*/checkpoint_000001"))
     assert len(kept) == 1  # moved aside, never deleted
@@ -105,15 +108,15 @@ def test_in_a_bucket_too_a_run_the_store_lacks_is_moved_aside_not_deleted(cfg, s
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     run_dir = "s3://checkpoints/orphan/train-abc"
-    storage.write_json(f"{run_dir}/{trainer.MLFLOW_RUN_FILE}", {"mlflow_run_id": "0" * 32})
+    write_json(f"{run_dir}/{run_record.MLFLOW_RUN_FILE}", {"mlflow_run_id": "0" * 32})
     s3.client().put_object(Bucket="checkpoints", Key="orphan/train-abc/checkpoint_000001/w.bin", Body=b"w")
-    assert trainer.resumable_run_id(cfg, run_dir) is None
+    assert run_record.resumable_run_id(cfg, run_dir) is None
     keys = s3.keys("checkpoints")
     assert not [k for k in keys if k.startswith("orphan/train-abc/")]
     assert [k for k in keys if k.startswith("orphan/train-abc.orphaned-") and k.endswith("000001/w.bin")]
     run_id = tracking.start_run(cfg, run_name="train-1", tags={})  # a record naming a real run resumes
-    storage.write_json(f"{run_dir}/{trainer.MLFLOW_RUN_FILE}", {"mlflow_run_id": run_id})
-    assert trainer.resumable_run_id(cfg, run_dir) == run_id
+    write_json(f"{run_dir}/{run_record.MLFLOW_RUN_FILE}", {"mlflow_run_id": run_id})
+    assert run_record.resumable_run_id(cfg, run_dir) == run_id
 
 
 @pytest.mark.security
@@ -122,10 +125,10 @@ def test_a_tracking_server_that_fails_never_costs_the_checkpoints(tmp_path, monk
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     down = Config.model_validate({"mlflow": {"tracking_uri": "http://127.0.0.1:9"}})  # nothing listens
     run_dir = tmp_path / "checkpoints" / "train-abc"
-    write_json(run_dir / trainer.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
+    write_json(run_dir / run_record.MLFLOW_RUN_FILE, {"mlflow_run_id": "0" * 32})
     (run_dir / "checkpoint_000001").mkdir()
     with pytest.raises(RuntimeError, match="http://127.0.0.1:9"):
-        trainer.resumable_run_id(down, run_dir)
+        run_record.resumable_run_id(down, run_dir)
     assert (run_dir / "checkpoint_000001").is_dir()
 
 
@@ -268,13 +271,13 @@ def test_write_curves_writes_each_loss_sorted_by_step(run_id, tmp_path):
 
 
 def test_driver_times_split_the_stage_into_consecutive_phases():
-    times = trainer.driver_times(10.0, {"prepare": 11.0, "ray_start": 13.5, "fit": 40.0, "export": 41.0})
+    times = train_stage.driver_times(10.0, {"prepare": 11.0, "ray_start": 13.5, "fit": 40.0, "export": 41.0})
     assert times == {"time_driver_prepare_s": 1.0, "time_driver_ray_start_s": 2.5, "time_driver_fit_s": 26.5,
                      "time_driver_export_s": 1.0, "time_stage_s": 31.0}
 
 
 def test_the_phase_clock_adds_up_each_phase():
-    from lm_pipeline.training.loop import PhaseClock
+    from lm_pipeline.training.progress import PhaseClock
 
     clock = PhaseClock()
     clock.add("steps", 1.5)
@@ -289,10 +292,10 @@ def test_the_phase_clock_adds_up_each_phase():
 def test_in_process_training_refuses_a_gpu_this_machine_lacks(monkeypatch):
     """One worker runs in-process (run_on: auto); asking it for a GPU where there is none fails at
     once, naming the key, instead of failing every retry inside the loop."""
-    from lm_pipeline.training import launch
+    from lm_pipeline.training import runners
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # this machine, or any without one
     cfg = Config.model_validate({"train": {"use_gpu": True}})
-    assert launch.runs_in_process(cfg)
+    assert runners.runs_in_process(cfg)
     with pytest.raises(ValueError, match=r"train.use_gpu is true but this machine has no CUDA GPU"):
-        launch.train_in_process(cfg, None, "unused", "unused")
+        runners.train_in_process(cfg, None, "unused", "unused")

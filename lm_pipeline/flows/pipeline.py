@@ -5,7 +5,7 @@ runs `lmp <stage>` if not, and records the result in dvc.lock. So there is one e
 and after a flow run `dvc status` is clean and `dvc repro` has nothing to do. Prefect adds the
 schedule, retries on the I/O-bound stages, state and logs.
 
-    python -m flows.pipeline            # run once (same as `lmp run` / `make run`)
+    python -m lm_pipeline.flows.pipeline            # run once (same as `lmp run` / `make run`)
     lmp deploy --cron "0 2 * * *"       # a deployment on a Prefect server (flows/deploy.py)
     lmp deploy --serve                  # or: schedule and run from this process
 """
@@ -127,7 +127,7 @@ def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
 
     cfg = load_config(project_dir / "params.yaml")
     if tuned:
-        from lm_pipeline.training.search import best_values, tuned_config
+        from lm_pipeline.training.tuned import best_values, tuned_config
 
         cfg = tuned_config(cfg, best_values(project_dir / cfg.tune.report_dir))
     metrics = json.loads((project_dir / cfg.evaluate.metrics_file).read_text())
@@ -160,7 +160,7 @@ def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
 
 
 if __name__ == "__main__":
-    from flows.temporary_server import temporary_server
+    from lm_pipeline.flows.temporary_server import temporary_server
 
     with temporary_server():
         pipeline()

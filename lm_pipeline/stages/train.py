@@ -1,5 +1,5 @@
 """Stage 4, train: Ray Train's TorchTrainer runs the loop on num_workers DDP ranks, or this
-process runs it as the one worker (launch.runs_in_process).
+process runs it as the one worker (training/runners.py).
 
 The driver opens the pipeline's MLflow run (params, system info, live system metrics), starts or
 joins Ray when the loop runs there, runs the loop, and exports the best-validation checkpoint as a
@@ -8,8 +8,6 @@ safetensors model folder with the run id beside it. The loss curves are written 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,18 +15,21 @@ from pathlib import Path
 
 from lm_pipeline import storage, tracking
 from lm_pipeline.config import Config
-from lm_pipeline.data.processed import ProcessedMeta, read_meta
+from lm_pipeline.data.processed import read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
-from lm_pipeline.io import read_json, write_json
+from lm_pipeline.io import write_json
 from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_training, write_curves
-from lm_pipeline.training.launch import (
-    ATTEMPT_SETTINGS,
+from lm_pipeline.training.preflight import check_data_fits, check_parent
+from lm_pipeline.training.run_record import (
+    MLFLOW_RUN_FILE,
     attempt_tags,
-    check_data_fits,
-    check_parent,
-    join_ray,
+    resumable_run_id,
+    run_digest,
     run_params,
     run_tags,
+)
+from lm_pipeline.training.runners import (
+    join_ray,
     runs_in_process,
     shared_data,
     train_in_process,
@@ -36,7 +37,6 @@ from lm_pipeline.training.launch import (
 )
 
 log = logging.getLogger(__name__)
-MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def run(cfg: Config) -> TrainResult:
     else:
         run_id = tracking.start_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                                     tags=run_tags(cfg, meta))
-        storage.write_json(storage.join(run_dir, MLFLOW_RUN_FILE), {"mlflow_run_id": run_id})
+        write_json(storage.join(run_dir, MLFLOW_RUN_FILE), {"mlflow_run_id": run_id})
         log.info("train: fresh run in %s; MLflow run %s (%s)", run_dir, run_id,
                  tracking.tracking_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
@@ -110,48 +110,3 @@ def driver_times(started: float, marks: dict[str, float]) -> dict[str, float]:
     return times | {"time_stage_s": last - started}
 
 
-def run_digest(cfg: Config, meta: ProcessedMeta) -> str:
-    """What makes two training runs the same run: model, training recipe and data.
-
-    Where checkpoints go, how many failures to tolerate and where the loop runs (in this process
-    or on Ray: the checkpoints are the same files) do not change the run.
-    """
-    operational = {*ATTEMPT_SETTINGS, "checkpoint_dir"}
-    recipe = {"model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
-              "hf_config": hf_config_json(cfg.model.hf_config),
-              "train": cfg.train.model_dump(mode="json", exclude=operational),
-              "tokenizer": meta.tokenizer_sha256, "tokens": meta.tokens,
-              "parent": (meta.parent or {}).get("weights_sha256")}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def hf_config_json(hf_config) -> dict | None:
-    """A from-scratch config given as a folder is its config.json's contents, not its path."""
-    if not isinstance(hf_config, str):
-        return None
-    return read_json(Path(hf_config).expanduser() / "config.json")
-
-
-def resumable_run_id(cfg: Config, run_dir: str | Path) -> str | None:
-    """The MLflow run of an earlier attempt at this run (in a folder or a bucket), if it left one
-    we can continue."""
-    import mlflow
-
-    record = storage.join(run_dir, MLFLOW_RUN_FILE)
-    if not storage.exists(record):
-        return None
-    run_id = storage.read_json(record)["mlflow_run_id"]
-    try:
-        tracking.setup(cfg)
-        mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # down, refused, unauthorized: not an answer
-            raise RuntimeError(f"train: cannot tell whether MLflow run {run_id} exists at "
-                               f"{tracking.tracking_uri(cfg)} ({err.message}); the checkpoints in "
-                               f"{run_dir} are kept: fix the tracking server and rerun") from None
-        aside = f"{str(run_dir).rstrip('/')}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}"
-        log.warning("train: %s names MLflow run %s, which this store lacks; starting over (the old "
-                    "checkpoints are kept in %s)", record, run_id, aside)
-        storage.move(run_dir, aside)
-        return None
-    return run_id

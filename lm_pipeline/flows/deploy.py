@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.exceptions import ObjectAlreadyExists
 
-ENTRYPOINT = "flows/pipeline.py:pipeline"
+ENTRYPOINT = "lm_pipeline/flows/pipeline.py:pipeline"
 
 
 def ensure_work_pool(name: str) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents
+from lm_pipeline.hashing import file_sha256, tree_sha256
 from lm_pipeline.io import read_json, write_json
-from lm_pipeline.lineage import LOCK_FILE, file_sha256, git_state, tree_sha256
+from lm_pipeline.lineage import LOCK_FILE, git_state
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.parent import describe

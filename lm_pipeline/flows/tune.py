@@ -2,7 +2,7 @@
 and registry gates.
 
     lmp tune                            # run once
-    python -m flows.tune
+    python -m lm_pipeline.flows.tune
 
 The data stages run through DVC like the pipeline's (skipped when up to date). The search and
 the best model's evaluation write under tune.model_dir and tune.report_dir, so the pipeline's own
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.pipeline import IO_RETRIES, publish_summary, report_failure, run_command, run_stage
+from lm_pipeline.flows.pipeline import IO_RETRIES, publish_summary, report_failure, run_command, run_stage
 
 DATA_STAGES = ("ingest", "validate", "preprocess")  # the search trains on their output
 
@@ -40,7 +40,7 @@ def tune(project_dir: str = ".", force: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    from flows.temporary_server import temporary_server
+    from lm_pipeline.flows.temporary_server import temporary_server
 
     with temporary_server():
         tune()

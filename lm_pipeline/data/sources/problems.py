@@ -1,0 +1,22 @@
+"""What ingest reports instead of a document: the file or record that cannot be one, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+class IngestError(ValueError):
+    """The corpus source cannot be read; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file or a record that cannot become a document: where it is and what is wrong."""
+
+    where: str  # "path" or "path:line"
+    reason: str
+    scope: Literal["file", "record"]
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"

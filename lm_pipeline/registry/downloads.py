@@ -1,0 +1,68 @@
+"""Registered versions read back as plain files: a fine-tuning parent, and the champion the gates
+compare against. A version's MLflow loader (Python code in the artifact store) is never run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from lm_pipeline import tracking
+from lm_pipeline.config import Config
+from lm_pipeline.model import parent as parents
+from lm_pipeline.model.backends import load_model, weights_sha256
+from lm_pipeline.model.folder import WEIGHTS_FILE
+from lm_pipeline.registry.aliases import RegistryError, model_version
+
+
+def download_version_folder(mv, dest: Path) -> Path:
+    """A registered version's model folder, downloaded as plain files."""
+    import mlflow
+
+    pinned = f"models:/{mv.name}/{mv.version}"
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(dest)))
+    folders = [p.parent for p in root.glob(f"artifacts/*/{WEIGHTS_FILE}")]
+    if len(folders) != 1:
+        raise RegistryError(f"{pinned} holds no lm-pipeline model folder")
+    return folders[0]
+
+
+def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
+    """The registered version `uri` names (an alias resolved once, to its number), copied into
+    `dest` and pinned there as the fine-tuning parent; returns its record."""
+    import mlflow
+
+    tracking.setup(cfg)
+    try:
+        mv = model_version(mlflow.MlflowClient(), uri)
+    except RegistryError as err:
+        raise parents.ParentError(f"train.init_from: {err}") from None
+    except mlflow.exceptions.MlflowException as err:
+        raise parents.ParentError(f"train.init_from: {uri} is not in the registry at "
+                                  f"{tracking.tracking_uri(cfg)} ({err.message})") from None
+    pinned = f"models:/{mv.name}/{mv.version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = download_version_folder(mv, Path(tmp))
+        except RegistryError as err:
+            raise parents.ParentError(str(err)) from None
+        parents.copy_model_folder(folder, dest, pinned)
+    return parents.pin(dest, {"init_from": uri, "model_version": pinned, "name": mv.name,
+                              "version": str(mv.version), "run_id": mv.run_id})
+
+
+def load_registered(name: str, version: str, device: str = "cpu"):
+    """A registered version's (model, tokenizer), read from its safetensors folder, never through
+    its pyfunc loader (code from the artifact store would run here, with this stage's
+    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
+    actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
+    if actual != recorded:
+        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
+                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
+                            "changed after it was registered; refusing to compare with it (restore it, or "
+                            "move champion to a version you trust with `lmp promote`)")
+    return model, tokenizer

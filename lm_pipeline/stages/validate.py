@@ -1,0 +1,48 @@
+"""Stage 2, validate: text-aware Great Expectations checks over the ingested documents.
+
+One streaming pass profiles the corpus (data/profile.py): counters over every document for the
+rules no sample may miss, and per-document features of all documents or a seeded sample of
+validate.sample_documents (median length, share of letters, share of common English words, near
+duplicates and, for test documents, the share of their n-grams that also occur in the training
+split). The suites (data/expectations.py) check both, with Data Docs under reports/validation/.
+
+Corpus figures go to reports/validation/metrics.json (the train stage logs them to MLflow). A
+failed check raises ValidationFailed naming each expectation, how much broke it and example
+document ids, so nothing downstream runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lm_pipeline.config import Config
+from lm_pipeline.data.documents import documents_path, read_documents
+from lm_pipeline.data.expectations import ValidationReport, document_batches, run_suite
+from lm_pipeline.data.profile import corpus_metrics, document_frame, scan_corpus
+from lm_pipeline.data.quality import METRICS_FILE
+from lm_pipeline.data.split import assign_split
+from lm_pipeline.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """The corpus broke the suite; the message lists each failed expectation."""
+
+
+def run(cfg: Config) -> ValidationReport:
+    source = documents_path(cfg.data.raw_dir)
+    scan = scan_corpus(read_documents(source), cfg.validate_, cfg.split)
+    train_texts = (d["text"] for d in read_documents(source) if assign_split(d["text"], cfg.split) == "train")
+    documents = document_frame(scan.sample, train_texts, cfg.validate_)
+    report = run_suite(scan.counters_frame(), document_batches(documents, cfg), cfg.validate_, scan.examples)
+    write_json(cfg.validate_.report_dir / METRICS_FILE, corpus_metrics(scan, documents))
+    if not report.success:
+        failed = "\n  - ".join(c.describe() for c in report.checks if not c.success)
+        raise ValidationFailed(
+            f"validate: {source} failed {sum(not c.success for c in report.checks)} of "
+            f"{len(report.checks)} expectations:\n  - {failed}\n"
+            f"Data Docs: {report.data_docs}")
+    log.info("validate: %d documents (%d sampled) passed %d expectations; Data Docs: %s",
+             scan.documents, len(documents), len(report.checks), report.data_docs)
+    return report
