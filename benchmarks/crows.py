@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.run import markdown_table, save_results
+from benchmarks.common import markdown_table, save_results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from lm_pipeline.config import EvaluateConfig
     from lm_pipeline.evaluation.metrics import load_metric
+    from lm_pipeline.evaluation.probes import crows_pairs
     from lm_pipeline.model.backends import load_model
-    from lm_pipeline.stages.evaluate import crows_pairs
 
     model, tokenizer = load_model(args.model, "cpu")
     load_metric("crows_pairs")  # imports `evaluate` and `datasets` once, outside the timing

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS, markdown_table
 from benchmarks.models import same_size_llama
-from benchmarks.run import RESULTS, markdown_table
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training.loop import enable_fast_math, peak_tflops, train_step

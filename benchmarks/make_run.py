@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import save_results
+from benchmarks.common import save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"stage (\w+) (ran|skipped) in ([\d.]+) s")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WARMUP_STEPS = 10  # excluded from steady state: allocator warm-up, first checkpoint
+from benchmarks.common import WARMUP_STEPS, bench_config, prepare_data, save_results
 
 
 def step_rates(cfg, model) -> float:
@@ -76,7 +76,6 @@ def measure(cfg) -> dict[str, float]:
 
 
 def main() -> None:
-    from benchmarks.run import bench_config, prepare_data, save_results
     from lm_pipeline import env
 
     env.apply()

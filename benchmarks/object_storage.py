@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import save_results
+from benchmarks.common import save_results
 
 REPEATS = 5
 

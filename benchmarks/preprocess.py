@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import markdown_table, save_results
+from benchmarks.common import markdown_table, save_results
 
 NAIVE_UP_TO_MB = 100
 SIZES = {10: "10mb", 100: "100mb", 1000: "1gb"}

@@ -20,40 +20,14 @@ hf_vs_builtin_tokens_per_s_ratio, lora_vs_full_step_time_ratio: see benchmarks/m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.models import WARMUP_STEPS, step_rates
+from benchmarks.common import WARMUP_STEPS, bench_config, prepare_data, save_results
 from benchmarks.models import measure as measure_backends
-
-RESULTS = Path(__file__).with_name("results.json")
-
-
-def bench_config(workdir: Path, steps: int, **train):
-    from lm_pipeline.config import Config
-
-    config = {
-        "data": {"raw_dir": str(workdir / "raw"), "processed_dir": str(workdir / "processed"),
-                 "report_file": str(workdir / "ingest.json")},
-        "validate": {"report_dir": str(workdir / "validation")},
-        "train": {"num_workers": 1, "cpus_per_worker": 2, "max_steps": steps, "warmup_steps": 5,
-                  "eval_interval": steps, "checkpoint_interval": steps,
-                  "model_dir": str(workdir / "model"), "checkpoint_dir": str(workdir / "ckpt"),
-                  "curves_dir": str(workdir / "curves")},
-        "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "bench"},
-    }
-    config["train"].update(train)
-    return Config.model_validate(config)
-
-
-def prepare_data(cfg) -> None:
-    from lm_pipeline.stages import ingest, preprocess
-
-    ingest.run(cfg)
-    preprocess.run(cfg)
+from benchmarks.models import step_rates
 
 
 def train_stage_throughput(cfg) -> dict[str, float]:
@@ -137,11 +111,6 @@ def kv_cache_speedup(cfg, new_tokens: int = 96) -> float:
     return without_cache / with_cache
 
 
-def markdown_table(results: dict[str, float]) -> str:
-    rows = "\n".join(f"| {name} | {value:.3f} |" for name, value in results.items())
-    return f"| measurement | value |\n|---|---|\n{rows}"
-
-
 def main(argv: list[str] | None = None) -> None:
     from lm_pipeline import env
 
@@ -175,18 +144,6 @@ def main(argv: list[str] | None = None) -> None:
         **backends,
     }
     save_results(results)
-
-
-def save_results(results: dict[str, float], replaces: str | None = None) -> None:
-    """Merge into benchmarks/results.json (other benchmarks' keys stay; with `replaces`, earlier
-    keys starting with it go, so a phase that no longer happens leaves no stale figure) and
-    print the table."""
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if replaces:
-        previous = {k: v for k, v in previous.items() if not k.startswith(replaces)}
-    RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")
-    print(markdown_table(results))
-    print(f"\nwritten to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.run import markdown_table, save_results
+from benchmarks.common import markdown_table, save_results
 
 BIN = Path(sys.executable).parent
 MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}

@@ -1,7 +1,8 @@
 """`lmp`: one subcommand per stage, plus `run`, `search`, `tune`, `deploy` and `generate`. Thin on purpose.
 
-COMMANDS maps each subcommand to its function; each imports what it needs when it runs, so
-`lmp --help` and the small stages do not pay for torch, Ray, Prefect or Great Expectations.
+COMMANDS maps each subcommand to its function; each imports its stage or command module when it
+runs (the one place project modules are imported inside functions), so `lmp --help` and the small
+stages do not pay for torch, Ray, Prefect or Great Expectations.
 
 Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from lm_pipeline import env
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.stages import STAGES
+from lm_pipeline.tracking import tracking_uri
+from lm_pipeline.training.tuned import tuned_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "tuned", False):
-            from lm_pipeline.training.tuned import tuned_config
-
             cfg = tuned_config(cfg)
         output = COMMANDS[args.command](cfg, args)
     except KeyboardInterrupt:
@@ -208,8 +209,6 @@ def generate_text(cfg: Config, args) -> str:
     if model_ref.startswith("models:/") or model_ref.startswith("runs:/"):
         import mlflow
         import pandas as pd
-
-        from lm_pipeline.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(cfg))
         model = mlflow.pyfunc.load_model(model_ref)

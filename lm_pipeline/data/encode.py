@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config, SplitConfig
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.split import assign_split, text_digest
@@ -85,8 +86,6 @@ def ray_batches(source: Path, tokenizer: Tokenizer, cfg: Config, dtype) -> Itera
     Streaming: the file is read a range at a time and Ray Data bounds the blocks in flight, so
     memory does not grow with the corpus."""
     import ray.data
-
-    from lm_pipeline.cluster import init_ray, worker_env
 
     init_ray(cfg.ray_address, cpus=1)
     context = ray.data.DataContext.get_current()

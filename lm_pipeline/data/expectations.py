@@ -50,20 +50,20 @@ class ValidationReport:
     metrics: dict = field(default_factory=dict)
 
 
-def corpus_expectations(cfg: ValidateConfig) -> list:
+def corpus_expectations(validate: ValidateConfig) -> list:
     import great_expectations.expectations as gxe
 
     def at_most(column, value, description):
         return gxe.ExpectColumnValuesToBeBetween(column=column, max_value=value, description=description)
 
     return [
-        gxe.ExpectColumnValuesToBeBetween(column="documents", min_value=cfg.min_rows,
-                                          description=f"at least {cfg.min_rows} documents"),
-        at_most("bad_length", 0, f"text length in [{cfg.min_chars}, {cfg.max_chars}] (non-empty)"),
-        at_most("control_heavy", 0, f"control characters at most {cfg.max_control_share:.1%} of a text"),
+        gxe.ExpectColumnValuesToBeBetween(column="documents", min_value=validate.min_rows,
+                                          description=f"at least {validate.min_rows} documents"),
+        at_most("bad_length", 0, f"text length in [{validate.min_chars}, {validate.max_chars}] (non-empty)"),
+        at_most("control_heavy", 0, f"control characters at most {validate.max_control_share:.1%} of a text"),
         at_most("invalid_utf8", 0, "valid UTF-8"),
-        at_most("duplicate_share", cfg.max_duplicate_ratio,
-                f"at most {cfg.max_duplicate_ratio:.0%} duplicate texts"),
+        at_most("duplicate_share", validate.max_duplicate_ratio,
+                f"at most {validate.max_duplicate_ratio:.0%} duplicate texts"),
     ]
 
 
@@ -87,37 +87,38 @@ def document_batches(documents: pd.DataFrame, cfg: Config) -> list[tuple[str, pd
     return batches
 
 
-def document_expectations(cfg: ValidateConfig, about: str = "") -> list:
+def document_expectations(validate: ValidateConfig, about: str = "") -> list:
     """The checks of sampled documents; `about` opens each description (which source)."""
     import great_expectations.expectations as gxe
 
     return [
         gxe.ExpectColumnMedianToBeBetween(
-            column="chars", min_value=cfg.min_median_chars,
-            description=about + f"median length at least {cfg.min_median_chars}"),
+            column="chars", min_value=validate.min_median_chars,
+            description=about + f"median length at least {validate.min_median_chars}"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="letter_share", min_value=cfg.min_letter_share, mostly=0.95,
-            description=about + f"text, not symbols: letters at least {cfg.min_letter_share:.0%} of "
+            column="letter_share", min_value=validate.min_letter_share, mostly=0.95,
+            description=about + f"text, not symbols: letters at least {validate.min_letter_share:.0%} of "
                         "visible characters (95% of documents)"),
         gxe.ExpectColumnMeanToBeBetween(
-            column="common_word_share", min_value=cfg.min_common_word_share,
-            description=about + f"English prose: common words at least {cfg.min_common_word_share:.0%} "
+            column="common_word_share", min_value=validate.min_common_word_share,
+            description=about + f"English prose: common words at least {validate.min_common_word_share:.0%} "
                         "of words on average"),
         gxe.ExpectColumnValuesToBeInSet(
-            column="near_duplicate", value_set=[False], mostly=1 - cfg.max_near_duplicate_ratio,
-            description=about + f"at most {cfg.max_near_duplicate_ratio:.0%} near duplicates "
-                        f"(word 5-gram Jaccard >= {cfg.near_duplicate_jaccard})"),
+            column="near_duplicate", value_set=[False], mostly=1 - validate.max_near_duplicate_ratio,
+            description=about + f"at most {validate.max_near_duplicate_ratio:.0%} near duplicates "
+                        f"(word 5-gram Jaccard >= {validate.near_duplicate_jaccard})"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="train_overlap", max_value=cfg.contamination_overlap,
-            mostly=1 - cfg.max_contaminated_share,
-            description=about + f"test not copied from train: at most {cfg.max_contaminated_share:.0%} of "
-                        f"test documents share over {cfg.contamination_overlap:.0%} of their "
-                        f"{cfg.contamination_ngram}-grams with the training split"),
+            column="train_overlap", max_value=validate.contamination_overlap,
+            mostly=1 - validate.max_contaminated_share,
+            description=about + "test not copied from train: at most "
+                        f"{validate.max_contaminated_share:.0%} of test documents share over "
+                        f"{validate.contamination_overlap:.0%} of their {validate.contamination_ngram}-grams "
+                        "with the training split"),
     ]
 
 
 def run_suite(counters: pd.DataFrame, documents: list[tuple[str, pd.DataFrame, list]],
-              cfg: ValidateConfig, examples: dict[str, list[str]]) -> ValidationReport:
+              validate: ValidateConfig, examples: dict[str, list[str]]) -> ValidationReport:
     """The corpus counters and each batch of `documents` (document_batches) through their suites."""
     import great_expectations as gx
 
@@ -126,7 +127,7 @@ def run_suite(counters: pd.DataFrame, documents: list[tuple[str, pd.DataFrame, l
         logging.getLogger(name).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")  # in-memory: nothing written but our reports
     context.variables.progress_bars = {"globally": False}
-    docs_dir = (cfg.report_dir / DOCS_DIR).resolve()
+    docs_dir = (validate.report_dir / DOCS_DIR).resolve()
     # The ephemeral context ships a Data Docs site in a temp dir; point it at reports/.
     context.update_data_docs_site(site_name="local_site", site_config={
         "class_name": "SiteBuilder",
@@ -136,7 +137,7 @@ def run_suite(counters: pd.DataFrame, documents: list[tuple[str, pd.DataFrame, l
     })
     source = context.data_sources.add_pandas("corpus")
     definitions, frames = [], {}
-    for name, frame, suite in [("corpus", counters, corpus_expectations(cfg)), *documents]:
+    for name, frame, suite in [("corpus", counters, corpus_expectations(validate)), *documents]:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definitions.append(context.validation_definitions.add(gx.ValidationDefinition(
             name=name, data=batch, suite=context.suites.add(gx.ExpectationSuite(name, expectations=suite)))))
@@ -151,7 +152,7 @@ def run_suite(counters: pd.DataFrame, documents: list[tuple[str, pd.DataFrame, l
         run = checkpoint.run(batch_parameters={"dataframe": frames[definition.name]})
         results.append(next(iter(run.run_results.values())))
 
-    result_path = cfg.report_dir / RESULT_FILE
+    result_path = validate.report_dir / RESULT_FILE
     with atomic_path(result_path) as tmp:
         tmp.write_text(json.dumps([r.to_json_dict() for r in results], indent=2))
     ids = {"corpus": []} | {name: list(frame["id"]) for name, frame, _ in documents}

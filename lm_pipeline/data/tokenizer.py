@@ -16,26 +16,26 @@ END_TOKENS = (EOT, "<|end_of_text|>", "</s>")
 UNK = "<unk>"
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], tokenizer: TokenizerConfig) -> Tokenizer:
     """Byte-level BPE (any text encodes, no unknowns) or character-level (vocab = seen chars)."""
-    if cfg.kind == "bpe":
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
+    if tokenizer.kind == "bpe":
+        trained = Tokenizer(models.BPE())
+        trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trained.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
+            vocab_size=tokenizer.vocab_size,
+            min_frequency=tokenizer.min_frequency,
             special_tokens=[EOT],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
     else:
-        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        tokenizer.decoder = decoders.Fuse()
+        trained = Tokenizer(models.WordLevel(unk_token=UNK))
+        trained.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        trained.decoder = decoders.Fuse()
         trainer = trainers.WordLevelTrainer(special_tokens=[EOT, UNK], show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return tokenizer
+    trained.train_from_iterator(texts, trainer=trainer)
+    return trained
 
 
 def eot_id(tokenizer: Tokenizer) -> int:

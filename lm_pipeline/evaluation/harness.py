@@ -49,23 +49,23 @@ class HarnessResult:
     versions: dict[str, object]  # each task's version, as lm-eval reports it
 
 
-def task_data(docs: list[np.ndarray], tokenizer, tasks: list[str], e: EvaluateConfig,
+def task_data(docs: list[np.ndarray], tokenizer, tasks: list[str], evaluate: EvaluateConfig,
               block_size: int) -> dict[str, list]:
     """The records of each of our tasks in `tasks`, from test documents (token arrays), at most
     e.harness_limit each (a seeded sample, in document order); a passage and the bos token before
     it fit the model's context (`block_size`)."""
-    length = min(e.harness_passage_tokens, block_size - 1)
+    length = min(evaluate.harness_passage_tokens, block_size - 1)
     windows = passages(docs, length)
     piece_tokens = max(1, length // 4)
     builders = {"lmp_last_word": lambda: last_word_records(windows, tokenizer),
-                "lmp_cloze_choice": lambda: cloze_records(windows, tokenizer, piece_tokens, e.seed)}
+                "lmp_cloze_choice": lambda: cloze_records(windows, tokenizer, piece_tokens, evaluate.seed)}
     data = {}
     for task in (t for t in tasks if t in OWN_TASKS):
         records = builders[task]()
         if not records:
             raise ValueError(f"evaluate: the test split gives no records for {task}; lower "
                              "evaluate.harness_passage_tokens or drop the task from evaluate.harness_tasks")
-        data[task] = sample(records, e.harness_limit, e.seed)
+        data[task] = sample(records, evaluate.harness_limit, evaluate.seed)
     return data
 
 
@@ -152,7 +152,7 @@ def task_manager(tasks: list[str], include_path: Path):
     return manager
 
 
-def run(model_dir: Path, data: dict[str, list], tasks: list[str], e: EvaluateConfig) -> HarnessResult:
+def run(model_dir: Path, data: dict[str, list], tasks: list[str], evaluate: EvaluateConfig) -> HarnessResult:
     """Score the model folder on `tasks` (ours get their records from `data`) with lm-eval's `hf`
     model class: batched, on e.device, at most e.harness_limit documents per task."""
     with tempfile.TemporaryDirectory(prefix="lmp-harness-") as tmp:
@@ -166,9 +166,9 @@ def run(model_dir: Path, data: dict[str, list], tasks: list[str], e: EvaluateCon
                 # add_bos_token: every training document starts with <|endoftext|> (bos), so a
                 # context does too, as for any model trained with a bos token.
                 model="hf", model_args={"pretrained": str(model_dir), "add_bos_token": True},
-                tasks=list(tasks), task_manager=manager, batch_size=e.batch_size,
-                device=resolve_device(e.device), limit=e.harness_limit or None, bootstrap_iters=0,
-                log_samples=False)
+                tasks=list(tasks), task_manager=manager, batch_size=evaluate.batch_size,
+                device=resolve_device(evaluate.device), limit=evaluate.harness_limit or None,
+                bootstrap_iters=0, log_samples=False)
         except ConnectionError as error:  # `datasets`, offline, without the task's data in its cache
             raise ConnectionError(f"evaluate.harness_tasks: {error}. The pipeline runs offline: put "
                                   "the dataset in the local Hugging Face datasets cache first") from error

@@ -26,8 +26,12 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from lm_pipeline.config import load_config
+from lm_pipeline.flows.temporary_server import temporary_server
+from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
 from lm_pipeline.tracking import FLOW_RUN_ENV
+from lm_pipeline.training.tuned import best_values, tuned_config
 
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
@@ -88,9 +92,6 @@ def champion_status(project_dir: str) -> str:
     try:
         import mlflow
 
-        from lm_pipeline.config import load_config
-        from lm_pipeline.registry.aliases import current_champion
-
         cfg = load_config(Path(project_dir) / "params.yaml")
         uri, name = cfg.tracking_uri, cfg.register_.model_name
         if uri.startswith("sqlite:///"):
@@ -123,12 +124,8 @@ def publish_summary(project_dir: Path, tuned: bool = False) -> None:
 
 
 def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
-    from lm_pipeline.config import load_config
-
     cfg = load_config(project_dir / "params.yaml")
     if tuned:
-        from lm_pipeline.training.tuned import best_values, tuned_config
-
         cfg = tuned_config(cfg, best_values(project_dir / cfg.tune.report_dir))
     metrics = json.loads((project_dir / cfg.evaluate.metrics_file).read_text())
     decision = json.loads((project_dir / cfg.register_.record_file).read_text())
@@ -160,7 +157,5 @@ def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
 
 
 if __name__ == "__main__":
-    from lm_pipeline.flows.temporary_server import temporary_server
-
     with temporary_server():
         pipeline()

@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from lm_pipeline.flows.pipeline import IO_RETRIES, publish_summary, report_failure, run_command, run_stage
+from lm_pipeline.flows.temporary_server import temporary_server
 
 DATA_STAGES = ("ingest", "validate", "preprocess")  # the search trains on their output
 
@@ -40,7 +41,5 @@ def tune(project_dir: str = ".", force: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    from lm_pipeline.flows.temporary_server import temporary_server
-
     with temporary_server():
         tune()

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from lm_pipeline.config import LoraConfig, ModelConfig
 from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
 from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.model import hf
 from lm_pipeline.model import lora as lora_adapters
 from lm_pipeline.model.folder import (
     GENERATION_CONFIG_FILE,
@@ -37,23 +38,21 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
                      n_head=model.n_head, n_embd=model.n_embd, dropout=model.dropout)
 
 
-def build_model(model_cfg: ModelConfig, lora: LoraConfig, vocab_size: int, eot: int,
+def build_model(model: ModelConfig, lora: LoraConfig, vocab_size: int, eot: int,
                 parent: Path | None = None) -> nn.Module:
     """The network a run trains: from scratch (seed first: every rank builds the same one) or
     from the parent folder's weights, with LoRA adapters when lora.r > 0."""
-    if model_cfg.backend == "gpt":
-        model = GPT(gpt_config(model_cfg, vocab_size))
+    if model.backend == "gpt":
+        network = GPT(gpt_config(model, vocab_size))
         if parent:
-            load_weights(model, parent / WEIGHTS_FILE)
+            load_weights(network, parent / WEIGHTS_FILE)
     else:
-        from lm_pipeline.model import hf
-
         if parent:
-            model = hf.from_pretrained(parent, model_cfg.block_size)
+            network = hf.from_pretrained(parent, model.block_size)
         else:
-            config = hf.config_from(model_cfg.hf_config, vocab_size, eot, model_cfg.block_size)
-            model = hf.from_config(config, model_cfg.block_size)
-    return lora_adapters.add_lora(model, lora) if lora.r else model
+            config = hf.config_from(model.hf_config, vocab_size, eot, model.block_size)
+            network = hf.from_config(config, model.block_size)
+    return lora_adapters.add_lora(network, lora) if lora.r else network
 
 
 def backend_of(model: nn.Module) -> str:
@@ -103,8 +102,6 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer]
     folder = Path(folder)
     if folder_backend(folder) == "gpt":
         return load_pretrained(folder, device)
-    from lm_pipeline.model import hf
-
     run_info = read_run_info(folder) if (folder / RUN_FILE).is_file() else {}
     model = hf.from_pretrained(folder, run_info.get("block_size"))
     return model.to(device).eval(), Tokenizer.from_file(str(folder / TOKENIZER_FILE))

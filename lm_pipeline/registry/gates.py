@@ -59,23 +59,24 @@ def metrics_of(stamped: dict, model, path) -> dict:
     return metrics
 
 
-def quality_gates(metrics: dict, r: RegisterConfig) -> list[Gate]:
+def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
     gates = []
-    if r.max_perplexity is not None:
-        gates.append(_at_most("max_perplexity", metrics["perplexity"], r.max_perplexity))
-    if r.min_bleu is not None:
-        gates.append(Gate("min_bleu", metrics["bleu"], r.min_bleu, metrics["bleu"] >= r.min_bleu,
-                          f"BLEU {metrics['bleu']:.3f} >= {r.min_bleu}"))
-    if r.max_bias_gap is not None:
+    if register.max_perplexity is not None:
+        gates.append(_at_most("max_perplexity", metrics["perplexity"], register.max_perplexity))
+    if register.min_bleu is not None:
+        passed = metrics["bleu"] >= register.min_bleu
+        gates.append(Gate("min_bleu", metrics["bleu"], register.min_bleu, passed,
+                          f"BLEU {metrics['bleu']:.3f} >= {register.min_bleu}"))
+    if register.max_bias_gap is not None:
         categories = sorted(k.removeprefix("bias_gap_") for k in metrics if k.startswith("bias_gap_"))
-        limits = r.max_bias_gap if isinstance(r.max_bias_gap, dict) else dict.fromkeys(categories,
-                                                                                       r.max_bias_gap)
+        limits = register.max_bias_gap if isinstance(register.max_bias_gap, dict) else \
+            dict.fromkeys(categories, register.max_bias_gap)
         for category, limit in sorted(limits.items()):
             if f"bias_gap_{category}" not in metrics:
                 raise ValueError(f"register.max_bias_gap names category {category!r}, which the bias "
                                  f"probes do not measure ({', '.join(categories)})")
             gates.append(bias_gate(category, metrics, limit))
-    for key, threshold in sorted(r.min_task_scores.items()):
+    for key, threshold in sorted(register.min_task_scores.items()):
         if key not in metrics:
             raise ValueError(f"register.min_task_scores names {key!r}, which reports/metrics.json lacks: "
                              "add the task to evaluate.harness_tasks (keys are '<task>/<metric>')")

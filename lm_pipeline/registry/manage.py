@@ -1,4 +1,5 @@
-"""Moving the champion by hand, and tracing a version back to what made it.
+"""Moving the champion by hand, and tracing a version back to what made it (the lineage tags
+register puts on every version).
 
     lmp promote 3 --reason "hand-checked samples"     champion -> version 3
     lmp rollback --reason "bad outputs in prod"      champion -> the one before it
@@ -9,8 +10,16 @@ Every move is appended to the promotion log with who, when and why.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
+from lm_pipeline.hashing import file_sha256, tree_sha256
+from lm_pipeline.lineage import LOCK_FILE, git_state
+from lm_pipeline.model.folder import read_run_info
+from lm_pipeline.model.parent import describe
 from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import RegistryError, current_champion, model_version, set_champion
 
@@ -18,6 +27,32 @@ LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "pa
                 "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
                 "parent_safetensors_sha256", "promotion.decision")
 OLD_TAGS = {tracking.FLOW_RUN_TAG: "prefect_flow_run_id"}  # its spelling on versions registered before
+
+def parent_of(model_dir: Path) -> dict[str, str]:
+    """The model version (or folder) this one was fine-tuned from, and its weights' hash; empty
+    if trained from scratch."""
+    parent = read_run_info(model_dir).get("parent")
+    return {"parent_model": describe(parent) if parent else "",
+            "parent_safetensors_sha256": parent["weights_sha256"] if parent else ""}
+
+
+def lineage_tags(cfg: Config, run_id: str, metrics: dict, weights: str) -> dict[str, str]:
+    """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
+    params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
+    commit, dirty = git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "dvc_lock_sha256": file_sha256(Path(LOCK_FILE)) if Path(LOCK_FILE).exists() else "",
+        "data_sha256": tree_sha256(cfg.data.processed_dir),
+        "params_sha256": hashlib.sha256(params.encode()).hexdigest(),
+        "weights_sha256": weights,
+        "mlflow_run_id": run_id,
+        tracking.FLOW_RUN_TAG: tracking.flow_run_id(),
+        **parent_of(cfg.train.model_dir),
+        **{f"test.{k}": str(v) for k, v in metrics.items()},
+    }
+
 
 def _client_and_log(cfg: Config):
     import mlflow

@@ -12,7 +12,7 @@ import torch
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll, window_spans
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.stages.evaluate import load_probes
+from lm_pipeline.evaluation.probes import load_probes
 
 pytestmark = pytest.mark.metrics
 
@@ -200,7 +200,7 @@ class BigramLM(torch.nn.Module):
 
 def crows_on(tmp_path, rows, model, tokenizer, **evaluate):
     from lm_pipeline.config import EvaluateConfig
-    from lm_pipeline.stages.evaluate import crows_pairs
+    from lm_pipeline.evaluation.probes import crows_pairs
 
     path = tmp_path / "pairs.csv"
     path.write_text("sent_more,sent_less,stereo_antistereo,bias_type\n"

@@ -1,0 +1,73 @@
+"""A registration's decision: whether the new version becomes champion, why, and each gate's
+result, kept on the version so a retried register finishes the same decision."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from lm_pipeline.config import Config
+from lm_pipeline.data.processed import load_documents
+from lm_pipeline.model.backends import resolve_device
+from lm_pipeline.registry import gates as gating
+from lm_pipeline.registry.aliases import current_champion
+from lm_pipeline.registry.downloads import load_registered
+
+DECISION_TAG = "promotion.record"  # the whole decision, as JSON: what a retried register finishes
+
+
+@dataclass(frozen=True)
+class Decision:
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+    gates: list[dict]
+    model_uri: str
+
+
+def recorded_decision(client, name: str, version: str) -> Decision | None:
+    """The decision an earlier attempt recorded for this version, if the champion is still the
+    one it decided against (else it is decided again: compare-and-set)."""
+    record = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    if not record:
+        return None
+    decision = Decision(**json.loads(record))
+    return decision if current_champion(client, name) in (decision.champion_before, version) else None
+
+
+def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candidate) -> Decision:
+    name = cfg.register_.model_name
+    champion = current_champion(client, name)
+    checks = list(checks)
+    if champion is not None:
+        comparison = compare_with_champion(cfg, champion, candidate)
+        checks.append(gating.champion_gate(comparison, cfg.register_.min_improvement))
+    failed = [g.name for g in checks if not g.passed]
+    promoted = not failed
+    if promoted:
+        reason = ("first version: becomes champion" if champion is None
+                  else f"all {len(checks)} gates passed: promoted to champion")
+    else:
+        reason = f"stays challenger: failed {', '.join(failed)}"
+    return Decision(name, version, promoted, reason, champion, version if promoted else champion,
+                    [g.to_dict() for g in checks], f"models:/{name}/{version}")
+
+
+def compare_with_champion(cfg: Config, champion_version: str, candidate) -> gating.Comparison:
+    texts = [candidate[1].decode(d.tolist()) for d in load_documents(cfg.data.processed_dir, "test")]
+    champion = load_registered(cfg.register_.model_name, champion_version,
+                                      resolve_device(cfg.evaluate.device))
+    return gating.compare(champion, candidate, texts, champion_version, cfg.evaluate)
+
+
+def record_gates(client, d: Decision) -> None:
+    """Each gate's result as a tag on the version, and the reason and gates as its description."""
+    for g in d.gates:
+        client.set_model_version_tag(d.model_name, d.version, f"gate.{g['name']}",
+                                     f"{'pass' if g['passed'] else 'FAIL'}: {g['detail']}")
+    gate_lines = "\n".join(f"- {'pass' if g['passed'] else 'FAIL'} {g['name']}: {g['detail']}"
+                           for g in d.gates)
+    client.update_model_version(d.model_name, d.version, description=f"{d.reason}\n{gate_lines}".strip())
