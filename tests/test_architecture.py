@@ -1,6 +1,9 @@
-"""The house plan, checked: no import cycles, stages that import no other stage, one params.yaml
-with every Config field at its default, and dvc.yaml dependencies that cover what each stage's
-code imports and the params it reads (so `dvc status` never calls a stale output up to date)."""
+"""The house plan, checked: layers that only point down and no import cycles across the package
+(its flows included) and the benchmarks; the stages' entry points apart in lm_pipeline/stages/,
+each importing no other stage, and agreeing with STAGES, dvc.yaml and the CLI; project modules
+imported at the top of a file; modules small enough to read; one params.yaml with every Config
+field at its default; and dvc.yaml dependencies that cover what each stage's code imports and the
+params it reads (so `dvc status` never calls a stale output up to date)."""
 
 import ast
 from functools import cache
@@ -16,6 +19,28 @@ pytestmark = pytest.mark.architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lm_pipeline"
+CODE = (PACKAGE, ROOT / "benchmarks")  # the house: the package (flows included) and the benchmarks
+STAGES_PACKAGE = "lm_pipeline.stages"
+
+# The layers, lowest first: a module imports its own layer and those below, never one above.
+# Same-layer imports are allowed (the cycle test keeps them one-way).
+LAYERS = (
+    ("lm_pipeline.config", "lm_pipeline.io", "lm_pipeline.env", "lm_pipeline.lineage", "lm_pipeline.hashing"),
+    ("lm_pipeline.tracking", "lm_pipeline.storage", "lm_pipeline.cluster"),
+    ("lm_pipeline.data",),
+    ("lm_pipeline.model",),
+    ("lm_pipeline.training", "lm_pipeline.evaluation"),
+    ("lm_pipeline.registry",),
+    ("lm_pipeline.stages",),
+    ("lm_pipeline.flows", "lm_pipeline.cli"),
+    ("benchmarks",),
+)
+# Third-party libraries that take a second or more to import: a function may import a project
+# module that brings one of these in, so that callers that do not need it do not pay for it.
+HEAVY = {"torch", "transformers", "peft", "lm_eval", "great_expectations", "ray", "prefect", "mlflow",
+         "evaluate", "datasets", "matplotlib", "pandas", "pyarrow", "dvc", "sacrebleu"}
+MAX_LINES = 350  # a module longer than this does more than one job (config.py: one documented field each)
+MAX_STAGE_LINES = 150  # a stage is run(cfg) and its I/O; the work is in the components
 # How a stage's code names the Config it reads; a function given one section names it after
 # the section (`train: TrainConfig`), so the section shows at the call site as `cfg.train`.
 CONFIG_NAMES = {"cfg"}
@@ -25,9 +50,9 @@ CONFIG_NAMES = {"cfg"}
 
 @cache
 def modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+    """Dotted module name -> file, for every module of the package and the benchmarks."""
     found = {}
-    for path in PACKAGE.rglob("*.py"):
+    for path in (p for folder in CODE for p in folder.rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
@@ -40,23 +65,59 @@ def resolve(name: str) -> str | None:
     return name or None
 
 
+def imported_names(node: ast.AST, module: str) -> list[str]:
+    """The dotted names an import statement names (`a.b.c` for `from a.b import c`)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:  # relative: anchored at this module's package
+        anchor = module.split(".")[: None if modules()[module].name == "__init__.py" else -1]
+        base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+    return [f"{base}.{alias.name}" for alias in node.names]
+
+
 def imports_in(tree: ast.AST, module: str) -> set[str]:
-    """Package modules imported anywhere under `tree`: module level and inside functions."""
-    is_package = modules()[module].name == "__init__.py"
+    """Project modules imported anywhere under `tree`: module level and inside functions."""
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: anchored at this module's package
-                anchor = module.split(".")[: None if is_package else -1]
-                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found |= {m for m in map(resolve, names) if m and m != module}
+        found |= {m for m in map(resolve, imported_names(node, module)) if m and m != module}
     return found
+
+
+@cache
+def top_level_imports(module: str) -> tuple[set[str], set[str]]:
+    """(project modules, third-party top-level packages) a module imports at its top level."""
+    project, third_party = set(), set()
+    for node in ast.parse(modules()[module].read_text()).body:
+        for name in imported_names(node, module):
+            if resolve(name):
+                project.add(resolve(name))
+            elif not name.startswith("__future__"):
+                third_party.add(name.split(".")[0])
+    return project - {module}, third_party
+
+
+def heavy_imports(module: str) -> set[str]:
+    """The heavy libraries importing `module` runs, through project modules' top-level imports."""
+    seen, todo, heavy = set(), [module], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        project, third_party = top_level_imports(current)
+        heavy |= third_party & HEAVY
+        todo += list(project)
+    return heavy
+
+
+def layer_of(module: str) -> int | None:
+    for index, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return None
 
 
 @cache
@@ -64,16 +125,16 @@ def graph() -> dict[str, set[str]]:
     return {m: imports_in(ast.parse(path.read_text()), m) for m, path in modules().items()}
 
 
-def closure(start: set[str]) -> set[str]:
-    """Every module that importing `start` runs: their imports, transitively, and the packages
-    they live in (a package's __init__ runs before its modules)."""
+def closure(start: set[str], packages: bool = True) -> set[str]:
+    """Every module that importing `start` runs: their imports, transitively, and (with
+    `packages`) the packages they live in (a package's __init__ runs before its modules)."""
     seen, todo = set(), list(start)
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
-        parents = [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
+        parents = [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)] if packages else []
         todo += list(graph()[module]) + [p for p in parents if p in modules()]
     return seen
 
@@ -114,6 +175,11 @@ def stage_modules() -> dict[str, set[str]]:
     missing = [stage for stage in STAGES if stage not in functions]
     assert not missing, f"lm_pipeline/cli.py has no command function for stages {missing}"
     return {stage: imports_in(functions[stage], "lm_pipeline.cli") for stage in STAGES}
+
+
+def stage_files() -> set[str]:
+    """The modules in lm_pipeline/stages/, by name (its __init__ holds STAGES)."""
+    return {p.stem for p in (PACKAGE / "stages").glob("*.py") if p.name != "__init__.py"}
 
 
 # --- what a stage's code reads of the config ----------------------------------------------------
@@ -179,16 +245,107 @@ def covered(path: Path, deps: list[str]) -> bool:
 
 
 def runs_code(path: Path) -> bool:
-    """An empty __init__.py changes nothing a stage computes; every other module can."""
-    return path.name != "__init__.py" or bool(path.read_text().strip())
+    """A package's __init__.py that imports nothing and defines no function changes nothing a stage
+    computes when it runs only because a module inside it is imported (stages/__init__.py holds
+    the CLI's list of stages); every other module can."""
+    if path.name != "__init__.py":
+        return True
+    return any(isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef)
+               for node in ast.walk(ast.parse(path.read_text())))
 
 
 # --- the tests ----------------------------------------------------------------------------------
 
-def test_no_import_cycles_in_the_package():
+def test_no_import_cycles_in_the_package_flows_or_benchmarks():
     found = cycles()
     assert not found, "import cycles (move the shared piece into a leaf module):\n" + "\n".join(
         " <-> ".join(c) for c in found)
+
+
+def test_layers_only_point_down():
+    upward = [f"{module} (layer {layer_of(module)}) imports {other} (layer {layer_of(other)})"
+              for module, imported in sorted(graph().items()) for other in sorted(imported)
+              if layer_of(module) is not None and layer_of(other) is not None
+              and layer_of(other) > layer_of(module)]
+    assert not upward, "imports that point up the layers (move the shared piece down):\n" + "\n".join(upward)
+
+
+def test_every_module_has_a_layer():
+    homeless = [m for m in modules() if layer_of(m) is None and m not in ("lm_pipeline",)]
+    assert not homeless, f"modules in no layer (add them to LAYERS): {', '.join(sorted(homeless))}"
+
+
+def test_stage_modules_are_the_stages_of_stages_dvc_yaml_and_the_cli():
+    """One module per stage in lm_pipeline/stages/, named after it; its `lmp` command imports that
+    module and nothing else of the project; dvc.yaml and STAGES name the same stages."""
+    assert stage_files() == set(STAGES), (
+        f"lm_pipeline/stages/ holds {sorted(stage_files())}, STAGES names {sorted(STAGES)}")
+    assert set(dvc_stages()) == set(STAGES)
+    wrong = {stage: sorted(ms) for stage, ms in stage_modules().items()
+             if ms != {f"{STAGES_PACKAGE}.{stage}"}}
+    assert not wrong, f"each stage's lmp command imports its stage module only: {wrong}"
+
+
+def test_the_distribution_ships_one_top_level_package():
+    """The flows live in lm_pipeline/flows/: an installed project adds no generic `flows` package."""
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["lm_pipeline*"]
+    assert not (ROOT / "flows").exists()
+
+
+def test_only_the_stages_package_holds_entry_points_of_stages():
+    """No component imports a stage module (the layer test covers it; this names it plainly)."""
+    offenders = sorted(f"{m} imports {o}" for m, imported in graph().items() for o in imported
+                       if o.startswith(STAGES_PACKAGE + ".") and not m.startswith(STAGES_PACKAGE)
+                       and m != "lm_pipeline.cli" and not m.startswith("benchmarks"))
+    assert not offenders, "\n".join(offenders)
+
+
+def test_project_modules_are_imported_at_the_top_of_a_file():
+    """Inside a function only where the module brings in a heavy library the importer would not
+    otherwise load, or in the CLI's command table (each command imports its own stage)."""
+    late = []
+    for module, path in sorted(modules().items()):
+        if module.startswith("benchmarks"):
+            continue  # scripts: they set the environment up before importing the package
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if id(node) in top or not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            for imported in {resolve(n) for n in imported_names(node, module)} - {None}:
+                brings = heavy_imports(imported) - heavy_imports(module)
+                if module != "lm_pipeline.cli" and not brings:
+                    late.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {imported} in a function")
+    assert not late, "import these at the top (they load nothing heavy):\n" + "\n".join(late)
+
+
+def test_modules_are_short_enough_to_read():
+    long = {path.relative_to(ROOT).as_posix(): n for path in modules().values()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES and path.name != "config.py"}
+    assert not long, f"modules over {MAX_LINES} lines (split them along their seams): {long}"
+    stages = {name: n for name in stage_files()
+              if (n := len((PACKAGE / "stages" / f"{name}.py").read_text().splitlines())) > MAX_STAGE_LINES}
+    assert not stages, f"stage modules over {MAX_STAGE_LINES} lines (move the work to components): {stages}"
+
+
+def test_section_configs_are_named_after_their_section():
+    """A function given one section of the config names it after the section (`evaluate:
+    EvaluateConfig`), so the call site reads `cfg.evaluate` and the body `evaluate.stride`."""
+    sections = {field.annotation.__name__: field.alias or name for name, field in Config.model_fields.items()}
+    misnamed = []
+    for path in sorted(modules().values()):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for arg in fn.args.args + fn.args.kwonlyargs:
+                kind = arg.annotation.id if isinstance(arg.annotation, ast.Name) else None
+                if kind in sections and arg.arg != sections[kind]:
+                    misnamed.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}({arg.arg}: {kind}) "
+                                    f"-> {sections[kind]}")
+    assert not misnamed, "\n".join(misnamed)
 
 
 def test_no_stage_module_imports_another_stage():
@@ -225,9 +382,21 @@ def test_dvc_yaml_declares_exactly_the_pipeline_stages():
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_dvc_deps_cover_every_file_the_stage_imports(stage):
     deps = [d for d in dvc_stages()[stage].get("deps", [])]
+    explicit = closure(stage_modules()[stage], packages=False)
     files = sorted(modules()[m] for m in closure(stage_modules()[stage]))
-    missing = [f.relative_to(ROOT).as_posix() for f in files if runs_code(f) and not covered(f, deps)]
+    missing = [f.relative_to(ROOT).as_posix() for f in files
+               if (f in {modules()[m] for m in explicit} or runs_code(f)) and not covered(f, deps)]
     assert not missing, f"dvc.yaml stage {stage} imports files it does not depend on: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_dvc_code_deps_are_files_the_stage_imports(stage):
+    """No stale or spare code dependency: each names a file or folder of the stage's own imports
+    (a spare one reruns the stage for nothing; a missing one stops `dvc repro`)."""
+    files = {modules()[m] for m in closure(stage_modules()[stage])}
+    code = [d for d in dvc_stages()[stage].get("deps", []) if d.startswith("lm_pipeline/")]
+    spare = [d for d in code if not (ROOT / d).exists() or not any(covered(f, [d]) for f in files)]
+    assert not spare, f"dvc.yaml stage {stage} depends on code it does not import: {', '.join(spare)}"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -1,17 +1,20 @@
 """A registration's decision: whether the new version becomes champion, why, and each gate's
-result, kept on the version so a retried register finishes the same decision."""
+result, kept on the version so a retried register finishes the same decision. The champion it is
+compared with is read back from its safetensors folder and checked against its recorded hash."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents
-from lm_pipeline.model.backends import resolve_device
+from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.registry import gates as gating
-from lm_pipeline.registry.aliases import current_champion
-from lm_pipeline.registry.downloads import load_registered
+from lm_pipeline.registry.aliases import RegistryError, current_champion
+from lm_pipeline.registry.downloads import download_version_folder
 
 DECISION_TAG = "promotion.record"  # the whole decision, as JSON: what a retried register finishes
 
@@ -71,3 +74,21 @@ def record_gates(client, d: Decision) -> None:
     gate_lines = "\n".join(f"- {'pass' if g['passed'] else 'FAIL'} {g['name']}: {g['detail']}"
                            for g in d.gates)
     client.update_model_version(d.model_name, d.version, description=f"{d.reason}\n{gate_lines}".strip())
+
+
+def load_registered(name: str, version: str, device: str = "cpu"):
+    """A registered version's (model, tokenizer), read from its safetensors folder, never through
+    its pyfunc loader (code from the artifact store would run here, with this stage's
+    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
+    actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
+    if actual != recorded:
+        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
+                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
+                            "changed after it was registered; refusing to compare with it (restore it, or "
+                            "move champion to a version you trust with `lmp promote`)")
+    return model, tokenizer

@@ -1,5 +1,7 @@
-"""Registered versions read back as plain files: a fine-tuning parent, and the champion the gates
-compare against. A version's MLflow loader (Python code in the artifact store) is never run."""
+"""Registered versions read back as plain files: a fine-tuning parent's folder, and the folder of
+the champion the gates compare against (registry/decision.py loads and checks it). A version's
+MLflow loader (Python code in the artifact store) is never run. Files only, no torch: preprocess
+pins a registered parent through this module without depending on the model's code."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from pathlib import Path
 from lm_pipeline import tracking
 from lm_pipeline.config import Config
 from lm_pipeline.model import parent as parents
-from lm_pipeline.model.backends import load_model, weights_sha256
 from lm_pipeline.model.folder import WEIGHTS_FILE
 from lm_pipeline.registry.aliases import RegistryError, model_version
 
@@ -50,19 +51,3 @@ def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
                               "version": str(mv.version), "run_id": mv.run_id})
 
 
-def load_registered(name: str, version: str, device: str = "cpu"):
-    """A registered version's (model, tokenizer), read from its safetensors folder, never through
-    its pyfunc loader (code from the artifact store would run here, with this stage's
-    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
-    import mlflow
-
-    mv = mlflow.MlflowClient().get_model_version(name, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
-    actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
-    if actual != recorded:
-        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
-                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
-                            "changed after it was registered; refusing to compare with it (restore it, or "
-                            "move champion to a version you trust with `lmp promote`)")
-    return model, tokenizer

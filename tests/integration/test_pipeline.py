@@ -208,7 +208,7 @@ def test_flow_fine_tunes_the_champion_on_a_new_corpus(project, tmp_path, monkeyp
     from tokenizers import Tokenizer
 
     from lm_pipeline.flows.pipeline import pipeline
-    from lm_pipeline.registry.downloads import load_registered
+    from lm_pipeline.registry.decision import load_registered
 
     corpus = tmp_path / "second.jsonl"  # new text (lowercased) the champion's tokenizer still fits
     with open(project / "data/raw/documents.jsonl") as src, open(corpus, "w") as out:

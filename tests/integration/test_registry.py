@@ -122,7 +122,7 @@ def expected_completions(project: Path, prompts: list[str], tokens: int) -> list
     """Greedy completions by the champion's weights, read as safetensors and generated here,
     not through the served pyfunc."""
     from lm_pipeline.model.generate import complete_batch
-    from lm_pipeline.registry.downloads import load_registered
+    from lm_pipeline.registry.decision import load_registered
 
     model, tokenizer = load_registered("lm-pipeline", champion(project))
     return complete_batch(model, tokenizer, prompts, tokens)

@@ -10,9 +10,9 @@ import sacrebleu
 import torch
 
 from lm_pipeline.evaluation.metrics import load_metric
+from lm_pipeline.evaluation.probes import load_probes
 from lm_pipeline.evaluation.scoring import sequence_nll, unigram_nll, window_spans
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.evaluation.probes import load_probes
 
 pytestmark = pytest.mark.metrics
 
