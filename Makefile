@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test bench bench-preprocess lint ui clean system-packages
+.PHONY: run test test-fast bench bench-preprocess lint ui clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect 
 
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (under 2 minutes)
+	$(BIN)/pytest tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
 	infra/dev/system-packages.sh

@@ -1,6 +1,7 @@
 """Fixtures for integration tests: a copy of the project with tiny params, one Prefect server."""
 
 import contextlib
+import copy
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small enough for a 2-core machine, big enough to learn something (loss well below uniform).
-TINY_PARAMS = {
+_TINY = {
     "tokenizer": {"vocab_size": 512},
     "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32},
     "train": {"num_workers": 2, "cpus_per_worker": 1, "batch_size": 16, "max_steps": 300, "warmup_steps": 10,
@@ -24,6 +25,15 @@ TINY_PARAMS = {
               "checkpoint_interval": 150},
     "evaluate": {"bleu_documents": 8, "prompt_tokens": 8, "continuation_tokens": 8},
 }
+
+
+def tiny_params(*changes: dict) -> dict:
+    """The tiny params with `changes` merged in, as a fresh copy: a module that changes its params
+    changes nobody else's."""
+    params = copy.deepcopy(_TINY)
+    for change in changes:
+        deep_update(params, copy.deepcopy(change))
+    return params
 
 
 def deep_update(base: dict, changes: dict) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TINY_PARAMS, make_project
+from tests.integration.conftest import make_project, tiny_params
 
 pytestmark = [pytest.mark.bad_input, pytest.mark.integration]
 
@@ -25,7 +25,7 @@ def test_dvc_repro_stops_at_ingest_naming_the_file_and_runs_nothing_after(tmp_pa
     corpus.mkdir()
     (corpus / "good.txt").write_text("A fine document. " * 50)
     (corpus / "notes.txt").write_bytes(codecs.BOM_UTF16_LE + "exported from Word".encode("utf-16-le"))
-    project = make_project(tmp_path / "project", TINY_PARAMS | {"data": {"source": str(corpus)}})
+    project = make_project(tmp_path / "project", tiny_params({"data": {"source": str(corpus)}}))
     proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "notes.txt: UTF-16 text (byte-order mark); convert it to UTF-8" in proc.stdout + proc.stderr
@@ -54,8 +54,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
 @pytest.mark.fault_tolerance
 def test_preprocess_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path):
     corpus = generated_corpus(tmp_path / "c.jsonl", 3_000)
-    params = TINY_PARAMS | {"data": {"source": str(corpus), "shard_tokens": 65536},  # ~30 shards
-                            "tokenizer": {"vocab_size": 2048}}
+    params = tiny_params({"data": {"source": str(corpus), "shard_tokens": 65536},  # ~30 shards
+                          "tokenizer": {"vocab_size": 2048}})
     project = make_project(tmp_path / "project", params)
     for stage in ("ingest", "validate"):
         subprocess.run([str(BIN / "lmp"), "-q", stage], cwd=project, check=True, capture_output=True)

@@ -1,6 +1,5 @@
 """The GPU fast path: skipped on machines without CUDA (tests/conftest.py)."""
 
-import copy
 import json
 import subprocess
 
@@ -11,7 +10,7 @@ import torch
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training.loop import autocast, enable_fast_math, peak_tflops, train_step
-from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from tests.integration.conftest import make_project, tiny_params
 from tests.services import BIN
 
 pytestmark = pytest.mark.gpu
@@ -50,7 +49,7 @@ HF_LLAMA = {"model": {"backend": "hf", "hf_config": {
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", [{}, HF_LLAMA], ids=["gpt", "hf-llama"])
 def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path, backend):
-    project = make_project(tmp_path, deep_update(deep_update(copy.deepcopy(TINY_PARAMS), GPU_TRAIN), backend))
+    project = make_project(tmp_path, tiny_params(GPU_TRAIN, backend))
     lmp = str(BIN / "lmp")
     for stage in ("ingest", "preprocess"):
         subprocess.run([lmp, "-q", stage], cwd=project, check=True)

@@ -4,7 +4,6 @@ FSDP, LoRA, a from-scratch HF config with exact resume, evaluation with benchmar
 registry and `mlflow models serve`. The pretrained folders are tiny models built offline here,
 laid out as `huggingface-cli download` leaves them."""
 
-import copy
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from tests.integration.conftest import deep_update, make_project, tiny_params
 from tests.integration.test_training import curve, finish, start_train, wait_for_checkpoint
 from tests.services import BIN, free_port, process
 
@@ -83,8 +82,7 @@ def hub_folder(dest: Path, family: str, texts: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Validated documents, and two downloaded-model folders beside the project."""
-    # A copy: deep_update changes its first argument, and TINY_PARAMS is every module's.
-    root = make_project(tmp_path_factory.mktemp("models"), deep_update(copy.deepcopy(TINY_PARAMS), RUN))
+    root = make_project(tmp_path_factory.mktemp("models"), tiny_params(RUN))
     for stage in ("ingest", "validate"):
         lmp(root, root / "params.yaml", "-q", stage)
     texts = corpus_texts(root)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.integration.conftest import TINY_PARAMS, make_project
+from tests.integration.conftest import make_project, tiny_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
@@ -43,7 +43,7 @@ def project(tmp_path_factory, prefect_server):
     dvc.lock and reports/, which must not make the tree count as dirty."""
     from lm_pipeline.flows.pipeline import pipeline
 
-    root = make_project(tmp_path_factory.mktemp("project"), TINY_PARAMS, with_results=True)
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_params(), with_results=True)
     state = pipeline(project_dir=str(root), return_state=True)
     assert state.is_completed(), state.message
     return root
@@ -64,7 +64,7 @@ def test_flow_registers_a_champion_with_all_metrics(project):
         metrics)
     assert metrics["test/perplexity"] < 0.8 * metrics["test/unigram_perplexity"]
     history = client.get_metric_history(run.info.run_id, "train_loss")
-    steps = TINY_PARAMS["train"]["max_steps"]
+    steps = tiny_params()["train"]["max_steps"]
     assert [m.step for m in history] == list(range(1, steps + 1))  # every step, once, on one run
     assert history[-1].value < history[0].value
     assert run.data.params["train.num_workers"] == "2"
@@ -179,7 +179,7 @@ def test_lineage_commands_rebuild_the_champions_weights_in_a_fresh_clone(project
 
 @pytest.mark.optimization
 def test_dvc_experiment_reruns_train_and_what_follows_and_matches_its_mlflow_run(project):
-    lr = TINY_PARAMS["train"]["lr"] / 2
+    lr = tiny_params()["train"]["lr"] / 2
     out = dvc(project, "exp", "run", "--name", "half-lr", "-S", f"train.lr={lr}", "-S", "train.max_steps=150")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "register"}
@@ -264,7 +264,7 @@ def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": "" if i % 3 == 0 else f"document {i}"}) + "\n"
                               for i in range(300)))
-    root = make_project(tmp_path / "project", TINY_PARAMS | {"data": {"source": str(corpus)}})
+    root = make_project(tmp_path / "project", tiny_params({"data": {"source": str(corpus)}}))
     state = pipeline(project_dir=str(root), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"(?s)stage validate failed.*text length in \[1, 1000000\] "

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lm_pipeline.registry import history
-from tests.integration.conftest import TINY_PARAMS, make_project
+from tests.integration.conftest import make_project, tiny_params
 from tests.services import BIN, free_port, process
 
 pytestmark = [pytest.mark.registry, pytest.mark.integration]
@@ -51,7 +51,7 @@ def promotion_log(project: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Three registrations: a champion, a worse model, a better model."""
-    root = make_project(tmp_path_factory.mktemp("registry"), TINY_PARAMS)
+    root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
     for stage in ("ingest", "validate", "preprocess"):
         lmp(root, "-q", stage)
     decisions = [train_and_register(root, steps) for steps in (60, 11, 200)]  # warmup is 10 steps

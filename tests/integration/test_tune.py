@@ -1,13 +1,12 @@
 """Hyperparameter search: real Ray Tune over real Ray Train trials, through the Prefect tune flow."""
 
-import copy
 import csv
 import json
 
 import pytest
 import yaml
 
-from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from tests.integration.conftest import make_project, tiny_params
 
 pytestmark = [pytest.mark.optimization, pytest.mark.integration]
 
@@ -24,7 +23,7 @@ def searched(tmp_path_factory, prefect_server, s3):
     """The tune flow, with the trials reading the processed data from a bucket (data.shards_url)."""
     from lm_pipeline.flows.tune import tune
 
-    params = deep_update(copy.deepcopy(TINY_PARAMS), {
+    params = tiny_params({
         "data": {"shards_url": "s3://corpus/tune-shards"},
         "train": {"max_steps": STEPS, "eval_interval": 10, "checkpoint_interval": STEPS}})
     root = make_project(tmp_path_factory.mktemp("tune"), params)

@@ -10,7 +10,6 @@ Everything is started once per test session (a few seconds each, the pipeline ru
 
 from __future__ import annotations
 
-import copy
 import os
 import secrets
 import subprocess
@@ -20,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TINY_PARAMS, deep_update, make_project
+from tests.integration.conftest import make_project, tiny_params
 from tests.services import BIN, Postgres, free_port, postgres_server, process
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
-PARAMS = deep_update(copy.deepcopy(TINY_PARAMS),
-                     {"train": {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 60}})
+PARAMS = tiny_params({"train": {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 60}})
 MODEL_NAME = "lm-pipeline"
 
 
