@@ -59,21 +59,36 @@ def test_an_exported_folder_loads_back_as_the_same_network(backend, tokenizer_di
     loaded, _ = load_model(tmp_path / "model")
     assert weights_sha256(loaded) == weights_sha256(model)
     assert torch.equal(logits(loaded, IDS), logits(model, IDS))
-    # the KV cache of either backend gives the uncached model's greedy tokens, also past
-    # block_size (32), through three refills of the window
-    cached = generate(loaded, IDS, max_new_tokens=80)
-    assert torch.equal(cached, greedy_in_windows(loaded, IDS, 80))
+    # the KV cache of either backend gives the uncached model's tokens, also past block_size
+    # (32), through three refills of the window: greedy, and sampled with one seed
+    assert torch.equal(generate(loaded, IDS, max_new_tokens=80), in_windows(loaded, IDS, 80))
+    cached = sampled(loaded, IDS, 80)
+    assert len(set(cached[0, IDS.shape[1]:].tolist())) >= 20  # varied enough that a wrong refill shows
+    assert torch.equal(cached, in_windows(loaded, IDS, 80, seed=0))
 
 
-def greedy_in_windows(model, ids, steps):
+def sampled(model, ids, steps: int, seed: int = 0) -> torch.Tensor:
+    """`generate` sampling at temperature 1 with a seeded generator: an untrained model's greedy
+    output repeats one token, so only varied output can show a wrong window refill."""
+    return generate(model, ids, max_new_tokens=steps, temperature=1.0,
+                    generator=torch.Generator().manual_seed(seed))
+
+
+def in_windows(model, ids, steps, seed: int | None = None):
     """What `generate` defines past the context, computed without a cache: each token is predicted
     from the tokens since the window last filled, and when a prediction has used a full window
-    (block_size tokens) the next one starts from the newest block_size // 2 tokens."""
+    (block_size tokens) the next one starts from the newest block_size // 2 tokens. Greedy, or
+    sampled as `sampled(..., seed)` samples."""
+    from lm_pipeline.model.generate import sample_next
+
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     block = model.block_size
     start = max(0, ids.shape[1] - (block - 1))
     for _ in range(steps):
         context = ids[:, start:]
-        ids = torch.cat([ids, logits(model, context)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        last = logits(model, context)[:, -1]
+        token = sample_next(last, 1.0, None, None, generator) if generator else last.argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
         if context.shape[1] >= block:
             start = ids.shape[1] - block // 2
     return ids

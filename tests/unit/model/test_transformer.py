@@ -52,7 +52,7 @@ def test_embedding_and_head_are_tied():
 
 @pytest.mark.metrics
 def test_kv_cache_matches_full_recompute_within_and_past_the_context():
-    from tests.unit.model.test_backends import greedy_in_windows
+    from tests.unit.model.test_backends import in_windows, sampled
 
     m = model()
     x = torch.randint(0, CFG.vocab_size, (2, 5))
@@ -61,7 +61,11 @@ def test_kv_cache_matches_full_recompute_within_and_past_the_context():
         nxt = m(full)[0][:, -1].argmax(-1, keepdim=True)
         full = torch.cat([full, nxt], dim=1)
     assert torch.equal(generate(m, x, max_new_tokens=8), full)
-    assert torch.equal(generate(m, x, max_new_tokens=50), greedy_in_windows(m, x, 50))  # 5 refills
+    assert torch.equal(generate(m, x, max_new_tokens=50), in_windows(m, x, 50))  # 5 refills
+    # greedy, an untrained GPT repeats one token whatever the refill did: sampled, it does not
+    past = sampled(m, x, 50)
+    assert len(set(past[:, 5:].flatten().tolist())) >= 20
+    assert torch.equal(past, in_windows(m, x, 50, seed=0))
 
 
 def test_sequence_longer_than_block_is_refused():
