@@ -19,11 +19,13 @@ import torch.nn as nn
 def parallelize(model: nn.Module, strategy: str, device: torch.device):
     """Place the model on this worker's device and wrap it for data-parallel training."""
     if strategy == "ddp":
-        if not torch.distributed.is_initialized():  # one worker in this process (session.LocalSession)
-            return model.to(device)
-        import ray.train.torch
+        model = model.to(device)
+        # One worker (in this process, or alone on Ray) has nothing to replicate with.
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
 
-        return ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP if world > 1
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
     model.to(device)

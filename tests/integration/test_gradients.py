@@ -2,11 +2,13 @@
 (a sum over ranks, a missing 1/accum) would leave the curves of earlier tests looking right.
 
 One optimizer step of the real train_step, with the real DDP and FSDP2 over gloo in 2 processes,
-and an optimizer that records each gradient when the step comes (after the clip, before any
-update): 1 process x batch 16, 2 ranks x batch 8 (DDP and FSDP), and 1 process x 4 micro-batches
-of 4 see the same 16 windows and must produce the same gradients, within float32 reduction-order
-noise (rtol 1e-5, atol 1e-7). Once with clipping off (scale errors show) and once with clipping on
-(FSDP must clip by the norm of the whole gradient, not of its shard, as DDP does)."""
+wrapped by the pipeline's own parallelize, and an optimizer that records each gradient when the
+step comes (after the clip, before any update): 1 process x batch 16, 2 ranks x batch 8 (DDP and
+FSDP), 1 process x 4 micro-batches of 4, and 2 ranks x 2 micro-batches of 4 (DDP's no_sync and
+FSDP2's set_requires_gradient_sync(False) on the first) see the same 16 windows and must produce
+the same gradients, within float32 reduction-order noise (rtol 1e-5, atol 1e-7). Once with
+clipping off (scale errors show) and once with clipping on (FSDP must clip by the norm of the
+whole gradient, not of its shard, as DDP does)."""
 
 import os
 from datetime import timedelta
@@ -43,8 +45,6 @@ class RecordingOptimizer(torch.optim.SGD):
 def step_gradients(world: int, strategy: str, batch: int, accum: int, clip: float) -> dict:
     """The gradients of one train_step. The model dies on return: a DDP reducer that outlives its
     process group can hang its process at exit (seen here, about one run in two)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.parallel import parallelize
 
@@ -53,9 +53,7 @@ def step_gradients(world: int, strategy: str, batch: int, accum: int, clip: floa
                                            "grad_clip": clip}})
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
-    if world > 1:
-        model = DistributedDataParallel(model) if strategy == "ddp" else \
-            parallelize(model, "fsdp", torch.device("cpu"))
+    model = parallelize(model, strategy, torch.device("cpu"))
     optimizer = RecordingOptimizer(model.named_parameters())
     train_step(model, optimizer, TOKENS, [1337, 0], 0.0, cfg, torch.device("cpu"))
     return optimizer.grads
@@ -88,14 +86,16 @@ def runs(tmp_path_factory):
     return {"single": run(tmp, "single", 1, "ddp", 16, 1),
             "ddp": run(tmp, "ddp", 2, "ddp", 8, 1),
             "fsdp": run(tmp, "fsdp", 2, "fsdp", 8, 1),
-            "accum": run(tmp, "accum", 1, "ddp", 4, 4)}
+            "accum": run(tmp, "accum", 1, "ddp", 4, 4),
+            "ddp_accum": run(tmp, "ddp_accum", 2, "ddp", 4, 2),
+            "fsdp_accum": run(tmp, "fsdp_accum", 2, "fsdp", 4, 2)}
 
 
 def global_norm(grads: dict) -> float:
     return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
 
 
-@pytest.mark.parametrize("split", ["ddp", "fsdp", "accum"])
+@pytest.mark.parametrize("split", ["ddp", "fsdp", "accum", "ddp_accum", "fsdp_accum"])
 @pytest.mark.parametrize("clip", list(CLIPS))
 def test_every_split_of_the_batch_gives_the_single_process_gradient(runs, split, clip):
     reference, grads = runs["single"][clip], runs[split][clip]
@@ -107,5 +107,5 @@ def test_every_split_of_the_batch_gives_the_single_process_gradient(runs, split,
 def test_clipping_scales_to_the_norm_of_the_whole_gradient(runs):
     unclipped = global_norm(runs["single"]["off"])
     assert unclipped > 2 * CLIPS["on"]  # the clip is active
-    for split in ("single", "ddp", "fsdp", "accum"):
+    for split in ("single", "ddp", "fsdp", "accum", "ddp_accum", "fsdp_accum"):
         assert global_norm(runs[split]["on"]) == pytest.approx(CLIPS["on"], rel=1e-4), split
