@@ -79,7 +79,10 @@ def train_loop(spec: WorkerSpec, session) -> None:
     progress = Progress(session, state.step, cfg.train.max_steps, spec.progress_bar)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum_steps * world
     clock.add("setup", time.perf_counter() - clock.start)
-    if state.step == 0:  # where the curve starts (for a fine-tune: the parent on this data)
+    # Where the curve starts (for a fine-tune: the parent on this data). A run restored from its
+    # step-0 checkpoint did this already: validating again would log step 0 twice and count the
+    # parent's loss twice against early stopping.
+    if state.step == 0 and not checkpointer.restored:
         with clock.phase("validation"):
             initial = validator.losses(model)  # every rank: a collective under FSDP
         if logger:
@@ -87,6 +90,8 @@ def train_loop(spec: WorkerSpec, session) -> None:
         if parent:  # the parent is a candidate: a fine-tune never exports worse
             state.record_validation(initial["val_loss"], cfg.train.min_delta)
             with clock.phase("checkpoints"):
+                if logger:
+                    logger.flush()  # as before every checkpoint: a resume from it logs step 0 no more
                 checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})
 
     while state.step < cfg.train.max_steps:

@@ -234,6 +234,80 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def fine_tune_data(project) -> Path:
+    """The project's corpus preprocessed for a fine-tune of a fresh parent in the project's shape."""
+    from lm_pipeline.config import load_config
+    from lm_pipeline.data.processed import read_meta
+    from lm_pipeline.model.backends import build_model, save_model
+
+    cfg = load_config(project / "params.yaml")
+    torch.manual_seed(0)
+    meta = read_meta(project / cfg.data.processed_dir)
+    parent = build_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id)
+    save_model(parent, project / cfg.data.processed_dir, project / "runs/parent", {"mlflow_run_id": ""})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["processed_dir"] = "runs/fine-tune-data"
+    params["train"]["init_from"] = "runs/parent"
+    (project / "fine-tune-data.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([LMP, "-q", "--params", "fine-tune-data.yaml", "preprocess"], cwd=project, check=True)
+    return project / "runs/fine-tune-data"
+
+
+@pytest.mark.metrics
+@pytest.mark.fault_tolerance
+def test_a_fine_tune_resumed_from_its_step_0_checkpoint_is_the_uninterrupted_run(project, fine_tune_data,
+                                                                                    monkeypatch):
+    """A fine-tune validates its parent at step 0 and checkpoints it (the parent is a candidate).
+    Killed before the first scheduled checkpoint, it resumes from that one: step 0 must not be
+    validated, logged and counted again. No validation improves here (min_delta is huge), so
+    patience 2 stops the run at its second validation, step 20, resumed or not."""
+    from lm_pipeline import tracking
+    from lm_pipeline.config import load_config
+    from lm_pipeline.training import loop, runners
+    from lm_pipeline.training.export import best_checkpoint, summarize_training
+
+    monkeypatch.chdir(project)
+    params = yaml.safe_load((project / "fine-tune-data.yaml").read_text())
+    params["train"] |= {"num_workers": 1, "max_steps": 60, "eval_interval": 10, "checkpoint_interval": 30,
+                        "early_stopping_patience": 2, "min_delta": 100.0, "max_failures": 1}
+    (project / "fine-tune.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config(project / "fine-tune.yaml")
+    real_step, failed = loop.guarded_step, []
+
+    def killed_at_step_5(model, optimizer, tokens, at, *args):
+        if at == 5 and not failed:
+            failed.append(at)
+            raise ConnectionError("killed between the step-0 checkpoint and the first scheduled one")
+        return real_step(model, optimizer, tokens, at, *args)
+
+    client, outcome = mlflow.MlflowClient(tracking.tracking_uri(cfg)), {}
+    threads = torch.get_num_threads()  # the runner sets this process's torch threads
+    try:
+        for name in ("straight", "resumed"):
+            if name == "resumed":
+                monkeypatch.setattr(loop, "guarded_step", killed_at_step_5)
+            run_id = tracking.start_run(cfg, f"fine-tune-{name}", {})
+            result = runners.train_in_process(cfg, run_id, str(project / f"runs/ft-{name}"), "run")
+            best = best_checkpoint(result.best_checkpoints)[1]
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_loss"))
+            outcome[name] = (result.metrics["step"], history,
+                             summarize_training(client, run_id, best, result.metrics, cfg.train.min_delta))
+    finally:
+        torch.set_num_threads(threads)
+    assert failed == [5]  # the resumed run was killed and went on from its step-0 checkpoint
+    assert outcome["straight"][0] == 20 and [step for step, _ in outcome["straight"][1]] == [0, 10, 20]
+    assert outcome["resumed"][0] == outcome["straight"][0]
+    assert [s for s, _ in outcome["resumed"][1]] == [s for s, _ in outcome["straight"][1]]
+    assert [v for _, v in outcome["resumed"][1]] == pytest.approx([v for _, v in outcome["straight"][1]],
+                                                                  rel=1e-6)
+    resumed, straight = outcome["resumed"][2], outcome["straight"][2]
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        assert resumed[key] == (pytest.approx(value, rel=1e-6, nan_ok=True) if isinstance(value, float)
+                                else value), key
+
+
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
