@@ -87,6 +87,14 @@ def crows_pairs(model, tokenizer, evaluate: EvaluateConfig) -> dict:
     return result | {"pairs_skipped_too_long": len(rows) - len(fits)}
 
 
+def crows_pairs_prefix(path: Path) -> str:
+    """What the CrowS-Pairs numbers of `path` are reported as: the built-in file (the config's
+    default) is this project's own small sample, not the dataset, so its numbers get names of their
+    own that nobody compares with published crows_pairs_* figures."""
+    sample = EvaluateConfig.model_fields["crows_pairs"].default
+    return "crows_pairs_sample" if Path(path).resolve() == sample.resolve() else "crows_pairs"
+
+
 def read_pairs(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 
 from lm_pipeline.model.transformer import configure_adamw
 
+# A config's context length under either name: GPT-2 style configs keep it as n_positions, with
+# max_position_embeddings an alias that would overwrite it if both were passed.
+CONTEXT_KEYS = {"max_position_embeddings", "n_positions"}
+
 
 class HFCausalLM(nn.Module):
     """A transformers causal LM with GPT's forward: (logits, loss, cache)."""
@@ -68,7 +72,9 @@ def config_from(spec: dict | str, vocab_size: int, eot_id: int, block_size: int)
         model_type = fields.pop("model_type", None)
         if not model_type:
             raise ValueError("model.hf_config: an inline config needs model_type (e.g. llama, gpt2, qwen2)")
-        config = AutoConfig.for_model(model_type, **({"max_position_embeddings": block_size} | fields))
+        if not CONTEXT_KEYS & fields.keys():  # block_size is only the default context length
+            fields["max_position_embeddings"] = block_size
+        config = AutoConfig.for_model(model_type, **fields)
     else:
         config = AutoConfig.from_pretrained(spec, local_files_only=True, trust_remote_code=False)
     for key, value in special.items():

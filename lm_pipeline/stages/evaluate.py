@@ -6,7 +6,7 @@
   (source -> target through a prompt template); a bootstrap interval for continuation BLEU.
 - bias: counterfactual templates (mean pairwise gap between groups, per category, with an
   interval over templates) and CrowS-Pairs-format pairs (share preferring the more stereotypical
-  sentence).
+  sentence; as crows_pairs_sample_* for the built-in sample, crows_pairs_* for any other file).
 - benchmark tasks (harness.py): lm-evaluation-harness on the model folder, as `<task>/<metric>`;
   this project's tasks are built from the test split, the harness's own read a local dataset cache.
 
@@ -30,7 +30,7 @@ from lm_pipeline.evaluation import harness, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.continuations import continuations, parallel_bleu
 from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
-from lm_pipeline.evaluation.probes import bias_probe, crows_pairs
+from lm_pipeline.evaluation.probes import bias_probe, crows_pairs, crows_pairs_prefix
 from lm_pipeline.evaluation.scoring import sequence_nll, stride_for, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
@@ -38,6 +38,7 @@ from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.tracking import setup
 
 log = logging.getLogger(__name__)
+CROWS_PAIRS_KEYS = ("stereotype_preference", "ci_low", "ci_high", "neutral", "pairs")
 
 
 def run(cfg: Config) -> dict:
@@ -62,6 +63,7 @@ def run(cfg: Config) -> dict:
     parallel = parallel_bleu(model, tokenizer, cfg.evaluate)
     bias = bias_probe(model, tokenizer, cfg.evaluate)
     crows = crows_pairs(model, tokenizer, cfg.evaluate)
+    crows_prefix = crows_pairs_prefix(e.crows_pairs)  # crows_pairs_sample for the built-in pairs
 
     ppl_low, ppl_high = bootstrap_ci(perplexity_of(nll, counts), len(test_docs), e.bootstrap_resamples,
                                      e.seed)
@@ -77,9 +79,7 @@ def run(cfg: Config) -> dict:
         **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
         **{f"bias_ci_low_{cat}": v["ci_low"] for cat, v in bias["per_category"].items()},
         **{f"bias_ci_high_{cat}": v["ci_high"] for cat, v in bias["per_category"].items()},
-        "crows_pairs_stereotype_preference": crows["stereotype_preference"],
-        "crows_pairs_ci_low": crows["ci_low"], "crows_pairs_ci_high": crows["ci_high"],
-        "crows_pairs_neutral": crows["neutral"], "crows_pairs_pairs": crows["pairs"],
+        **{f"{crows_prefix}_{key}": crows[key] for key in CROWS_PAIRS_KEYS},
         **(tasks.scores if tasks else {}),
     }
     samples = [{"prediction": p, "reference": r}
@@ -90,9 +90,9 @@ def run(cfg: Config) -> dict:
                   weights_sha256(model))
     log_to_mlflow(cfg, metrics, bleu)
     log.info("evaluate: perplexity %.2f [%.2f, %.2f] (unigram %.2f), %.3f bits/byte, BLEU %.2f, "
-             "largest bias gap %.3f, CrowS-Pairs %.2f", metrics["perplexity"], ppl_low, ppl_high,
-             metrics["unigram_perplexity"], metrics["bits_per_byte"], metrics["bleu"],
-             metrics["bias_max_gap"], metrics["crows_pairs_stereotype_preference"])
+             "largest bias gap %.3f, %s_stereotype_preference %.2f", metrics["perplexity"], ppl_low,
+             ppl_high, metrics["unigram_perplexity"], metrics["bits_per_byte"], metrics["bleu"],
+             metrics["bias_max_gap"], crows_prefix, metrics[f"{crows_prefix}_stereotype_preference"])
     if tasks:
         log.info("evaluate: benchmark tasks %s", ", ".join(f"{k} {v:.3f}" for k, v in tasks.scores.items()))
     return metrics

@@ -18,7 +18,13 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.processed import read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
 from lm_pipeline.io import write_json
-from lm_pipeline.training.export import SUMMARY_FILE, export_model, summarize_training, write_curves
+from lm_pipeline.training.export import (
+    SUMMARY_FILE,
+    best_checkpoint,
+    export_model,
+    summarize_training,
+    write_curves,
+)
 from lm_pipeline.training.preflight import check_data_fits, check_parent
 from lm_pipeline.training.run_record import (
     MLFLOW_RUN_FILE,
@@ -85,7 +91,7 @@ def run(cfg: Config) -> TrainResult:
         except Exception:
             mlflow.set_tag("failed_stage", "train")
             raise
-        best, best_metrics = min(result.best_checkpoints, key=lambda c: c[1]["val_loss"])
+        best, best_metrics = best_checkpoint(result.best_checkpoints)
         mlflow.log_params(export_model(cfg, best, meta, run_id))
         marks["export"] = time.perf_counter()
         client = mlflow.MlflowClient()

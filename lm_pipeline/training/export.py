@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 from lm_pipeline import tracking
@@ -18,6 +19,16 @@ from lm_pipeline.training.state import load_weights
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"  # in train.curves_dir, a DVC metric
+
+
+def best_checkpoint(checkpoints: list[tuple]) -> tuple:
+    """The (checkpoint, metrics) pair with the lowest finite val_loss. NaN compares false with
+    everything, so min() over all of them returned a NaN checkpoint that came first."""
+    finite = [c for c in checkpoints if math.isfinite(c[1]["val_loss"])]
+    if not finite:
+        losses = ", ".join(f"step {m['step']}: {m['val_loss']}" for _, m in checkpoints) or "none kept"
+        raise ValueError(f"train: no checkpoint has a finite val_loss, nothing to export ({losses})")
+    return min(finite, key=lambda c: c[1]["val_loss"])
 
 
 def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> dict:

@@ -211,6 +211,8 @@ def close_trial(client, run, result, cfg: Config) -> Trial:
         status, steps, best, checkpoint = "failed", 0, math.nan, None
     else:
         saved = reports[reports["checkpoint_path"].notna()] if "checkpoint_path" in reports else reports[:0]
+        # Only a finite val_loss is exported (export.best_checkpoint's rule); idxmin raises on all-NaN.
+        saved = saved[saved["val_loss"].map(math.isfinite)]
         best_row = saved.loc[saved["val_loss"].idxmin()] if len(saved) else None
         steps = int(reports["step"].max())
         best = float(reports["val_loss"].min())

@@ -70,7 +70,8 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert run.data.params["train.num_workers"] == "2"
     assert metrics["test/perplexity_ci_low"] < metrics["test/perplexity"] < metrics["test/perplexity_ci_high"]
     assert 0 < metrics["test/bits_per_byte"] < 8
-    assert metrics["test/crows_pairs_pairs"] > 0
+    assert metrics["test/crows_pairs_sample_pairs"] > 0  # the built-in sample, apart from the dataset's keys
+    assert not any(k.startswith("test/crows_pairs_") and "_sample_" not in k for k in metrics)
     # where the train stage's time went: the workers' phases fit inside the stage
     phases = sum(metrics[f"time_{p}_s"] for p in ("setup", "steps", "validation", "checkpoints"))
     assert 0 < metrics["time_steps_s"] and phases < metrics["time_driver_fit_s"] < metrics["time_stage_s"]
@@ -79,7 +80,8 @@ def test_flow_registers_a_champion_with_all_metrics(project):
 @pytest.mark.metrics
 def test_crows_pairs_matches_an_independent_computation_with_transformers(project):
     """The template-token score recomputed from the exported folder by transformers' own GPT-2
-    (not our model code or scoring): the same share, up to one near-tie flipping in float noise."""
+    (not our model code or scoring), compared at 3 decimals as the paper's metric.py does: the
+    same share, up to one near-tie flipping in float noise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = project / "models/model"
@@ -101,12 +103,13 @@ def test_crows_pairs_matches_an_independent_computation_with_transformers(projec
         same = [op for op in difflib.SequenceMatcher(None, more, less, autojunk=False).get_opcodes()
                 if op[0] == "equal"]
         lm, ll = logp(more), logp(less)
-        score_more = float(sum(lm[i1:i2].sum() for _, i1, i2, _, _ in same))
-        wins += score_more > float(sum(ll[j1:j2].sum() for *_, j1, j2 in same))
+        score_more = round(float(sum(lm[i1:i2].sum() for _, i1, i2, _, _ in same)), 3)
+        wins += score_more > round(float(sum(ll[j1:j2].sum() for *_, j1, j2 in same)), 3)
         scored += 1
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["crows_pairs_pairs"] == scored > 0
-    assert metrics["crows_pairs_stereotype_preference"] == pytest.approx(wins / scored, abs=1.01 / scored)
+    assert metrics["crows_pairs_sample_pairs"] == scored > 0
+    assert metrics["crows_pairs_sample_stereotype_preference"] == pytest.approx(wins / scored,
+                                                                               abs=1.01 / scored)
 
 
 @pytest.mark.metrics

@@ -36,3 +36,22 @@ def test_a_tuned_model_from_another_search_than_best_json_is_refused(tmp_path):
     write_json(tmp_path / "tuned" / "run.json", {"mlflow_run_id": "b" * 32})
     with pytest.raises(ValueError, match=r"tuned/run.json.*bbbb.*best.json.*aaaa.*lmp search"):
         tuned_config(cfg)
+
+
+@pytest.mark.metrics
+def test_a_trial_whose_checkpoints_all_have_a_nan_val_loss_has_none_to_export(tmp_path):
+    """Such a trial must not be exported (train.best_checkpoint's rule), nor stop the search
+    from recording the others: pandas' idxmin raises on all-NaN."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from lm_pipeline.training.search import close_trial
+
+    cfg = Config.model_validate({"train": {"max_steps": 20, "warmup_steps": 2}})
+    reports = pd.DataFrame({"step": [10, 20], "val_loss": [float("nan")] * 2,
+                            "checkpoint_path": ["ckpt-10", "ckpt-20"], "early_stopped": [False, False]})
+    result = Result(metrics={"config": {"train.lr": 0.001}}, checkpoint=None, error=None,
+                    path=str(tmp_path / "trial-abc"), metrics_dataframe=reports)
+    trial = close_trial(None, None, result, cfg)  # no MLflow run: the client is not used
+    assert trial.best_checkpoint is None and trial.status == "completed" and trial.steps == 20
+    assert trial.trial_id == "abc" and trial.values == {"train.lr": 0.001}
