@@ -33,7 +33,8 @@ DOCUMENTS = [
     "An exception is raised when an error occurs. The try statement catches it in an except clause, "
     "and the finally clause runs in every case, whether or not the exception was handled.",
 ]
-SETTINGS = EvaluateConfig(harness_passage_tokens=16, harness_limit=12, batch_size=8)
+# Passages of 48 tokens: shorter ones of these short documents rarely use a content word twice.
+SETTINGS = EvaluateConfig(harness_passage_tokens=48, harness_limit=12, batch_size=8)
 BLOCK_SIZE = 64
 
 
@@ -118,8 +119,8 @@ def test_records_are_passages_of_the_test_split(docs, tokenizer):
         assert len(set(r["choices"])) == 4
         assert all(any(c in t for j, t in enumerate(texts) if j != source) for c in others)
     short = harness.task_data(docs, tokenizer, ["lmp_cloze_choice"], SETTINGS, block_size=9)
-    assert {len(tokenizer.encode(r["context"] + r["choices"][r["label"]]).ids)
-            for r in short["lmp_cloze_choice"]} == {8}  # with bos, the model's 9 positions
+    assert max(len(tokenizer.encode(r["context"] + r["choices"][r["label"]]).ids)
+               for r in short["lmp_cloze_choice"]) <= 8  # with bos, the model's 9 positions
 
 
 def test_harness_scores_what_the_model_computes(data, scored, hf):
@@ -156,3 +157,72 @@ def test_task_folder_runs_from_where_it_says_its_data_are(tmp_path, data):
 def test_an_unknown_task_names_the_setting(folder, data):
     with pytest.raises(ValueError, match=r"evaluate.harness_tasks.*'lmp_no_such_task'"):
         harness.run(folder, data, ["lmp_last_word", "lmp_no_such_task"], SETTINGS)
+
+
+@pytest.mark.metrics
+@pytest.mark.parametrize("block_size", [9, BLOCK_SIZE])
+def test_cloze_cuts_between_words(docs, tokenizer, block_size):
+    """A cut inside a word would let the rest of that word give the real piece away: every context
+    ends a word and every choice, the real one and the distractors, starts a new one."""
+    everything = EvaluateConfig(harness_passage_tokens=16, harness_limit=0)
+    records = harness.task_data(docs, tokenizer, ["lmp_cloze_choice"], everything, block_size)
+    assert records["lmp_cloze_choice"]
+    for r in records["lmp_cloze_choice"]:
+        assert re.search(r"\S$", r["context"]), r
+        assert all(re.match(r"\s+\S", c) for c in r["choices"]), r
+
+
+FUNCTION_WORDS = {"a", "an", "the", "and", "or", "of", "in", "it", "its", "is", "to", "by", "so", "as",
+                  "be", "may", "can", "when", "which", "whether", "not", "every", "each", "after", "between",
+                  "since", "they", "their", "were", "was", "that", "same", "once", "even", "over", "often"}
+
+
+@pytest.mark.metrics
+def test_last_word_targets_are_content_words_the_context_has_seen(docs, tokenizer):
+    """LAMBADA's property: the word is predictable from the passage, not a function word any
+    context ends with; a passage without such a word gives no record."""
+    everything = SETTINGS.model_copy(update={"harness_limit": 0})
+    records = harness.task_data(docs, tokenizer, ["lmp_last_word"], everything, BLOCK_SIZE)["lmp_last_word"]
+    assert records
+    for r in records:
+        word = r["target"][1:]
+        assert word.lower() not in FUNCTION_WORDS and len(word) >= 3, r
+        assert re.search(rf"\b{word}\b", r["context"], re.IGNORECASE), r
+
+    def records_of(text: str) -> list[dict]:
+        doc = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids)
+        return harness.last_word_records(harness.passages([doc], 64), tokenizer)
+
+    assert records_of("The cat sat on the mat and then it ran off to the door.") == []
+    assert records_of("The cat sat on the mat, and the cat purred at the door.") == [
+        {"context": "The cat sat on the mat, and the", "target": " cat"}]
+
+
+@pytest.mark.metrics
+def test_a_score_of_the_first_documents_only_says_so(folder, data):
+    """lm-eval's limit scores a task's first N documents, not a sample: a key that hid it would
+    compare a subset with the whole task (a gate, a published number)."""
+    assert len(data["lmp_last_word"]) <= 5 < len(data["lmp_cloze_choice"])  # a limit that cuts one task
+    first5 = EvaluateConfig(harness_limit=5, batch_size=8)
+    limited = harness.run(folder, data, list(harness.OWN_TASKS), first5)
+    assert limited.documents == {"lmp_last_word": len(data["lmp_last_word"]), "lmp_cloze_choice": 5}
+    assert set(limited.scores) == {"lmp_last_word/acc", "lmp_last_word/perplexity",
+                                   "lmp_cloze_choice/acc_first5", "lmp_cloze_choice/acc_norm_first5"}
+    assert harness.score_key("arc_easy", "acc") == "arc_easy/acc"
+    assert harness.score_key("arc_easy", "acc_norm", first=100) == "arc_easy/acc_norm_first100"
+    results = {"results": {"arc_easy": {"acc,none": 0.5, "acc_stderr,none": 0.1},
+                           "mmlu": {"acc,none": 0.3}, "mmlu_law": {"acc,none": 0.3},
+                           "lmp_last_word": {"acc,none": 0.2, "perplexity,none": 9.0},
+                           "gsm8k": {"exact_match,strict-match": 0.1}},
+               "n-samples": {"arc_easy": {"original": 2376, "effective": 100},
+                             "mmlu_law": {"original": 1534, "effective": 100},
+                             "lmp_last_word": {"original": 80, "effective": 80},
+                             "gsm8k": {"original": 1319, "effective": 100}},
+               "group_subtasks": {"mmlu": ["mmlu_law"]}}
+    assert harness.flat_scores(results, limit=100) == {
+        "arc_easy/acc_first100": 0.5, "mmlu/acc_first100": 0.3, "mmlu_law/acc_first100": 0.3,
+        "lmp_last_word/acc": 0.2, "lmp_last_word/perplexity": 9.0,
+        "gsm8k/exact_match_strict-match_first100": 0.1}
+    assert set(harness.flat_scores(results, limit=0)) == {
+        "arc_easy/acc", "mmlu/acc", "mmlu_law/acc", "lmp_last_word/acc", "lmp_last_word/perplexity",
+        "gsm8k/exact_match_strict-match"}
