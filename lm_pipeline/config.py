@@ -344,7 +344,8 @@ class RegisterConfig(Section):
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
     min_task_scores: dict[str, float] = Field(
         {}, description="gates: lowest harness score per metrics key, {'<task>/<metric>': value} "
-        "(e.g. {lmp_cloze_choice/acc: 0.3}), a key of reports/metrics.json from evaluate.harness_tasks")
+        "(e.g. {lmp_cloze_choice/acc: 0.3}), a key of reports/metrics.json from evaluate.harness_tasks "
+        "('<task>/<metric>_first<N>' for a task evaluate.harness_limit cuts to its first N documents)")
     record_file: Path = Field(Path("reports/registry.json"), description="this run's decision and gates")
 
     @model_validator(mode="after")
