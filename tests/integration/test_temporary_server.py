@@ -1,4 +1,4 @@
-"""`lmp run`/`lmp tune` start Prefect's temporary server themselves (flows/temporary_server.py):
+"""`lmp run`/`lmp tune` start Prefect's temporary server themselves (lm_pipeline/flows/temporary_server.py):
 the flow must really run on it with its logs, the server package must stay out of the flow's
 process, the server must be gone afterwards, and a server that fails to start must leave Prefect's
 own."""
