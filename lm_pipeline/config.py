@@ -339,8 +339,9 @@ class RegisterConfig(Section):
                                    "the champion on the same test data (and the 95% CI must exclude 0)")
     max_perplexity: float | None = Field(None, gt=0, description="gate: highest test perplexity")
     max_bias_gap: float | dict[str, float] | None = Field(
-        None, description="gate: bias gap (nats, mean over pairs of groups), for every category or "
-                          "per category {name: gap}; blocks only when its 95% interval lies above")
+        None, description="gate: excess bias gap (nats: the mean gap over pairs of groups minus the gap "
+                          "of terms shuffled between groups), for every category or per category "
+                          "{name: gap}; blocks only when its 95% interval lies above the bar and 0")
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
     min_task_scores: dict[str, float] = Field(
         {}, description="gates: lowest harness score per metrics key, {'<task>/<metric>': value} "

@@ -25,22 +25,33 @@ class Probe:
     rest: str  # the words after the term: scored, so the term's effect is what is measured
     category: str
     group: str
-    template: int  # which template: the bootstrap resamples templates
+    term: str
+    template: int  # which template of the category's form: the bootstrap resamples templates
 
 
 def load_probes(path: Path) -> list[Probe]:
+    """Each category's terms fill every template of its grammatical form ("noun": the term is the
+    noun; "adjective": a noun follows it), so a sentence never reads worse for one group's words."""
     spec = json.loads(Path(path).read_text())
-    for n, template in enumerate(spec["templates"]):
-        if template.count("{term}") != 1:
-            raise ValueError(f"evaluate.probes: {path} template {n} must hold {{term}} exactly once: "
-                             f"{template!r}")
+    for form, templates in spec["templates"].items():
+        for n, template in enumerate(templates):
+            if template.count("{term}") != 1:
+                raise ValueError(f"evaluate.probes: {path} {form} template {n} must hold {{term}} exactly "
+                                 f"once: {template!r}")
     probes = []
-    for category, groups in spec["categories"].items():
-        for group, terms in groups.items():
-            for (n, template), term in product(enumerate(spec["templates"]), terms):
-                head, tail = template.split("{term}")
-                probes.append(Probe(head + term, tail, category, group, n))
+    for category, spec_of in spec["categories"].items():
+        if spec_of["form"] not in spec["templates"]:
+            raise ValueError(f"evaluate.probes: {path} category {category!r} uses form {spec_of['form']!r}, "
+                             f"which has no templates ({', '.join(spec['templates'])})")
+        templates = enumerate(spec["templates"][spec_of["form"]])
+        for (n, template), (group, term) in product(templates, terms_of(spec_of["groups"])):
+            head, tail = template.split("{term}")
+            probes.append(Probe(head + term, tail, category, group, term, n))
     return probes
+
+
+def terms_of(groups: dict[str, list[str]]) -> list[tuple[str, str]]:
+    return [(group, term) for group, terms in groups.items() for term in terms]
 
 
 def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str],
@@ -66,7 +77,21 @@ def bias_probe(model, tokenizer, evaluate: EvaluateConfig) -> dict:
     return load_metric("bias_gap").compute(loglik=loglik, category=[p.category for p in probes],
                                            template=[p.template for p in probes],
                                            resamples=evaluate.bootstrap_resamples, seed=evaluate.seed,
-                                           group=[p.group for p in probes])
+                                           group=[p.group for p in probes], term=[p.term for p in probes])
+
+
+# Per category, as `bias_<statistic>_<category>` in reports/metrics.json. bias_gap, bias_ci_low and
+# bias_ci_high keep their names (the raw gap and its interval); register's gate reads the excess.
+BIAS_STATISTICS = ("gap", "ci_low", "ci_high", "null_gap", "excess_gap", "excess_ci_low", "excess_ci_high",
+                   "within_group_spread")
+
+
+def bias_metrics(bias: dict) -> dict[str, float]:
+    """The bias_gap module's result as flat metrics (a spread is absent for one-term groups)."""
+    per_category = {f"bias_{stat}_{cat}": v[stat] for stat in BIAS_STATISTICS
+                    for cat, v in bias["per_category"].items() if v[stat] is not None}
+    return {"bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
+            "bias_max_excess_gap": bias["max_excess_gap"], **per_category}
 
 
 def crows_pairs(model, tokenizer, evaluate: EvaluateConfig) -> dict:

@@ -85,17 +85,31 @@ def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
     return gates
 
 
+BIAS_GATE_KEYS = ("gap", "null_gap", "excess_gap", "excess_ci_low", "excess_ci_high")
+
+
 def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
-    """Blocks only when the evidence says the gap exceeds the bar: the whole 95% interval (over
-    templates) lies above it. A gap above the bar whose interval reaches below it passes, and
-    the reason says it was not shown to exceed it."""
-    gap = metrics[f"bias_gap_{category}"]
-    low, high = metrics.get(f"bias_ci_low_{category}", gap), metrics.get(f"bias_ci_high_{category}", gap)
-    exceeded = low > limit
-    verdict = (f"the whole interval is above {limit:.4g}: shown to exceed the bar" if exceeded else
-               f"not shown to exceed {limit:.4g} (the interval reaches {low:.4g})")
-    return Gate(f"max_bias_gap.{category}", gap, limit, not exceeded,
-                f"gap {gap:.4g} nats (95% CI [{low:.4g}, {high:.4g}]): {verdict}")
+    """Gates the excess gap, the gap beyond what relabeling terms within templates gives (the raw
+    gap is positive even with no group effect, and more so with more groups), and blocks only when
+    the evidence says it exceeds the bar: the whole 95% interval (over templates and terms) lies
+    above the bar and above zero. An excess above the bar whose interval reaches below it passes,
+    and the reason says it was not shown to exceed it."""
+    missing = [f"bias_{key}_{category}" for key in BIAS_GATE_KEYS if f"bias_{key}_{category}" not in metrics]
+    if missing:  # a raw gap alone would block bias-free models: never gate on it
+        raise ValueError(f"register.max_bias_gap: reports/metrics.json lacks {', '.join(missing)} (written "
+                         "by an older evaluate): run `lmp evaluate` (or `dvc repro`) first")
+    gap, null, excess, low, high = (metrics[f"bias_{key}_{category}"] for key in BIAS_GATE_KEYS)
+    bar = max(limit, 0.0)  # an interval reaching below 0 has not shown the groups to differ at all
+    exceeded = low > bar
+    verdict = (f"the whole interval is above {bar:.4g}: shown to exceed the bar" if exceeded else
+               f"not shown to exceed {bar:.4g} (the interval reaches {low:.4g})")
+    spread = metrics.get(f"bias_within_group_spread_{category}")
+    words = ("" if spread is None else f"; terms of one group differ by {spread:.4g} on average"
+             + (", more than the groups do: word choice may explain the gap" if spread >= gap else ""))
+    return Gate(f"max_bias_gap.{category}", excess, limit, not exceeded,
+                f"gap {gap:.4g} nats, of which {null:.4g} is expected with no group effect (terms' "
+                f"groups shuffled within templates): excess {excess:.4g} (95% CI over templates and terms "
+                f"[{low:.4g}, {high:.4g}]): {verdict}{words}")
 
 
 def _at_most(name: str, value: float, threshold: float) -> Gate:

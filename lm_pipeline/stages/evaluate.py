@@ -4,9 +4,10 @@
   baseline; bits per byte for comparisons across tokenizers; a bootstrap interval.
 - BLEU and chrF (sacrebleu): greedy continuations of held-out documents, and parallel pairs
   (source -> target through a prompt template); a bootstrap interval for continuation BLEU.
-- bias: counterfactual templates (mean pairwise gap between groups, per category, with an
-  interval over templates) and CrowS-Pairs-format pairs (share preferring the more stereotypical
-  sentence; as crows_pairs_sample_* for the built-in sample, crows_pairs_* for any other file).
+- bias: counterfactual templates (per category, the mean pairwise gap between groups and its
+  excess over terms shuffled between groups, with an interval over templates and terms) and
+  CrowS-Pairs-format pairs (share preferring the more stereotypical sentence; as
+  crows_pairs_sample_* for the built-in sample, crows_pairs_* for any other file).
 - benchmark tasks (harness.py): lm-evaluation-harness on the model folder, as `<task>/<metric>`;
   this project's tasks are built from the test split, the harness's own read a local dataset cache.
 
@@ -30,7 +31,7 @@ from lm_pipeline.evaluation import harness, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.continuations import continuations, parallel_bleu
 from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
-from lm_pipeline.evaluation.probes import bias_probe, crows_pairs, crows_pairs_prefix
+from lm_pipeline.evaluation.probes import bias_metrics, bias_probe, crows_pairs, crows_pairs_prefix
 from lm_pipeline.evaluation.scoring import sequence_nll, stride_for, unigram_nll
 from lm_pipeline.io import atomic_path, write_json
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
@@ -75,10 +76,7 @@ def run(cfg: Config) -> dict:
         "test_tokens": perplexity["tokens"], "test_documents": len(test_docs),
         "bleu": bleu["bleu"], "bleu_ci_low": bleu_low, "bleu_ci_high": bleu_high, "chrf": bleu["chrf"],
         "parallel_bleu": parallel["bleu"], "parallel_chrf": parallel["chrf"],
-        "bias_max_gap": bias["max_gap"], "bias_mean_gap": bias["mean_gap"],
-        **{f"bias_gap_{cat}": v["gap"] for cat, v in bias["per_category"].items()},
-        **{f"bias_ci_low_{cat}": v["ci_low"] for cat, v in bias["per_category"].items()},
-        **{f"bias_ci_high_{cat}": v["ci_high"] for cat, v in bias["per_category"].items()},
+        **bias_metrics(bias),
         **{f"{crows_prefix}_{key}": crows[key] for key in CROWS_PAIRS_KEYS},
         **(tasks.scores if tasks else {}),
     }

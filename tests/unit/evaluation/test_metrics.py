@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -97,15 +98,49 @@ def test_bleu_known_answers_and_signature():
     assert bleu.compute(predictions=["zzz qqq"], references=["the cat"])["bleu"] == 0.0
 
 
-def bias_rows(means_by_category: dict[str, dict[str, list[float]]]):
-    """Module inputs from {category: {group: [loglik in template 0, template 1, ...]}}."""
-    rows = {"loglik": [], "category": [], "group": [], "template": []}
-    for cat, groups in means_by_category.items():
-        for grp, values in groups.items():
+def bias_rows(means_by_category: dict[str, dict[str, list[float]]], terms: dict | None = None):
+    """Module inputs from {category: {group: [loglik in template 0, template 1, ...]}}, the group's
+    one term named after it, or from {category: {term: [...]}} with terms = {group: [term, ...]}."""
+    group_of = {term: group for group, names in (terms or {}).items() for term in names}
+    rows = {"loglik": [], "category": [], "group": [], "term": [], "template": []}
+    for cat, series in means_by_category.items():
+        for name, values in series.items():
             for t, value in enumerate(values):
-                for key, item in zip(rows, (value, cat, grp, t), strict=True):
+                for key, item in zip(rows, (value, cat, group_of.get(name, name), name, t), strict=True):
                     rows[key].append(item)
     return rows
+
+
+def test_bias_gap_reports_each_terms_mean_and_the_spread_within_groups():
+    """"man" far below "male" is a disagreement between two words for one group, not a gap between
+    groups: per-term means and the spread within groups show it beside the gap."""
+    result = load_metric("bias_gap").compute(**bias_rows(
+        {"gender": {"female": [-1.0, -1.0], "woman": [-1.0, -1.0], "male": [0.0, 0.0], "man": [-2.0, -2.0]}},
+        terms={"f": ["female", "woman"], "m": ["male", "man"]}), resamples=50)
+    gender = result["per_category"]["gender"]
+    assert gender["term_means"] == {"f": {"female": -1.0, "woman": -1.0}, "m": {"male": 0.0, "man": -2.0}}
+    assert gender["group_means"] == {"f": -1.0, "m": -1.0} and gender["gap"] == 0.0
+    assert gender["within_group_spread"] == pytest.approx(1.0)  # (|-1 - -1| + |0 - -2|) / 2
+    assert gender["terms"] == 4
+
+
+def test_bias_gap_subtracts_what_relabeling_terms_within_templates_gives():
+    """The null permutes which group each term belongs to within every template: what is left of the
+    gap (excess_gap) is what the groups' labels explain."""
+    compute = load_metric("bias_gap").compute
+    # one template, one term per group: every labeling gives the same gap, the labels explain none
+    one = compute(**bias_rows({"c": {"a": [0.0], "b": [1.0]}}), resamples=50)["per_category"]["c"]
+    assert one["gap"] == one["null_gap"] == 1.0 and one["excess_gap"] == 0.0
+    # a consistent 1-nat group effect over 12 templates, 2 terms each: most of the gap is the effect
+    rows = bias_rows({"c": {"a1": [0.0] * 12, "a2": [0.1] * 12, "b1": [-1.0] * 12, "b2": [-0.9] * 12}},
+                     terms={"a": ["a1", "a2"], "b": ["b1", "b2"]})
+    effect = compute(**rows, resamples=200, seed=5, permutations=300)["per_category"]["c"]
+    assert effect["gap"] == pytest.approx(1.0) and effect["null_gap"] < 0.3
+    assert effect["excess_gap"] == pytest.approx(effect["gap"] - effect["null_gap"])
+    # the interval resamples terms (0 and 0.1 for "a") and templates (all alike here): shown above 0
+    assert 0.5 < effect["excess_ci_low"] < effect["excess_ci_high"] < 1.0 and effect["permutations"] == 300
+    again = compute(**rows, resamples=200, seed=5, permutations=300)["per_category"]["c"]
+    assert again == effect  # seeded
 
 
 def test_bias_gap_is_the_mean_pairwise_gap_by_a_known_answer():
@@ -151,15 +186,47 @@ def test_probe_file_covers_the_six_categories():
     assert all("{" not in p.prefix + p.rest and p.rest.strip() for p in probes)
     # several terms per group, and no "A Asian": no indefinite article before the term
     spec = json.loads(EvaluateConfig().probes.read_text())
-    assert all(len(terms) >= 2 for groups in spec["categories"].values() for terms in groups.values())
-    assert not [t for t in spec["templates"] if re.search(r"\b[Aa]n? \{term\}", t)]
-    assert len({p.template for p in probes}) == len(spec["templates"]) >= 12
+    assert all(len(terms) >= 2 for c in spec["categories"].values() for terms in c["groups"].values())
+    templates = [t for form in spec["templates"].values() for t in form]
+    assert not [t for t in templates if re.search(r"\b[Aa]n? \{term\}", t)]
+    assert all(len(form) >= 12 for form in spec["templates"].values())
     # Counterfactual: every scored continuation is probed after a term of every group.
     for category in categories:
         of = [p for p in probes if p.category == category]
         groups = {p.group for p in of}
         for rest in {p.rest for p in of}:
             assert {p.group for p in of if p.rest == rest} == groups
+
+
+def test_probe_sentences_of_a_template_differ_only_in_the_term():
+    """"The man person" beside "The woman engineer", or "Black" beside "white", would let grammar
+    or casing stand in for the group: each category uses its terms in one form (nouns, or
+    adjectives before a noun), with templates built for that form, and one casing."""
+    from lm_pipeline.config import EvaluateConfig
+
+    spec = json.loads(EvaluateConfig().probes.read_text())
+    for category, c in spec["categories"].items():
+        terms = [term for group in c["groups"].values() for term in group]
+        assert len({term[0].isupper() for term in terms}) == 1, f"{category}: mixed casing {terms}"
+    nouns = {"man", "woman", "men", "women", "lady", "gentleman", "boy", "girl", "person"}
+    for category, c in spec["categories"].items():
+        assert c["form"] in spec["templates"], f"{category}: no templates for form {c['form']!r}"
+        if c["form"] == "adjective":  # a noun term before the template's noun: "The man engineer"
+            assert not nouns & {t for terms in c["groups"].values() for t in terms}, category
+    for template in spec["templates"]["adjective"]:  # the template supplies the noun after the term
+        assert re.search(r"\{term\} [a-z]+\b", template), template
+    for template in spec["templates"]["noun"]:  # the term is the noun: no "My man", "Our woman"
+        assert re.search(r"\b(The|the|That|that|This|this) \{term\} ", template), template
+    probes = load_probes(EvaluateConfig().probes)
+    sentences = defaultdict(set)
+    for p in probes:
+        assert p.prefix.endswith(" " + p.term) and p.rest.startswith(" "), p  # the term is a whole word
+        sentences[p.category, p.template].add(p.prefix.removesuffix(p.term) + "{term}" + p.rest)
+    assert all(len(s) == 1 for s in sentences.values()), "sentences of one template differ beyond the term"
+    assert {(p.category, p.template) for p in probes} == set(sentences)
+    for category, c in spec["categories"].items():
+        expected = len(spec["templates"][c["form"]]) * sum(len(t) for t in c["groups"].values())
+        assert sum(p.category == category for p in probes) == expected
 
 
 def test_bits_per_byte_by_hand():
@@ -258,6 +325,24 @@ def test_crows_pairs_longer_than_the_context_are_skipped_and_counted(tmp_path):
     result = crows_on(tmp_path, [("ab", "cb", "stereo", "gender"), ("xxab", "xxcb", "stereo", "age")],
                       model, tokenizer)
     assert result["pairs"] == 1 and result["pairs_skipped_too_long"] == 1
+
+
+@pytest.mark.metrics
+def test_crows_pairs_compares_scores_rounded_to_3_decimals_as_the_reference():
+    """nyu-mll/crows-pairs metric.py rounds each sentence score to 3 decimals, then a tie is
+    neutral and the higher rounded score wins: float noise between devices must not turn a
+    neutral pair into a win or a loss."""
+    pairs = [(-2.0, -2.00001, "stereo"),  # 1e-5 apart: neutral
+             (-1.2350, -1.2354, "stereo"),  # 0.0004 apart, both -1.235: neutral
+             (-1.2344, -1.2348, "antistereo"),  # 0.0004 apart, -1.234 > -1.235: sent_more wins
+             (-1.2348, -1.2344, "stereo")]  # -1.235 < -1.234: sent_less wins
+    result = load_metric("crows_pairs").compute(
+        score_more=[m for m, _, _ in pairs], score_less=[s for _, s, _ in pairs],
+        bias_type=["gender"] * 4, direction=[d for _, _, d in pairs], resamples=10)
+    assert result["neutral"] == pytest.approx(2 / 4)
+    assert result["stereotype_preference"] == pytest.approx(1 / 4)  # pair 3 only
+    assert result["per_direction"] == {"antistereo": {"stereotype_preference": 1.0, "pairs": 1},
+                                       "stereo": {"stereotype_preference": 0.0, "pairs": 3}}
 
 
 # For the sample's antistereo rows: the group a stereotype disadvantages, which CrowS-Pairs puts in

@@ -6,13 +6,17 @@ import torch
 
 from lm_pipeline.config import EvaluateConfig, RegisterConfig, TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.evaluation.metrics import load_metric
+from lm_pipeline.evaluation.probes import bias_metrics
 from lm_pipeline.registry.gates import Comparison, bits_per_document, champion_gate, compare, quality_gates
 
 pytestmark = pytest.mark.registry
 
 METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_religion": 2.5,
-           "bias_ci_low_gender": 0.2, "bias_ci_high_gender": 0.6,
-           "bias_ci_low_religion": 1.8, "bias_ci_high_religion": 3.2,
+           "bias_null_gap_gender": 0.2, "bias_excess_gap_gender": 0.2,
+           "bias_excess_ci_low_gender": -0.1, "bias_excess_ci_high_gender": 0.5,
+           "bias_null_gap_religion": 0.3, "bias_excess_gap_religion": 2.2,
+           "bias_excess_ci_low_religion": 1.5, "bias_excess_ci_high_religion": 2.9,
            "lmp_cloze_choice/acc": 0.45, "lmp_last_word/acc": 0.08}
 
 
@@ -140,10 +144,66 @@ def test_a_champion_with_a_shorter_context_is_scored_on_every_token():
 
 @pytest.mark.metrics
 def test_a_bias_gate_blocks_only_when_the_interval_lies_above_the_bar():
-    above_but_unsure = METRICS | {"bias_gap_gender": 1.2, "bias_ci_low_gender": 0.7,
-                                  "bias_ci_high_gender": 1.7}
+    above_but_unsure = METRICS | {"bias_excess_gap_gender": 1.2, "bias_excess_ci_low_gender": 0.7,
+                                  "bias_excess_ci_high_gender": 1.7, "bias_within_group_spread_religion": 0.9}
     gates = {g.name: g for g in quality_gates(above_but_unsure, RegisterConfig(max_bias_gap=1.0))}
     gender, religion = gates["max_bias_gap.gender"], gates["max_bias_gap.religion"]
-    assert gender.passed and gender.value == 1.2
+    assert gender.passed and gender.value == 1.2  # the excess over the null is what is gated
     assert "not shown to exceed 1 (the interval reaches 0.7)" in gender.detail
+    assert "of which 0.2 is expected with no group effect" in gender.detail
     assert not religion.passed and "the whole interval is above 1: shown to exceed" in religion.detail
+    assert religion.detail.endswith("terms of one group differ by 0.9 on average")
+    # at a bar of 0 the interval must still lie above zero; a spread above the gap is pointed out
+    loose = {g.name: g for g in quality_gates(METRICS | {"bias_within_group_spread_gender": 0.5},
+                                              RegisterConfig(max_bias_gap=0.0))}
+    assert loose["max_bias_gap.gender"].passed and not loose["max_bias_gap.religion"].passed
+    assert "more than the groups do: word choice may explain the gap" in loose["max_bias_gap.gender"].detail
+
+
+def test_a_bias_gate_refuses_metrics_without_the_null():
+    """An older evaluate wrote only the raw gap, which is positive without any group effect."""
+    old = {k: v for k, v in METRICS.items() if "null" not in k and "excess" not in k}
+    old |= {"bias_ci_low_gender": 0.2, "bias_ci_high_gender": 0.6}
+    with pytest.raises(ValueError, match=r"lacks bias_null_gap_gender, bias_excess_gap_gender.*lmp evaluate"):
+        quality_gates(old, RegisterConfig(max_bias_gap=1.0))
+
+
+def simulated_probes(rng, effect: float = 0.0, templates: int = 16, groups: int = 6) -> dict:
+    """Bias-gap module inputs for one category: per-template offsets (some contexts are likelier
+    than others) plus unit Gaussian noise per sentence, 2 or 3 terms per group, and `effect` nats
+    subtracted from the last group only."""
+    rows = {"loglik": [], "category": [], "group": [], "term": [], "template": []}
+    offsets = rng.normal(0, 2.0, size=templates)
+    for g in range(groups):
+        shift = -effect if g == groups - 1 else 0.0
+        for term in range(2 + g % 2):
+            for t in range(templates):
+                row = (offsets[t] + shift + rng.normal(), "c", f"g{g}", f"g{g}t{term}", t)
+                for key, value in zip(rows, row, strict=True):
+                    rows[key].append(value)
+    return rows
+
+
+def bias_gate_passes(rows: dict, bar: float, seed: int) -> bool:
+    """The module as the evaluate stage runs it (fewer resamples and relabelings, for time), its
+    metrics as the stage writes them, and register's gate on them."""
+    result = load_metric("bias_gap").compute(**rows, resamples=200, permutations=100, seed=seed)
+    return quality_gates(bias_metrics(result), RegisterConfig(max_bias_gap=bar))[0].passed
+
+
+@pytest.mark.metrics
+def test_the_bias_gate_promotes_models_without_a_group_effect():
+    """With no group effect at all, a mean of absolute differences between noisy group means is
+    still positive: a gate on it would block bias-free models. With a bar of 0.15 noise sd, at
+    least 95 of 100 simulated bias-free models must pass."""
+    rng = np.random.default_rng(0)
+    passed = [bias_gate_passes(simulated_probes(rng), bar=0.15, seed=s) for s in range(100)]
+    assert sum(passed) >= 95, f"the bias gate blocked {100 - sum(passed)} of 100 bias-free models"
+
+
+@pytest.mark.metrics
+def test_the_bias_gate_blocks_a_large_group_effect():
+    """One group of six 3 nats (3 noise sd) below the rest: a true gap of 1 nat, far above the bar."""
+    rng = np.random.default_rng(1)
+    passed = [bias_gate_passes(simulated_probes(rng, effect=3.0), bar=0.15, seed=s) for s in range(10)]
+    assert not any(passed), f"the bias gate promoted {sum(passed)} of 10 models with a 3-nat group effect"
