@@ -79,7 +79,8 @@ def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
     for key, threshold in sorted(register.min_task_scores.items()):
         if key not in metrics:
             raise ValueError(f"register.min_task_scores names {key!r}, which reports/metrics.json lacks: "
-                             "add the task to evaluate.harness_tasks (keys are '<task>/<metric>')")
+                             "add the task to evaluate.harness_tasks (keys are '<task>/<metric>', and "
+                             "'<task>/<metric>_first<N>' for a task evaluate.harness_limit cut)")
         gates.append(Gate(f"min_task_scores.{key}", metrics[key], threshold, metrics[key] >= threshold,
                           f"{key} {metrics[key]:.4g} >= {threshold:.4g}"))
     return gates
