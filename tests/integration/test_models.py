@@ -6,6 +6,7 @@ laid out as `huggingface-cli download` leaves them."""
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -131,8 +132,15 @@ def test_fine_tuning_a_llama_folder_on_two_ddp_workers_then_evaluate_register_an
     assert (logits(project / "runs/llama/model", ids) - logits(parent, ids)).abs().max() > 1e-3  # trained
 
     metrics = json.loads((project / "runs/llama/metrics.json").read_text())
-    assert metrics["perplexity"] < meta["vocab_size"]  # better than uniform: the stages scored it
-    assert 0 <= metrics["lmp_last_word/acc"] <= 1 and 0 <= metrics["lmp_cloze_choice/acc"] <= 1
+    # the stages scored this model: its bits per byte are its perplexity's (one NLL), and each task's
+    # accuracy is a count of right answers over the records the harness scored
+    n_bytes = meta["text_bytes"]["test"] + metrics["test_documents"]
+    assert metrics["bits_per_byte"] == pytest.approx(
+        math.log2(metrics["perplexity"]) * metrics["test_tokens"] / n_bytes, rel=1e-9)
+    scored = json.loads((project / "runs/llama/evaluation/details.json").read_text())["harness"]["documents"]
+    for task in ("lmp_last_word", "lmp_cloze_choice"):
+        right = metrics[f"{task}/acc"] * scored[task]
+        assert scored[task] > 0 and right == pytest.approx(round(right), abs=1e-6), task
     uri = f"sqlite:///{project / 'mlflow.db'}"
     tags = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version("lm-pipeline", "1").tags
     assert tags["parent_safetensors_sha256"] == run_info["parent"]["weights_sha256"]

@@ -3,6 +3,7 @@
 import csv
 import difflib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,7 +70,12 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert history[-1].value < history[0].value
     assert run.data.params["train.num_workers"] == "2"
     assert metrics["test/perplexity_ci_low"] < metrics["test/perplexity"] < metrics["test/perplexity_ci_high"]
-    assert 0 < metrics["test/bits_per_byte"] < 8
+    # bits per byte and perplexity, from the same NLL: bits = log2(perplexity) x tokens, over the
+    # test text's bytes (counted at preprocess) plus one per document
+    meta = json.loads((project / "data/processed/meta.json").read_text())
+    n_bytes = meta["text_bytes"]["test"] + metrics["test/test_documents"]
+    assert metrics["test/bits_per_byte"] == pytest.approx(
+        math.log2(metrics["test/perplexity"]) * metrics["test/test_tokens"] / n_bytes, rel=1e-9)
     assert metrics["test/crows_pairs_sample_pairs"] > 0  # the built-in sample, apart from the dataset's keys
     assert not any(k.startswith("test/crows_pairs_") and "_sample_" not in k for k in metrics)
     # where the train stage's time went: the workers' phases fit inside the stage

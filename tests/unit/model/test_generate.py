@@ -11,7 +11,9 @@ def model() -> GPT:
     return GPT(CFG).eval()
 
 
-def test_generation_continues_past_the_context_window():
+def test_smoke_generation_continues_past_the_context_window():
+    """A smoke test (it runs, it has the length): which tokens come past the context is checked
+    against an uncached computation in test_transformer and test_backends."""
     out = generate(model(), torch.zeros(1, 3, dtype=torch.long), max_new_tokens=40)
     assert out.shape == (1, 43)
 
