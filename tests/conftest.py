@@ -38,3 +38,26 @@ def s3(tmp_path_factory) -> S3Server:
     buckets = ("mlflow", "dvc", "corpus", "checkpoints")
     with s3_server(tmp_path_factory.mktemp("s3") / "s3.log", buckets) as server:
         yield server
+
+
+@pytest.fixture
+def forget_mlflow_uri(monkeypatch):
+    """MLflow's process-wide URI is reset after the test: mlflow.set_tracking_uri (in
+    tracking.setup) also exports MLFLOW_TRACKING_URI, which Config and every later subprocess
+    (the flows' stages) would take."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_uri():
+    """A test that leaves MLFLOW_TRACKING_URI set points every later test's flows and stages at
+    its store (a tune flow once logged its runs to another module's project): name it here."""
+    yield
+    assert "MLFLOW_TRACKING_URI" not in os.environ, (
+        f"this test left MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} set (use the "
+        "forget_mlflow_uri fixture, or monkeypatch.setenv)")

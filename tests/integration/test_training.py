@@ -256,6 +256,7 @@ def fine_tune_data(project) -> Path:
 
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
+@pytest.mark.usefixtures("forget_mlflow_uri")  # start_run sets MLflow's URI for the whole process
 def test_a_fine_tune_resumed_from_its_step_0_checkpoint_is_the_uninterrupted_run(project, fine_tune_data,
                                                                                     monkeypatch):
     """A fine-tune validates its parent at step 0 and checkpoints it (the parent is a candidate).
