@@ -1,6 +1,7 @@
-"""The pipeline's stages, in order: the one list the CLI, the flows and the tests read.
-
-dvc.yaml declares the same stages (each runs `lmp <stage>`); a test keeps the two equal.
+"""The pipeline's stages: one module each in this package (`run(cfg)` and its I/O; the work is
+in the component libraries beside it), and STAGES, in order, the one list the CLI, the flows and
+the tests read. dvc.yaml declares the same stages (each runs `lmp <stage>`); tests keep the
+modules, STAGES, dvc.yaml and the CLI equal (tests/test_architecture.py).
 """
 
 STAGES = {
