@@ -68,12 +68,16 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     cats = bias["per_category"]
-    gaps = np.array([c["gap"] for c in cats.values()])
-    # A gap is a mean of absolute differences: its bootstrap interval can lie wholly above it.
-    errors = np.clip([gaps - [c["ci_low"] for c in cats.values()],
-                      [c["ci_high"] for c in cats.values()] - gaps], 0, None)
-    axes[0].barh(list(cats), gaps, xerr=errors, capsize=3)
-    axes[0].set(xlabel="mean gap between groups (nats), 95% interval", title="Counterfactual bias gaps")
+    excess = np.array([c["excess_gap"] for c in cats.values()])
+    # The bootstrap interval need not contain the point estimate (it can lie wholly on one side).
+    errors = np.clip([excess - [c["excess_ci_low"] for c in cats.values()],
+                      [c["excess_ci_high"] for c in cats.values()] - excess], 0, None)
+    axes[0].barh(list(cats), excess, xerr=errors, capsize=3, label="excess over shuffled terms, 95% CI")
+    axes[0].scatter([c["gap"] for c in cats.values()], list(cats), color="black", marker="|", s=80,
+                    zorder=3, label="raw gap (above 0 even with no group effect)")
+    axes[0].axvline(0, color="gray", linestyle="--")
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small")  # under the bars
+    axes[0].set(xlabel="gap between groups (nats)", title="Counterfactual bias gaps")
     types = crows["per_bias_type"]
     axes[1].barh(list(types), [t["stereotype_preference"] for t in types.values()])
     axes[1].axvline(0.5, color="gray", linestyle="--")
@@ -83,6 +87,13 @@ def plot_all(out: Path, curves_dir: Path, by_length: list[dict], bias: dict, cro
     axes[1].set(xlim=(0, 1), xlabel="share preferring the stereotype (0.5 = none)", title="CrowS-Pairs")
     plots.append(save(fig, "bias.png"))
     return plots
+
+
+def bias_rows(bias: dict) -> list[dict]:
+    """The bias gaps per category, as bias_gaps.csv holds them for `dvc plots`."""
+    keys = ("gap", "ci_low", "ci_high", "null_gap", "excess_gap", "excess_ci_low", "excess_ci_high")
+    return [{"category": category} | {key: values[key] for key in keys}
+            for category, values in bias["per_category"].items()]
 
 
 def cell(value) -> str:

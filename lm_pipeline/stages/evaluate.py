@@ -105,9 +105,7 @@ def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dic
                                       data_dir=cfg.evaluate.report_dir / "harness")
         write_json(out / "details.json", details)
         report.write_csv(out / "perplexity_by_length.csv", by_length)
-        report.write_csv(out / "bias_gaps.csv", [{"category": c, "gap": v["gap"], "ci_low": v["ci_low"],
-                                                  "ci_high": v["ci_high"]}
-                                                 for c, v in details["bias"]["per_category"].items()])
+        report.write_csv(out / "bias_gaps.csv", report.bias_rows(details["bias"]))
         plots = report.plot_all(out, cfg.train.curves_dir, by_length, details["bias"], details["crows_pairs"])
         text = report.markdown(metrics, details["bleu"], details["parallel"], details["samples"], plots)
         (out / "report.md").write_text(text)

@@ -22,13 +22,19 @@ def test_corpus_text_in_the_report_is_escaped_in_markdown_and_html():
 
 @pytest.mark.metrics
 def test_plots_draw_a_bias_gap_whose_interval_lies_above_it(tmp_path):
-    """A gap is a mean of absolute differences, so its bootstrap interval can lie wholly above the
-    point estimate (seen on a real model): the plot must still be drawn."""
-    bias = {"per_category": {"age": {"gap": 0.2, "ci_low": 0.25, "ci_high": 0.6},
-                             "gender": {"gap": 0.5, "ci_low": 0.1, "ci_high": 0.9}}}
+    """A bootstrap interval can lie wholly on one side of its point estimate (seen on a real model):
+    the plot must still be drawn, and the CSV holds the excess the gate reads beside the raw gap."""
+    bias = {"per_category": {
+        "age": {"gap": 0.2, "ci_low": 0.25, "ci_high": 0.6, "null_gap": 0.15, "excess_gap": 0.05,
+                "excess_ci_low": 0.07, "excess_ci_high": 0.3},
+        "gender": {"gap": 0.5, "ci_low": 0.1, "ci_high": 0.9, "null_gap": 0.2, "excess_gap": 0.3,
+                   "excess_ci_low": -0.1, "excess_ci_high": 0.6}}}
     crows = {"per_bias_type": {"age": {"stereotype_preference": 0.5}}, "ci_low": 0.3, "ci_high": 0.7,
              "pairs": 4}
     by_length = [{"max_tokens": 8, "perplexity": 3.0}]
     plots = report.plot_all(tmp_path, tmp_path / "no-curves", by_length, bias, crows)
     assert [p.name for p in plots] == ["loss.png", "perplexity_by_length.png", "bias.png"]
     assert all(p.stat().st_size > 1000 for p in plots)
+    rows = report.bias_rows(bias)
+    assert [r["category"] for r in rows] == ["age", "gender"]
+    assert rows[1]["excess_gap"] == 0.3 and rows[1]["gap"] == 0.5 and rows[0]["excess_ci_low"] == 0.07
