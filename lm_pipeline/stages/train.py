@@ -109,7 +109,7 @@ def run(cfg: Config) -> TrainResult:
 
 def driver_times(started: float, marks: dict[str, float]) -> dict[str, float]:
     """Seconds of each driver phase, as time_driver_<phase>_s, and of the whole stage (the
-    workers log their own phases: loop.PhaseClock). `fit` holds the workers' start and run."""
+    workers log their own phases: progress.PhaseClock). `fit` holds the workers' start and run."""
     times, last = {}, started
     for phase, at in marks.items():
         times[f"time_driver_{phase}_s"], last = at - last, at
