@@ -76,7 +76,7 @@ class HarnessResult:
 def task_data(docs: list[np.ndarray], tokenizer, tasks: list[str], evaluate: EvaluateConfig,
               block_size: int) -> dict[str, list]:
     """The records of each of our tasks in `tasks`, from test documents (token arrays), at most
-    e.harness_limit each (a seeded sample, in document order); a passage and the bos token before
+    evaluate.harness_limit each (a seeded sample, in document order); a passage and the bos token before
     it fit the model's context (`block_size`)."""
     length = min(evaluate.harness_passage_tokens, block_size - 1)
     windows = passages(docs, length)
@@ -202,7 +202,7 @@ def task_manager(tasks: list[str], include_path: Path):
 
 def run(model_dir: Path, data: dict[str, list], tasks: list[str], evaluate: EvaluateConfig) -> HarnessResult:
     """Score the model folder on `tasks` (ours get their records from `data`) with lm-eval's `hf`
-    model class: batched, on e.device, at most e.harness_limit documents per task."""
+    model class: batched, on evaluate.device, at most evaluate.harness_limit documents per task."""
     with tempfile.TemporaryDirectory(prefix="lmp-harness-") as tmp:
         folder = Path(tmp) / "tasks"
         write_task_folder(folder, data, cache_dir=Path(tmp) / "cache")

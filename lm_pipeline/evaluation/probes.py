@@ -95,7 +95,7 @@ def bias_metrics(bias: dict) -> dict[str, float]:
 
 
 def crows_pairs(model, tokenizer, evaluate: EvaluateConfig) -> dict:
-    """The CrowS-Pairs score on e.crows_pairs; pairs longer than the model's context are skipped
+    """The CrowS-Pairs score on evaluate.crows_pairs; pairs longer than the model's context are skipped
     and counted."""
     rows = read_pairs(evaluate.crows_pairs)
     more = encode_texts(tokenizer, [r["sent_more"] for r in rows])

@@ -107,7 +107,7 @@ def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
     spread = metrics.get(f"bias_within_group_spread_{category}")
     words = ("" if spread is None else f"; terms of one group differ by {spread:.4g} on average"
              + (", more than the groups do: word choice may explain the gap" if spread >= gap else ""))
-    return Gate(f"max_bias_gap.{category}", excess, limit, not exceeded,
+    return Gate(f"max_bias_gap.{category}", excess, bar, not exceeded,
                 f"gap {gap:.4g} nats, of which {null:.4g} is expected with no group effect (terms' "
                 f"groups shuffled within templates): excess {excess:.4g} (95% CI over templates and terms "
                 f"[{low:.4g}, {high:.4g}]): {verdict}{words}")

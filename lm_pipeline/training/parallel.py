@@ -18,6 +18,8 @@ import torch.nn as nn
 
 def parallelize(model: nn.Module, strategy: str, device: torch.device):
     """Place the model on this worker's device and wrap it for data-parallel training."""
+    if device.type == "cuda" and device.index is not None:  # collectives use the current device
+        torch.cuda.set_device(device)
     if strategy == "ddp":
         model = model.to(device)
         # One worker (in this process, or alone on Ray) has nothing to replicate with.

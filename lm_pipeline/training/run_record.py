@@ -22,7 +22,7 @@ from lm_pipeline.model import parent as parents
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
-# What may differ between attempts of one run (none changes what it trains: train_stage.run_digest):
+# What may differ between attempts of one run (none changes what it trains: run_digest):
 # logged as tags, which show the latest attempt's, since MLflow refuses to change a param.
 ATTEMPT_SETTINGS = ("run_on", "max_failures", "checkpoints_to_keep", "model_dir", "curves_dir")
 
@@ -45,7 +45,6 @@ def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
 
 
 def run_tags(cfg: Config, meta: ProcessedMeta) -> dict[str, str]:
-
     parent = meta.parent or {}
     commit, dirty = git_state()
     return {"pipeline.stage": "train", "git_commit": commit, "git_dirty": str(dirty).lower(),

@@ -40,7 +40,7 @@ def test_a_tuned_model_from_another_search_than_best_json_is_refused(tmp_path):
 
 @pytest.mark.metrics
 def test_a_trial_whose_checkpoints_all_have_a_nan_val_loss_has_none_to_export(tmp_path):
-    """Such a trial must not be exported (train.best_checkpoint's rule), nor stop the search
+    """Such a trial must not be exported (export.best_checkpoint's rule), nor stop the search
     from recording the others: pandas' idxmin raises on all-NaN."""
     import pandas as pd
     from ray.tune import Result

@@ -78,6 +78,9 @@ class Scores:
         the relabeling null moves terms between groups within a template, so each needs all."""
         columns = [(g, t) for g in sorted(rows) for t in sorted(rows[g])]
         templates = sorted(set.intersection(*(set(rows[g][t]) for g, t in columns)))
+        if not templates:
+            raise ValueError("bias_gap: no template was scored with every term of its category; the "
+                             "relabeling null needs a full table (fill every template with every term)")
         values = np.array([[np.mean(rows[g][t][n]) for g, t in columns] for n in templates])
         groups = sorted(rows)
         member = np.array([[g == group for group in groups] for g, _ in columns], dtype=np.float64)
@@ -101,8 +104,10 @@ def relabel(scores: Scores, permutations: int, rng: np.random.Generator) -> np.n
 def gap_and_null(scores: Scores, relabeled: np.ndarray, counts: np.ndarray,
                  cols: np.ndarray) -> tuple[float, float]:
     """The gap of a resample and the mean gap of the same resample of each relabeling. A template
-    or term drawn twice is drawn twice from the relabeled scores too, so the null has the same
-    duplicates, and so the same noise, as the resample."""
+    drawn twice is drawn twice from the relabeled scores too; a column drawn twice is one term
+    twice in the resample but, relabeled, a place that holds other terms in other templates, so
+    the null does not repeat a term's own effect: where terms differ, the resampled null is a
+    little low and the excess's interval errs towards blocking (see the module's docstring on word choice)."""
     return float(scores.gap(scores.values, counts, cols)), float(scores.gap(relabeled, counts, cols).mean())
 
 
