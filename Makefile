@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect flow
 	$(BIN)/lmp run
 
-test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
-	$(BIN)/pytest
+# Two lanes: the suite waits on servers and process start-ups as much as it computes (tests/conftest.py
+# keeps each module on one lane and starts the heaviest first).
+LANES := -n 2 --dist loadgroup --no-loadscope-reorder
 
-test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (under 2 minutes)
-	$(BIN)/pytest tests/unit tests/test_architecture.py
+test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
+	$(BIN)/pytest $(LANES)
+
+test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about a minute)
+	$(BIN)/pytest $(LANES) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
 	infra/dev/system-packages.sh

@@ -4,6 +4,7 @@ import contextlib
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,26 +76,52 @@ def prefect_server():
 class TwoNodes:
     address: str
     caches: tuple[Path, Path]  # each node's processed-data cache (LMP_SHARDS_CACHE)
+    process_groups: tuple[int, int]  # each node's daemons and workers (its `ray start`'s session)
 
 
 @contextlib.contextmanager
 def two_ray_nodes(env: dict[str, str]) -> Iterator[TwoNodes]:
     """A real Ray cluster of two nodes on this machine, one CPU each, each with its own cache
-    folder for processed data, so that nothing but `env`'s services is shared between them."""
+    folder for processed data, so that nothing but `env`'s services is shared between them.
+
+    Each node starts in a session of its own and is stopped by killing that session's process
+    group: `ray stop` would stop every Ray on the machine, the other test lane's included."""
     ray = str(Path(sys.executable).parent / "ray")
-    port = "26379"
+    port = str(free_port())
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"} | env
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
     caches = (temp_dir / "cache-head", temp_dir / "cache-other")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    f"--temp-dir={temp_dir}"], check=True, capture_output=True,
-                   env=env | {"LMP_SHARDS_CACHE": str(caches[0])})
+    nodes = [["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+             [f"--address=127.0.0.1:{port}"]]
+    groups = []
     try:
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], check=True,
-                       capture_output=True, env=env | {"LMP_SHARDS_CACHE": str(caches[1])})
-        yield TwoNodes(f"127.0.0.1:{port}", caches)
+        for args, cache in zip(nodes, caches, strict=True):
+            groups.append(start_ray_node([ray, "start", *args, "--num-cpus=1"],
+                                         env | {"LMP_SHARDS_CACHE": str(cache)}))
+        yield TwoNodes(f"127.0.0.1:{port}", caches, tuple(groups))
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True)
+        for group in reversed(groups):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def start_ray_node(cmd: list[str], env: dict[str, str]) -> int:
+    """`ray start` in a new session; returns the session's process group, which its daemons keep."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    return proc.pid
+
+
+def ray_processes(pattern: str, *process_groups: int) -> list[int]:
+    """Pids of the Ray workers whose command line starts with `pattern`, of the raylets in
+    `process_groups` (a worker takes a process group of its own; its raylet stays in its node's)."""
+    def pgrep(*args: str) -> list[str]:
+        return subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()
+
+    raylets = pgrep("-g", ",".join(map(str, process_groups)), "-f", "/raylet/raylet ")
+    return [int(pid) for pid in pgrep("-P", ",".join(raylets), "-f", f"^{pattern}")] if raylets else []
 
 
 @pytest.fixture

@@ -24,8 +24,11 @@ def lmp(project: Path, *args: str) -> str:
 
 
 def train_and_register(project: Path, max_steps: int) -> dict:
+    """One worker, so in the `lmp train` process: what is tested here is the registry, and Ray's
+    start-up would be most of each run's time."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps)
+    params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps,
+                           num_workers=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("train", "evaluate", "register"):
         lmp(project, "-q", stage)

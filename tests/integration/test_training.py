@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lm_pipeline.hashing import tree_sha256
-from tests.integration.conftest import make_project, tiny_params, two_ray_nodes
+from tests.integration.conftest import make_project, ray_processes, tiny_params, two_ray_nodes
 from tests.services import free_port, process
 
 LMP = str(Path(sys.executable).parent / "lmp")
@@ -79,9 +79,10 @@ def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float =
         time.sleep(0.2)
 
 
-def wait_until_no_training_workers(timeout: float = 60) -> None:
+def wait_until_no_training_workers(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until no training worker of `proc`'s stage (its process group: driver, Ray, workers) runs."""
     deadline = time.monotonic() + timeout
-    while subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True).returncode == 0:
+    while ray_processes("ray::RayTrainWorker", proc.pid):
         assert time.monotonic() < deadline, "Ray's training workers outlived the killed stage"
         time.sleep(0.2)
 
@@ -121,7 +122,7 @@ def test_a_tampered_checkpoint_is_refused_at_resume_naming_the_file(project):
     wait_for_checkpoint(project / "runs/tampered", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    wait_until_no_training_workers()  # so no checkpoint is still being written after the tampering
+    wait_until_no_training_workers(proc)  # so no checkpoint is still being written after the tampering
     shards = list((project / "runs/tampered").glob("checkpoints/*/checkpoint_*/__0_0.distcp"))
     assert shards
     for shard in shards:  # one bit of one weight: DCP itself would load it without a word
@@ -317,10 +318,9 @@ def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
     train(project, params_file(project, "straight-2w", num_workers=2, model=dropout))
     proc = start_train(project, params_file(project, "worker-kill", num_workers=2, model=dropout))
     wait_for_checkpoint(project / "runs/worker-kill", proc)
-    workers = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True,
-                             text=True).stdout.split()
+    workers = ray_processes("ray::RayTrainWorker", proc.pid)  # this stage's, not another lane's
     assert len(workers) == 2
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    os.kill(workers[-1], signal.SIGKILL)
     finish(proc)
     steps = [s for s, _ in curve(project, "worker-kill")]
     assert steps == list(range(1, TRAIN["train"]["max_steps"] + 1))  # no gap, no duplicate
@@ -419,10 +419,9 @@ def test_two_nodes_sharing_only_a_bucket_train_through_a_killed_worker(project, 
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no checkpoint in the bucket in time"
             time.sleep(0.5)
-        workers = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True,
-                                 text=True).stdout.split()
+        workers = ray_processes("ray::RayTrainWorker", *nodes.process_groups)
         assert len(workers) == 2
-        os.kill(int(workers[-1]), signal.SIGKILL)
+        os.kill(workers[-1], signal.SIGKILL)
         out = finish(proc)
     nodes_of_ranks = dict(re.findall(r"\[rank (\d)/2\] node (\w+)", out))
     assert set(nodes_of_ranks) == {"0", "1"} and len(set(nodes_of_ranks.values())) == 2, out[-3000:]
