@@ -14,10 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-from lm_pipeline import env
+from lm_pipeline import env, tracking
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.stages import STAGES
-from lm_pipeline.tracking import tracking_uri
 from lm_pipeline.training.tuned import tuned_config
 
 
@@ -90,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="end a continuation before this "
                      "string (repeatable)")
     gen.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
+    serve = sub.add_parser("serve", help="serve the champion behind an OpenAI-compatible endpoint "
+                           "(Ray Serve)", description="Serve a registered version or a model folder at "
+                           "/v1/models, /v1/completions and /v1/chat/completions on Ray Serve, until "
+                           "interrupted. An alias (the default: champion) is followed: each replica "
+                           "swaps to the version it moves to, after checking its weights hash. Settings: "
+                           "the serve section of the params file.")
+    serve.add_argument("--model", default=None, help="models:/<name>@<alias>, models:/<name>/<n> or a "
+                       "model folder (default: serve.model, else models:/<register.model_name>@champion)")
+    serve.add_argument("--host", default=None, help="address to bind (default: serve.host)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port)")
+    serve.add_argument("--replicas", type=int, default=None, help="model replicas (default: serve.replicas)")
+    serve.add_argument("--detach", action="store_true", help="deploy (or update) the endpoint on the cluster "
+                       "at ray.address and return; it keeps running there (the serve flow runs this)")
     return parser
 
 
@@ -202,27 +214,33 @@ def registry_command(cfg: Config, args) -> str:
 
 
 def generate_text(cfg: Config, args) -> str:
+    """A folder as it is; a registered version (models:/...) as its safetensors, refused unless its
+    weights hash is the one recorded at registration (its MLflow loader is code: never run here)."""
     import torch
 
-    sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
-    model_ref = args.model or str(cfg.train.model_dir)
-    if model_ref.startswith("models:/") or model_ref.startswith("runs:/"):
-        import mlflow
-        import pandas as pd
-
-        mlflow.set_tracking_uri(tracking_uri(cfg))
-        model = mlflow.pyfunc.load_model(model_ref)
-        params = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "stop": args.stop,
-                  **{k: v or 0 for k, v in sampling.items()}}
-        return format_continuations(args.prompt,
-                                    model.predict(pd.DataFrame({"prompt": args.prompt}), params=params))
-    from lm_pipeline.model.backends import load_model, resolve_device
     from lm_pipeline.model.generate import complete_batch
+    from lm_pipeline.serving import source
 
-    model, tokenizer = load_model(Path(model_ref), resolve_device(args.device))
+    model_ref = args.model or str(cfg.train.model_dir)
+    if source.is_registered(model_ref):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    served = source.load(model_ref, args.device)
     generator = torch.Generator().manual_seed(args.seed)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
     return format_continuations(args.prompt, complete_batch(
-        model, tokenizer, args.prompt, args.max_new_tokens, stop=args.stop, generator=generator, **sampling))
+        served.model, served.tokenizer, args.prompt, args.max_new_tokens, stop=args.stop,
+        generator=generator, **sampling))
+
+
+def serve_endpoint(cfg: Config, args) -> None:
+    from lm_pipeline.serving import launch
+
+    overrides = {k: v for k in ("host", "port", "replicas") if (v := getattr(args, k)) is not None}
+    if overrides:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update=overrides)})
+    launch.run(cfg, args.model, args.detach)
 
 
 def format_continuations(prompts: list[str], continuations: list[str]) -> str:
@@ -238,7 +256,7 @@ COMMANDS = {
     "ingest": ingest, "validate": validate, "preprocess": preprocess, "train": train,
     "evaluate": evaluate, "register": register, "search": search, "run": run_flow, "tune": tune_flow,
     "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
-    "lineage": registry_command, "generate": generate_text,
+    "lineage": registry_command, "generate": generate_text, "serve": serve_endpoint,
 }
 
 

@@ -417,6 +417,33 @@ class RayConfig(Section):
     address: str | None = Field(None, description="existing cluster; RAY_ADDRESS overrides")
 
 
+class ServeConfig(Section):
+    """`lmp serve`: the OpenAI-compatible endpoint on Ray Serve."""
+
+    model: str | None = Field(None, description="what to serve: models:/<name>@<alias>, "
+                              "models:/<name>/<n> or a model folder (default: "
+                              "models:/<register.model_name>@champion); an alias is followed: each replica "
+                              "swaps to the version it moves to")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind; any other than loopback needs "
+                      "a bearer token in LMP_SERVE_TOKEN")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    replicas: int = Field(1, ge=1, description="model replicas (each a Ray actor holding the model)")
+    cpus_per_replica: float = Field(1.0, gt=0, description="Ray CPUs each replica reserves")
+    device: str = Field("auto", description="auto (a GPU if the replica has one), cpu, cuda")
+    max_tokens: int = Field(256, ge=1, description="most tokens one choice may generate (a request asking "
+                            "for more is refused)")
+    max_n: int = Field(8, ge=1, description="most choices one request may ask for (n)")
+    max_batch_size: int = Field(8, ge=1, description="requests one forward pass may batch")
+    batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill")
+    max_queued_requests: int = Field(64, ge=1, description="requests waiting for a replica before the "
+                                     "endpoint answers 503")
+    request_timeout_s: float = Field(120.0, gt=0, description="a request still unanswered after this "
+                                     "gets 408")
+    follow_interval_s: float = Field(5.0, gt=0, description="how often a replica checks where its alias "
+                                     "points")
+    log_interval_s: float = Field(30.0, gt=0, description="how often a replica logs its request statistics")
+
+
 class Config(Section):
     """The whole params.yaml. `validate` and `register` are read as `validate_` and `register_`
     (pydantic reserves the plain names)."""
@@ -433,6 +460,7 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
     mlflow: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _stride_fits_context(self) -> Config:

@@ -18,6 +18,7 @@ DEFAULTS = {
     "HF_DATASETS_OFFLINE": "1",
     "HF_EVALUATE_OFFLINE": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the local server's telemetry tries the network
+    "DVC_NO_ANALYTICS": "1",  # else every dvc command leaves a daemon process calling home
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",  # Ray's default, said explicitly (it warns otherwise)
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

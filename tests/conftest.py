@@ -29,8 +29,13 @@ HEAVIEST_FIRST = ("tests/integration/test_training.py", "tests/integration/test_
                   "tests/integration/test_registry.py", "tests/integration/test_tune.py")
 
 
+# Modules that share a session fixture share its lane: built once, and the second one after the first.
+SHARED_LANE = {"tests/integration/test_serving.py": "tests/integration/test_registry.py"}
+
+
 def lane_group(nodeid: str) -> str:
-    return "tests/production/" if nodeid.startswith("tests/production/") else nodeid.split("::")[0]
+    module = nodeid.split("::")[0]
+    return "tests/production/" if module.startswith("tests/production/") else SHARED_LANE.get(module, module)
 
 
 def weight(item) -> int:

@@ -5,7 +5,7 @@ Shared by evaluation (BLEU continuations), `lmp generate` and the registered MLf
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -23,7 +23,23 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy.
+    """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy."""
+    new = list(generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator))
+    return torch.cat([idx, *new], dim=1)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """The next token of each row of idx (B, T), as (B, 1), one step at a time (a caller may stop
+    early: serving ends a batch when every row has finished, and streams each token).
 
     Past the context: each token is predicted from the tokens since the window last filled; once
     a prediction has used a full window (block_size tokens), the cache is dropped and the newest
@@ -37,6 +53,7 @@ def generate(
         logits, _, past = model(idx_cond, past=past, use_cache=True)
         cached += idx_cond.size(1)
         next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+        yield next_token
         idx = torch.cat([idx, next_token], dim=1)
         if cached >= block_size:
             # Positions are absolute: when the window is full, re-encode the recent half of it
@@ -44,7 +61,6 @@ def generate(
             idx_cond, past, cached = idx[:, -(block_size // 2):], None, 0
         else:
             idx_cond = next_token
-    return idx
 
 
 def sample_next(

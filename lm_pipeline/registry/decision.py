@@ -85,10 +85,15 @@ def load_registered(name: str, version: str, device: str = "cpu"):
     mv = mlflow.MlflowClient().get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
+    check_weights(mv, model, "refusing to compare with it")
+    return model, tokenizer
+
+
+def check_weights(mv, model, refusal: str) -> None:
+    """Raise unless `model` holds the weights whose hash version `mv` recorded at registration."""
     actual, recorded = weights_sha256(model), mv.tags.get("weights_sha256", "")
     if actual != recorded:
-        raise RegistryError(f"models:/{name}/{version}: its weights hash {actual[:12]}... is not the one "
-                            f"recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
-                            "changed after it was registered; refusing to compare with it (restore it, or "
-                            "move champion to a version you trust with `lmp promote`)")
-    return model, tokenizer
+        raise RegistryError(f"models:/{mv.name}/{mv.version}: its weights hash {actual[:12]}... is not the "
+                            f"one recorded at registration ({recorded[:12] or 'none'}...): the artifact was "
+                            f"changed after it was registered; {refusal} (restore it, or move champion to "
+                            "a version you trust with `lmp promote`)")

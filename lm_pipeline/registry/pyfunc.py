@@ -10,7 +10,8 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-def log_pyfunc(model_dir: Path):
+def log_pyfunc(model_dir: Path, weights_sha256: str):
+    """`weights_sha256` goes into the model's config: its loader refuses weights that differ."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -30,6 +31,7 @@ def log_pyfunc(model_dir: Path):
         name="model",
         python_model=str(PYFUNC_FILE),
         artifacts={"model_dir": str(model_dir)},
+        model_config={"weights_sha256": weights_sha256},
         code_paths=[str(PACKAGE_DIR)],
         pip_requirements=pip_requirements(),  # explicit: inference would take seconds
         signature=signature,

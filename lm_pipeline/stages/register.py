@@ -46,7 +46,8 @@ def run(cfg: Config) -> Decision:
                  "finishing its decision", name, version)
     else:
         with mlflow.start_run(run_id=run_id):
-            info = log_pyfunc(cfg.train.model_dir)  # copies files; MLflow's example check loads and frees
+            # copies files; MLflow's example check loads and frees
+            info = log_pyfunc(cfg.train.model_dir, tags["weights_sha256"])
         version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     # Decide, record, then move: under one lock, and each step safe to repeat, so a stage killed
     # anywhere and rerun ends with one version, one log entry and the aliases its decision says.

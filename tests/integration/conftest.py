@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.services import free_port
+from tests.services import BIN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,6 +63,37 @@ def make_project(dest: Path, params: dict, with_results: bool = False) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-qm", "test project"], cwd=dest, check=True)
     return dest
+
+
+def lmp(project: Path, *args: str) -> str:
+    out = subprocess.run([str(BIN / "lmp"), *args], cwd=project, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def train_and_register(project: Path, max_steps: int) -> dict:
+    """One worker, so in the `lmp train` process: what is tested with these is the registry and
+    serving, and Ray's start-up would be most of each run's time."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps,
+                           num_workers=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("train", "evaluate", "register"):
+        lmp(project, "-q", stage)
+    return json.loads((project / "reports/registry.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def registered_project(tmp_path_factory):
+    """Three registrations: a champion, a worse model, a better model (decisions.json holds the
+    three decisions). Shared by the registry and serving modules, which run on one lane
+    (tests/conftest.py), in that order."""
+    root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
+    for stage in ("ingest", "validate", "preprocess"):
+        lmp(root, "-q", stage)
+    decisions = [train_and_register(root, steps) for steps in (60, 11, 200)]  # warmup is 10 steps
+    root.joinpath("decisions.json").write_text(json.dumps(decisions))
+    return root
 
 
 @pytest.fixture(scope="session")

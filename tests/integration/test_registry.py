@@ -11,28 +11,10 @@ import pytest
 import yaml
 
 from lm_pipeline.registry import history
-from tests.integration.conftest import make_project, tiny_params
+from tests.integration.conftest import lmp
 from tests.services import BIN, free_port, process
 
 pytestmark = [pytest.mark.registry, pytest.mark.integration]
-
-
-def lmp(project: Path, *args: str) -> str:
-    out = subprocess.run([str(BIN / "lmp"), *args], cwd=project, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
-def train_and_register(project: Path, max_steps: int) -> dict:
-    """One worker, so in the `lmp train` process: what is tested here is the registry, and Ray's
-    start-up would be most of each run's time."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps,
-                           num_workers=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("train", "evaluate", "register"):
-        lmp(project, "-q", stage)
-    return json.loads((project / "reports/registry.json").read_text())
 
 
 def client(project: Path):
@@ -52,14 +34,8 @@ def promotion_log(project: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Three registrations: a champion, a worse model, a better model."""
-    root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
-    for stage in ("ingest", "validate", "preprocess"):
-        lmp(root, "-q", stage)
-    decisions = [train_and_register(root, steps) for steps in (60, 11, 200)]  # warmup is 10 steps
-    root.joinpath("decisions.json").write_text(json.dumps(decisions))
-    return root
+def project(registered_project):
+    return registered_project
 
 
 def test_first_version_becomes_champion(project):

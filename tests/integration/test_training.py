@@ -94,20 +94,29 @@ def curve(project: Path, run_name: str, key: str = "train_loss",
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+SHARDED = {"num_workers": 2, "strategy": "fsdp", "model": {"dropout": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def straight(project) -> list[tuple[int, float]]:
+    """The loss curve of an uninterrupted run of two FSDP ranks with dropout: what the runs killed
+    below (the whole stage, or one worker) must give back, float for float."""
+    train(project, params_file(project, "straight", **SHARDED))
+    return curve(project, "straight")
+
+
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
-def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project):
-    """Two FSDP ranks with dropout: the restored RNG states must give every rank its masks back."""
-    sharded = {"num_workers": 2, "strategy": "fsdp", "model": {"dropout": 0.1}}
-    train(project, params_file(project, "straight", **sharded))
-    killed = start_train(project, params_file(project, "killed", **sharded))
+def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project, straight):
+    """The restored RNG states must give every rank its dropout masks back."""
+    killed = start_train(project, params_file(project, "killed", **SHARDED))
     wait_for_checkpoint(project / "runs/killed", killed)
     os.killpg(killed.pid, signal.SIGKILL)  # the whole stage: driver, Ray and workers
     killed.wait()
     out = train(project, project / "killed.yaml")
     assert "resuming" in out and "resumed from the checkpoint at step" in out
-    straight, resumed = curve(project, "straight"), curve(project, "killed")
+    resumed = curve(project, "killed")
     assert [s for s, _ in resumed] == list(range(1, TRAIN["train"]["max_steps"] + 1))
     assert resumed == straight  # the same floats, step for step
 
@@ -313,10 +322,10 @@ def test_a_fine_tune_resumed_from_its_step_0_checkpoint_is_the_uninterrupted_run
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
-def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
-    dropout = {"dropout": 0.1}
-    train(project, params_file(project, "straight-2w", num_workers=2, model=dropout))
-    proc = start_train(project, params_file(project, "worker-kill", num_workers=2, model=dropout))
+def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project, straight):
+    """One FSDP rank killed: Ray Train restarts the group from the latest checkpoint (a worker of a
+    DDP run is killed on two nodes below)."""
+    proc = start_train(project, params_file(project, "worker-kill", **SHARDED))
     wait_for_checkpoint(project / "runs/worker-kill", proc)
     workers = ray_processes("ray::RayTrainWorker", proc.pid)  # this stage's, not another lane's
     assert len(workers) == 2
@@ -326,7 +335,7 @@ def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project):
     assert steps == list(range(1, TRAIN["train"]["max_steps"] + 1))  # no gap, no duplicate
     # After the restart, the curve continues as if nothing happened (gloo sums in a fixed order,
     # so in practice the floats are equal; 1e-6 leaves room for reduction order).
-    curves_match(curve(project, "straight-2w"), curve(project, "worker-kill"), rel=1e-6)
+    curves_match(straight, curve(project, "worker-kill"), rel=1e-6)
     restarts = curve(project, "worker-kill", "resumed_from_step")
     assert len(restarts) == 1 and restarts[0][1] % TRAIN["train"]["checkpoint_interval"] == 0
     # Each rank draws its own dropout masks: their random streams differ.

@@ -39,7 +39,7 @@ def test_cluster_launcher_starts_head_and_workers_from_the_project_env():
 COMPOSE = INFRA / "docker-compose.yml"
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
 SERVICES = {"secrets", "postgres", "minio", "buckets", "mlflow", "mlflow-user", "prefect-server",
-            "prefect-worker", "ray-head", "ray-worker"}
+            "prefect-worker", "ray-head", "ray-worker", "serve"}
 
 
 def compose() -> dict:
@@ -260,3 +260,24 @@ def test_start_up_refuses_placeholder_secrets(placeholder):
     roots = [n for n, s in services.items() if n != "secrets" and not s.get("depends_on")]
     assert not roots, f"{roots} start without the secrets check"
     assert services["secrets"]["environment"].keys() >= real.keys()
+
+
+@pytest.mark.security
+def test_the_rayservice_runs_lmp_serves_application_with_its_token_from_a_secret():
+    import importlib
+
+    from lm_pipeline.serving.app import Settings
+
+    service = yaml.safe_load((INFRA / "kuberay/rayservice.yaml").read_text())
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    module, name = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    shape = ("replicas", "cpus_per_replica", "max_queued_requests")
+    Settings(**{k: v for k, v in app["args"].items() if k not in shape})  # every other arg is a setting
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert "secretKeyRef" in env["LMP_SERVE_TOKEN"]["valueFrom"]  # never a value in the file
+    assert config["http_options"]["host"] == "0.0.0.0"  # hence the token

@@ -1,0 +1,231 @@
+"""The OpenAI-compatible endpoint: a Ray Serve deployment with a FastAPI ingress.
+
+GET /v1/models, POST /v1/completions and POST /v1/chat/completions, as OpenAI's clients call
+them; concurrent requests share forward passes (@serve.batch, engine.answer keeps each answer
+what it would be alone). Each replica follows an alias: every follow_interval_s it resolves it,
+and when it has moved, loads and checks the new version beside the old one and swaps a single
+reference. A request reads that reference once, so it is answered by one version from its first
+token to its last, and names that version in its `model` field and its X-Model-Version header. A
+version that fails its check is refused, logged, and the replica keeps serving what it served.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+
+from lm_pipeline.cluster import worker_env
+from lm_pipeline.serving import chat, engine, protocol, source
+from lm_pipeline.serving.stats import Stats
+
+log = logging.getLogger("lm_pipeline.serving")
+
+TOKEN_ENV = "LMP_SERVE_TOKEN"  # read by each replica from its own environment, never passed around
+VERSION_HEADER = "X-Model-Version"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a replica needs, all of it safe to show (the Serve config is readable on the cluster)."""
+
+    source: str
+    tracking_uri: str
+    registered_name: str  # accepted as `model` for whatever version of it is served
+    device: str = "auto"
+    max_tokens: int = 256
+    max_n: int = 8
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.01
+    follow_interval_s: float = 5.0
+    log_interval_s: float = 30.0
+
+
+async def json_body(request: Request) -> object:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise protocol.RequestError(f"the request body is not valid JSON: {err}") from None
+
+
+# Defined before the deployment: @serve.ingress freezes the routes (and what they refer to) as it runs.
+api = FastAPI(title="lm-pipeline", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.deployment(name="LanguageModel", health_check_period_s=2, graceful_shutdown_timeout_s=10)
+@serve.ingress(api)
+class LanguageModelServer:
+    async def __init__(self, settings: dict):
+        import mlflow
+
+        self.settings = Settings(**settings)
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
+        self.token = os.environ.get(TOKEN_ENV) or None
+        self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)
+        self.stats = Stats()
+        self.answer_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.answer_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self.tasks = [asyncio.create_task(self.log_stats())]
+        if source.follows_alias(self.settings.source):
+            self.tasks.append(asyncio.create_task(self.follow()))
+        log.info("serving %s (%s)", self.served.model_id, self.settings.source)
+
+    async def follow(self) -> None:
+        """Swap to the version the alias points at whenever it moves; keep serving on any failure
+        (a refused version is not tried again until the alias moves on)."""
+        refused = None
+        while True:
+            await asyncio.sleep(self.settings.follow_interval_s)
+            current = None
+            try:
+                current = await asyncio.to_thread(source.version_id, self.settings.source)
+                if current == self.served.model_id:
+                    refused = None  # moved back: a version refused before gets a new check if it returns
+                if current in (self.served.model_id, refused):
+                    continue
+                log.info("%s moved to %s: loading it beside %s", self.settings.source, current,
+                         self.served.model_id)
+                self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
+                log.info("serving %s", self.served.model_id)
+            except Exception as err:  # a refused or unreachable version must not stop the endpoint
+                refused = current
+                log.error("keeping %s: %s", self.served.model_id, err)
+
+    async def log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.log_interval_s)
+            self.stats.log_line(self.served.model_id)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def answer_batch(self, jobs: list[tuple]) -> list:
+        self.stats.batch(len(jobs))
+        return await asyncio.to_thread(engine.answer, jobs)
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"model": self.served.model_id}
+
+    @api.get("/stats")
+    async def statistics(self, request: Request) -> Response:
+        try:
+            self.authorize(request)
+        except protocol.RequestError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(self.stats.snapshot(self.served.model_id))
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        served = self.served
+        try:
+            self.authorize(request)
+        except protocol.RequestError as err:
+            return self.refuse(served, err, time.monotonic())
+        body = {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": 0,
+                                            "owned_by": "lm-pipeline"}]}
+        return JSONResponse(body, headers={VERSION_HEADER: served.model_id})
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        served, started = self.served, time.monotonic()
+        try:
+            self.authorize(request)
+            parsed = protocol.parse_completion(await json_body(request), self.limits)
+            self.check_model(served, parsed.model)
+            if parsed.stream:
+                return self.streamed(served, parsed, "text_completion", started)
+            reply = await self.answer_batch((served, parsed))
+            if isinstance(reply, protocol.RequestError):
+                raise reply
+        except protocol.RequestError as err:
+            return self.refuse(served, err, started)
+        self.stats.request(200, time.monotonic() - started, reply.usage()["completion_tokens"])
+        return JSONResponse(protocol.completion_body(reply), headers={VERSION_HEADER: served.model_id})
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        served, started = self.served, time.monotonic()
+        try:
+            self.authorize(request)
+            parsed = protocol.parse_chat(await json_body(request), self.limits)
+            self.check_model(served, parsed.model)
+            prompt = chat.render(served.chat_template, parsed.messages, served.model_id,
+                                 served.special_tokens or {})
+            ids = tuple(served.tokenizer.encode(prompt, add_special_tokens=False).ids)
+            as_completion = protocol.CompletionRequest(parsed.model, (ids,), parsed.sampling, parsed.n,
+                                                       stream=parsed.stream)
+            if parsed.stream:
+                return self.streamed(served, as_completion, "chat.completion.chunk", started)
+            reply = await self.answer_batch((served, as_completion))
+            if isinstance(reply, protocol.RequestError):
+                raise reply
+        except protocol.RequestError as err:
+            return self.refuse(served, err, started)
+        self.stats.request(200, time.monotonic() - started, reply.usage()["completion_tokens"])
+        return JSONResponse(protocol.chat_body(reply), headers={VERSION_HEADER: served.model_id})
+
+    def streamed(self, served, request: protocol.CompletionRequest, obj: str, started: float) -> Response:
+        """Server-sent events, one per piece of text, then the finish reason and [DONE]."""
+        engine.plan(served, request)  # a request that cannot be answered is refused before the stream starts
+
+        async def events():
+            stream_id, pieces, count = protocol.new_id("cmpl"), engine.stream(served, request), 0
+            if obj == "chat.completion.chunk":
+                opening = protocol.chat_chunk(stream_id, served.model_id, {"role": "assistant"}, None)
+                yield protocol.sse(opening)
+            while (item := await asyncio.to_thread(next, pieces, None)) is not None:
+                text, finish = item
+                count += bool(text)
+                if obj == "chat.completion.chunk":
+                    delta = {"content": text} if text else {}
+                    yield protocol.sse(protocol.chat_chunk(stream_id, served.model_id, delta, finish))
+                else:
+                    yield protocol.sse(protocol.completion_chunk(stream_id, served.model_id, text, finish))
+            self.stats.request(200, time.monotonic() - started, count)
+            yield protocol.SSE_DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={VERSION_HEADER: served.model_id})
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            raise protocol.RequestError("a bearer token is required (Authorization: Bearer <token>)",
+                                        "Authorization", status=401, kind="authentication_error")
+
+    def check_model(self, served, model: str) -> None:
+        if model not in (served.model_id, self.settings.registered_name):
+            raise protocol.RequestError(f"model {model!r} is not served here; this endpoint serves "
+                                        f"{served.model_id!r} (GET /v1/models)", "model", status=404)
+
+    def refuse(self, served, err: protocol.RequestError, started: float) -> Response:
+        self.stats.request(err.status, time.monotonic() - started)
+        return JSONResponse(err.body(), status_code=err.status, headers={VERSION_HEADER: served.model_id})
+
+
+def application(settings: Settings, replicas: int, cpus_per_replica: float, max_queued_requests: int,
+                env_vars: dict[str, str]):
+    """The deployment bound to its settings: what `serve.run` takes."""
+    return LanguageModelServer.options(
+        num_replicas=replicas, max_ongoing_requests=2 * settings.max_batch_size,
+        max_queued_requests=max_queued_requests,
+        ray_actor_options={"num_cpus": cpus_per_replica, "runtime_env": {"env_vars": env_vars}},
+    ).bind(asdict(settings))
+
+
+def from_settings(args: dict):
+    """The application from a Serve config's `args` (KubeRay's RayService, `serve deploy`): the
+    fields of Settings, and replicas, cpus_per_replica and max_queued_requests."""
+    args = dict(args)
+    shape = {"replicas": 1, "cpus_per_replica": 1.0, "max_queued_requests": 64}
+    shape |= {key: args.pop(key) for key in list(shape) if key in args}
+    return application(Settings(**args), shape["replicas"], shape["cpus_per_replica"],
+                       shape["max_queued_requests"], worker_env())

@@ -1,0 +1,68 @@
+"""`lmp serve`: the endpoint on this machine's Ray, or on the cluster at ray.address, until
+interrupted (or, with --detach, left running on the cluster: what the serve flow does). Binds
+loopback unless told otherwise; anywhere else only with a bearer token."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from lm_pipeline import tracking
+from lm_pipeline.cluster import init_ray, worker_env
+from lm_pipeline.config import Config, ConfigError
+from lm_pipeline.serving.app import TOKEN_ENV, Settings, application
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+APP_NAME = "lm-pipeline"
+
+
+def settings_of(cfg: Config, model: str | None = None) -> Settings:
+    serve = cfg.serve
+    return Settings(source=model or serve.model or f"models:/{cfg.register_.model_name}@champion",
+                    tracking_uri=tracking.tracking_uri(cfg), registered_name=cfg.register_.model_name,
+                    device=serve.device, max_tokens=serve.max_tokens, max_n=serve.max_n,
+                    max_batch_size=serve.max_batch_size, batch_wait_s=serve.batch_wait_ms / 1000,
+                    follow_interval_s=serve.follow_interval_s, log_interval_s=serve.log_interval_s)
+
+
+def check_binding(host: str) -> None:
+    if host not in LOOPBACK and not os.environ.get(TOKEN_ENV):
+        raise ConfigError(f"serve.host {host}: the endpoint would answer beyond this machine without a "
+                          f"token; set {TOKEN_ENV} in the environment (clients send it as a bearer token) "
+                          "or bind 127.0.0.1")
+
+
+def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
+    """Deploy the endpoint; then wait for Ctrl-C or SIGTERM and take it down, or with `detach`
+    leave it running on the cluster (Serve's applications outlive their driver) and return."""
+    if detach and not cfg.ray_address:
+        raise ConfigError("serve --detach leaves the endpoint on a cluster: set ray.address (RAY_ADDRESS); "
+                          "on this machine, run `lmp serve` in the foreground")
+    settings, serve_cfg = settings_of(cfg, model), cfg.serve
+    check_binding(serve_cfg.host)
+    # A loaded 2-core machine can take longer than Serve's 5 s to start its proxy.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    init_ray(cfg.ray_address, int(serve_cfg.replicas * serve_cfg.cpus_per_replica + 0.999))
+    from ray import serve
+
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port,
+                              "request_timeout_s": serve_cfg.request_timeout_s})
+    app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
+                      serve_cfg.max_queued_requests, worker_env())
+    serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
+    log.info("serving %s at http://%s:%d/v1 (OpenAI API: /v1/models, /v1/completions, "
+             "/v1/chat/completions)%s%s", settings.source, serve_cfg.host, serve_cfg.port,
+             ", bearer token required" if os.environ.get(TOKEN_ENV) else "",
+             f" on the cluster at {cfg.ray_address}" if detach else "; Ctrl-C stops")
+    if detach:
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping the endpoint")
+    serve.shutdown()

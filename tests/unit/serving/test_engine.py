@@ -1,0 +1,99 @@
+"""The serving engine on a small GPT with few steps of training (so its answers follow the prompt):
+batched answers equal answers alone, streams equal answers, logprobs equal an independent forward."""
+
+import pytest
+import torch
+
+from lm_pipeline.model.generate import complete
+from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.serving import engine
+from lm_pipeline.serving.protocol import Limits, RequestError, parse_completion
+
+LIMITS = Limits(max_tokens=24, max_n=4)
+TEXT = " ".join(["a tuple is an immutable sequence; a list is mutable; mutable lists grow."] * 20)
+
+
+@pytest.fixture(scope="module")
+def served():
+    from lm_pipeline.config import TokenizerConfig
+    from lm_pipeline.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([TEXT], TokenizerConfig(kind="char"))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=32, n_layer=2, n_head=2,
+                        n_embd=16)).eval()
+    learn(gpt, tokenizer.encode(TEXT).ids)
+    return engine.Served(gpt.eval(), tokenizer, "tiny/1")
+
+
+def learn(gpt, ids: list[int], steps: int = 80) -> None:
+    """A few steps on the text, so greedy answers follow the prompt (an untrained GPT's repeat one token)."""
+    data = torch.tensor(ids)
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-2)
+    gpt.train()
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - 33, (16,), generator=torch.Generator().manual_seed(step))
+        batch = torch.stack([data[i:i + 33] for i in starts])
+        _, loss, _ = gpt(batch[:, :-1], batch[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def request(**body):
+    return parse_completion({"model": "tiny/1", "max_tokens": 12, "temperature": 0} | body, LIMITS)
+
+
+def answer(served, **body):
+    (reply,) = engine.answer([(served, request(**body))])
+    return reply
+
+
+def test_a_batch_of_requests_gets_what_each_request_gets_alone(served):
+    prompts = ["a tuple", "a list", "a tupl", "mutable", "is"]
+    alone = [answer(served, prompt=p).choices[0].text for p in prompts]
+    assert len(set(alone)) == len(alone)  # precondition: the model's answers depend on the prompt
+    replies = engine.answer([(served, request(prompt=p)) for p in prompts]
+                            + [(served, request(prompt="x" * 40))])  # one bad request among them
+    assert [r.choices[0].text for r in replies[:-1]] == alone
+    assert isinstance(replies[-1], RequestError) and replies[-1].param == "prompt"
+    assert alone[0] == complete(served.model, served.tokenizer, "a tuple", 12)  # what `lmp generate` says
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch_and_n_gives_distinct_draws(served):
+    sampled = answer(served, prompt="a list", temperature=2.0, seed=5, n=3)
+    texts = [c.text for c in sampled.choices]
+    assert len(set(texts)) > 1
+    with_others = engine.answer([(served, request(prompt="a tuple")),
+                                 (served, request(prompt="a list", temperature=2.0, seed=5, n=3))])[1]
+    assert [c.text for c in with_others.choices] == texts
+    generator = torch.Generator().manual_seed(5)
+    assert texts[0] == complete(served.model, served.tokenizer, "a list", 12, generator=generator,
+                                temperature=2.0)
+
+
+def test_a_stream_is_the_answer_in_pieces_and_a_stop_string_ends_both(served):
+    full = answer(served, prompt="a tuple", max_tokens=20).choices[0]
+    pieces = list(engine.stream(served, request(prompt="a tuple", max_tokens=20, stream=True)))
+    assert "".join(text for text, _ in pieces) == full.text and pieces[-1] == ("", full.finish_reason)
+    assert len(pieces) > 3
+    stop = full.text[5:7]
+    cut = answer(served, prompt="a tuple", max_tokens=20, stop=[stop]).choices[0]
+    assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
+    streamed = list(engine.stream(served, request(prompt="a tuple", max_tokens=20, stop=[stop], stream=True)))
+    assert "".join(t for t, _ in streamed) == cut.text and streamed[-1] == ("", "stop")
+
+
+@torch.no_grad()
+def test_echoed_logprobs_are_the_models_log_softmax_for_given_tokens(served):
+    ids = served.tokenizer.encode("a tuple is", add_special_tokens=False).ids
+    reply = answer(served, prompt=ids, max_tokens=1, echo=True, logprobs=2)
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs["token_logprobs"]) == len(ids) + 1 and logprobs["token_logprobs"][0] is None
+    expected = served.model(torch.tensor([ids]))[0][0].log_softmax(-1)
+    for t in range(1, len(ids)):
+        assert logprobs["token_logprobs"][t] == pytest.approx(float(expected[t - 1, ids[t]]), abs=1e-5)
+    # the generated token is the greedy one: its logprob is the best of its position
+    assert logprobs["token_logprobs"][-1] == pytest.approx(float(expected[-1].max()), abs=1e-5)
+    assert logprobs["token_logprobs"][-1] == max(logprobs["top_logprobs"][-1].values())
+    assert reply.choices[0].text.startswith("a tuple is")

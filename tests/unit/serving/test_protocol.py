@@ -1,0 +1,44 @@
+"""OpenAI requests parsed and refused with the field named, as OpenAI's own errors do."""
+
+import pytest
+
+from lm_pipeline.serving.protocol import Limits, RequestError, parse_chat, parse_completion
+
+LIMITS = Limits(max_tokens=32, max_n=4)
+OK = {"model": "m", "prompt": "hi"}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ([], None), ({"prompt": "hi"}, "model"), ({**OK, "prompt": 3}, "prompt"),
+    ({**OK, "prompt": []}, "prompt"),
+    ({**OK, "prompt": [[1, 2], []]}, "prompt"), ({**OK, "max_tokens": 33}, "max_tokens"),
+    ({**OK, "max_tokens": 1.5}, "max_tokens"), ({**OK, "temperature": 2.5}, "temperature"),
+    ({**OK, "top_p": 0}, "top_p"), ({**OK, "n": 5}, "n"), ({**OK, "stop": ["a"] * 5}, "stop"),
+    ({**OK, "seed": -1}, "seed"), ({**OK, "logprobs": 6}, "logprobs"), ({**OK, "echo": "yes"}, "echo"),
+    ({**OK, "best_of": 2}, "best_of"), ({**OK, "stream": True, "n": 2}, "n"),
+    ({**OK, "stream": True, "logprobs": 1}, "stream"),
+    ({**OK, "frequency_penalty": 0.5}, "frequency_penalty"),
+])
+def test_a_bad_completion_request_names_its_field(body, param):
+    with pytest.raises(RequestError) as refused:
+        parse_completion(body, LIMITS)
+    assert refused.value.param == param and refused.value.status == 400
+    assert refused.value.body()["error"]["param"] == param
+
+
+def test_the_prompt_forms_and_defaults_are_openais():
+    assert parse_completion(OK, LIMITS).prompts == ("hi",)
+    assert parse_completion({**OK, "prompt": [1, 2]}, LIMITS).prompts == ((1, 2),)
+    assert parse_completion({**OK, "prompt": ["a", "b"]}, LIMITS).prompts == ("a", "b")
+    parsed = parse_completion({**OK, "stop": "\n", "presence_penalty": 0, "user": "me"}, LIMITS)
+    assert (parsed.sampling.max_tokens, parsed.sampling.temperature, parsed.sampling.stop, parsed.n) == (
+        16, 1.0, ("\n",), 1)
+
+
+def test_chat_messages_are_checked_one_by_one():
+    with pytest.raises(RequestError) as refused:
+        parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "robot"}]}, LIMITS)
+    assert refused.value.param == "messages[1]"
+    parsed = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                         "max_completion_tokens": 7}, LIMITS)
+    assert parsed.sampling.max_tokens == 7
