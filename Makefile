@@ -16,15 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect flow
 	$(BIN)/lmp run
 
-# Two lanes: the suite waits on servers and process start-ups as much as it computes (tests/conftest.py
-# keeps each module on one lane and starts the heaviest first).
-LANES := -n 2 --dist loadgroup --no-loadscope-reorder
+# One process: on 2 cores, two pytest-xdist lanes (-n 2 --dist loadgroup, which tests/conftest.py
+# groups by module) took longer (35 min against about 32), the lanes' Ray workers and collectives
+# busy-waiting on each other's cores. With more cores, try: make test PYTEST_ARGS="-n 4 --dist loadgroup".
+PYTEST_ARGS ?=
 
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
-	$(BIN)/pytest $(LANES)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about a minute)
-	$(BIN)/pytest $(LANES) tests/unit tests/test_architecture.py
+	$(BIN)/pytest $(PYTEST_ARGS) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
 	infra/dev/system-packages.sh

@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from tests.services import S3Server, s3_server  # noqa: E402
 
-# `make test` runs two lanes (pytest -n 2 --dist loadgroup): a module's tests stay on one lane, so
-# its module fixtures are built once, and production's modules share one lane (one set of servers).
-# The heaviest go first, so that the lanes end together; measured with --durations in the README.
+# Lanes for pytest-xdist (pytest -n N --dist loadgroup, not the default: on 2 cores it was slower):
+# a module's tests stay on one lane, so its module fixtures are built once, production's modules
+# and those sharing a session fixture share a lane. The heaviest go first, so lanes end together.
 HEAVIEST_FIRST = ("tests/integration/test_training.py", "tests/integration/test_pipeline.py",
                   "tests/production/", "tests/integration/test_models.py",
                   "tests/integration/test_registry.py", "tests/integration/test_tune.py")

@@ -13,19 +13,10 @@ from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.model.transformer import device_of
 
 
-@torch.inference_mode()
-def generate(
-    model,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Extend idx (B, T) by max_new_tokens tokens; temperature 0 means greedy."""
-    new = list(generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator))
-    return torch.cat([idx, *new], dim=1)
+def generate(model, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+    """Extend idx (B, T) by max_new_tokens tokens; `sampling` as generate_tokens takes it
+    (temperature 0, the default, means greedy)."""
+    return torch.cat([idx, *generate_tokens(model, idx, max_new_tokens, **sampling)], dim=1)
 
 
 @torch.inference_mode()

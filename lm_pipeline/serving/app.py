@@ -133,42 +133,43 @@ class LanguageModelServer:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
+        return await self.respond(request, self.completion_request, protocol.completion_body,
+                                  "text_completion")
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.respond(request, self.chat_request, protocol.chat_body, "chat.completion.chunk")
+
+    def completion_request(self, served, body: object) -> protocol.CompletionRequest:
+        parsed = protocol.parse_completion(body, self.limits)
+        self.check_model(served, parsed.model)
+        return parsed
+
+    def chat_request(self, served, body: object) -> protocol.CompletionRequest:
+        """The chat as the completion of the prompt the model's own template renders."""
+        parsed = protocol.parse_chat(body, self.limits)
+        self.check_model(served, parsed.model)
+        prompt = chat.render(served.chat_template, parsed.messages, served.model_id,
+                             served.special_tokens or {})
+        ids = tuple(served.tokenizer.encode(prompt, add_special_tokens=False).ids)
+        return protocol.CompletionRequest(parsed.model, (ids,), parsed.sampling, parsed.n,
+                                          stream=parsed.stream)
+
+    async def respond(self, request: Request, parse, body_of, chunk_kind: str) -> Response:
+        """One request, answered by the version served when it arrived, from its first token to its last."""
         served, started = self.served, time.monotonic()
         try:
             self.authorize(request)
-            parsed = protocol.parse_completion(await json_body(request), self.limits)
-            self.check_model(served, parsed.model)
+            parsed = parse(served, await json_body(request))
             if parsed.stream:
-                return self.streamed(served, parsed, "text_completion", started)
+                return self.streamed(served, parsed, chunk_kind, started)
             reply = await self.answer_batch((served, parsed))
             if isinstance(reply, protocol.RequestError):
                 raise reply
         except protocol.RequestError as err:
             return self.refuse(served, err, started)
         self.stats.request(200, time.monotonic() - started, reply.usage()["completion_tokens"])
-        return JSONResponse(protocol.completion_body(reply), headers={VERSION_HEADER: served.model_id})
-
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        served, started = self.served, time.monotonic()
-        try:
-            self.authorize(request)
-            parsed = protocol.parse_chat(await json_body(request), self.limits)
-            self.check_model(served, parsed.model)
-            prompt = chat.render(served.chat_template, parsed.messages, served.model_id,
-                                 served.special_tokens or {})
-            ids = tuple(served.tokenizer.encode(prompt, add_special_tokens=False).ids)
-            as_completion = protocol.CompletionRequest(parsed.model, (ids,), parsed.sampling, parsed.n,
-                                                       stream=parsed.stream)
-            if parsed.stream:
-                return self.streamed(served, as_completion, "chat.completion.chunk", started)
-            reply = await self.answer_batch((served, as_completion))
-            if isinstance(reply, protocol.RequestError):
-                raise reply
-        except protocol.RequestError as err:
-            return self.refuse(served, err, started)
-        self.stats.request(200, time.monotonic() - started, reply.usage()["completion_tokens"])
-        return JSONResponse(protocol.chat_body(reply), headers={VERSION_HEADER: served.model_id})
+        return JSONResponse(body_of(reply), headers={VERSION_HEADER: served.model_id})
 
     def streamed(self, served, request: protocol.CompletionRequest, obj: str, started: float) -> Response:
         """Server-sent events, one per piece of text, then the finish reason and [DONE]."""

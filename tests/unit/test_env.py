@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_importing_the_package_changes_no_environment_variable():
     """Its flows excepted: importing lm_pipeline.flows is their entry point (Prefect reads its
-    settings when it is imported), as cli.main is lmp's; the next test checks both apply them."""
+    settings when it is imported), as cli.main is lmp's; the next test checks both apply them. So
+    is the serving deployment's module (and launch.py, which imports it): Ray Serve builds the
+    deployment as it is imported, and `import ray` sets RAY_CLIENT_MODE to Ray's default."""
+    entry_points = {"pyfunc_model.py", "app.py", "launch.py"}
     modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts)
                      for p in (ROOT / "lm_pipeline").rglob("*.py")
                      if p.name != "__init__.py" and "modules" not in p.parts and "flows" not in p.parts
-                     and p.name != "pyfunc_model.py")
+                     and p.name not in entry_points)
     script = ("import importlib, json, os, sys; before = dict(os.environ)\n"
               f"for m in {modules!r}: importlib.import_module(m)\n"
               "print(json.dumps(sorted(k for k in os.environ if os.environ.get(k) != before.get(k))))")
