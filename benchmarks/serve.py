@@ -90,7 +90,8 @@ def measure_lmp_serve(work: Path, folder: Path, args, tokenizer) -> dict:
 def measure_mlflow_serve(work: Path, run_id: str, args, tokenizer) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+                        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # it runs `uvicorn`
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     with server(cmd, work, f"{url}/ping", env):
@@ -147,7 +148,9 @@ class server:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.cmd[0]} exited; see {self.log.name}") from None
+                    self.log.close()
+                    tail = Path(self.log.name).read_text()[-3000:]
+                    raise RuntimeError(f"{self.cmd[0]} exited:\n{tail}") from None
                 time.sleep(1)
         raise TimeoutError(f"{self.ready_url} did not answer in 300 s")
 
