@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_pipeline.data.tokenizer import eot_id
-from lm_pipeline.model.generate import generate_tokens
+from lm_pipeline.model.generate import cut_at_stop, generate_tokens
 from lm_pipeline.model.transformer import device_of
 from lm_pipeline.serving.logprobs import choice_logprobs
 from lm_pipeline.serving.protocol import Choice, CompletionRequest, Reply, RequestError, Sampling
@@ -151,11 +151,6 @@ def reply(served: Served, request: CompletionRequest, units: list[Unit]) -> Repl
             text = served.tokenizer.decode(unit.ids[unit.echo_from:]) + text
         out.choices.append(Choice(text, reason, n, logprobs))
     return out
-
-
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    ends_at = [i for s in stop if (i := text.find(s)) >= 0]
-    return text[:min(ends_at)] if ends_at else text
 
 
 def stream(served: Served, request: CompletionRequest) -> Iterator[tuple[str, str | None]]:
