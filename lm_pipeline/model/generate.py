@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.model.transformer import device_of
@@ -28,9 +29,14 @@ def generate_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """The next token of each row of idx (B, T), as (B, 1), one step at a time (a caller may stop
     early: serving ends a batch when every row has finished, and streams each token).
+
+    Rows of different lengths share a batch left-padded, with attention_mask (B, T) True at real
+    tokens; each row is then computed as it would be alone, which needs the whole generation to
+    fit the context (no refill below).
 
     Past the context: each token is predicted from the tokens since the window last filled; once
     a prediction has used a full window (block_size tokens), the cache is dropped and the newest
@@ -38,14 +44,22 @@ def generate_tokens(
     token at a time without recomputing it). A prompt longer than the context keeps its last
     block_size - 1 tokens. Greedy output equals the uncached model fed those same windows."""
     block_size = model.block_size
+    padded = {}
+    if attention_mask is not None:
+        if idx.size(1) + max_new_tokens - 1 > block_size:
+            raise ValueError(f"left-padded rows of {idx.size(1)} tokens and {max_new_tokens} new ones "
+                             f"exceed the context of {block_size}")
+        padded = {"attention_mask": attention_mask.bool()}
     idx_cond, past = idx[:, -(block_size - 1):], None  # leave room for at least one new token
     cached = 0  # positions in the cache (its layout is the backend's own)
     for _ in range(max_new_tokens):
-        logits, _, past = model(idx_cond, past=past, use_cache=True)
+        logits, _, past = model(idx_cond, past=past, use_cache=True, **padded)
         cached += idx_cond.size(1)
         next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
         yield next_token
         idx = torch.cat([idx, next_token], dim=1)
+        if padded:
+            padded["attention_mask"] = F.pad(padded["attention_mask"], (0, 1), value=True)
         if cached >= block_size:
             # Positions are absolute: when the window is full, re-encode the recent half of it
             # so generation can continue past block_size.
@@ -88,23 +102,36 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int, generator=None,
 
 def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
                    generator=None, batch_size: int = 16, **sampling) -> list[str]:
-    """Continuations of several prompts, in their order. Prompts of the same token length share
-    each forward pass (no padding, so either backend computes exactly what it would for one);
-    each continuation ends at the end-of-text token or before the first stop string."""
+    """Continuations of several prompts, in their order, each what it would be alone: prompts
+    whose generation fits the context share each forward pass left-padded; longer ones (whose
+    window refills depend on their own length) share only with prompts of the same length. Each
+    continuation ends at the end-of-text token or before the first stop string."""
     eot = eot_id(tokenizer)
     ids = [[eot] + e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
     device = device_of(model)
-    by_length: dict[int, list[int]] = {}
+    groups: dict[int | bool, list[int]] = {}
     for i, row in enumerate(ids):
-        by_length.setdefault(len(row), []).append(i)
+        groups.setdefault(len(row) + max_new_tokens <= model.block_size or len(row), []).append(i)
     out = [""] * len(prompts)
-    for length, rows in by_length.items():
+    for rows in groups.values():
         for chunk in (rows[b:b + batch_size] for b in range(0, len(rows), batch_size)):
-            batch = torch.tensor([ids[i] for i in chunk], device=device)
-            generated = generate(model, batch, max_new_tokens, generator=generator, **sampling)[:, length:]
+            batch, mask = left_padded([ids[i] for i in chunk], eot, device)
+            generated = generate(model, batch, max_new_tokens, generator=generator, attention_mask=mask,
+                                 **sampling)[:, batch.size(1):]
             for i, row in zip(chunk, generated.tolist(), strict=True):
                 out[i] = cut_at_stop(decode_until_eot(tokenizer, row), stop)
     return out
+
+
+def left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token rows as one (B, T) batch, padded on the left, and the attention mask that marks their
+    real tokens (None when all rows have the same length: nothing to mask)."""
+    width = max(len(row) for row in rows)
+    batch = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+    if all(len(row) == width for row in rows):
+        return batch, None
+    mask = torch.tensor([[False] * (width - len(row)) + [True] * len(row) for row in rows], device=device)
+    return batch, mask
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

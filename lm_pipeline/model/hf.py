@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lm_pipeline.model.transformer import configure_adamw
+from lm_pipeline.model.transformer import configure_adamw, padded_positions
 
 # A config's context length under either name: GPT-2 style configs keep it as n_positions, with
 # max_position_embeddings an alias that would overwrite it if both were passed.
@@ -31,8 +31,13 @@ class HFCausalLM(nn.Module):
         self.block_size = block_size  # the context the pipeline trains and scores with
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past=None,
-                use_cache: bool = False, label_smoothing: float = 0.0):
-        out = self.hf(input_ids=idx, cache=past, use_cache=use_cache)
+                use_cache: bool = False, label_smoothing: float = 0.0,
+                attention_mask: torch.Tensor | None = None):
+        padding = {}
+        if attention_mask is not None:  # left-padded rows, placed where each would be alone
+            padding = {"attention_mask": attention_mask.long(),
+                       "position_ids": padded_positions(attention_mask)[:, -idx.size(1):]}
+        out = self.hf(input_ids=idx, cache=past, use_cache=use_cache, **padding)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,

@@ -38,7 +38,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False):
+    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False, mask=None):
+        """mask: which keys each query sees, (B, 1, T, T_past + T), when rows are left-padded;
+        None means plain causal attention over every key."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -46,9 +48,10 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         # With a cache, T new queries attend to all T_past keys plus the causal part of their own.
-        mask = None if past is None or T == 1 else _causal_mask(T, k.size(2), x.device)
+        if mask is None and past is not None and T > 1:
+            mask = _causal_mask(T, k.size(2), x.device)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=past is None,
+            q, k, v, attn_mask=mask, is_causal=past is None and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -60,6 +63,23 @@ def _causal_mask(t_new: int, t_total: int, device: torch.device) -> torch.Tensor
     offset = t_total - t_new
     rows = torch.arange(t_new, device=device)[:, None] + offset
     return torch.arange(t_total, device=device)[None, :] <= rows
+
+
+def _padded_mask(attention_mask: torch.Tensor, t_new: int) -> torch.Tensor:
+    """(B, 1, t_new, t_total) boolean mask for left-padded rows (attention_mask (B, t_total), True
+    at real tokens): causal, and blind to padding. A padding query also sees itself, so its
+    softmax has a key (its output is never used)."""
+    t_total = attention_mask.size(1)
+    causal = _causal_mask(t_new, t_total, attention_mask.device)
+    itself = torch.arange(t_total, device=attention_mask.device)[None, :] == (
+        torch.arange(t_new, device=attention_mask.device)[:, None] + t_total - t_new)
+    return (causal & attention_mask[:, None, None, :].bool()) | itself
+
+
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, t_total) position of each token counted from its row's first real token: a left-padded
+    row is placed exactly where it would be alone (padding sits at 0, unseen)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 class MLP(nn.Module):
@@ -81,8 +101,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False):
-        a, present = self.attn(self.ln_1(x), past, use_cache)
+    def forward(self, x: torch.Tensor, past=None, use_cache: bool = False, mask=None):
+        a, present = self.attn(self.ln_1(x), past, use_cache, mask)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
@@ -126,22 +146,29 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                past: KVCache | None = None, use_cache: bool = False, label_smoothing: float = 0.0):
+                past: KVCache | None = None, use_cache: bool = False, label_smoothing: float = 0.0,
+                attention_mask: torch.Tensor | None = None):
         """idx (B, T) token ids -> logits (B, T, V); with targets also the mean cross-entropy
         (label-smoothed when training asks for it; evaluation keeps the plain one).
 
         With use_cache, also the keys/values of all positions seen (continuing from `past`), for
-        generation; training leaves it off and gets None.
+        generation; training leaves it off and gets None. attention_mask (B, T_past + T), True at
+        real tokens, lets rows of different lengths share a batch, left-padded (serving).
         """
         B, T = idx.shape
         start = 0 if past is None else past[0][0].size(2)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        mask = None
+        if attention_mask is None:
+            pos = torch.arange(start, start + T, device=idx.device)
+        else:
+            pos = padded_positions(attention_mask)[:, start:]
+            mask = _padded_mask(attention_mask, T)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, None if past is None else past[i], use_cache)
+            x, present = block(x, None if past is None else past[i], use_cache, mask)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         loss = None

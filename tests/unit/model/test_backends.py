@@ -15,8 +15,10 @@ pytestmark = pytest.mark.models
 TEXT = ["a tuple is an immutable sequence, and a list is a mutable one"] * 20
 LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2}  # grouped-query attention, RoPE, RMSNorm
+GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2}  # learned absolute positions
 SHAPES = {"gpt": ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32),
-          "hf": ModelConfig(backend="hf", hf_config=LLAMA, block_size=32)}
+          "hf": ModelConfig(backend="hf", hf_config=LLAMA, block_size=32),
+          "hf-gpt2": ModelConfig(backend="hf", hf_config=GPT2, block_size=32)}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,40 @@ def in_windows(model, ids, steps, seed: int | None = None):
         if context.shape[1] >= block:
             start = ids.shape[1] - block // 2
     return ids
+
+
+@pytest.mark.metrics
+@pytest.mark.parametrize("backend", ["gpt", "hf", "hf-gpt2"])
+def test_left_padded_rows_with_an_attention_mask_compute_what_each_row_computes_alone(backend, tokenizer_dir):
+    """Serving batches prompts of different lengths left-padded: each row's logits and its greedy
+    continuation through the KV cache must be its own, as if it were alone."""
+    from lm_pipeline.model.generate import generate_tokens
+
+    model = spread_weights(build(backend, tokenizer_dir).eval())
+    rows = [[0, 5, 9, 22, 40, 100, 7], [0, 8], [0, 17, 3, 250]]
+    width = max(map(len, rows))
+    padded = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    with torch.no_grad():
+        batch_logits = model(padded, attention_mask=mask)[0]
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(batch_logits[i, width - len(row):], logits(model, torch.tensor([row]))[0])
+    alone = [torch.cat(list(generate_tokens(model, torch.tensor([r]), 20)), dim=1)[0].tolist() for r in rows]
+    assert all(len(set(tokens)) >= 5 for tokens in alone)  # varied enough that a wrong position shows
+    batched = torch.cat(list(generate_tokens(model, padded, 20, attention_mask=mask)), dim=1).tolist()
+    assert batched == alone
+    with pytest.raises(ValueError, match="exceed the context of 32"):
+        next(generate_tokens(model, padded, 32 - width + 2, attention_mask=mask))
+
+
+def spread_weights(model):
+    """Weights with a large spread (std 2 / sqrt(fan-in)): an untrained model's greedy output
+    repeats one token, which would hide a wrong position or mask."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 2 / p.shape[-1] ** 0.5)
+    return model
 
 
 def test_the_hf_backend_builds_the_configured_family_with_our_vocabulary(tokenizer_dir):

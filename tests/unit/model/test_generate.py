@@ -39,9 +39,19 @@ def test_batched_prompts_get_what_each_gets_alone_and_end_before_a_stop_string()
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=2, n_head=2,
                         n_embd=16)).eval()
-    prompts = ["a tuple", "a list", "a tupl", "mutable"]  # two share a length: one forward for both
-    alone = [complete(gpt, tokenizer, p, 20) for p in prompts]
-    assert complete_batch(gpt, tokenizer, prompts, 20, batch_size=2) == alone
+    with torch.no_grad():  # a large spread, so the output varies with the prompt and the position
+        for p in gpt.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 2 / p.shape[-1] ** 0.5)
+    prompts = ["a tuple", "a list", "a tupl", "mutable"]  # two lengths, two prompts each
+    forwards = []
+    gpt.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape[0]))
+    for steps, batch_shapes in ((6, {4}), (20, {2})):  # fits the context (padded), or refills
+        alone = [complete(gpt, tokenizer, p, steps) for p in prompts]
+        assert len(set(alone)) == len(prompts) and all(len(set(a)) > 2 for a in alone)
+        forwards.clear()
+        assert complete_batch(gpt, tokenizer, prompts, steps, batch_size=4) == alone
+        assert set(forwards) == batch_shapes  # padded: all four at once; past the context: by length
     stop = alone[0][3:5]
     cut = complete_batch(gpt, tokenizer, prompts[:1], 20, stop=["zz", stop])[0]
     assert cut == alone[0][:alone[0].index(stop)] and stop not in cut
