@@ -434,7 +434,8 @@ class ServeConfig(Section):
                             "for more is refused)")
     max_n: int = Field(8, ge=1, description="most choices one request may ask for (n)")
     max_batch_size: int = Field(8, ge=1, description="requests one forward pass may batch")
-    batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill")
+    batch_wait_ms: float = Field(10.0, ge=0, description="how long a request reaching an idle model "
+                                                         "waits for others to batch with")
     max_queued_requests: int = Field(64, ge=1, description="requests waiting for a replica before the "
                                      "endpoint answers 503")
     request_timeout_s: float = Field(120.0, gt=0, description="a request still unanswered after this "

@@ -1,12 +1,13 @@
 """The OpenAI-compatible endpoint: a Ray Serve deployment with a FastAPI ingress.
 
 GET /v1/models, POST /v1/completions and POST /v1/chat/completions, as OpenAI's clients call
-them; concurrent requests share forward passes (@serve.batch, engine.answer keeps each answer
-what it would be alone). Each replica follows an alias: every follow_interval_s it resolves it,
-and when it has moved, loads and checks the new version beside the old one and swaps a single
-reference. A request reads that reference once, so it is answered by one version from its first
-token to its last, and names that version in its `model` field and its X-Model-Version header. A
-version that fails its check is refused, logged, and the replica keeps serving what it served.
+them; concurrent requests share forward passes (serving/batcher.py: what waited while the model
+was busy goes into its next batch; engine.answer keeps each answer what it would be alone). Each
+replica follows an alias: every follow_interval_s it resolves it, and when it has moved, loads and
+checks the new version beside the old one and swaps a single reference. A request reads that
+reference once, so it is answered by one version from its first token to its last, and names that
+version in its `model` field and its X-Model-Version header. A version that fails its check is
+refused, logged, and the replica keeps serving what it served.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ from ray import serve
 
 from lm_pipeline.cluster import worker_env
 from lm_pipeline.serving import chat, engine, protocol, source
+from lm_pipeline.serving.batcher import Batcher
 from lm_pipeline.serving.stats import Stats
 
 log = logging.getLogger("lm_pipeline.serving")
@@ -38,6 +40,7 @@ class Settings:
     source: str
     tracking_uri: str
     registered_name: str  # accepted as `model` for whatever version of it is served
+    endpoint: str = ""  # the address clients call, recorded in the registry (no token)
     device: str = "auto"
     max_tokens: int = 256
     max_n: int = 8
@@ -70,12 +73,23 @@ class LanguageModelServer:
         self.token = os.environ.get(TOKEN_ENV) or None
         self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)
         self.stats = Stats()
-        self.answer_batch.set_max_batch_size(self.settings.max_batch_size)
-        self.answer_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self.batcher = Batcher(self.answer_batch, self.settings.max_batch_size, self.settings.batch_wait_s)
         self.tasks = [asyncio.create_task(self.log_stats())]
         if source.follows_alias(self.settings.source):
             self.tasks.append(asyncio.create_task(self.follow()))
         log.info("serving %s (%s)", self.served.model_id, self.settings.source)
+        await self.record()
+
+    async def record(self) -> None:
+        """Tag the registered model with this endpoint and the version it serves; a registry that
+        cannot be written to is logged, not fatal (the answers do not depend on it)."""
+        if not (source.is_registered(self.settings.source) and self.settings.endpoint):
+            return
+        try:
+            await asyncio.to_thread(source.record_served, self.served.model_id, self.settings.endpoint)
+        except Exception as err:
+            log.warning("could not record %s as served at %s: %s", self.served.model_id,
+                        self.settings.endpoint, err)
 
     async def follow(self) -> None:
         """Swap to the version the alias points at whenever it moves; keep serving on any failure
@@ -94,6 +108,7 @@ class LanguageModelServer:
                          self.served.model_id)
                 self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
                 log.info("serving %s", self.served.model_id)
+                await self.record()
             except Exception as err:  # a refused or unreachable version must not stop the endpoint
                 refused = current
                 log.error("keeping %s: %s", self.served.model_id, err)
@@ -103,10 +118,9 @@ class LanguageModelServer:
             await asyncio.sleep(self.settings.log_interval_s)
             self.stats.log_line(self.served.model_id)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def answer_batch(self, jobs: list[tuple]) -> list:
+    def answer_batch(self, jobs: list[tuple]) -> list:
         self.stats.batch(len(jobs))
-        return await asyncio.to_thread(engine.answer, jobs)
+        return engine.answer(jobs)
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -163,7 +177,7 @@ class LanguageModelServer:
             parsed = parse(served, await json_body(request))
             if parsed.stream:
                 return self.streamed(served, parsed, chunk_kind, started)
-            reply = await self.answer_batch((served, parsed))
+            reply = await self.batcher.submit((served, parsed))
             if isinstance(reply, protocol.RequestError):
                 raise reply
         except protocol.RequestError as err:

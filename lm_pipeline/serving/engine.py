@@ -1,10 +1,13 @@
 """A loaded model version answering completion requests, batched, exactly as it would alone.
 
-Batching: greedy choices whose prompts have the same number of tokens share each forward pass
-(no padding, so either backend computes what it would for one; the same rule as
-model/generate.complete_batch); a sampled choice runs alone with its own seeded generator, so its
-answer does not depend on who else was waiting. A text prompt opens a document, as in training
-(<|endoftext|> first); a prompt of token ids is scored and continued exactly as given.
+Batching: greedy choices with the same max_tokens and stop strings share each forward pass,
+left-padded with an attention mask, so each row is computed as it would be alone (both backends);
+a choice that would run past the context (where generation refills its window, which depends on
+the row's own length) shares only with prompts of its own length, unpadded. A sampled choice runs
+alone with its own seeded generator, so its answer does not depend on who else was waiting.
+
+A text prompt opens a document, as in training (<|endoftext|> first); a prompt of token ids is
+scored and continued exactly as given.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_pipeline.data.tokenizer import eot_id
-from lm_pipeline.model.generate import cut_at_stop, generate_tokens
+from lm_pipeline.model.generate import cut_at_stop, generate_tokens, left_padded
 from lm_pipeline.model.transformer import device_of
 from lm_pipeline.serving.logprobs import choice_logprobs
 from lm_pipeline.serving.protocol import Choice, CompletionRequest, Reply, RequestError, Sampling
@@ -96,7 +99,8 @@ def answer(jobs: list[tuple[Served, CompletionRequest]]) -> list[Reply | Request
     for (served, _), units in zip(jobs, planned, strict=True):
         for unit in units if isinstance(units, list) else ():
             if unit.sampling.greedy:
-                key = (id(served), len(unit.ids), unit.sampling.max_tokens, unit.sampling.stop)
+                fits = len(unit.ids) + unit.sampling.max_tokens <= served.context
+                key = (id(served), unit.sampling.max_tokens, unit.sampling.stop, fits or len(unit.ids))
                 greedy.setdefault(key, []).append((served, unit))
             else:
                 run_units(served, [unit])
@@ -107,12 +111,13 @@ def answer(jobs: list[tuple[Served, CompletionRequest]]) -> list[Reply | Request
 
 
 def run_units(served: Served, units: list[Unit]) -> None:
-    """Generate for units of one length and sampling in one batch, until each has finished."""
+    """Generate for units of one sampling in one batch, left-padded when their lengths differ,
+    until each has finished."""
     first = units[0]
-    batch = torch.tensor([u.ids for u in units], device=device_of(served.model))
+    batch, mask = left_padded([u.ids for u in units], served.eot, device_of(served.model))
     rows: list[list[int]] = [[] for _ in units]
     steps = generate_tokens(served.model, batch, first.sampling.max_tokens, first.sampling.temperature,
-                            None, first.sampling.top_p, first.generator)
+                            None, first.sampling.top_p, first.generator, attention_mask=mask)
     for tokens in steps:
         for row, token in zip(rows, tokens[:, 0].tolist(), strict=True):
             row.append(token)

@@ -24,6 +24,7 @@ def settings_of(cfg: Config, model: str | None = None) -> Settings:
     serve = cfg.serve
     return Settings(source=model or serve.model or f"models:/{cfg.register_.model_name}@champion",
                     tracking_uri=tracking.tracking_uri(cfg), registered_name=cfg.register_.model_name,
+                    endpoint=f"http://{serve.host}:{serve.port}/v1",
                     device=serve.device, max_tokens=serve.max_tokens, max_n=serve.max_n,
                     max_batch_size=serve.max_batch_size, batch_wait_s=serve.batch_wait_ms / 1000,
                     follow_interval_s=serve.follow_interval_s, log_interval_s=serve.log_interval_s)
@@ -54,8 +55,8 @@ def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
     app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
                       serve_cfg.max_queued_requests, worker_env())
     serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
-    log.info("serving %s at http://%s:%d/v1 (OpenAI API: /v1/models, /v1/completions, "
-             "/v1/chat/completions)%s%s", settings.source, serve_cfg.host, serve_cfg.port,
+    log.info("serving %s at %s (OpenAI API: /v1/models, /v1/completions, "
+             "/v1/chat/completions)%s%s", settings.source, settings.endpoint,
              ", bearer token required" if os.environ.get(TOKEN_ENV) else "",
              f" on the cluster at {cfg.ray_address}" if detach else "; Ctrl-C stops")
     if detach:

@@ -15,6 +15,8 @@ from lm_pipeline.registry.downloads import download_version_folder
 from lm_pipeline.serving.chat import chat_template, special_tokens
 from lm_pipeline.serving.engine import Served
 
+SERVED_AT_TAG, SERVED_VERSION_TAG = "serving.endpoint", "serving.version"
+
 
 def is_registered(source: str) -> bool:
     return source.startswith("models:/")
@@ -50,3 +52,15 @@ def load(source: str, device: str = "auto") -> Served:
         template, special = chat_template(folder), special_tokens(folder)
     check_weights(mv, model, "refusing to serve it")
     return Served(model, tokenizer, f"{mv.name}/{mv.version}", template, special)
+
+
+def record_served(model_id: str, endpoint: str) -> None:
+    """Show in the registry where a registered model is served and which version answers there
+    (tags of the registered model, updated at each swap). The endpoint's address only: anyone
+    who can read the registry reads its tags, so nothing secret goes there."""
+    import mlflow
+
+    name, version = model_id.rsplit("/", 1)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_tag(name, SERVED_AT_TAG, endpoint)
+    client.set_registered_model_tag(name, SERVED_VERSION_TAG, version)

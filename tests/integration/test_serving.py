@@ -214,6 +214,13 @@ def test_thirty_two_clients_see_no_failure_and_no_mixed_version_while_the_alias_
     for model, header, text in results:  # each answer made by the version it names, start to end
         assert header == model and text == expected[model.rsplit("/", 1)[1]]
 
+    def tags() -> dict:  # the registry shows where the model is served and which version answers
+        return registry(project).get_registered_model(MODEL).tags
+
+    wait_for(lambda: tags().get("serving.version") == first, 10, "the registry naming the served version")
+    assert tags()["serving.endpoint"] == f"{endpoint.url}/v1"
+    assert not any(endpoint.token in value for value in tags().values())
+
 
 def test_a_replica_killed_under_load_is_replaced_and_requests_keep_being_answered(endpoint):
     pids = replica_pids(endpoint)

@@ -53,9 +53,16 @@ def test_a_batch_of_requests_gets_what_each_request_gets_alone(served):
     prompts = ["a tuple", "a list", "a tupl", "mutable", "is"]
     alone = [answer(served, prompt=p).choices[0].text for p in prompts]
     assert len(set(alone)) == len(alone)  # precondition: the model's answers depend on the prompt
-    replies = engine.answer([(served, request(prompt=p)) for p in prompts]
-                            + [(served, request(prompt="x" * 40))])  # one bad request among them
+    assert len({len(served.tokenizer.encode(p).ids) for p in prompts}) > 2  # they need padding to share
+    forwards = []
+    hook = served.model.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape[0]))
+    try:
+        replies = engine.answer([(served, request(prompt=p)) for p in prompts]
+                                + [(served, request(prompt="x" * 40))])  # one bad request among them
+    finally:
+        hook.remove()
     assert [r.choices[0].text for r in replies[:-1]] == alone
+    assert set(forwards) == {len(prompts)} and len(forwards) <= 12  # one batch, one forward a token
     assert isinstance(replies[-1], RequestError) and replies[-1].param == "prompt"
     assert alone[0] == complete(served.model, served.tokenizer, "a tuple", 12)  # what `lmp generate` says
 

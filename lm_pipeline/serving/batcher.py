@@ -1,0 +1,53 @@
+"""Requests that arrive while the model is busy share its next forward passes.
+
+Ray Serve's @serve.batch forms its next batch within batch_wait_timeout_s of the first request,
+whether or not the model is free, and queues it behind the running one: under steady load that is
+a line of batches of one or two requests (measured: a mean batch of 1.4 with 16 clients). Here one
+loop runs one batch at a time and, when it is free, takes everything that has waited meanwhile (up
+to max_batch_size), so batches grow with the load by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class Batcher:
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, wait_s: float):
+        """run: jobs -> their results in order, called in a worker thread (the event loop stays
+        free to take requests); wait_s: how long a batch waits for company once the model is free."""
+        self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop_task: asyncio.Task | None = None
+
+    async def submit(self, job) -> object:
+        """The result of one job, computed in a batch with whatever else is waiting."""
+        if self.loop_task is None or self.loop_task.done():
+            self.loop_task = asyncio.create_task(self.serve_batches())
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((job, future))
+        return await future
+
+    async def serve_batches(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            if self.queue.empty() and self.wait_s:
+                await asyncio.sleep(self.wait_s)  # requests sent together share the first batch too
+            while len(batch) < self.max_batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            waiting = [(job, future) for job, future in batch if not future.done()]  # not cancelled
+            if waiting:
+                await self.answer(waiting)
+
+    async def answer(self, waiting: list[tuple[object, asyncio.Future]]) -> None:
+        try:
+            results = await asyncio.to_thread(self.run, [job for job, _ in waiting])
+        except Exception as err:  # every request of a failed batch learns why
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        for (_, future), result in zip(waiting, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -1,0 +1,70 @@
+"""The batcher: what waits while the model is busy shares the next batch, answers go to their own
+requests, and a failed batch fails its own requests only."""
+
+import asyncio
+import threading
+
+import pytest
+
+from lm_pipeline.serving.batcher import Batcher
+
+
+class Model:
+    """Doubles each job; busy with a batch until `free` is set (a test decides how long)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.free = threading.Event()
+
+    def run(self, jobs: list[int]) -> list[int]:
+        self.batches.append(list(jobs))
+        self.free.wait(timeout=10)
+        if -1 in jobs:
+            raise ValueError("a batch that fails")
+        return [2 * job for job in jobs]
+
+
+def test_requests_arriving_while_a_batch_runs_share_the_next_one_and_get_their_own_answers():
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model.run, max_batch_size=4, wait_s=0.01)
+        first = asyncio.create_task(batcher.submit(0))
+        later = []
+        for i in range(1, 7):  # one every 25 ms while the first batch runs (longer than wait_s)
+            await asyncio.sleep(0.025)
+            later.append(asyncio.create_task(batcher.submit(i)))
+        await asyncio.sleep(0.025)
+        model.free.set()
+        return await first, await asyncio.gather(*later)
+
+    first, later = asyncio.run(scenario())
+    assert first == 0 and later == [2, 4, 6, 8, 10, 12]
+    assert model.batches == [[0], [1, 2, 3, 4], [5, 6]]  # waited together, capped at max_batch_size
+
+
+def test_a_failed_batch_fails_its_own_requests_and_the_next_batch_is_answered():
+    model = Model()
+    model.free.set()
+
+    async def scenario():
+        batcher = Batcher(model.run, max_batch_size=2, wait_s=0.01)
+        failing = await asyncio.gather(*(batcher.submit(job) for job in (-1, 3)), return_exceptions=True)
+        return failing, await batcher.submit(5)
+
+    failing, after = asyncio.run(scenario())
+    assert all(isinstance(r, ValueError) for r in failing) and after == 10
+    assert model.batches == [[-1, 3], [5]]
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 0.05])
+def test_requests_sent_together_to_an_idle_model_share_the_first_batch(wait_s):
+    model = Model()
+    model.free.set()
+
+    async def scenario():
+        batcher = Batcher(model.run, max_batch_size=8, wait_s=wait_s)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+
+    assert asyncio.run(scenario()) == [0, 2, 4]
+    assert model.batches == [[0, 1, 2]]
