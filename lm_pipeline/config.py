@@ -445,6 +445,32 @@ class ServeConfig(Section):
     log_interval_s: float = Field(30.0, gt=0, description="how often a replica logs its request statistics")
 
 
+class ContinuousConfig(Section):
+    """Continuous training: drops of new documents land under ct.watch; each new one is checked on
+    its own and against the corpus, then scored with the champion, and trained on only when the
+    champion has drifted."""
+
+    watch: str = Field("data/incoming", description="where drops land: a folder or an s3:// prefix. "
+                       "A drop is a folder (prefix) under it, complete once it holds _SUCCESS, or a "
+                       "manifest.json whose files and sha256 digests all match")
+    state_dir: Path = Field(Path("data/ct"), description="the ledger of drops seen (drops.json) and each "
+                            "drop's checks")
+    quarantine_dir: Path = Field(Path("data/quarantine"), description="bad drops, copied with their "
+                                 "report; kept, never deleted, never trained on")
+    max_duplicate_share: float = Field(0.5, ge=0, le=1, description="largest share of a drop's documents "
+                                       "that may repeat the corpus, exactly or nearly "
+                                       "(validate.near_duplicate_jaccard)")
+    max_leaked_test_documents: int = Field(0, ge=0, description="test-split documents a drop may contain "
+                                           "(validate.contamination_ngram and contamination_overlap) "
+                                           "before it is quarantined")
+    min_drift_bits_per_byte: float = Field(0.05, ge=0, description="retrain only when the champion's bits "
+                                           "per byte on the drop exceed those on its own test split by "
+                                           "more than this (the lower end of a 95% bootstrap interval)")
+    drift_documents: int = Field(256, ge=2, description="documents of the drop, and of the test split, "
+                                 "scored for drift (a seeded sample of each)")
+    seed: int = Field(1337, description="seeds the drift samples and their bootstrap")
+
+
 class Config(Section):
     """The whole params.yaml. `validate` and `register` are read as `validate_` and `register_`
     (pydantic reserves the plain names)."""
@@ -462,6 +488,7 @@ class Config(Section):
     mlflow: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     serve: ServeConfig = ServeConfig()
+    ct: ContinuousConfig = ContinuousConfig()
 
     @model_validator(mode="after")
     def _stride_fits_context(self) -> Config:

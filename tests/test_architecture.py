@@ -32,6 +32,7 @@ LAYERS = (
     ("lm_pipeline.training", "lm_pipeline.evaluation"),
     ("lm_pipeline.registry",),
     ("lm_pipeline.stages", "lm_pipeline.serving"),
+    ("lm_pipeline.continuous",),
     ("lm_pipeline.flows", "lm_pipeline.cli"),
     ("benchmarks",),
 )

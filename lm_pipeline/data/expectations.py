@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from lm_pipeline.config import Config, ValidateConfig
-from lm_pipeline.data.profile import EXAMPLES
+from lm_pipeline.data.profile import EXAMPLES, corpus_metrics, document_frame, scan_corpus
 from lm_pipeline.data.quality import DOCS_DIR, RESULT_FILE
+from lm_pipeline.data.split import assign_split
 from lm_pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,16 @@ def corpus_expectations(validate: ValidateConfig) -> list:
         at_most("duplicate_share", validate.max_duplicate_ratio,
                 f"at most {validate.max_duplicate_ratio:.0%} duplicate texts"),
     ]
+
+
+def check_documents(documents: Callable[[], Iterable[dict]], cfg: Config) -> tuple[ValidationReport, dict]:
+    """Profile the documents (`documents()` gives a fresh stream: it is read twice) and run the
+    suites on them: the report, and the corpus figures (metrics.json)."""
+    scan = scan_corpus(documents(), cfg.validate_, cfg.split)
+    train_texts = (d["text"] for d in documents() if assign_split(d["text"], cfg.split) == "train")
+    frame = document_frame(scan.sample, train_texts, cfg.validate_)
+    report = run_suite(scan.counters_frame(), document_batches(frame, cfg), cfg.validate_, scan.examples)
+    return report, corpus_metrics(scan, frame)
 
 
 def document_batches(documents: pd.DataFrame, cfg: Config) -> list[tuple[str, pd.DataFrame, list]]:

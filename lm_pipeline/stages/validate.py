@@ -17,10 +17,8 @@ import logging
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.documents import documents_path, read_documents
-from lm_pipeline.data.expectations import ValidationReport, document_batches, run_suite
-from lm_pipeline.data.profile import corpus_metrics, document_frame, scan_corpus
+from lm_pipeline.data.expectations import ValidationReport, check_documents
 from lm_pipeline.data.quality import METRICS_FILE
-from lm_pipeline.data.split import assign_split
 from lm_pipeline.io import write_json
 
 log = logging.getLogger(__name__)
@@ -32,11 +30,8 @@ class ValidationFailed(RuntimeError):
 
 def run(cfg: Config) -> ValidationReport:
     source = documents_path(cfg.data.raw_dir)
-    scan = scan_corpus(read_documents(source), cfg.validate_, cfg.split)
-    train_texts = (d["text"] for d in read_documents(source) if assign_split(d["text"], cfg.split) == "train")
-    documents = document_frame(scan.sample, train_texts, cfg.validate_)
-    report = run_suite(scan.counters_frame(), document_batches(documents, cfg), cfg.validate_, scan.examples)
-    write_json(cfg.validate_.report_dir / METRICS_FILE, corpus_metrics(scan, documents))
+    report, metrics = check_documents(lambda: read_documents(source), cfg)
+    write_json(cfg.validate_.report_dir / METRICS_FILE, metrics)
     if not report.success:
         failed = "\n  - ".join(c.describe() for c in report.checks if not c.success)
         raise ValidationFailed(
@@ -44,5 +39,5 @@ def run(cfg: Config) -> ValidationReport:
             f"{len(report.checks)} expectations:\n  - {failed}\n"
             f"Data Docs: {report.data_docs}")
     log.info("validate: %d documents (%d sampled) passed %d expectations; Data Docs: %s",
-             scan.documents, len(documents), len(report.checks), report.data_docs)
+             metrics["documents"], metrics["sampled_documents"], len(report.checks), report.data_docs)
     return report

@@ -1,0 +1,115 @@
+"""Drops of new documents under ct.watch, and the ledger of those already taken.
+
+A drop is a folder (or object-storage prefix) directly under the watched location. It is taken
+only once complete: when it holds a `_SUCCESS` marker (written last, as Spark and Hadoop jobs
+do), or a `manifest.json` listing each file with its sha256, all present and matching (a drop
+still uploading does not match). A drop is known by the digest of its files' contents, not by
+any name, so the same documents renamed or moved are not taken twice.
+
+The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it and again when the
+cycle ends, with its outcome: a watcher killed mid-cycle finds the claimed drop unfinished and
+takes it up again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from lm_pipeline.data.sources.files import SUPPORTED_SUFFIXES
+from lm_pipeline.io import filesystem, is_url, read_json, write_json
+
+MARKER = "_SUCCESS"
+MANIFEST = "manifest.json"
+LEDGER_FILE = "drops.json"
+
+
+@dataclass(frozen=True)
+class Drop:
+    name: str  # the folder's name, for people: the digest is what identifies it
+    url: str  # what ingest reads (a local path or s3://...)
+    digest: str  # sha256 over the sorted sha256 digests of its corpus files
+    files: int
+
+
+def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
+    """The complete drops under `watch` in name order, and the names of those not complete yet
+    (a missing watch folder is no drops, not an error: nothing has arrived)."""
+    fs, root = filesystem(watch)
+    if not fs.exists(root):
+        return [], []
+    complete, waiting = [], []
+    for path in sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p)):
+        drop = read_drop(fs, path, fs.unstrip_protocol(path) if is_url(watch) else path)
+        if drop is None:
+            waiting.append(PurePosixPath(path).name)
+        else:
+            complete.append(drop)
+    return complete, waiting
+
+
+def read_drop(fs, path: str, url: str) -> Drop | None:
+    """The drop at `path` (read by ingest as `url`), or None while it is incomplete."""
+    names = {PurePosixPath(p).relative_to(path).as_posix(): p for p in fs.find(path)}
+    corpus = {name: p for name, p in names.items() if PurePosixPath(name).suffix in SUPPORTED_SUFFIXES}
+    if not corpus or (MARKER not in names and MANIFEST not in names):
+        return None
+    digests = {name: file_sha256(fs, p) for name, p in corpus.items()}
+    if MANIFEST in names and not manifest_matches(fs, names[MANIFEST], digests):
+        return None
+    digest = hashlib.sha256("\n".join(sorted(digests.values())).encode()).hexdigest()
+    return Drop(PurePosixPath(path).name, url, digest, len(corpus))
+
+
+def manifest_matches(fs, manifest_path: str, digests: dict[str, str]) -> bool:
+    """Every file the manifest lists is there with its digest (files it does not list are not
+    part of the drop yet: a drop must list all of its corpus files)."""
+    try:
+        with fs.open(manifest_path, "rb") as f:
+            listed = json.load(f).get("files", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False  # a manifest still being written
+    return bool(listed) and listed == digests
+
+
+def file_sha256(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Ledger:
+    """Which drops were claimed and how each cycle ended, by digest."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / LEDGER_FILE
+        self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
+
+    def pending(self, drops: list[Drop]) -> list[Drop]:
+        """Drops never claimed, or claimed by a cycle that did not finish; each digest once."""
+        seen, out = set(), []
+        for drop in drops:
+            if drop.digest not in seen and "outcome" not in self.entries.get(drop.digest, {}):
+                out.append(drop)
+            seen.add(drop.digest)
+        return out
+
+    def claim(self, drop: Drop) -> None:
+        entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})
+        entry["claimed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.save()
+
+    def finish(self, drop: Drop, outcome: str, **details) -> None:
+        entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})
+        entry |= {"outcome": outcome, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **details}
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.entries)

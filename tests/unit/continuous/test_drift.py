@@ -1,0 +1,58 @@
+"""Drift on a small GPT trained on one domain: a drop from that domain is no drift (its interval
+holds the threshold's side below), a drop from another domain is drift; the interval is the
+bootstrap's, seeded."""
+
+import numpy as np
+import pytest
+import torch
+
+from lm_pipeline.config import ContinuousConfig, TokenizerConfig
+from lm_pipeline.continuous.drift import bits_per_byte, gap_interval, measure_drift
+from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.model.transformer import GPT, GPTConfig
+from tests.unit.continuous.corpora import BIRDS, PLACES, PYTHON, documents
+
+CT = ContinuousConfig(min_drift_bits_per_byte=0.05, drift_documents=40)
+
+
+@pytest.fixture(scope="module")
+def champion():
+    """A GPT that has learned the Python documents, with a tokenizer that also knows the birds'
+    letters (so the birds' drop is scored, not refused)."""
+    python, birds = documents(PYTHON, 120, seed=10), documents(BIRDS + PLACES, 10, seed=11)
+    tokenizer = train_tokenizer(python + birds, TokenizerConfig(kind="char"))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32))
+    data = torch.tensor([i for text in python for i in tokenizer.encode(text).ids])
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
+    for step in range(150):
+        starts = torch.randint(0, len(data) - 65, (16,), generator=torch.Generator().manual_seed(step))
+        batch = torch.stack([data[i:i + 65] for i in starts])
+        _, loss, _ = gpt(batch[:, :-1], batch[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return gpt.eval(), tokenizer
+
+
+def test_a_drop_like_the_corpus_is_no_drift_and_one_from_another_domain_is(champion):
+    model, tokenizer = champion
+    test_split = documents(PYTHON, 40, seed=20)
+    same = measure_drift(model, tokenizer, documents(PYTHON, 40, seed=21), test_split, CT, stride=32)
+    other = measure_drift(model, tokenizer, documents(BIRDS + PLACES, 40, seed=22), test_split, CT, stride=32)
+    assert not same.drifted and same.low < 0.05 < other.low and other.drifted
+    assert abs(same.gap) < 0.05 < other.gap  # the point estimates agree with the verdicts
+    assert "no drift" in same.describe() and other.describe().startswith("drifted")
+    assert same.drop_documents == same.test_documents == 40
+
+
+def test_the_interval_is_the_gap_of_resampled_documents_and_covers_zero_between_equals():
+    rng = np.random.default_rng(0)
+    nll, sizes = rng.gamma(5.0, 20.0, size=200), rng.integers(50, 400, size=200).astype(float)
+    halves = (nll[:100], sizes[:100]), (nll[100:], sizes[100:])
+    low, high = gap_interval(*halves, 1000, np.random.default_rng(1))
+    gap = bits_per_byte(nll[:100], sizes[:100]) - bits_per_byte(nll[100:], sizes[100:])
+    assert low < gap < high and low < 0 < high  # two halves of one distribution
+    shifted = gap_interval((nll[:100] * 1.5, sizes[:100]), (nll[100:], sizes[100:]), 1000,
+                           np.random.default_rng(1))
+    assert shifted[0] > 0

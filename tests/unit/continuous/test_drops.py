@@ -1,0 +1,68 @@
+"""Drops: taken once complete (a _SUCCESS marker, or a manifest whose digests all match), known by
+their content whatever their name, and taken up again when a cycle did not finish; the same in a
+bucket as in a folder."""
+
+import hashlib
+import json
+
+from lm_pipeline.continuous.drops import Ledger, find_drops
+
+DOCS = '{"text": "a tuple is an immutable sequence"}\n{"text": "a list is a mutable sequence"}\n'
+
+
+def write_drop(folder, name: str, text: str = DOCS, marker: str | None = "_SUCCESS"):
+    drop = folder / name
+    drop.mkdir(parents=True)
+    (drop / "part-0.jsonl").write_text(text)
+    if marker == "_SUCCESS":
+        (drop / "_SUCCESS").touch()
+    elif marker == "manifest":
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        (drop / "manifest.json").write_text(json.dumps({"files": {"part-0.jsonl": digest}}))
+    return drop
+
+
+def test_only_complete_drops_are_taken_and_a_manifest_must_match_what_is_there(tmp_path):
+    watch = tmp_path / "incoming"
+    write_drop(watch, "2026-12-01", marker="_SUCCESS")
+    write_drop(watch, "2026-12-02", DOCS.replace("tuple", "set"), marker=None)  # still being written
+    half = write_drop(watch, "2026-12-03", DOCS.replace("tuple", "dict"), marker="manifest")
+    (half / "part-0.jsonl").write_text(DOCS.replace("tuple", "dict")[:20])  # the upload is not finished
+    write_drop(watch, "2026-12-04", DOCS.replace("tuple", "frozenset"), marker="manifest")
+    complete, waiting = find_drops(str(watch))
+    assert [d.name for d in complete] == ["2026-12-01", "2026-12-04"]
+    assert waiting == ["2026-12-02", "2026-12-03"]
+    (half / "part-0.jsonl").write_text(DOCS.replace("tuple", "dict"))  # the upload completes
+    assert [d.name for d in find_drops(str(watch))[0]] == ["2026-12-01", "2026-12-03", "2026-12-04"]
+    assert find_drops(str(tmp_path / "nothing-yet")) == ([], [])
+
+
+def test_a_drop_is_taken_once_whatever_its_name_and_again_if_its_cycle_did_not_finish(tmp_path):
+    watch, state = tmp_path / "incoming", tmp_path / "ct"
+    write_drop(watch, "monday")
+    write_drop(watch, "monday-copy")  # the same documents under another name
+    drops, _ = find_drops(str(watch))
+    assert drops[0].digest == drops[1].digest and drops[0].files == 1
+    ledger = Ledger(state)
+    (drop,) = ledger.pending(drops)
+    ledger.claim(drop)
+    assert Ledger(state).pending(drops) == [drop]  # the watcher died mid-cycle: taken up again
+    ledger.finish(drop, "no_drift", gap=0.01)
+    assert Ledger(state).pending(drops) == []
+    write_drop(watch, "tuesday", DOCS.replace("tuple", "deque"))
+    assert [d.name for d in Ledger(state).pending(find_drops(str(watch))[0])] == ["tuesday"]
+    entry = Ledger(state).entries[drop.digest]
+    assert entry["outcome"] == "no_drift" and entry["gap"] == 0.01 and entry["name"] == "monday"
+
+
+def test_drops_in_a_bucket_are_found_the_same_way(s3, monkeypatch, tmp_path):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    client = s3.client()
+    client.put_object(Bucket="corpus", Key="incoming/a/part-0.jsonl", Body=DOCS.encode())
+    client.put_object(Bucket="corpus", Key="incoming/a/_SUCCESS", Body=b"")
+    client.put_object(Bucket="corpus", Key="incoming/b/part-0.jsonl", Body=DOCS.encode())  # no marker yet
+    complete, waiting = find_drops("s3://corpus/incoming")
+    assert [(d.name, d.url) for d in complete] == [("a", "s3://corpus/incoming/a")] and waiting == ["b"]
+    write_drop(tmp_path, "local")  # the same documents in a folder: the same drop
+    assert complete[0].digest == find_drops(str(tmp_path))[0][0].digest
