@@ -347,6 +347,12 @@ class RegisterConfig(Section):
         {}, description="gates: lowest harness score per metrics key, {'<task>/<metric>': value} "
         "(e.g. {lmp_cloze_choice/acc: 0.3}), a key of reports/metrics.json from evaluate.harness_tasks "
         "('<task>/<metric>_first<N>' for a task evaluate.harness_limit cuts to its first N documents)")
+    guard_documents: Path | None = Field(None, description="a documents.jsonl (the corpus before new "
+                                         "data, as continuous training sets it) whose test-split "
+                                         "documents the candidate may not forget")
+    max_forgetting: float = Field(0.02, ge=0, description="gate with guard_documents: bits per byte the "
+                                  "candidate may lose to the champion there (the 95% paired interval of "
+                                  "its change must stay above minus this)")
     record_file: Path = Field(Path("reports/registry.json"), description="this run's decision and gates")
 
     @model_validator(mode="after")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lm_pipeline.config import Config
+from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.processed import load_documents
+from lm_pipeline.data.split import assign_split
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry.aliases import RegistryError, current_champion
@@ -46,8 +48,7 @@ def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candida
     champion = current_champion(client, name)
     checks = list(checks)
     if champion is not None:
-        comparison = compare_with_champion(cfg, champion, candidate)
-        checks.append(gating.champion_gate(comparison, cfg.register_.min_improvement))
+        checks += champion_gates(cfg, champion, candidate)
     failed = [g.name for g in checks if not g.passed]
     promoted = not failed
     if promoted:
@@ -59,11 +60,28 @@ def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candida
                     [g.to_dict() for g in checks], f"models:/{name}/{version}")
 
 
-def compare_with_champion(cfg: Config, champion_version: str, candidate) -> gating.Comparison:
+def champion_gates(cfg: Config, champion_version: str, candidate) -> list[gating.Gate]:
+    """Beating the champion on this run's test documents, and with register.guard_documents not
+    losing to it on theirs."""
+    device = resolve_device(cfg.evaluate.device)
+    champion = load_registered(cfg.register_.model_name, champion_version, device)
     texts = [candidate[1].decode(d.tolist()) for d in load_documents(cfg.data.processed_dir, "test")]
-    champion = load_registered(cfg.register_.model_name, champion_version,
-                                      resolve_device(cfg.evaluate.device))
-    return gating.compare(champion, candidate, texts, champion_version, cfg.evaluate)
+    comparison = gating.compare(champion, candidate, texts, champion_version, cfg.evaluate)
+    gates = [gating.champion_gate(comparison, cfg.register_.min_improvement)]
+    if cfg.register_.guard_documents:
+        guarded = guarded_texts(cfg)
+        kept = gating.compare(champion, candidate, guarded, champion_version, cfg.evaluate)
+        gates.append(gating.forgetting_gate(kept, cfg.register_.max_forgetting))
+    return gates
+
+
+def guarded_texts(cfg: Config) -> list[str]:
+    """The test-split documents of register.guard_documents (split as the corpus is split)."""
+    path = cfg.register_.guard_documents
+    texts = [d["text"] for d in read_documents(path) if assign_split(d["text"], cfg.split) == "test"]
+    if not texts:
+        raise ValueError(f"register.guard_documents {path}: no test-split documents to guard")
+    return texts
 
 
 def record_gates(client, d: Decision) -> None:

@@ -1,5 +1,6 @@
-"""Promotion gates: absolute quality bars (perplexity, BLEU, bias gaps, benchmark task scores), and
-beating the champion on the same test data.
+"""Promotion gates: absolute quality bars (perplexity, BLEU, bias gaps, benchmark task scores),
+beating the champion on the same test data, and (with register.guard_documents) not forgetting
+what the champion knew.
 
 The champion comparison re-scores the current champion on this run's test documents (as text,
 so a champion with another tokenizer compares fairly, in bits per byte) and bootstraps the
@@ -125,6 +126,17 @@ def champion_gate(comparison: Comparison, min_improvement: float) -> Gate:
                 f"{c.champion_bits_per_byte:.4f}: improvement {c.improvement:.4f} "
                 f"(95% CI [{c.ci_low:.4f}, {c.ci_high:.4f}]) must be >= {min_improvement} "
                 "with the interval above zero")
+
+
+def forgetting_gate(comparison: Comparison, max_forgetting: float) -> Gate:
+    """Non-inferiority on data the champion already knew: the candidate may be worse there only
+    by less than max_forgetting bits per byte, with 95% confidence."""
+    c = comparison
+    passed = c.ci_low > -max_forgetting
+    return Gate("does_not_forget", c.improvement, -max_forgetting, passed,
+                f"on the guarded documents bits/byte {c.candidate_bits_per_byte:.4f} vs champion "
+                f"v{c.champion_version} {c.champion_bits_per_byte:.4f}: change {c.improvement:+.4f} "
+                f"(95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]) must stay above {-max_forgetting:+.4f}")
 
 
 def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConfig) -> np.ndarray:

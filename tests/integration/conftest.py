@@ -71,27 +71,33 @@ def lmp(project: Path, *args: str) -> str:
     return out.stdout
 
 
-def train_and_register(project: Path, max_steps: int) -> dict:
+def train_and_register(project: Path, max_steps: int, **register) -> dict:
     """One worker, so in the `lmp train` process: what is tested with these is the registry and
-    serving, and Ray's start-up would be most of each run's time."""
+    serving, and Ray's start-up would be most of each run's time. `register` sets register.* for
+    this registration only."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(max_steps=max_steps, checkpoint_interval=max_steps, eval_interval=max_steps,
                            num_workers=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("train", "evaluate", "register"):
+    with_register = params | {"register": params["register"] | register}
+    (project / "params-register.yaml").write_text(yaml.safe_dump(with_register, sort_keys=False))
+    for stage in ("train", "evaluate"):
         lmp(project, "-q", stage)
+    lmp(project, "-q", "--params", "params-register.yaml", "register")
     return json.loads((project / "reports/registry.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def registered_project(tmp_path_factory):
-    """Three registrations: a champion, a worse model, a better model (decisions.json holds the
-    three decisions). Shared by the registry and serving modules, which run on one lane
+    """Three registrations: a champion, a worse model, a better model that must also not forget
+    (decisions.json holds the three decisions). Shared by the registry and serving modules, which run on one lane
     (tests/conftest.py), in that order."""
     root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
     for stage in ("ingest", "validate", "preprocess"):
         lmp(root, "-q", stage)
-    decisions = [train_and_register(root, steps) for steps in (60, 11, 200)]  # warmup is 10 steps
+    decisions = [train_and_register(root, 60), train_and_register(root, 11),  # warmup is 10 steps
+                 # the better one also guarded on the corpus's test split (continuous training's guard)
+                 train_and_register(root, 200, guard_documents=str(root / "data/raw/documents.jsonl"))]
     root.joinpath("decisions.json").write_text(json.dumps(decisions))
     return root
 

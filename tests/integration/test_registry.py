@@ -59,8 +59,10 @@ def test_better_model_takes_champion_with_a_significant_gain(project):
     gate = next(g for g in better["gates"] if g["name"] == "beats_champion")
     assert gate["passed"] and gate["value"] > 0
     assert "95% CI [" in gate["detail"]
+    kept = next(g for g in better["gates"] if g["name"] == "does_not_forget")  # register.guard_documents
+    assert kept["passed"] and kept["value"] > 0 and "on the guarded documents" in kept["detail"]
     description = client(project).get_model_version("lm-pipeline", "3").description
-    assert description.startswith("all 1 gates passed") and "pass beats_champion" in description
+    assert description.startswith("all 2 gates passed") and "pass does_not_forget" in description
 
 
 def test_rollback_restores_the_previous_champion_and_the_log_keeps_both(project):

@@ -1,38 +1,13 @@
-"""Drift on a small GPT trained on one domain: a drop from that domain is no drift (its interval
-holds the threshold's side below), a drop from another domain is drift; the interval is the
-bootstrap's, seeded."""
+"""Drift on a small GPT trained on one domain (conftest's champion): a drop from that domain is no
+drift, a drop from another domain is; the interval is the bootstrap's, seeded."""
 
 import numpy as np
-import pytest
-import torch
 
-from lm_pipeline.config import ContinuousConfig, TokenizerConfig
+from lm_pipeline.config import ContinuousConfig
 from lm_pipeline.continuous.drift import bits_per_byte, gap_interval, measure_drift
-from lm_pipeline.data.tokenizer import train_tokenizer
-from lm_pipeline.model.transformer import GPT, GPTConfig
 from tests.unit.continuous.corpora import BIRDS, PLACES, PYTHON, documents
 
 CT = ContinuousConfig(min_drift_bits_per_byte=0.05, drift_documents=40)
-
-
-@pytest.fixture(scope="module")
-def champion():
-    """A GPT that has learned the Python documents, with a tokenizer that also knows the birds'
-    letters (so the birds' drop is scored, not refused)."""
-    python, birds = documents(PYTHON, 120, seed=10), documents(BIRDS + PLACES, 10, seed=11)
-    tokenizer = train_tokenizer(python + birds, TokenizerConfig(kind="char"))
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32))
-    data = torch.tensor([i for text in python for i in tokenizer.encode(text).ids])
-    optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
-    for step in range(150):
-        starts = torch.randint(0, len(data) - 65, (16,), generator=torch.Generator().manual_seed(step))
-        batch = torch.stack([data[i:i + 65] for i in starts])
-        _, loss, _ = gpt(batch[:, :-1], batch[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return gpt.eval(), tokenizer
 
 
 def test_a_drop_like_the_corpus_is_no_drift_and_one_from_another_domain_is(champion):
