@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "Each task runs its DVC stage (params.yaml), so unchanged stages are "
                          "skipped and dvc.lock stays true.")
     run.add_argument("--force", action="store_true", help="rerun every stage even if up to date")
+    sub.add_parser("ct", help="continuous training: one cycle for each new, complete drop under ct.watch",
+                   description="Run the continuous-training flow once: each new drop is checked "
+                   "(quarantined if bad), the champion is scored on it, and only a drift retrains it "
+                   "(from the champion, with a replay of the corpus so far; promoted only if it does "
+                   "not forget). Outcomes go to ct.state_dir/drops.json and the flow run.")
     deploy = sub.add_parser("deploy", help="deploy the flow to a Prefect server on a cron schedule",
                             description="Create or update a Prefect deployment of the pipeline with a "
                             "cron schedule, a process work pool and a concurrency limit of 1, on the "
@@ -178,6 +183,16 @@ def run_flow(cfg: Config, args) -> None:
         pipeline(force=args.force)
 
 
+def ct_flow(cfg: Config, args) -> None:
+    from lm_pipeline.flows.temporary_server import temporary_server
+
+    with temporary_server():
+        from lm_pipeline.flows.continuous import continuous_training
+
+        for result in continuous_training():
+            print(f"{result['drop']}: {result['outcome']} ({result['reason']})")
+
+
 def tune_flow(cfg: Config, args) -> None:
     from lm_pipeline.flows.temporary_server import temporary_server
 
@@ -255,7 +270,7 @@ def format_continuations(prompts: list[str], continuations: list[str]) -> str:
 COMMANDS = {
     "ingest": ingest, "validate": validate, "preprocess": preprocess, "train": train,
     "evaluate": evaluate, "register": register, "search": search, "run": run_flow, "tune": tune_flow,
-    "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
+    "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
     "lineage": registry_command, "generate": generate_text, "serve": serve_endpoint,
 }
 

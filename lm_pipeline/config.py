@@ -474,6 +474,14 @@ class ContinuousConfig(Section):
                                            "more than this (the lower end of a 95% bootstrap interval)")
     drift_documents: int = Field(256, ge=2, description="documents of the drop, and of the test split, "
                                  "scored for drift (a seeded sample of each)")
+    replay_fraction: float = Field(0.5, ge=0, lt=1, description="share of a retraining's characters "
+                                   "replayed from the corpus so far (the rest is the drop): what keeps "
+                                   "the model from forgetting it")
+    max_steps: int = Field(200, ge=1, description="training steps of one retraining (from the champion)")
+    lr_factor: float = Field(0.3, gt=0, le=1, description="a retraining's learning rates (train.lr, "
+                             "train.min_lr) times this: fine-tuning a trained model takes smaller steps")
+    max_forgetting: float = Field(0.02, ge=0, description="bits per byte a retrained model may lose to the "
+                                  "champion on the corpus so far (register.max_forgetting for the cycle)")
     seed: int = Field(1337, description="seeds the drift samples and their bootstrap")
 
 

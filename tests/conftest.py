@@ -29,8 +29,10 @@ HEAVIEST_FIRST = ("tests/integration/test_training.py", "tests/integration/test_
                   "tests/integration/test_registry.py", "tests/integration/test_tune.py")
 
 
-# Modules that share a session fixture share its lane: built once, and the second one after the first.
-SHARED_LANE = {"tests/integration/test_serving.py": "tests/integration/test_registry.py"}
+# Modules that share a session fixture share its lane: built once, and the modules run after the
+# owner in this order (serving and continuous training move the registry's aliases).
+SHARED_LANE = {"tests/integration/test_serving.py": "tests/integration/test_registry.py",
+               "tests/integration/test_continuous.py": "tests/integration/test_registry.py"}
 
 
 def lane_group(nodeid: str) -> str:
@@ -38,9 +40,11 @@ def lane_group(nodeid: str) -> str:
     return "tests/production/" if module.startswith("tests/production/") else SHARED_LANE.get(module, module)
 
 
-def weight(item) -> int:
-    group = lane_group(item.nodeid)
-    return next((i for i, heavy in enumerate(HEAVIEST_FIRST) if group.startswith(heavy)), len(HEAVIEST_FIRST))
+def weight(item) -> tuple[int, int]:
+    group, module = lane_group(item.nodeid), item.nodeid.split("::")[0]
+    heaviness = next((i for i, heavy in enumerate(HEAVIEST_FIRST) if group.startswith(heavy)),
+                     len(HEAVIEST_FIRST))
+    return heaviness, list(SHARED_LANE).index(module) + 1 if module in SHARED_LANE else 0
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

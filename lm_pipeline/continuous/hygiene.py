@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lm_pipeline.config import Config
 from lm_pipeline.continuous.drops import Drop
-from lm_pipeline.data.documents import documents_path, read_documents
+from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.expectations import check_documents
 from lm_pipeline.data.features import near_duplicates, overlap_shares
 from lm_pipeline.data.sources.corpus import iter_documents
@@ -52,8 +52,9 @@ class Hygiene:
         return self.repeats / self.documents if self.documents else 0.0
 
 
-def check_drop(cfg: Config, drop: Drop, work: Path) -> tuple[Hygiene, list[str]]:
-    """The drop's report and its texts (empty when it could not be read). Data Docs go to `work`."""
+def check_drop(cfg: Config, drop: Drop, corpus: Path, work: Path) -> tuple[Hygiene, list[dict]]:
+    """The drop's report, checked against the documents file `corpus`, and its documents (none
+    when it could not be read). Data Docs go to `work`."""
     report = Hygiene(drop.name, drop.digest)
     try:
         documents = read_drop_documents(cfg, drop)
@@ -64,9 +65,8 @@ def check_drop(cfg: Config, drop: Drop, work: Path) -> tuple[Hygiene, list[str]]
     checks = cfg.validate_.model_copy(update={"report_dir": work / "validation", "min_rows": 1})
     validation, _ = check_documents(lambda: iter(documents), cfg.model_copy(update={"validate_": checks}))
     report.problems += [f"validation: {c.describe()}" for c in validation.checks if not c.success]
-    texts = [d["text"] for d in documents]
-    check_against_corpus(cfg, texts, report)
-    return report, texts
+    check_against_corpus(cfg, [d["text"] for d in documents], corpus, report)
+    return report, documents
 
 
 def read_drop_documents(cfg: Config, drop: Drop) -> list[dict]:
@@ -82,8 +82,8 @@ def read_drop_documents(cfg: Config, drop: Drop) -> list[dict]:
     return documents
 
 
-def check_against_corpus(cfg: Config, texts: list[str], report: Hygiene) -> None:
-    corpus = list(read_documents(documents_path(cfg.data.raw_dir)))
+def check_against_corpus(cfg: Config, texts: list[str], corpus_file: Path, report: Hygiene) -> None:
+    corpus = list(read_documents(corpus_file))
     report.repeats = count_repeats([d["text"] for d in corpus], texts, cfg.validate_.near_duplicate_jaccard,
                                    cfg.ct.seed)
     if report.repeat_share > cfg.ct.max_duplicate_share:

@@ -90,8 +90,8 @@ def train_and_register(project: Path, max_steps: int, **register) -> dict:
 @pytest.fixture(scope="session")
 def registered_project(tmp_path_factory):
     """Three registrations: a champion, a worse model, a better model that must also not forget
-    (decisions.json holds the three decisions). Shared by the registry and serving modules, which run on one lane
-    (tests/conftest.py), in that order."""
+    (decisions.json holds the three decisions). Shared by the registry, serving and continuous
+    modules, which run on one lane (tests/conftest.py), in that order."""
     root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
     for stage in ("ingest", "validate", "preprocess"):
         lmp(root, "-q", stage)

@@ -21,3 +21,22 @@ def documents(words: list[str], n: int, seed: int) -> list[str]:
                      for _ in range(rng.randint(3, 6))]
         out.append(" ".join(sentences))
     return out
+
+NATURE = BIRDS + PLACES + ("feather wing nest egg song winter summer spring autumn river lake pond tree "
+                           "branch twig leaf seed berry insect worm beetle moth dawn dusk flock pair chick "
+                           "juvenile adult plumage crest beak talon tail call alarm roost perch glide soar "
+                           "dive hover wade forage breed moult").split()
+
+
+def word_salad(words: list[str], n: int, seed: int) -> list[str]:
+    """n documents of sentences of words drawn at random (one in seven a common English word, as
+    in prose): a domain with its own vocabulary and no templates, so a model trained elsewhere finds
+    it hard (templated text is easy for any model)."""
+    rng = random.Random(seed)
+    common = "the a and of in is to it on with".split()
+
+    def word() -> str:
+        return rng.choice(common) if rng.random() < 0.15 else rng.choice(words)
+
+    return [" ".join(" ".join(word() for _ in range(rng.randint(5, 12))).capitalize() + rng.choice(".!?;")
+                     for _ in range(rng.randint(3, 7))) for _ in range(n)]

@@ -36,15 +36,15 @@ def drop(root, name: str, texts: list[str]) -> None:
 
 def checked(root, cfg, name: str):
     (target,) = [d for d in find_drops(cfg.ct.watch)[0] if d.name == name]
-    return target, *check_drop(cfg, target, root / "work" / name)
+    return target, *check_drop(cfg, target, root / "raw" / "documents.jsonl", root / "work" / name)
 
 
 def test_a_drop_of_new_documents_passes(project):
     root, cfg, _ = project
     drop(root, "birds", documents(BIRDS + PLACES, 60, seed=1))
-    _, report, texts = checked(root, cfg, "birds")
+    _, report, read = checked(root, cfg, "birds")
     assert report.passed, report.problems
-    assert report.documents == len(texts) == 60 and report.repeats == 0 and not report.leaked_test_documents
+    assert report.documents == len(read) == 60 and report.repeats == 0 and not report.leaked_test_documents
 
 
 def test_a_drop_repeating_the_corpus_is_quarantined_with_its_report_and_kept(project):

@@ -1,0 +1,78 @@
+"""What one retraining runs with: the project's settings, with every output of the stages moved
+under the cycle's own folder (the project's data, model and reports are not touched), the drop
+mixed with a replay sample of the corpus so far (data.sources: the existing mixing path), started
+from the champion (train.init_from: the existing fine-tuning path, either backend, full or LoRA)
+for ct.max_steps steps at ct.lr_factor of the learning rates, and registered only if it does not
+forget that corpus (register.guard_documents)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from lm_pipeline.config import Config
+from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.data.documents import documents_path
+from lm_pipeline.io import atomic_path, is_url
+
+CORPUS_FILE = "corpus.jsonl"
+
+# The paths the stages write, by section: each moves under the cycle's folder.
+OUTPUTS = {"data": ("raw_dir", "processed_dir", "report_file"), "validate": ("report_dir",),
+           "train": ("model_dir", "curves_dir", "checkpoint_dir"), "evaluate": ("metrics_file", "report_dir"),
+           "register": ("record_file",)}
+
+
+def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path) -> Config:
+    params = cfg.model_dump(by_alias=True, mode="json")
+    for section, fields in OUTPUTS.items():
+        for name in fields:
+            value = params[section][name]
+            if not is_url(value):
+                params[section][name] = str(work / value)
+    ct = cfg.ct
+    sources = [{"source": drop.url, "weight": 1 - ct.replay_fraction, "name": f"drop {drop.name}"}]
+    if ct.replay_fraction:
+        sources.append({"source": str(corpus), "weight": ct.replay_fraction, "name": "replay"})
+    params["data"]["sources"] = sources
+    params["train"] |= {"init_from": f"models:/{cfg.register_.model_name}@champion",
+                        "max_steps": ct.max_steps,
+                        "lr": cfg.train.lr * ct.lr_factor, "min_lr": cfg.train.min_lr * ct.lr_factor,
+                        "warmup_steps": min(cfg.train.warmup_steps, ct.max_steps // 10),
+                        "checkpoint_interval": min(cfg.train.checkpoint_interval, ct.max_steps),
+                        "eval_interval": min(cfg.train.eval_interval, ct.max_steps)}
+    params["register"] |= {"guard_documents": str(corpus), "max_forgetting": ct.max_forgetting}
+    return Config.model_validate(params)
+
+
+def write_params(cfg: Config, path: Path) -> Path:
+    """The settings as a params file `lmp --params` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(by_alias=True, mode="json"), sort_keys=False))
+    return path
+
+
+def corpus_so_far(cfg: Config) -> Path:
+    """ct.state_dir/corpus.jsonl: the documents the champion has been trained on so far, what
+    drops are checked against, replayed from and guarded on. It starts as the project's ingested
+    corpus; each promoted drop is appended (extend_corpus)."""
+    path = Path(cfg.ct.state_dir) / CORPUS_FILE
+    if not path.is_file():
+        source = documents_path(cfg.data.raw_dir)
+        if not source.is_file():
+            raise FileNotFoundError(f"continuous training starts from the ingested corpus, and {source} is "
+                                    "missing: run the pipeline once (`make run` or `lmp run`)")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(source, tmp)
+    return path
+
+
+def extend_corpus(corpus: Path, documents: list[dict]) -> None:
+    """Append a promoted drop's documents to the corpus so far (whole or not at all)."""
+    with atomic_path(corpus) as tmp:
+        shutil.copyfile(corpus, tmp)
+        with open(tmp, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(d, ensure_ascii=True) + "\n" for d in documents)

@@ -1,0 +1,145 @@
+"""Continuous training as a Prefect flow: one cycle for each new, complete drop under ct.watch.
+
+A cycle (continuous/ holds each step's rules):
+  hygiene     the drop alone and against the corpus so far; a bad drop is quarantined
+  drift       the champion's bits per byte on the drop against its test split; no drift, no training
+  retrain     the stages, from the champion, on the drop mixed with a replay of the corpus, with
+              every output under the cycle's folder (`lmp --params <cycle>/params.yaml <stage>`)
+  register    the usual gates plus the forgetting guard on the corpus so far; a promoted drop
+              joins the corpus
+Each cycle ends in a named outcome: quarantined, no_drift, not_promoted or promoted, recorded in
+the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
+was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order).
+
+    lmp ct          # one pass over ct.watch (`lmp run` is unchanged)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from lm_pipeline import tracking
+from lm_pipeline.config import Config, load_config
+from lm_pipeline.continuous.drift import Drift, measure_drift
+from lm_pipeline.continuous.drops import Drop, Ledger, find_drops
+from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine
+from lm_pipeline.continuous.plan import corpus_so_far, cycle_config, extend_corpus, write_params
+from lm_pipeline.data.documents import read_documents
+from lm_pipeline.data.split import assign_split
+from lm_pipeline.flows.pipeline import run_command
+from lm_pipeline.io import read_json
+from lm_pipeline.model.backends import resolve_device
+from lm_pipeline.registry.aliases import current_champion
+from lm_pipeline.registry.decision import load_registered
+from lm_pipeline.stages import STAGES
+
+OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted")
+
+
+@flow(name="lm-continuous-training", log_prints=True)
+def continuous_training(project_dir: str = ".") -> list[dict]:
+    """Every new, complete drop under ct.watch, one cycle each, in name order."""
+    with contextlib.chdir(project_dir):
+        cfg = load_config("params.yaml")
+        drops, waiting = find_drops(cfg.ct.watch)
+        for name in waiting:
+            get_run_logger().info("drop %s is not complete yet (no _SUCCESS, or its manifest does not match)",
+                                  name)
+        ledger = Ledger(cfg.ct.state_dir)
+        results = [cycle(cfg, ledger, drop, str(Path.cwd())) for drop in ledger.pending(drops)]
+    if not results:
+        get_run_logger().info("no new drop under %s", cfg.ct.watch)
+    create_markdown_artifact(markdown=outcome_table(results, cfg.ct.watch), key="lm-continuous-training",
+                             description="what each drop led to")
+    return results
+
+
+def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
+    ledger.claim(drop)
+    corpus = corpus_so_far(cfg)
+    work = Path(cfg.ct.state_dir) / "cycles" / f"{drop.name}-{drop.digest[:12]}"
+    report, documents = check_hygiene(cfg, drop, corpus, work)
+    if not report.passed:
+        quarantine(cfg, drop, report)
+        return finish(ledger, drop, "quarantined", "; ".join(report.problems))
+    drift = check_drift(cfg, [d["text"] for d in documents], corpus)
+    if not drift.drifted:
+        return finish(ledger, drop, "no_drift", drift.describe(), gap=drift.gap, low=drift.low)
+    decision = retrain(cfg, drop, corpus, work, project_dir)
+    outcome = "promoted" if decision["promoted"] else "not_promoted"
+    if decision["promoted"]:
+        extend_corpus(corpus, documents)
+    tag_version(cfg, decision["version"], drop, outcome, ledger)
+    return finish(ledger, drop, outcome, decision["reason"], version=decision["version"], gap=drift.gap)
+
+
+@task(task_run_name="hygiene of {drop.name}")
+def check_hygiene(cfg: Config, drop: Drop, corpus: Path, work: Path) -> tuple[Hygiene, list[dict]]:
+    report, documents = check_drop(cfg, drop, corpus, work)
+    get_run_logger().info("drop %s: %d documents, %d repeat the corpus, %d test documents leaked%s",
+                          drop.name, report.documents, report.repeats, len(report.leaked_test_documents),
+                          "" if report.passed else ": " + "; ".join(report.problems))
+    return report, documents
+
+
+@task(task_run_name="drift")
+def check_drift(cfg: Config, texts: list[str], corpus: Path) -> Drift:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    name = cfg.register_.model_name
+    champion = current_champion(mlflow.MlflowClient(), name)
+    if champion is None:
+        raise RuntimeError(f"continuous training keeps a champion current, and {name} has none: "
+                           "run the pipeline once (`make run` or `lmp run`)")
+    model, tokenizer = load_registered(name, champion, resolve_device(cfg.evaluate.device))
+    test = [d["text"] for d in read_documents(corpus) if assign_split(d["text"], cfg.split) == "test"]
+    drift = measure_drift(model, tokenizer, texts, test, cfg.ct, cfg.evaluate.stride)
+    get_run_logger().info("champion v%s: %s", champion, drift.describe())
+    return drift
+
+
+@task(task_run_name="retrain on {drop.name}")
+def retrain(cfg: Config, drop: Drop, corpus: Path, work: Path, project_dir: str) -> dict:
+    """The stages with the cycle's params; the register stage's decision."""
+    cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work)
+    params = write_params(cycle_cfg, work / "params.yaml")
+    lmp = str(Path(sys.executable).parent / "lmp")
+    for stage in STAGES:
+        run_command(stage, [lmp, "--params", str(params), stage], project_dir)
+    return read_json(cycle_cfg.register_.record_file)
+
+
+def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Ledger) -> None:
+    """The version says which drop made it and, with the drops promoted before, the whole order."""
+    import mlflow
+
+    before = [e["name"] for e in ledger.entries.values() if e.get("outcome") == "promoted"]
+    client, name = mlflow.MlflowClient(), cfg.register_.model_name
+    for key, value in {"ct.drop": f"{drop.name} ({drop.digest})", "ct.outcome": outcome,
+                       "ct.drops": json.dumps(before + [drop.name])}.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def finish(ledger: Ledger, drop: Drop, outcome: str, reason: str, **details) -> dict:
+    ledger.finish(drop, outcome, reason=reason, **details)
+    get_run_logger().info("drop %s: %s (%s)", drop.name, outcome, reason)
+    return {"drop": drop.name, "digest": drop.digest, "outcome": outcome, "reason": reason, **details}
+
+
+def outcome_table(results: list[dict], watch: str) -> str:
+    """Markdown (Prefect renders it as HTML): names and reasons come from the drop, so escaped."""
+    def cell(text) -> str:
+        return html.escape(str(text)).replace("|", "&#124;").replace("\n", " ")
+
+    rows = [f"| {cell(r['drop'])} | **{r['outcome']}** | {r.get('version', '')} | {cell(r['reason'])} |"
+            for r in results] or ["| (none new) | | | |"]
+    return "\n".join([f"## Continuous training: {len(results)} drop(s) under {cell(watch)}", "",
+                      "| drop | outcome | version | why |", "|---|---|---|---|", *rows]) + "\n"

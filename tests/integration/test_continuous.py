@@ -1,0 +1,151 @@
+"""The continuous-training flow on the registry module's project (its champion, its MLflow store;
+tests/conftest.py runs this module after the registry and serving modules, on their lane): drops
+that are incomplete, repeated or renamed are not taken; bad drops are quarantined and kept; a drop
+like the corpus costs no training; a drop from a new domain trained on without replay is blocked
+by the forgetting guard, and with a replay of the corpus is promoted past both gates and joins
+the corpus."""
+
+import contextlib
+import json
+import shutil
+import sysconfig
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from lm_pipeline.config import load_config
+from lm_pipeline.data.sources.python_docs import module_docstrings
+from lm_pipeline.data.split import assign_split
+from tests.unit.continuous.corpora import BIRDS, NATURE, PLACES, documents, word_salad
+
+pytestmark = [pytest.mark.continuous, pytest.mark.integration]
+
+MODEL = "lm-pipeline"
+
+
+@pytest.fixture(scope="module")
+def project(registered_project, prefect_server):
+    params = yaml.safe_load((registered_project / "params.yaml").read_text())
+    # Measured on this project: a drop like the corpus drifts by 0.05 bits/byte (interval about
+    # -0.1 to 0.2), a new domain by 0.6 (0.5 to 0.7); with this tiny model a replay of half still
+    # forgets 0.25 bits/byte of the corpus, four fifths keeps it.
+    params["ct"] = {"watch": "incoming", "state_dir": "ct", "quarantine_dir": "quarantine",
+                    "min_drift_bits_per_byte": 0.25, "drift_documents": 64, "max_steps": 60,
+                    "replay_fraction": 0.8}
+    (registered_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return registered_project
+
+
+@contextlib.contextmanager
+def ct_params(project: Path, **changes):
+    """params.yaml's ct section changed for the block (a test's own setting)."""
+    path = project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params["ct"] |= changes
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def drop(project: Path, name: str, texts: list[str], complete: bool = True) -> Path:
+    folder = project / "incoming" / name
+    folder.mkdir(parents=True)
+    (folder / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    if complete:
+        (folder / "_SUCCESS").touch()
+    return folder
+
+
+def cycle(project: Path) -> dict[str, dict]:
+    from lm_pipeline.flows.continuous import continuous_training
+
+    return {r["drop"]: r for r in continuous_training(project_dir=str(project))}
+
+
+def registry(project: Path):
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def versions(project: Path) -> set[str]:
+    return {v.version for v in registry(project).search_model_versions(f"name = '{MODEL}'")}
+
+
+def corpus(project: Path) -> list[dict]:
+    return [json.loads(line) for line in (project / "data/raw/documents.jsonl").read_text().splitlines()]
+
+
+def stdlib_docstrings_left_out() -> list[str]:
+    """Docstrings of the standard library that the python-docs corpus leaves out (idlelib): the
+    same kind of text as the corpus, none of it in it."""
+    idlelib = Path(sysconfig.get_paths()["stdlib"]) / "idlelib"
+    texts = ["\n\n".join(module_docstrings(path)) for path in sorted(idlelib.glob("*.py"))]
+    return [t for t in texts if len(t) > 200]
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
+def test_drops_like_the_corpus_or_bad_ones_train_nothing_and_bad_ones_are_kept_in_quarantine(project):
+    before = versions(project)
+    docs = corpus(project)
+    cfg = load_config(project / "params.yaml")
+    leaked = [d["text"] for d in docs if assign_split(d["text"], cfg.split) == "test"][:3]
+    drop(project, "a-like-the-corpus", stdlib_docstrings_left_out())
+    drop(project, "b-repeats", [d["text"] for d in docs[:40]])
+    drop(project, "c-leaks-test-documents", documents(BIRDS + PLACES, 30, seed=5) + leaked)
+    drop(project, "d-half-written", documents(BIRDS, 10, seed=6), complete=False)
+    results = cycle(project)
+    assert set(results) == {"a-like-the-corpus", "b-repeats", "c-leaks-test-documents"}
+    like = results["a-like-the-corpus"]
+    assert like["outcome"] == "no_drift" and like["low"] < 0.25, like
+    assert results["b-repeats"]["outcome"] == "quarantined"
+    assert "40 of 40 documents (100%) repeat the corpus" in results["b-repeats"]["reason"]
+    assert results["c-leaks-test-documents"]["outcome"] == "quarantined"
+    assert "contains 3 test-split documents" in results["c-leaks-test-documents"]["reason"]
+    for name in ("b-repeats", "c-leaks-test-documents"):  # kept, with the report, beside the original
+        (kept,) = (project / "quarantine").glob(f"{name}-*")
+        assert json.loads((kept / "hygiene.json").read_text())["passed"] is False
+        original = project / "incoming" / name / "part-0.jsonl"
+        assert (kept / "part-0.jsonl").read_bytes() == original.read_bytes()
+    assert versions(project) == before  # nothing was trained or registered
+    shutil.copytree(project / "incoming" / "b-repeats", project / "incoming" / "b-repeats-renamed")
+    assert cycle(project) == {}  # the same drops, one renamed, the half-written one still open
+    ledger = json.loads((project / "ct/drops.json").read_text())
+    assert sorted(e["outcome"] for e in ledger.values()) == ["no_drift", "quarantined", "quarantined"]
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
+def test_a_challenger_trained_without_replay_learns_the_drop_but_the_forgetting_guard_blocks_it(project):
+    champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
+    drop(project, "e-no-replay", word_salad(NATURE, 120, seed=7))
+    with ct_params(project, replay_fraction=0.0):
+        result = cycle(project)["e-no-replay"]
+    assert result["outcome"] == "not_promoted" and "failed does_not_forget" in result["reason"], result
+    version = registry(project).get_model_version(MODEL, result["version"])
+    assert "pass beats_champion" in version.description  # it did learn the new domain
+    assert version.tags["ct.outcome"] == "not_promoted"
+    assert str(registry(project).get_model_version_by_alias(MODEL, "champion").version) == champion
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
+def test_a_drop_from_a_new_domain_is_trained_on_with_replay_and_promoted_and_joins_the_corpus(project):
+    champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
+    corpus_before = (project / "ct/corpus.jsonl").read_text().count("\n")
+    drop(project, "f-birds", word_salad(NATURE, 120, seed=8))
+    result = cycle(project)["f-birds"]
+    assert result["outcome"] == "promoted", result
+    assert result["gap"] > 0.25
+    client = registry(project)
+    new = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(new.version) == result["version"] != champion
+    assert new.tags["ct.outcome"] == "promoted" and new.tags["ct.drop"].startswith("f-birds (")
+    assert json.loads(new.tags["ct.drops"]) == ["f-birds"]
+    assert new.tags["parent_model"] == f"models:/{MODEL}/{champion}"  # warm start from the champion
+    assert "pass does_not_forget" in new.description and "pass beats_champion" in new.description
+    assert (project / "ct/corpus.jsonl").read_text().count("\n") == corpus_before + 120
+    params = yaml.safe_load(next((project / "ct/cycles").glob("f-birds-*/params.yaml")).read_text())
+    assert [s["name"] for s in params["data"]["sources"]] == ["drop f-birds", "replay"]
