@@ -482,6 +482,18 @@ class ContinuousConfig(Section):
                              "train.min_lr) times this: fine-tuning a trained model takes smaller steps")
     max_forgetting: float = Field(0.02, ge=0, description="bits per byte a retrained model may lose to the "
                                   "champion on the corpus so far (register.max_forgetting for the cycle)")
+    endpoint: str | None = Field(None, description="the serving endpoint that follows the champion "
+                                 "(http://host:port/v1, `lmp serve`; its token from LMP_SERVE_TOKEN): "
+                                 "after a promotion the canary scores probes through it and rolls the "
+                                 "champion back if it misbehaves; null: no canary")
+    canary_documents: int = Field(16, ge=1, description="test documents of the new corpus the canary scores")
+    canary_timeout_s: float = Field(120.0, gt=0, description="how long the endpoint may take to serve the "
+                                    "new champion")
+    canary_tolerance: float = Field(1e-3, ge=0, description="largest difference, in nats a token, between "
+                                    "served and offline log-probabilities")
+    canary_max_error_rate: float = Field(0.0, ge=0, le=1, description="share of canary requests that may "
+                                         "fail")
+    canary_max_p95_ms: float = Field(5000.0, gt=0, description="slowest p95 latency of the canary's requests")
     seed: int = Field(1337, description="seeds the drift samples and their bootstrap")
 
 

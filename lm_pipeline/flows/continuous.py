@@ -5,9 +5,12 @@ A cycle (continuous/ holds each step's rules):
   drift       the champion's bits per byte on the drop against its test split; no drift, no training
   retrain     the stages, from the champion, on the drop mixed with a replay of the corpus, with
               every output under the cycle's folder (`lmp --params <cycle>/params.yaml <stage>`)
-  register    the usual gates plus the forgetting guard on the corpus so far; a promoted drop
-              joins the corpus
-Each cycle ends in a named outcome: quarantined, no_drift, not_promoted or promoted, recorded in
+  register    the usual gates plus the forgetting guard on the corpus so far
+  canary      with ct.endpoint: the endpoint must swap to the new champion and answer probes with
+              the evaluated model's log-probabilities, without errors or slowness; else the
+              champion is rolled back (the endpoint follows); a promoted drop that stays joins the
+              corpus
+Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted or rolled_back, in
 the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
 was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order).
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -27,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config, load_config
+from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
 from lm_pipeline.continuous.drops import Drop, Ledger, find_drops
 from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine
@@ -38,9 +44,11 @@ from lm_pipeline.io import read_json
 from lm_pipeline.model.backends import resolve_device
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.registry.decision import load_registered
+from lm_pipeline.registry.manage import rollback
+from lm_pipeline.serving.protocol import TOKEN_ENV
 from lm_pipeline.stages import STAGES
 
-OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted")
+OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back")
 
 
 @flow(name="lm-continuous-training", log_prints=True)
@@ -73,11 +81,18 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     if not drift.drifted:
         return finish(ledger, drop, "no_drift", drift.describe(), gap=drift.gap, low=drift.low)
     decision = retrain(cfg, drop, corpus, work, project_dir)
-    outcome = "promoted" if decision["promoted"] else "not_promoted"
-    if decision["promoted"]:
+    version, reason = decision["version"], decision["reason"]
+    outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {}
+    if decision["promoted"] and cfg.ct.endpoint:
+        canary = check_canary(cfg, version, documents, corpus)
+        details["canary"] = asdict(canary)
+        if not canary.passed:
+            reason = roll_back(cfg, version, canary)
+            outcome = "rolled_back"
+    if outcome == "promoted":
         extend_corpus(corpus, documents)
-    tag_version(cfg, decision["version"], drop, outcome, ledger)
-    return finish(ledger, drop, outcome, decision["reason"], version=decision["version"], gap=drift.gap)
+    tag_version(cfg, version, drop, outcome, ledger)
+    return finish(ledger, drop, outcome, reason, version=version, gap=drift.gap, **details)
 
 
 @task(task_run_name="hygiene of {drop.name}")
@@ -91,11 +106,8 @@ def check_hygiene(cfg: Config, drop: Drop, corpus: Path, work: Path) -> tuple[Hy
 
 @task(task_run_name="drift")
 def check_drift(cfg: Config, texts: list[str], corpus: Path) -> Drift:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     name = cfg.register_.model_name
-    champion = current_champion(mlflow.MlflowClient(), name)
+    champion = current_champion(mlflow_client(cfg), name)
     if champion is None:
         raise RuntimeError(f"continuous training keeps a champion current, and {name} has none: "
                            "run the pipeline once (`make run` or `lmp run`)")
@@ -117,12 +129,51 @@ def retrain(cfg: Config, drop: Drop, corpus: Path, work: Path, project_dir: str)
     return read_json(cycle_cfg.register_.record_file)
 
 
-def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Ledger) -> None:
-    """The version says which drop made it and, with the drops promoted before, the whole order."""
+@task(task_run_name="canary of version {version}")
+def check_canary(cfg: Config, version: str, documents: list[dict], corpus: Path) -> Canary:
+    """The new champion through the endpoint: probes from the test split of the drop and the corpus."""
+    name = cfg.register_.model_name
+    model, tokenizer = load_registered(name, version)
+    texts = [d["text"] for d in [*documents, *read_documents(corpus)]
+             if assign_split(d["text"], cfg.split) == "test"]
+    canary = probe(cfg.ct.endpoint.rstrip("/"), os.environ.get(TOKEN_ENV), f"{name}/{version}", model,
+                   tokenizer, probe_texts(texts, cfg.ct.canary_documents, cfg.ct.seed), cfg.ct)
+    get_run_logger().info("canary of %s/%s at %s: %d requests, %d errors, p95 %.0f ms, log-probabilities "
+                          "within %.2g nats of the evaluated model%s", name, version, cfg.ct.endpoint,
+                          canary.requests, canary.errors, canary.p95_ms, canary.max_logprob_gap,
+                          "" if canary.passed else ": FAILED: " + "; ".join(canary.problems))
+    return canary
+
+
+@task(task_run_name="roll back version {version}")
+def roll_back(cfg: Config, version: str, canary: Canary) -> str:
+    """Give champion back to the version before, unless someone has moved it since; the endpoint
+    follows. The reason, as the promotion log has it."""
+    name = cfg.register_.model_name
+    reason = f"continuous training: the canary of version {version} failed: {'; '.join(canary.problems)}"
+    client = mlflow_client(cfg)
+    if current_champion(client, name) != version:
+        get_run_logger().warning("not rolling back: %s has moved champion since (%s)", name, reason)
+        return reason
+    entry = rollback(cfg, reason)
+    previous = f"{name}/{entry['champion_after']}"
+    served = wait_for_version(cfg.ct.endpoint.rstrip("/"), os.environ.get(TOKEN_ENV), previous,
+                              cfg.ct.canary_timeout_s)
+    get_run_logger().warning("rolled back to %s (the endpoint serves %s): %s", previous, served, reason)
+    return reason
+
+
+def mlflow_client(cfg: Config):
     import mlflow
 
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    return mlflow.MlflowClient()
+
+
+def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Ledger) -> None:
+    """The version says which drop made it and, with the drops promoted before, the whole order."""
     before = [e["name"] for e in ledger.entries.values() if e.get("outcome") == "promoted"]
-    client, name = mlflow.MlflowClient(), cfg.register_.model_name
+    client, name = mlflow_client(cfg), cfg.register_.model_name
     for key, value in {"ct.drop": f"{drop.name} ({drop.digest})", "ct.outcome": outcome,
                        "ct.drops": json.dumps(before + [drop.name])}.items():
         client.set_model_version_tag(name, version, key, value)

@@ -29,8 +29,7 @@ from lm_pipeline.serving.stats import Stats
 
 log = logging.getLogger("lm_pipeline.serving")
 
-TOKEN_ENV = "LMP_SERVE_TOKEN"  # read by each replica from its own environment, never passed around
-VERSION_HEADER = "X-Model-Version"
+TOKEN_ENV, VERSION_HEADER = protocol.TOKEN_ENV, protocol.VERSION_HEADER  # each replica reads its own env
 
 
 @dataclass(frozen=True)

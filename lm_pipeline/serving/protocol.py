@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 # Accepted at these values only: anything else would silently not do what the client asked.
+TOKEN_ENV = "LMP_SERVE_TOKEN"  # the bearer token, read from the environment of each process that needs it
+VERSION_HEADER = "X-Model-Version"  # the version that answered, on every response
+
 UNSUPPORTED = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
                "frequency_penalty": (None, 0, 0.0), "suffix": (None, ""), "tools": (None, []),
                "response_format": (None, {"type": "text"})}

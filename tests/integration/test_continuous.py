@@ -7,6 +7,8 @@ the corpus."""
 
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import sysconfig
 from pathlib import Path
@@ -16,9 +18,11 @@ import pytest
 import yaml
 
 from lm_pipeline.config import load_config
+from lm_pipeline.continuous.canary import wait_for_version
 from lm_pipeline.data.sources.python_docs import module_docstrings
 from lm_pipeline.data.split import assign_split
-from tests.unit.continuous.corpora import BIRDS, NATURE, PLACES, documents, word_salad
+from tests.services import BIN, free_port, process
+from tests.unit.continuous.corpora import BIRDS, NATURE, PLACES, SKY, documents, word_salad
 
 pytestmark = [pytest.mark.continuous, pytest.mark.integration]
 
@@ -36,6 +40,21 @@ def project(registered_project, prefect_server):
                     "replay_fraction": 0.8}
     (registered_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return registered_project
+
+
+@pytest.fixture(scope="module")
+def endpoint(project, tmp_path_factory):
+    """`lmp serve` following the champion (one replica, swapping within a second), and its token."""
+    port, token = free_port(), secrets.token_urlsafe(16)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serve"] |= {"port": port, "replicas": 1, "cpus_per_replica": 0.5, "follow_interval_s": 1.0}
+    (project / "serve-ct.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("ct-serve") / "serve.log"
+    with process([str(BIN / "lmp"), "--params", "serve-ct.yaml", "serve"], log,
+                 env=os.environ | {"LMP_SERVE_TOKEN": token}, cwd=project, ready_url=f"{url}/health",
+                 timeout=240):
+        yield f"{url}/v1", token
 
 
 @contextlib.contextmanager
@@ -132,12 +151,19 @@ def test_a_challenger_trained_without_replay_learns_the_drop_but_the_forgetting_
 
 
 @pytest.mark.usefixtures("forget_mlflow_uri")
-def test_a_drop_from_a_new_domain_is_trained_on_with_replay_and_promoted_and_joins_the_corpus(project):
+def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_joins_the_corpus(
+        project, endpoint, monkeypatch):
+    url, token = endpoint
+    monkeypatch.setenv("LMP_SERVE_TOKEN", token)
     champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
     corpus_before = (project / "ct/corpus.jsonl").read_text().count("\n")
     drop(project, "f-birds", word_salad(NATURE, 120, seed=8))
-    result = cycle(project)["f-birds"]
+    with ct_params(project, endpoint=url):
+        result = cycle(project)["f-birds"]
     assert result["outcome"] == "promoted", result
+    canary = result["canary"]  # the endpoint swapped, and serves the weights that were evaluated
+    assert canary["served"] == f"{MODEL}/{result['version']}" and canary["requests"] >= 8
+    assert canary["errors"] == 0 and canary["max_logprob_gap"] <= 1e-3 and not canary["problems"]
     assert result["gap"] > 0.25
     client = registry(project)
     new = client.get_model_version_by_alias(MODEL, "champion")
@@ -149,3 +175,26 @@ def test_a_drop_from_a_new_domain_is_trained_on_with_replay_and_promoted_and_joi
     assert (project / "ct/corpus.jsonl").read_text().count("\n") == corpus_before + 120
     params = yaml.safe_load(next((project / "ct/cycles").glob("f-birds-*/params.yaml")).read_text())
     assert [s["name"] for s in params["data"]["sources"]] == ["drop f-birds", "replay"]
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
+def test_a_canary_failure_rolls_the_champion_back_and_serving_follows(project, endpoint, monkeypatch):
+    """The failure is injected as a latency bar no endpoint meets (1 ms): the canary fails after
+    the swap, the alias moves back, and the endpoint serves the previous champion again."""
+    url, token = endpoint
+    monkeypatch.setenv("LMP_SERVE_TOKEN", token)
+    before = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
+    corpus_before = (project / "ct/corpus.jsonl").read_text()
+    drop(project, "g-sky", word_salad(SKY, 120, seed=9))  # a domain the champion has not seen
+    with ct_params(project, endpoint=url, canary_max_p95_ms=1.0):
+        result = cycle(project)["g-sky"]
+    assert result["outcome"] == "rolled_back", result
+    assert result["canary"]["served"] == f"{MODEL}/{result['version']}"  # it was served, then judged
+    assert "p95 latency" in result["reason"] and "ct.canary_max_p95_ms" in result["reason"]
+    client = registry(project)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == before
+    assert client.get_model_version(MODEL, result["version"]).tags["ct.outcome"] == "rolled_back"
+    reason = client.get_model_version(MODEL, before).tags["promotion.reason"]  # as the log has it
+    assert reason.startswith(f"rollback: continuous training: the canary of version {result['version']}")
+    assert wait_for_version(url, token, f"{MODEL}/{before}", 30) == f"{MODEL}/{before}"
+    assert (project / "ct/corpus.jsonl").read_text() == corpus_before  # a rolled-back drop is not learned

@@ -40,3 +40,8 @@ def word_salad(words: list[str], n: int, seed: int) -> list[str]:
 
     return [" ".join(" ".join(word() for _ in range(rng.randint(5, 12))).capitalize() + rng.choice(".!?;")
                      for _ in range(rng.randint(3, 7))) for _ in range(n)]
+
+SKY = ("comet nebula quasar pulsar galaxy orbit eclipse meteor asteroid telescope zenith nadir equinox "
+       "solstice crater corona photon spectrum redshift parallax ecliptic perihelion aphelion magnitude "
+       "constellation supernova dwarf giant binary cluster halo jet accretion horizon lens plasma flare "
+       "sunspot aurora moonrise twilight azimuth declination ascension epoch transit occultation").split()
