@@ -66,14 +66,25 @@ def probe(endpoint: str, token: str | None, model_id: str, model, tokenizer, tex
             continue
         if headers.get(VERSION_HEADER.lower()) != model_id:
             others.add(str(headers.get(VERSION_HEADER.lower())))
-        served = np.array(body["choices"][0]["logprobs"]["token_logprobs"][1:], dtype=np.float64)
-        gaps.append(float(np.abs(served - expected).max()) if len(served) == len(expected) else np.inf)
+        gaps.append(logprob_gap(body, expected))
     if others:
         canary.problems.append(f"probes were answered by {', '.join(sorted(others))}, not {model_id}")
     canary.p95_ms = float(np.percentile(latencies, 95)) if latencies else 0.0
     canary.max_logprob_gap = max(gaps, default=0.0)
     judge(canary, ct)
     return canary
+
+
+def logprob_gap(body: dict, expected: np.ndarray) -> float:
+    """The largest difference between a response's prompt log-probabilities and `expected`;
+    infinite for a response without them, of another length, or with a value that is not a number."""
+    try:
+        served = np.array(body["choices"][0]["logprobs"]["token_logprobs"][1:], dtype=np.float64)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return np.inf
+    if len(served) != len(expected) or not np.isfinite(served).all():
+        return np.inf
+    return float(np.abs(served - expected).max())
 
 
 def judge(canary: Canary, ct: ContinuousConfig) -> None:
@@ -96,7 +107,8 @@ def wait_for_version(endpoint: str, token: str | None, model_id: str, timeout: f
     deadline, streak, last = time.monotonic() + timeout, 0, ""
     while time.monotonic() < deadline and streak < CONFIRMATIONS:
         status, _, body = get(f"{endpoint}/models", token)
-        last = body["data"][0]["id"] if status == 200 else last
+        if status == 200 and body.get("data"):
+            last = str(body["data"][0].get("id", ""))
         streak = streak + 1 if last == model_id else 0
         if streak < CONFIRMATIONS:
             time.sleep(0.5)

@@ -43,6 +43,9 @@ def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
         return [], []
     complete, waiting = [], []
     for path in sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p)):
+        if not is_url(watch) and Path(path).is_symlink():
+            waiting.append(f"{PurePosixPath(path).name} (a symlink: not followed)")
+            continue  # a link would bring in a folder from anywhere on this machine
         drop = read_drop(fs, path, fs.unstrip_protocol(path) if is_url(watch) else path)
         if drop is None:
             waiting.append(PurePosixPath(path).name)
@@ -70,8 +73,8 @@ def manifest_matches(fs, manifest_path: str, digests: dict[str, str]) -> bool:
     try:
         with fs.open(manifest_path, "rb") as f:
             listed = json.load(f).get("files", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False  # a manifest still being written
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        return False  # a manifest still being written, or gone
     return bool(listed) and listed == digests
 
 

@@ -127,7 +127,7 @@ def quarantine(cfg: Config, drop: Drop, report: Hygiene) -> Path:
             fs, path = filesystem(drop.url)
             fs.get(path, str(target), recursive=True)
         else:
-            shutil.copytree(drop.url, target)
+            shutil.copytree(drop.url, target, symlinks=True)  # a link is kept as a link, never followed
     write_json(target / REPORT_FILE, asdict(report) | {"passed": report.passed})
     log.warning("ct: drop %s quarantined in %s: %s", drop.name, target, "; ".join(report.problems))
     return target

@@ -31,8 +31,9 @@ def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path) -> Config:
     for section, fields in OUTPUTS.items():
         for name in fields:
             value = params[section][name]
-            if not is_url(value):
-                params[section][name] = str(work / value)
+            if not is_url(value):  # an absolute path moves too, by its parts below its root
+                params[section][name] = str(work / Path(value).relative_to(Path(value).anchor))
+    params["validate"]["min_rows"] = 1  # a small drop brings a small replay: any size is a corpus
     ct = cfg.ct
     sources = [{"source": drop.url, "weight": 1 - ct.replay_fraction, "name": f"drop {drop.name}"}]
     if ct.replay_fraction:

@@ -10,7 +10,8 @@ A cycle (continuous/ holds each step's rules):
               the evaluated model's log-probabilities, without errors or slowness; else the
               champion is rolled back (the endpoint follows); a promoted drop that stays joins the
               corpus
-Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted or rolled_back, in
+Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted, rolled_back or
+failed (a stage of the retraining failed: its log names it; the drop is not retried), in
 the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
 was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order).
 
@@ -23,6 +24,7 @@ import contextlib
 import html
 import json
 import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,16 +41,16 @@ from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine
 from lm_pipeline.continuous.plan import corpus_so_far, cycle_config, extend_corpus, write_params
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.split import assign_split
-from lm_pipeline.flows.pipeline import run_command
+from lm_pipeline.flows.pipeline import StageFailed, run_command
 from lm_pipeline.io import read_json
 from lm_pipeline.model.backends import resolve_device
-from lm_pipeline.registry.aliases import current_champion
+from lm_pipeline.registry.aliases import RegistryError, current_champion
 from lm_pipeline.registry.decision import load_registered
 from lm_pipeline.registry.manage import rollback
 from lm_pipeline.serving.protocol import TOKEN_ENV
 from lm_pipeline.stages import STAGES
 
-OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back")
+OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back", "failed")
 
 
 @flow(name="lm-continuous-training", log_prints=True)
@@ -80,7 +82,10 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     drift = check_drift(cfg, [d["text"] for d in documents], corpus)
     if not drift.drifted:
         return finish(ledger, drop, "no_drift", drift.describe(), gap=drift.gap, low=drift.low)
-    decision = retrain(cfg, drop, corpus, work, project_dir)
+    try:
+        decision = retrain(cfg, drop, corpus, work, project_dir)
+    except StageFailed as err:  # recorded, so the next drops are not held up behind this one
+        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap)
     version, reason = decision["version"], decision["reason"]
     outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {}
     if decision["promoted"] and cfg.ct.endpoint:
@@ -151,11 +156,11 @@ def roll_back(cfg: Config, version: str, canary: Canary) -> str:
     follows. The reason, as the promotion log has it."""
     name = cfg.register_.model_name
     reason = f"continuous training: the canary of version {version} failed: {'; '.join(canary.problems)}"
-    client = mlflow_client(cfg)
-    if current_champion(client, name) != version:
-        get_run_logger().warning("not rolling back: %s has moved champion since (%s)", name, reason)
-        return reason
-    entry = rollback(cfg, reason)
+    try:
+        entry = rollback(cfg, reason, expected=version)
+    except RegistryError as err:  # moved since by someone else: theirs stands
+        get_run_logger().warning("%s (%s)", err, reason)
+        return f"{reason}; {err}"
     previous = f"{name}/{entry['champion_after']}"
     served = wait_for_version(cfg.ct.endpoint.rstrip("/"), os.environ.get(TOKEN_ENV), previous,
                               cfg.ct.canary_timeout_s)
@@ -187,8 +192,9 @@ def finish(ledger: Ledger, drop: Drop, outcome: str, reason: str, **details) -> 
 
 def outcome_table(results: list[dict], watch: str) -> str:
     """Markdown (Prefect renders it as HTML): names and reasons come from the drop, so escaped."""
-    def cell(text) -> str:
-        return html.escape(str(text)).replace("|", "&#124;").replace("\n", " ")
+    def cell(text) -> str:  # no markdown (links, images, emphasis) and no HTML from a drop
+        plain = re.sub(r"([\\`*_{}\[\]()#+!|~-])", r"\\\1", str(text).replace("\n", " "))
+        return html.escape(plain, quote=False)
 
     rows = [f"| {cell(r['drop'])} | **{r['outcome']}** | {r.get('version', '')} | {cell(r['reason'])} |"
             for r in results] or ["| (none new) | | | |"]

@@ -46,7 +46,7 @@ def generate_tokens(
     block_size = model.block_size
     padded = {}
     if attention_mask is not None:
-        if idx.size(1) + max_new_tokens - 1 > block_size:
+        if idx.size(1) + max_new_tokens > block_size:
             raise ValueError(f"left-padded rows of {idx.size(1)} tokens and {max_new_tokens} new ones "
                              f"exceed the context of {block_size}")
         padded = {"attention_mask": attention_mask.bool()}

@@ -132,7 +132,7 @@ def forgetting_gate(comparison: Comparison, max_forgetting: float) -> Gate:
     """Non-inferiority on data the champion already knew: the candidate may be worse there only
     by less than max_forgetting bits per byte, with 95% confidence."""
     c = comparison
-    passed = c.ci_low > -max_forgetting
+    passed = c.ci_low >= -max_forgetting
     return Gate("does_not_forget", c.improvement, -max_forgetting, passed,
                 f"on the guarded documents bits/byte {c.candidate_bits_per_byte:.4f} vs champion "
                 f"v{c.champion_version} {c.champion_bits_per_byte:.4f}: change {c.improvement:+.4f} "

@@ -80,13 +80,16 @@ def promote(cfg: Config, version: str, reason: str) -> dict:
         return move_champion(client, log_run, name, version, reason, "promote")
 
 
-def rollback(cfg: Config, reason: str) -> dict:
+def rollback(cfg: Config, reason: str, expected: str | None = None) -> dict:
     """Back to the version that was champion before the current one took over; the champion and
-    the log are read under the same lock as the move."""
+    the log are read under the same lock as the move. With `expected`, only if that version is
+    still champion (an automatic rollback must not undo someone's promotion since)."""
     client, log_run = _client_and_log(cfg)
     name = cfg.register_.model_name
     with history.registry_lock(tracking.tracking_uri(cfg), name):
         current = current_champion(client, name)
+        if expected is not None and current != expected:
+            raise RegistryError(f"{name}: champion is version {current}, not {expected}: not rolling back")
         took_over = [e for e in history.read_log(client, log_run)
                      if e["champion_after"] == current and e["champion_before"] not in (None, current)]
         if current is None or not took_over:

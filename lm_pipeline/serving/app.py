@@ -72,7 +72,8 @@ class LanguageModelServer:
         self.token = os.environ.get(TOKEN_ENV) or None
         self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)
         self.stats = Stats()
-        self.batcher = Batcher(self.answer_batch, self.settings.max_batch_size, self.settings.batch_wait_s)
+        self.batcher = Batcher(engine.answer, self.settings.max_batch_size, self.settings.batch_wait_s,
+                               on_batch=self.stats.batch)
         self.tasks = [asyncio.create_task(self.log_stats())]
         if source.follows_alias(self.settings.source):
             self.tasks.append(asyncio.create_task(self.follow()))
@@ -116,10 +117,6 @@ class LanguageModelServer:
         while True:
             await asyncio.sleep(self.settings.log_interval_s)
             self.stats.log_line(self.served.model_id)
-
-    def answer_batch(self, jobs: list[tuple]) -> list:
-        self.stats.batch(len(jobs))
-        return engine.answer(jobs)
 
     @api.get("/health")
     async def health(self) -> dict:

@@ -10,24 +10,41 @@ to max_batch_size), so batches grow with the load by themselves.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+
+log = logging.getLogger("lm_pipeline.serving")
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list], list], max_batch_size: int, wait_s: float):
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, wait_s: float,
+                 on_batch: Callable[[int], None] = lambda size: None):
         """run: jobs -> their results in order, called in a worker thread (the event loop stays
-        free to take requests); wait_s: how long a batch waits for company once the model is free."""
-        self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        free to take requests); wait_s: how long a batch waits for company once the model is free;
+        on_batch: told each batch's size, on the event loop (statistics)."""
+        self.run, self.max_batch_size, self.wait_s, self.on_batch = run, max_batch_size, wait_s, on_batch
         self.queue: asyncio.Queue = asyncio.Queue()
         self.loop_task: asyncio.Task | None = None
+        self.taken: list[tuple[object, asyncio.Future]] = []  # the batch being answered
 
     async def submit(self, job) -> object:
         """The result of one job, computed in a batch with whatever else is waiting."""
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.create_task(self.serve_batches())
+            self.loop_task.add_done_callback(self.stopped)
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((job, future))
         return await future
+
+    def stopped(self, task: asyncio.Task) -> None:
+        """The loop ended (a bug, or the replica shutting down): nobody it took is left waiting;
+        the next request starts a new loop for whatever is queued."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("the batching loop failed: %r", error)
+        for _, future in self.taken:
+            if not future.done():
+                future.set_exception(RuntimeError(f"the batching loop stopped: {error!r}"))
 
     async def serve_batches(self) -> None:
         while True:
@@ -36,13 +53,17 @@ class Batcher:
                 await asyncio.sleep(self.wait_s)  # requests sent together share the first batch too
             while len(batch) < self.max_batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            waiting = [(job, future) for job, future in batch if not future.done()]  # not cancelled
-            if waiting:
-                await self.answer(waiting)
+            self.taken = [(job, future) for job, future in batch if not future.done()]  # not cancelled
+            if self.taken:
+                self.on_batch(len(self.taken))
+                await self.answer(self.taken)
+            self.taken = []
 
     async def answer(self, waiting: list[tuple[object, asyncio.Future]]) -> None:
         try:
             results = await asyncio.to_thread(self.run, [job for job, _ in waiting])
+            if len(results) != len(waiting):
+                raise RuntimeError(f"{len(results)} answers for a batch of {len(waiting)} requests")
         except Exception as err:  # every request of a failed batch learns why
             for _, future in waiting:
                 if not future.done():

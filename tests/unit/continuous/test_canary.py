@@ -1,10 +1,13 @@
 """The canary's verdict: each bar (failed requests, p95 latency, served against offline
 log-probabilities) fails it on its own, naming the number and the setting; all met, it passes."""
 
+import math
+
+import numpy as np
 import pytest
 
 from lm_pipeline.config import ContinuousConfig
-from lm_pipeline.continuous.canary import Canary, judge, probe_texts
+from lm_pipeline.continuous.canary import Canary, judge, logprob_gap, probe_texts
 
 CT = ContinuousConfig(canary_max_error_rate=0.1, canary_max_p95_ms=500, canary_tolerance=1e-3)
 
@@ -27,3 +30,14 @@ def test_probe_texts_are_a_seeded_sample():
     texts = [str(i) for i in range(100)]
     assert probe_texts(texts, 8, 0) == probe_texts(texts, 8, 0) != probe_texts(texts, 8, 1)
     assert len(set(probe_texts(texts, 8, 0))) == 8 and probe_texts(texts[:3], 8, 0) == texts[:3]
+
+
+def test_a_response_without_usable_log_probabilities_counts_as_the_largest_gap():
+    expected = np.array([-1.0, -2.0])
+
+    def body(values):
+        return {"choices": [{"logprobs": {"token_logprobs": [None, *values]}}]}
+
+    assert logprob_gap(body([-1.0, -2.0005]), expected) == pytest.approx(5e-4)
+    for broken in (body([None, -2.0]), body([float("nan"), -2.0]), body([-1.0]), {"choices": []}, {}):
+        assert math.isinf(logprob_gap(broken, expected))

@@ -35,6 +35,11 @@ def test_only_complete_drops_are_taken_and_a_manifest_must_match_what_is_there(t
     (half / "part-0.jsonl").write_text(DOCS.replace("tuple", "dict"))  # the upload completes
     assert [d.name for d in find_drops(str(watch))[0]] == ["2026-12-01", "2026-12-03", "2026-12-04"]
     assert find_drops(str(tmp_path / "nothing-yet")) == ([], [])
+    elsewhere = write_drop(tmp_path / "elsewhere", "secrets")
+    (watch / "2026-12-05-link").symlink_to(elsewhere)  # a link would bring in any folder
+    complete, waiting = find_drops(str(watch))
+    assert "2026-12-05-link" not in [d.name for d in complete]
+    assert "2026-12-05-link (a symlink: not followed)" in waiting
 
 
 def test_a_drop_is_taken_once_whatever_its_name_and_again_if_its_cycle_did_not_finish(tmp_path):

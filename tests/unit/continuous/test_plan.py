@@ -13,7 +13,8 @@ from lm_pipeline.continuous.plan import OUTPUTS, corpus_so_far, cycle_config, ex
 
 
 def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_drop_and_replay(tmp_path):
-    cfg = Config.model_validate({"train": {"lr": 0.01, "min_lr": 0.001, "warmup_steps": 50},
+    cfg = Config.model_validate({"train": {"lr": 0.01, "min_lr": 0.001, "warmup_steps": 50,
+                                           "model_dir": "/mnt/models/lm"},  # absolute: moves too
                                  "ct": {"max_steps": 40, "replay_fraction": 0.8, "lr_factor": 0.5}})
     drop = Drop("monday", "data/incoming/monday", "ab" * 32, 1)
     work, corpus = Path("data/ct/cycles/monday"), tmp_path / "corpus.jsonl"
@@ -22,6 +23,7 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
     for section, fields in OUTPUTS.items():
         for name in fields:
             assert Path(dumped[section][name]).is_relative_to(work), (section, name)
+    assert cycle.train.model_dir == work / "mnt/models/lm" and cycle.validate_.min_rows == 1
     assert cycle.evaluate.probes == cfg.evaluate.probes  # an input, left where it is
     assert [(s.source, s.weight) for s in cycle.data.sources] == [(drop.url, pytest.approx(0.2)),
                                                                   (str(corpus), 0.8)]

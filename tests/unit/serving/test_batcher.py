@@ -68,3 +68,29 @@ def test_requests_sent_together_to_an_idle_model_share_the_first_batch(wait_s):
 
     assert asyncio.run(scenario()) == [0, 2, 4]
     assert model.batches == [[0, 1, 2]]
+
+
+def test_a_batch_answered_wrongly_fails_its_requests_and_a_dead_loop_leaves_nobody_waiting():
+    model = Model()
+    model.free.set()
+    sizes: list[int] = []
+
+    def short_answer(jobs: list[int]) -> list[int]:  # a bug: one result too few
+        return model.run(jobs)[:-1] if -2 in jobs else model.run(jobs)
+
+    def count(size: int) -> None:  # a bug in the loop itself, for the batch of three
+        sizes.append(size)
+        if size == 3:
+            raise ValueError("statistics broke")
+
+    async def scenario():
+        batcher = Batcher(short_answer, max_batch_size=4, wait_s=0.01, on_batch=count)
+        wrong = await asyncio.gather(*(batcher.submit(job) for job in (-2, 3)), return_exceptions=True)
+        dead = await asyncio.wait_for(asyncio.gather(*(batcher.submit(job) for job in (1, 2, 3)),
+                                                     return_exceptions=True), timeout=5)
+        return wrong, dead, await asyncio.wait_for(batcher.submit(4), timeout=5)
+
+    wrong, dead, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) and "1 answers for a batch of 2" in str(r) for r in wrong)
+    assert all(isinstance(r, RuntimeError) and "batching loop stopped" in str(r) for r in dead)
+    assert after == 8 and sizes == [2, 3, 1]  # a new loop took the next request
