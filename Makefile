@@ -16,16 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect flow
 	$(BIN)/lmp run
 
-# One process: on 2 cores, two pytest-xdist lanes (-n 2 --dist loadgroup, which tests/conftest.py
-# groups by module) took longer (35 min against about 32), the lanes' Ray workers and collectives
-# busy-waiting on each other's cores. With more cores, try: make test PYTEST_ARGS="-n 4 --dist loadgroup".
-PYTEST_ARGS ?=
+# Two pytest-xdist lanes of whole modules (tests/conftest.py's scheduler): on 2 cores the suite
+# took 20 min against 27 in one process, much of a test's time being start-ups and waits. More
+# cores: make test PYTEST_ARGS="-n 4". One process: make test PYTEST_ARGS="-n 0".
+PYTEST_ARGS ?= -n 2
 
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about a minute)
-	$(BIN)/pytest $(PYTEST_ARGS) tests/unit tests/test_architecture.py
+	$(BIN)/pytest tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
 	infra/dev/system-packages.sh

@@ -9,6 +9,7 @@ serve_vs_mlflow_serve_tokens_per_s_ratio_c16 (goal >= 3), serve_p95_ms_c16, serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -155,11 +156,13 @@ class server:
         raise TimeoutError(f"{self.ready_url} did not answer in 300 s")
 
     def __exit__(self, *exc):
-        os.killpg(self.proc.pid, 15)
+        self.proc.terminate()  # the server alone: `lmp serve` whose Ray got it too waits on Ray
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, 9)  # what it left behind
         self.log.close()
 
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--image", default=None, help="run in this image, on a Docker or Kubernetes "
                         "pool (default: a process pool running in this checkout)")
     deploy.add_argument("--serve", action="store_true", help="serve from this process (blocks)")
+    deploy.add_argument("--continuous", action="store_true", help="also continuous training: a watcher "
+                        "of ct.watch every ct.watch_interval_s, and a cycle triggered by each new drop "
+                        "it announces (the event lmp.drop.arrived)")
     promote = sub.add_parser("promote", help="make a registered version the champion, by hand",
                              description="Move the champion alias to VERSION; the reason is recorded "
                              "on the version and in the promotion log.")
@@ -203,6 +206,9 @@ def tune_flow(cfg: Config, args) -> None:
 
 
 def deploy_flow(cfg: Config, args) -> str:
+    if args.serve and args.continuous:
+        raise ConfigError("deploy --continuous needs a Prefect server and a worker (the watcher's "
+                          "events trigger the cycle there); --serve runs the pipeline flow alone")
     if args.serve:
         from lm_pipeline.flows.pipeline import serve
 
@@ -211,10 +217,17 @@ def deploy_flow(cfg: Config, args) -> str:
     from lm_pipeline.flows.deploy import deploy
 
     deployment_id = deploy(args.name, args.cron, args.pool, args.timezone, args.image)
-    return (f"deployment lm-pipeline/{args.name} ({deployment_id}): cron '{args.cron}' "
-            f"{args.timezone}, pool {args.pool}, one run at a time\n"
-            f"  start a worker:  prefect worker start --pool {args.pool}\n"
-            f"  run it now:      prefect deployment run lm-pipeline/{args.name}")
+    lines = [f"deployment lm-pipeline/{args.name} ({deployment_id}): cron '{args.cron}' "
+             f"{args.timezone}, pool {args.pool}, one run at a time"]
+    if args.continuous:
+        from lm_pipeline.flows.deploy import deploy_continuous
+
+        watcher, cycle = deploy_continuous(args.pool, cfg.ct.watch_interval_s, args.image)
+        lines += [f"deployment lm-ct-watch/watch ({watcher}): every {cfg.ct.watch_interval_s:g} s, "
+                  f"announces new drops under {cfg.ct.watch}",
+                  f"deployment lm-continuous-training/on-drop ({cycle}): a cycle on each announced drop"]
+    return "\n".join([*lines, f"  start a worker:  prefect worker start --pool {args.pool}",
+                       f"  run it now:      prefect deployment run lm-pipeline/{args.name}"])
 
 
 def registry_command(cfg: Config, args) -> str:

@@ -261,6 +261,10 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(0, ge=0, description="stop after this many validations "
                                          "without improvement; 0 trains all max_steps")
     min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
+    max_minutes: float | None = Field(None, gt=0, description="a wall-clock budget: stop at the first "
+                                      "validation after this many minutes of this attempt's training "
+                                      "(a resumed attempt has its own) and export the best checkpoint, "
+                                      "as early stopping does; null: no budget")
     init_from: str | None = Field(None, description="fine-tune: models:/<name>@<alias>, "
                                   "models:/<name>/<version>, a folder `lmp train` wrote, or hf:<folder> "
                                   "(a local Hugging Face model, with model.backend: hf); null trains "
@@ -459,8 +463,13 @@ class ContinuousConfig(Section):
     watch: str = Field("data/incoming", description="where drops land: a folder or an s3:// prefix. "
                        "A drop is a folder (prefix) under it, complete once it holds _SUCCESS, or a "
                        "manifest.json whose files and sha256 digests all match")
-    state_dir: Path = Field(Path("data/ct"), description="the ledger of drops seen (drops.json) and each "
-                            "drop's checks")
+    watch_interval_s: float = Field(60.0, ge=1, description="how often the deployed watcher (`lmp deploy "
+                                    "--continuous`) looks under ct.watch for new drops")
+    announce_again_s: float = Field(3600.0, ge=1, description="a drop still not taken this long after the "
+                                    "watcher announced it is announced again (the event was lost, or "
+                                    "the run it started failed before taking the drop)")
+    state_dir: Path = Field(Path("data/ct"), description="the ledger of drops seen (drops.json), the "
+                            "watcher's announcements (announced.json) and each drop's checks")
     quarantine_dir: Path = Field(Path("data/quarantine"), description="bad drops, copied with their "
                                  "report; kept, never deleted, never trained on")
     max_duplicate_share: float = Field(0.5, ge=0, le=1, description="largest share of a drop's documents "
@@ -478,6 +487,8 @@ class ContinuousConfig(Section):
                                    "replayed from the corpus so far (the rest is the drop): what keeps "
                                    "the model from forgetting it")
     max_steps: int = Field(200, ge=1, description="training steps of one retraining (from the champion)")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of one retraining's "
+                                      "training (train.max_minutes for the cycle); null: max_steps alone")
     lr_factor: float = Field(0.3, gt=0, le=1, description="a retraining's learning rates (train.lr, "
                              "train.min_lr) times this: fine-tuning a trained model takes smaller steps")
     max_forgetting: float = Field(0.02, ge=0, description="bits per byte a retrained model may lose to the "

@@ -21,12 +21,12 @@ import torch  # noqa: E402
 
 from tests.services import S3Server, s3_server  # noqa: E402
 
-# Lanes for pytest-xdist (pytest -n N --dist loadgroup, not the default: on 2 cores it was slower):
-# a module's tests stay on one lane, so its module fixtures are built once, production's modules
-# and those sharing a session fixture share a lane. The heaviest go first, so lanes end together.
-HEAVIEST_FIRST = ("tests/integration/test_training.py", "tests/integration/test_pipeline.py",
-                  "tests/production/", "tests/integration/test_models.py",
-                  "tests/integration/test_registry.py", "tests/integration/test_tune.py")
+# Lanes for pytest-xdist (make test PYTEST_ARGS="-n 2"): a module's tests stay on one lane, so its
+# module fixtures are built once; production's modules and those sharing a session fixture share a
+# lane. The heaviest go first, so lanes end together.
+HEAVIEST_FIRST = ("tests/integration/test_training.py", "tests/integration/test_registry.py",
+                  "tests/integration/test_pipeline.py", "tests/production/",
+                  "tests/integration/test_models.py", "tests/integration/test_tune.py")
 
 
 # Modules that share a session fixture share its lane: built once, and the modules run after the
@@ -47,16 +47,27 @@ def weight(item) -> tuple[int, int]:
     return heaviness, list(SHARED_LANE).index(module) + 1 if module in SHARED_LANE else 0
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     items.sort(key=weight)  # stable: a module's own order is kept
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(lane_group(item.nodeid)))
     if not torch.cuda.is_available():
         skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip_gpu)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole lanes to each worker, in the order collected. Not xdist's own loadgroup: it tags each
+    test through an attribute that pytest 9 no longer reads, so its groups were silently ignored
+    and a module's fixtures were built on every worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_group(nodeid)
+
+    config.option.loadscopereorder = False  # keep the heaviest first
+    return LaneScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

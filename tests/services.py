@@ -57,13 +57,20 @@ def process(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None
             wait_until_up(ready_url, proc, log, timeout)
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM to the process, as a container runtime sends it, then SIGKILL to its group for what
+    it left behind. Not SIGTERM to the group: `lmp serve` whose Ray daemons got it too waits on
+    them until killed (20 s a test)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -8,7 +8,8 @@ any name, so the same documents renamed or moved are not taken twice.
 
 The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it and again when the
 cycle ends, with its outcome: a watcher killed mid-cycle finds the claimed drop unfinished and
-takes it up again.
+takes it up again. The watcher's announcements (ct.state_dir/announced.json) are a file of their
+own: the watcher and a cycle run at once, and each file has one writer.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lm_pipeline.io import filesystem, is_url, read_json, write_json
 MARKER = "_SUCCESS"
 MANIFEST = "manifest.json"
 LEDGER_FILE = "drops.json"
+ANNOUNCED_FILE = "announced.json"
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,21 @@ class Ledger:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path, self.entries)
+
+
+class Announcements:
+    """When the watcher last announced each drop, by digest (seconds since the epoch)."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / ANNOUNCED_FILE
+        self.times: dict[str, float] = read_json(self.path) if self.path.is_file() else {}
+
+    def due(self, drops: list[Drop], again_after_s: float, now: float) -> list[Drop]:
+        """Pending drops never announced, or announced `again_after_s` ago and still pending (the
+        event was lost, or the run it started failed before claiming the drop)."""
+        return [d for d in drops if now - self.times.get(d.digest, -float("inf")) >= again_after_s]
+
+    def record(self, drops: list[Drop], now: float) -> None:
+        self.times |= {d.digest: now for d in drops}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.times)

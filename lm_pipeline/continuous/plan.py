@@ -40,7 +40,7 @@ def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path) -> Config:
         sources.append({"source": str(corpus), "weight": ct.replay_fraction, "name": "replay"})
     params["data"]["sources"] = sources
     params["train"] |= {"init_from": f"models:/{cfg.register_.model_name}@champion",
-                        "max_steps": ct.max_steps,
+                        "max_steps": ct.max_steps, "max_minutes": ct.max_minutes,
                         "lr": cfg.train.lr * ct.lr_factor, "min_lr": cfg.train.min_lr * ct.lr_factor,
                         "warmup_steps": min(cfg.train.warmup_steps, ct.max_steps // 10),
                         "checkpoint_interval": min(cfg.train.checkpoint_interval, ct.max_steps),

@@ -15,7 +15,8 @@ failed (a stage of the retraining failed: its log names it; the drop is not retr
 the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
 was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order).
 
-    lmp ct          # one pass over ct.watch (`lmp run` is unchanged)
+    lmp ct                       # one pass over ct.watch (`lmp run` is unchanged)
+    lmp deploy --continuous      # or on a Prefect server: a run on each drop the watcher announces
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from lm_pipeline import tracking
 from lm_pipeline.config import Config, load_config
 from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
-from lm_pipeline.continuous.drops import Drop, Ledger, find_drops
+from lm_pipeline.continuous.drops import Drop, Ledger
 from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine
 from lm_pipeline.continuous.plan import corpus_so_far, cycle_config, extend_corpus, write_params
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.split import assign_split
 from lm_pipeline.flows.pipeline import StageFailed, run_command
+from lm_pipeline.flows.watch import pending_drops
 from lm_pipeline.io import read_json
 from lm_pipeline.model.backends import resolve_device
 from lm_pipeline.registry.aliases import RegistryError, current_champion
@@ -58,12 +60,8 @@ def continuous_training(project_dir: str = ".") -> list[dict]:
     """Every new, complete drop under ct.watch, one cycle each, in name order."""
     with contextlib.chdir(project_dir):
         cfg = load_config("params.yaml")
-        drops, waiting = find_drops(cfg.ct.watch)
-        for name in waiting:
-            get_run_logger().info("drop %s is not complete yet (no _SUCCESS, or its manifest does not match)",
-                                  name)
         ledger = Ledger(cfg.ct.state_dir)
-        results = [cycle(cfg, ledger, drop, str(Path.cwd())) for drop in ledger.pending(drops)]
+        results = [cycle(cfg, ledger, drop, str(Path.cwd())) for drop in pending_drops(cfg, ledger)]
     if not results:
         get_run_logger().info("no new drop under %s", cfg.ct.watch)
     create_markdown_artifact(markdown=outcome_table(results, cfg.ct.watch), key="lm-continuous-training",

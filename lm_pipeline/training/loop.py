@@ -112,7 +112,8 @@ def train_loop(spec: WorkerSpec, session) -> None:
             with clock.phase("validation"):
                 metrics |= validator.losses(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
-        stop = patience_ran_out(state, cfg.train.early_stopping_patience)
+        out_of_time = "val_loss" in metrics and time_ran_out(clock.start, cfg.train.max_minutes, device)
+        stop = patience_ran_out(state, cfg.train.early_stopping_patience) or out_of_time
         with clock.phase("logging"):
             if logger:
                 logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)
@@ -127,9 +128,10 @@ def train_loop(spec: WorkerSpec, session) -> None:
                 else:
                     session.report(reported)
         if stop:
-            print(f"[rank {rank}] early stopping at step {state.step}: val_loss has not improved "
-                  f"for {state.evals_since_best} validations (best {state.best_val_loss:.4f} at "
-                  f"step {state.best_step})", flush=True)
+            why = (f"the budget of {cfg.train.max_minutes:g} minutes is spent" if out_of_time else
+                   f"val_loss has not improved for {state.evals_since_best} validations")
+            print(f"[rank {rank}] early stopping at step {state.step}: {why} (best "
+                  f"{state.best_val_loss:.4f} at step {state.best_step})", flush=True)
             break
     progress.close()
     if logger:  # where this attempt's time went (a resumed run logs its own attempt's)
@@ -157,6 +159,16 @@ def parameter_counts(model) -> tuple[int, int]:
 
 def patience_ran_out(state: TrainState, patience: int) -> bool:
     return patience > 0 and state.evals_since_best >= patience
+
+
+def time_ran_out(start: float, max_minutes: float | None, device: torch.device) -> bool:
+    """Whether the budget is spent, as rank 0's clock says: every rank must stop at the same step."""
+    if max_minutes is None:
+        return False
+    spent = torch.tensor([float(time.perf_counter() - start >= max_minutes * 60)], device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(spent, src=0)
+    return bool(spent.item())
 
 
 class Checkpointer:

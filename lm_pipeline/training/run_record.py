@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
 # What may differ between attempts of one run (none changes what it trains: run_digest):
 # logged as tags, which show the latest attempt's, since MLflow refuses to change a param.
-ATTEMPT_SETTINGS = ("run_on", "max_failures", "checkpoints_to_keep", "model_dir", "curves_dir")
+ATTEMPT_SETTINGS = ("run_on", "max_failures", "checkpoints_to_keep", "model_dir", "curves_dir",
+                    "max_minutes")
 
 
 def attempt_tags(cfg: Config) -> dict[str, str]:

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import sysconfig
 from pathlib import Path
 
 import mlflow
@@ -19,11 +18,18 @@ import yaml
 
 from lm_pipeline.config import load_config
 from lm_pipeline.continuous.canary import wait_for_version
-from lm_pipeline.data.sources.python_docs import module_docstrings
 from lm_pipeline.data.split import assign_split
 from tests.integration.conftest import lmp
 from tests.services import BIN, free_port, process
-from tests.unit.continuous.corpora import BIRDS, NATURE, PLACES, SKY, documents, word_salad
+from tests.unit.continuous.corpora import (
+    BIRDS,
+    NATURE,
+    PLACES,
+    SKY,
+    documents,
+    stdlib_docstrings_left_out,
+    word_salad,
+)
 
 pytestmark = [pytest.mark.continuous, pytest.mark.integration]
 
@@ -101,14 +107,6 @@ def versions(project: Path) -> set[str]:
 
 def corpus(project: Path) -> list[dict]:
     return [json.loads(line) for line in (project / "data/raw/documents.jsonl").read_text().splitlines()]
-
-
-def stdlib_docstrings_left_out() -> list[str]:
-    """Docstrings of the standard library that the python-docs corpus leaves out (idlelib): the
-    same kind of text as the corpus, none of it in it."""
-    idlelib = Path(sysconfig.get_paths()["stdlib"]) / "idlelib"
-    texts = ["\n\n".join(module_docstrings(path)) for path in sorted(idlelib.glob("*.py"))]
-    return [t for t in texts if len(t) > 200]
 
 
 @pytest.mark.usefixtures("forget_mlflow_uri")

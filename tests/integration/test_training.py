@@ -19,10 +19,12 @@ from tests.integration.conftest import make_project, ray_processes, tiny_params,
 from tests.services import free_port, process
 
 LMP = str(Path(sys.executable).parent / "lmp")
-# Slow enough (tens of ms a step) that a test can act between a checkpoint and the end.
+# Slow enough (tens of ms a step) that a test can act between the first checkpoint and the end
+# (60 steps and two checkpoints later); what these runs check (resume, restart, storage) needs no
+# more steps than that.
 TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
-         "train": {"batch_size": 16, "max_steps": 160, "warmup_steps": 10, "eval_interval": 40,
-                   "eval_batches": 2, "checkpoint_interval": 40, "max_failures": 2}}
+         "train": {"batch_size": 16, "max_steps": 80, "warmup_steps": 10, "eval_interval": 20,
+                   "eval_batches": 2, "checkpoint_interval": 20, "max_failures": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,8 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
     from lm_pipeline.training import loop, runners
 
     monkeypatch.chdir(project)
-    cfg = load_config(params_file(project, "retry", num_workers=1, max_steps=100, max_failures=1))
+    cfg = load_config(params_file(project, "retry", num_workers=1, max_steps=100, max_failures=1,
+                                      checkpoint_interval=40, eval_interval=40))
     real_step, failures, calls = loop.guarded_step, [], []
 
     def failing_at(steps):
@@ -242,6 +245,23 @@ def test_an_in_process_run_retries_a_failed_attempt_from_its_latest_checkpoint(p
             runners.train_in_process(cfg, None, str(project / "runs/retry/c"), "run")
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.optimization
+def test_a_spent_time_budget_stops_training_at_the_next_validation_as_early_stopping_does(project,
+                                                                                       monkeypatch):
+    from lm_pipeline.config import load_config
+    from lm_pipeline.training import runners
+
+    monkeypatch.chdir(project)
+    cfg = load_config(params_file(project, "budget", num_workers=1, max_minutes=1e-9))
+    threads = torch.get_num_threads()  # the runner sets this process's torch threads
+    try:
+        result = runners.train_in_process(cfg, None, str(project / "runs/budget"), "run")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.metrics["step"] == TRAIN["train"]["eval_interval"] < TRAIN["train"]["max_steps"]
+    assert result.metrics["early_stopped"] and result.best_checkpoints  # a checkpoint to export
 
 
 @pytest.fixture(scope="module")

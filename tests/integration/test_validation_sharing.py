@@ -3,6 +3,7 @@ and the loss is still the single-process one: with the real DDP and FSDP2 over g
 processes, 3 fixed batches (an odd count, so one rank runs a spare, uncounted forward)."""
 
 import os
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -74,3 +75,21 @@ def test_two_ranks_split_the_batches_and_agree_on_the_single_process_loss(tmp_pa
     assert [r["forwards"] for r in ranks] == [2, 2]  # 3 batches: 2 + 1 and a spare, not 3 + 3
     for r in ranks:
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def budget_decisions(rank: int, world: int, port: int, out: str) -> None:
+    from lm_pipeline.training.loop import time_ran_out
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # Rank 0 started an hour ago, rank 1 just now: a minute's budget is spent on rank 0's clock only.
+    start, cpu = time.perf_counter() - (3600 if rank == 0 else 0), torch.device("cpu")
+    torch.save([time_ran_out(start, 1.0, cpu), time_ran_out(start, None, cpu)], f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.optimization
+def test_the_time_budget_is_rank_0s_decision_so_every_rank_stops_at_the_same_validation(tmp_path):
+    out = str(tmp_path / "budget")
+    spawn(budget_decisions, (2, free_port(), out), 2)
+    assert [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)] == [[True, False]] * 2

@@ -148,17 +148,20 @@ def prefect_client(api_url: str):
 
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory, services_dir, prefect_api, mlflow_server) -> Deployment:
-    """`lmp deploy`, a worker with the MLflow credentials in its environment, and two runs
-    triggered back to back with `prefect deployment run`; returns once both have finished."""
+    """`lmp deploy`, two runs triggered back to back with `prefect deployment run`, then a worker
+    with the MLflow credentials in its environment; returns once both runs have finished. Both
+    are waiting when the worker first looks, so it takes both at once and the second must wait
+    for the concurrency slot (triggered while the worker runs, under load, the second could
+    arrive after the worker's poll and be held back by the server instead)."""
     project = make_project(tmp_path_factory.mktemp("deployed"), PARAMS)
     env = prefect_env(services_dir, prefect_api)
     lmp_deploy(project, env, "--cron", far_from_now_cron())
     client = prefect_client(prefect_api)
     deployment_id = str(client.read_deployment_by_name("lm-pipeline/nightly").id)
     worker_env = env | mlflow_server.env() | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+    run_ids = tuple(trigger(project, env) for _ in range(2))
     with process([str(BIN / "prefect"), "worker", "start", "--pool", "lm-pipeline"],
                  services_dir / "prefect-worker.log", env=worker_env, cwd=project):
-        run_ids = tuple(trigger(project, env) for _ in range(2))
         wait_for_final_states(client, run_ids, timeout=600)
     return Deployment(project, prefect_api, deployment_id, run_ids)
 

@@ -4,24 +4,28 @@ registered on a real MLflow server backed by PostgreSQL with basic-auth."""
 import base64
 import contextlib
 import json
+import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from uuid import UUID
 
 import pytest
+import yaml
 
 from tests.production.conftest import (
     MODEL_NAME,
     PARAMS,
+    far_from_now_cron,
     lmp_deploy,
     make_pipeline_user,
     prefect_client,
     prefect_env,
 )
-from tests.services import BIN, process_group
+from tests.services import BIN, process, process_group
 
 pytestmark = [pytest.mark.production, pytest.mark.integration]
 
@@ -272,3 +276,98 @@ def files_holding(secret: str, paths: list[Path], max_bytes: int = 1 << 20) -> l
                     and secret.encode() in path.read_bytes():
                 found.append(path)
     return found
+
+
+@pytest.mark.continuous
+def test_a_watcher_run_announces_new_drops_and_their_event_starts_a_cycle_on_the_worker(
+        deployment, mlflow_server, services_dir):
+    """Continuous training as deployed (`lmp deploy --continuous`), last in this module: the
+    watcher, run by the worker, announces each new complete drop as an event; the server's trigger
+    starts the cycle deployment, whose run checks the drops against the champion on the MLflow
+    server. A half-written drop is not announced, and the same drop renamed is not announced again."""
+    from tests.unit.continuous.corpora import stdlib_docstrings_left_out
+
+    project, env = deployment.project, prefect_env(services_dir, deployment.api_url)
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    # Hours between scheduled watcher runs: this test runs it itself. A drift bar that a drop like
+    # the corpus stays under whatever the 60-step champion makes of it (tested closely elsewhere).
+    params["ct"] |= {"watch_interval_s": 7200, "min_drift_bits_per_byte": 1.0, "drift_documents": 32}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        corpus = (project / "data/raw/documents.jsonl").read_text().splitlines()[:30]
+        write_drop(project / "data/incoming/a-like-the-corpus",
+                   [json.dumps({"text": t}) for t in stdlib_docstrings_left_out()])
+        write_drop(project / "data/incoming/b-repeats", corpus)
+        write_drop(project / "data/incoming/c-half-written", corpus[:5], complete=False)
+        lmp_deploy(project, env, "--cron", far_from_now_cron(), "--continuous")
+        client = prefect_client(deployment.api_url)
+        watcher = client.read_deployment_by_name("lm-ct-watch/watch")
+        cycle = client.read_deployment_by_name("lm-continuous-training/on-drop")
+        assert [s.schedule.interval.total_seconds() for s in watcher.schedules] == [7200]
+        (automation,) = client.read_resource_related_automations(f"prefect.deployment.{cycle.id}")
+        assert automation.trigger.expect == {"lmp.drop.arrived"}
+        worker_env = env | mlflow_server.env() | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+        with process([str(BIN / "prefect"), "worker", "start", "--pool", "lm-pipeline"],
+                     services_dir / "prefect-worker-ct.log", env=worker_env, cwd=project):
+            assert run_deployment(client, project, env, "lm-ct-watch/watch").is_completed()
+            ledger = wait_for_ledger(project, {"a-like-the-corpus", "b-repeats"}, timeout=300)
+            announced = json.loads((project / "data/ct/announced.json").read_text())
+            assert set(announced) == set(ledger)  # the two complete drops, by digest; not the third
+            shutil.copytree(project / "data/incoming/b-repeats", project / "data/incoming/b-renamed")
+            assert run_deployment(client, project, env, "lm-ct-watch/watch").is_completed()
+            assert json.loads((project / "data/ct/announced.json").read_text()) == announced
+            runs = wait_for_runs(client, cycle.id, timeout=120)
+    finally:
+        params_path.write_text(original)
+    outcomes = {entry["name"]: entry["outcome"] for entry in ledger.values()}
+    assert outcomes == {"a-like-the-corpus": "no_drift", "b-repeats": "quarantined"}, ledger
+    like = next(e for e in ledger.values() if e["name"] == "a-like-the-corpus")
+    assert isinstance(like["gap"], float)  # the champion, from the MLflow server, scored the drop
+    assert runs and all(run.state.is_completed() for run in runs), [run.state for run in runs]
+    assert any(run.parameters == {"project_dir": str(project)} for run in runs)
+
+
+def write_drop(folder: Path, lines: list[str], complete: bool = True) -> None:
+    folder.mkdir(parents=True)
+    (folder / "part-0.jsonl").write_text("".join(line + "\n" for line in lines))
+    if complete:
+        (folder / "_SUCCESS").touch()
+
+
+def run_deployment(client, project: Path, env: dict, name: str):
+    """`prefect deployment run`, then the run's final state."""
+    out = subprocess.run([str(BIN / "prefect"), "deployment", "run", name], cwd=project, env=env,
+                         check=True, capture_output=True, text=True).stdout
+    run_id = UUID(out.split("UUID:")[1].split()[0])
+    deadline = time.monotonic() + 180
+    while not (state := client.read_flow_run(run_id).state).is_final():
+        assert time.monotonic() < deadline, f"{name} run still {state.name}"
+        time.sleep(1)
+    return state
+
+
+def wait_for_ledger(project: Path, names: set[str], timeout: float) -> dict:
+    """The continuous-training ledger once every drop in `names` has an outcome."""
+    path, deadline = project / "data/ct/drops.json", time.monotonic() + timeout
+    while True:
+        ledger = json.loads(path.read_text()) if path.is_file() else {}
+        if {e["name"] for e in ledger.values() if "outcome" in e} >= names:
+            return ledger
+        assert time.monotonic() < deadline, f"no outcome for {names} in {timeout} s: {ledger}"
+        time.sleep(1)
+
+
+def wait_for_runs(client, deployment_id, timeout: float) -> list:
+    """The deployment's flow runs, once all of them are final."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    while True:
+        runs = client.read_flow_runs(deployment_filter=only)
+        if runs and all(run.state.is_final() for run in runs):
+            return runs
+        assert time.monotonic() < deadline, [run.state for run in runs]
+        time.sleep(1)

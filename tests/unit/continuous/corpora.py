@@ -1,6 +1,10 @@
 """Small English corpora for the continuous-training tests: two domains with their own words."""
 
 import random
+import sysconfig
+from pathlib import Path
+
+from lm_pipeline.data.sources.python_docs import module_docstrings
 
 PYTHON = ("tuple list dict set string module function class method attribute exception iterator "
           "generator decorator keyword argument value object index slice").split()
@@ -45,3 +49,11 @@ SKY = ("comet nebula quasar pulsar galaxy orbit eclipse meteor asteroid telescop
        "solstice crater corona photon spectrum redshift parallax ecliptic perihelion aphelion magnitude "
        "constellation supernova dwarf giant binary cluster halo jet accretion horizon lens plasma flare "
        "sunspot aurora moonrise twilight azimuth declination ascension epoch transit occultation").split()
+
+
+def stdlib_docstrings_left_out() -> list[str]:
+    """Docstrings of the standard library that the python-docs corpus leaves out (idlelib): the
+    same kind of text as the corpus, none of it in it."""
+    idlelib = Path(sysconfig.get_paths()["stdlib"]) / "idlelib"
+    texts = ["\n\n".join(module_docstrings(path)) for path in sorted(idlelib.glob("*.py"))]
+    return [t for t in texts if len(t) > 200]

@@ -5,7 +5,7 @@ bucket as in a folder."""
 import hashlib
 import json
 
-from lm_pipeline.continuous.drops import Ledger, find_drops
+from lm_pipeline.continuous.drops import Announcements, Ledger, find_drops
 
 DOCS = '{"text": "a tuple is an immutable sequence"}\n{"text": "a list is a mutable sequence"}\n'
 
@@ -58,6 +58,19 @@ def test_a_drop_is_taken_once_whatever_its_name_and_again_if_its_cycle_did_not_f
     assert [d.name for d in Ledger(state).pending(find_drops(str(watch))[0])] == ["tuesday"]
     entry = Ledger(state).entries[drop.digest]
     assert entry["outcome"] == "no_drift" and entry["gap"] == 0.01 and entry["name"] == "monday"
+
+
+def test_the_watcher_announces_a_drop_once_and_again_only_if_it_is_still_not_taken_much_later(tmp_path):
+    watch, state = tmp_path / "incoming", tmp_path / "ct"
+    write_drop(watch, "monday")
+    write_drop(watch, "tuesday", DOCS.replace("tuple", "deque"))
+    drops, _ = find_drops(str(watch))
+    announcements = Announcements(state)
+    assert announcements.due(drops, again_after_s=3600, now=1000.0) == drops
+    announcements.record(drops[:1], now=1000.0)
+    assert Announcements(state).due(drops, 3600, now=1001.0) == drops[1:]  # read back from its file
+    assert Announcements(state).due(drops, 3600, now=4600.0) == drops  # an hour on, still not taken
+    assert not (state / "drops.json").exists()  # the ledger is the cycle's file, not the watcher's
 
 
 def test_drops_in_a_bucket_are_found_the_same_way(s3, monkeypatch, tmp_path):

@@ -15,7 +15,8 @@ from lm_pipeline.continuous.plan import OUTPUTS, corpus_so_far, cycle_config, ex
 def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_drop_and_replay(tmp_path):
     cfg = Config.model_validate({"train": {"lr": 0.01, "min_lr": 0.001, "warmup_steps": 50,
                                            "model_dir": "/mnt/models/lm"},  # absolute: moves too
-                                 "ct": {"max_steps": 40, "replay_fraction": 0.8, "lr_factor": 0.5}})
+                                 "ct": {"max_steps": 40, "max_minutes": 7.5, "replay_fraction": 0.8,
+                                        "lr_factor": 0.5}})
     drop = Drop("monday", "data/incoming/monday", "ab" * 32, 1)
     work, corpus = Path("data/ct/cycles/monday"), tmp_path / "corpus.jsonl"
     cycle = load_config(write_params(cycle_config(cfg, drop, corpus, work), tmp_path / "params.yaml"))
@@ -28,6 +29,7 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
     assert [(s.source, s.weight) for s in cycle.data.sources] == [(drop.url, pytest.approx(0.2)),
                                                                   (str(corpus), 0.8)]
     assert cycle.train.init_from == "models:/lm-pipeline@champion" and cycle.train.max_steps == 40
+    assert cycle.train.max_minutes == 7.5
     assert (cycle.train.lr, cycle.train.min_lr, cycle.train.warmup_steps) == (0.005, 0.0005, 4)
     assert cycle.register_.guard_documents == corpus
     assert cycle.register_.max_forgetting == cfg.ct.max_forgetting
