@@ -20,12 +20,13 @@ run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect 
 # took 20 min against 27 in one process, much of a test's time being start-ups and waits. More
 # cores: make test PYTEST_ARGS="-n 4". One process: make test PYTEST_ARGS="-n 0".
 PYTEST_ARGS ?= -n 2
+FAST_ARGS ?=
 
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about a minute)
-	$(BIN)/pytest tests/unit tests/test_architecture.py
+	$(BIN)/pytest $(FAST_ARGS) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
 	infra/dev/system-packages.sh

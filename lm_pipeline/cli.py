@@ -206,9 +206,11 @@ def tune_flow(cfg: Config, args) -> None:
 
 
 def deploy_flow(cfg: Config, args) -> str:
-    if args.serve and args.continuous:
-        raise ConfigError("deploy --continuous needs a Prefect server and a worker (the watcher's "
-                          "events trigger the cycle there); --serve runs the pipeline flow alone")
+    if args.continuous and (args.serve or args.image):
+        raise ConfigError("deploy --continuous runs on a Prefect server's process pool, in this checkout: "
+                          "its ledger, announcements and corpus so far (ct.state_dir) must outlive each "
+                          "run, which a container per run (--image) does not keep; --serve runs the "
+                          "pipeline flow alone")
     if args.serve:
         from lm_pipeline.flows.pipeline import serve
 
@@ -222,7 +224,7 @@ def deploy_flow(cfg: Config, args) -> str:
     if args.continuous:
         from lm_pipeline.flows.deploy import deploy_continuous
 
-        watcher, cycle = deploy_continuous(args.pool, cfg.ct.watch_interval_s, args.image)
+        watcher, cycle = deploy_continuous(args.pool, cfg.ct.watch_interval_s)
         lines += [f"deployment lm-ct-watch/watch ({watcher}): every {cfg.ct.watch_interval_s:g} s, "
                   f"announces new drops under {cfg.ct.watch}",
                   f"deployment lm-continuous-training/on-drop ({cycle}): a cycle on each announced drop"]

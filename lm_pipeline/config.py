@@ -262,9 +262,9 @@ class TrainConfig(Section):
                                          "without improvement; 0 trains all max_steps")
     min_delta: float = Field(0.0, ge=0, description="smallest drop in val_loss that counts as better")
     max_minutes: float | None = Field(None, gt=0, description="a wall-clock budget: stop at the first "
-                                      "validation after this many minutes of this attempt's training "
-                                      "(a resumed attempt has its own) and export the best checkpoint, "
-                                      "as early stopping does; null: no budget")
+                                      "validation after this many minutes of a worker's attempt, setup "
+                                      "included (an attempt resumed after a failure has its own), and "
+                                      "export the best checkpoint, as early stopping does; null: none")
     init_from: str | None = Field(None, description="fine-tune: models:/<name>@<alias>, "
                                   "models:/<name>/<version>, a folder `lmp train` wrote, or hf:<folder> "
                                   "(a local Hugging Face model, with model.backend: hf); null trains "

@@ -55,22 +55,25 @@ def deploy(name: str, cron: str, pool: str, timezone: str = "UTC", image: str | 
                  description="ingest -> validate -> preprocess -> train -> evaluate -> register")
 
 
-def deploy_continuous(pool: str, interval_s: float, image: str | None = None) -> tuple[str, str]:
+def deploy_continuous(pool: str, interval_s: float) -> tuple[str, str]:
     """The watcher on an interval schedule, and the cycle triggered by each drop it announces;
     returns both ids."""
     from prefect.client.schemas.schedules import IntervalSchedule
     from prefect.events import DeploymentEventTrigger
 
-    watcher = apply(WATCH_ENTRYPOINT, "watch", pool, image, schedule=IntervalSchedule(interval=interval_s),
-                    tags=["continuous-training"], description="announce new drops under ct.watch")
+    # A watcher run still going when the next is due: the next is dropped, not queued behind it.
+    watcher = apply(WATCH_ENTRYPOINT, "watch", pool, None, schedule=IntervalSchedule(interval=interval_s),
+                    tags=["continuous-training"], description="announce new drops under ct.watch",
+                    collision=ConcurrencyLimitStrategy.CANCEL_NEW)
     on_drop = DeploymentEventTrigger(name="a drop arrived", expect={DROP_ARRIVED},
                                      match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"})
-    cycle = apply(CT_ENTRYPOINT, "on-drop", pool, image, triggers=[on_drop], tags=["continuous-training"],
+    cycle = apply(CT_ENTRYPOINT, "on-drop", pool, None, triggers=[on_drop], tags=["continuous-training"],
                   description="hygiene -> drift -> retrain -> register -> canary, for each new drop")
     return watcher, cycle
 
 
-def apply(entrypoint: str, name: str, pool: str, image: str | None, tags: list[str], **options) -> str:
+def apply(entrypoint: str, name: str, pool: str, image: str | None, tags: list[str],
+          collision: ConcurrencyLimitStrategy = ConcurrencyLimitStrategy.ENQUEUE, **options) -> str:
     """One deployment of `entrypoint`, one run at a time, in this checkout or in `image`."""
     from prefect.deployments.runner import RunnerDeployment
 
@@ -78,8 +81,7 @@ def apply(entrypoint: str, name: str, pool: str, image: str | None, tags: list[s
     deployment = RunnerDeployment.from_entrypoint(
         entrypoint,
         name=name,
-        concurrency_limit=ConcurrencyLimitConfig(limit=1,
-                                                 collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=collision),
         parameters={"project_dir": "." if image else root},
         tags=["lm-pipeline", *tags],
         job_variables={} if image else {"working_dir": root},

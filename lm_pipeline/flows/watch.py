@@ -33,12 +33,11 @@ def watch_drops(project_dir: str = ".") -> list[str]:
         cfg = load_config("params.yaml")
         announcements, now = Announcements(cfg.ct.state_dir), time.time()
         due = announcements.due(pending_drops(cfg, Ledger(cfg.ct.state_dir)), cfg.ct.announce_again_s, now)
-        for drop in due:
-            announce(drop)
-        announcements.record(due, now)
-    get_run_logger().info("%d new drop(s) announced under %s: %s", len(due), cfg.ct.watch,
-                          ", ".join(d.name for d in due) or "none")
-    return [d.name for d in due]
+        announced = [drop for drop in due if announce(drop)]
+        announcements.record(announced, now)
+    get_run_logger().info("%d new drop(s) announced under %s: %s", len(announced), cfg.ct.watch,
+                          ", ".join(d.name for d in announced) or "none")
+    return [d.name for d in announced]
 
 
 def pending_drops(cfg: Config, ledger: Ledger) -> list[Drop]:
@@ -50,8 +49,15 @@ def pending_drops(cfg: Config, ledger: Ledger) -> list[Drop]:
     return ledger.pending(drops)
 
 
-def announce(drop: Drop) -> None:
-    emit_event(event=DROP_ARRIVED,
-               resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{drop.digest}",
-                         "prefect.resource.name": drop.name},
-               payload={"drop": drop.name, "url": drop.url, "digest": drop.digest, "files": drop.files})
+def announce(drop: Drop) -> bool:
+    """Queue the event (Prefect sends it, at the latest when the flow run's process exits);
+    False when Prefect has no events client to queue it on: the next run tries again."""
+    event = emit_event(event=DROP_ARRIVED,
+                       resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{drop.digest}",
+                                 "prefect.resource.name": drop.name},
+                       payload={"drop": drop.name, "url": drop.url, "digest": drop.digest,
+                                "files": drop.files})
+    if event is None:
+        get_run_logger().warning("drop %s: the event could not be queued; announced again next run",
+                                 drop.name)
+    return event is not None

@@ -94,7 +94,7 @@ def train_loop(spec: WorkerSpec, session) -> None:
                     logger.flush()  # as before every checkpoint: a resume from it logs step 0 no more
                 checkpointer.save(state, initial | {"step": 0, "best_step": 0, "early_stopped": False})
 
-    while state.step < cfg.train.max_steps:
+    while state.step < cfg.train.max_steps and not state.stopped:
         t0 = time.perf_counter()
         lr = get_lr(state.step, cfg.train)
         loss = guarded_step(model, optimizer, train_tokens, state.step, lr, cfg, device)
@@ -112,8 +112,10 @@ def train_loop(spec: WorkerSpec, session) -> None:
             with clock.phase("validation"):
                 metrics |= validator.losses(model)
             improved = state.record_validation(metrics["val_loss"], cfg.train.min_delta)
-        out_of_time = "val_loss" in metrics and time_ran_out(clock.start, cfg.train.max_minutes, device)
+        out_of_time = ("val_loss" in metrics and state.step < cfg.train.max_steps
+                       and time_ran_out(clock.start, cfg.train.max_minutes, device))
         stop = patience_ran_out(state, cfg.train.early_stopping_patience) or out_of_time
+        state.stopped = stop  # in the checkpoint below: a resume of a stopped run trains no further
         with clock.phase("logging"):
             if logger:
                 logger.log(metrics | ({"early_stopped_at": state.step} if stop else {}), state.step)

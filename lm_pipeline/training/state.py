@@ -57,6 +57,7 @@ class TrainState:
     best_val_loss: float | None = None  # the lowest validation loss so far, and when
     best_step: int = 0
     evals_since_best: int = 0  # validations without improvement (early stopping counts them)
+    stopped: bool = False  # stopped early (patience or the time budget): a resume has nothing to train
 
     def record_validation(self, val_loss: float, min_delta: float) -> bool:
         """Note a validation loss; True when it is a new best."""

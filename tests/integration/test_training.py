@@ -81,6 +81,13 @@ def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float =
         time.sleep(0.2)
 
 
+def resumed_before_the_end(out: str) -> bool:
+    """The rerun resumed from a checkpoint with steps still to train: a kill that came after the
+    run had finished tests no resume."""
+    step = re.search(r"resumed from the checkpoint at step (\d+)", out)
+    return bool(step) and int(step[1]) < TRAIN["train"]["max_steps"]
+
+
 def wait_until_no_training_workers(proc: subprocess.Popen, timeout: float = 60) -> None:
     """Until no training worker of `proc`'s stage (its process group: driver, Ray, workers) runs."""
     deadline = time.monotonic() + timeout
@@ -117,7 +124,7 @@ def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project, st
     os.killpg(killed.pid, signal.SIGKILL)  # the whole stage: driver, Ray and workers
     killed.wait()
     out = train(project, project / "killed.yaml")
-    assert "resuming" in out and "resumed from the checkpoint at step" in out
+    assert "resuming" in out and resumed_before_the_end(out)
     resumed = curve(project, "killed")
     assert [s for s, _ in resumed] == list(range(1, TRAIN["train"]["max_steps"] + 1))
     assert resumed == straight  # the same floats, step for step
@@ -178,7 +185,7 @@ def test_with_checkpoints_only_in_a_bucket_a_killed_stage_resumes_from_them(proj
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = train(project, params)
-    assert "resuming" in out and "resumed from the checkpoint at step" in out
+    assert "resuming" in out and resumed_before_the_end(out)
     assert [s for s, _ in curve(project, "in-bucket")] == list(range(1, TRAIN["train"]["max_steps"] + 1))
     keys = s3.keys("checkpoints")
     assert any(key.endswith("/manifest_rank1.json") for key in keys), keys[:20]
@@ -199,7 +206,7 @@ def test_a_run_killed_in_process_resumes_on_a_ray_worker_to_the_identical_curve(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = train(project, params_file(project, "inproc-killed", num_workers=1, run_on="ray"))
-    assert re.search(r"\[rank 0/1\] node \w+", out) and "resumed from the checkpoint at step" in out
+    assert re.search(r"\[rank 0/1\] node \w+", out) and resumed_before_the_end(out)
     curves_match(curve(project, "inproc-straight"), curve(project, "inproc-killed"), rel=1e-6)
     assert len(curve(project, "inproc-killed", "resumed_from_step")) == 1
 
@@ -262,6 +269,11 @@ def test_a_spent_time_budget_stops_training_at_the_next_validation_as_early_stop
         torch.set_num_threads(threads)
     assert result.metrics["step"] == TRAIN["train"]["eval_interval"] < TRAIN["train"]["max_steps"]
     assert result.metrics["early_stopped"] and result.best_checkpoints  # a checkpoint to export
+    try:  # rerun (a retry, `dvc repro --force`): the stopped run resumes with nothing to train
+        again = runners.train_in_process(cfg, None, str(project / "runs/budget"), "run")
+    finally:
+        torch.set_num_threads(threads)
+    assert again.metrics == result.metrics
 
 
 @pytest.fixture(scope="module")

@@ -82,9 +82,14 @@ def budget_decisions(rank: int, world: int, port: int, out: str) -> None:
 
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    # Rank 0 started an hour ago, rank 1 just now: a minute's budget is spent on rank 0's clock only.
-    start, cpu = time.perf_counter() - (3600 if rank == 0 else 0), torch.device("cpu")
-    torch.save([time_ran_out(start, 1.0, cpu), time_ran_out(start, None, cpu)], f"{out}.{rank}")
+    # Each rank's clock: one started an hour ago, the other 30 s ago. A minute's budget is spent
+    # on every rank if it is on rank 0's clock, on none if not (and never without a budget).
+    now, cpu = time.perf_counter(), torch.device("cpu")
+    decisions = []
+    for late_rank in (0, 1):
+        start = now - (3600 if rank == late_rank else 30)
+        decisions += [time_ran_out(start, 1.0, cpu), time_ran_out(start, None, cpu)]
+    torch.save(decisions, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -92,4 +97,5 @@ def budget_decisions(rank: int, world: int, port: int, out: str) -> None:
 def test_the_time_budget_is_rank_0s_decision_so_every_rank_stops_at_the_same_validation(tmp_path):
     out = str(tmp_path / "budget")
     spawn(budget_decisions, (2, free_port(), out), 2)
-    assert [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)] == [[True, False]] * 2
+    expected = [True, False, False, False]  # rank 0 an hour in: stop; rank 1 an hour in: go on
+    assert [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)] == [expected] * 2

@@ -306,6 +306,10 @@ def test_a_watcher_run_announces_new_drops_and_their_event_starts_a_cycle_on_the
         watcher = client.read_deployment_by_name("lm-ct-watch/watch")
         cycle = client.read_deployment_by_name("lm-continuous-training/on-drop")
         assert [s.schedule.interval.total_seconds() for s in watcher.schedules] == [7200]
+        # A watcher run due while one runs is dropped; cycles queue, one at a time.
+        assert watcher.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert cycle.concurrency_options.collision_strategy == "ENQUEUE"
+        assert cycle.global_concurrency_limit.limit == 1
         (automation,) = client.read_resource_related_automations(f"prefect.deployment.{cycle.id}")
         assert automation.trigger.expect == {"lmp.drop.arrived"}
         worker_env = env | mlflow_server.env() | {"PREFECT_WORKER_QUERY_SECONDS": "2"}

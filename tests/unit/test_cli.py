@@ -45,3 +45,11 @@ def test_evaluating_the_tuned_model_before_any_search_says_what_to_run(tmp_path)
     out = lmp("evaluate", "--tuned", cwd=tmp_path)
     assert out.returncode == 1
     assert "reports/tune/best.json: no search result; run `lmp search` (or `lmp tune`) first" in out.stderr
+
+
+@pytest.mark.bad_input
+@pytest.mark.continuous
+def test_continuous_deploy_refuses_a_container_per_run_before_any_server_is_called(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = lmp("deploy", "--continuous", "--image", "lm-pipeline:latest", cwd=tmp_path)
+    assert out.returncode == 1 and "ct.state_dir" in out.stderr and "--image" in out.stderr
