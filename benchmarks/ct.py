@@ -3,7 +3,7 @@ from its arrival to the new champion answering on the endpoint.
 
     python -m benchmarks.ct        # about 10 minutes on 2 cores
 
-A project in a temporary folder runs the stages with the default params (the default model, its
+A clone of this checkout in a temporary folder runs the stages with the default params (the default model, its
 300 steps) and registers its champion; `lmp serve` follows the champion. Then, each timed from
 the start of `lmp ct` (a new process, as cron or the deployed trigger starts it):
 
@@ -41,7 +41,7 @@ MODEL = "lm-pipeline"
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmp-bench-ct-") as tmp:
-        project, port = Path(tmp), free_port()
+        project, port = Path(tmp) / "project", free_port()
         champion_project(project, port)
         token = "bench-token"
         env = os.environ | {"LMP_SERVE_TOKEN": token}
@@ -60,9 +60,10 @@ def main() -> None:
 
 
 def champion_project(project: Path, port: int) -> None:
-    """This checkout's default params, its outputs and MLflow store in `project`, the stages run
+    """A clone of this checkout (its committed state) with the default params, the stages run
     once; the endpoint and continuous training pointed at each other."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
     params["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
     params["serve"] |= {"port": port, "replicas": 1, "follow_interval_s": 1.0}
     # Four fifths replay, as the tests found a small model needs to pass the forgetting guard.
