@@ -10,6 +10,10 @@ import json
 import os
 import secrets
 import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -96,6 +100,36 @@ def cycle(project: Path) -> dict[str, dict]:
     return {r["drop"]: r for r in continuous_training(project_dir=str(project))}
 
 
+@contextlib.contextmanager
+def client_load(url: str, token: str):
+    """One client calling the endpoint in a loop while the block runs; yields its answers as
+    (HTTP status, model), a failure to answer counting as status 0."""
+    answers, stop = [], threading.Event()
+    body = json.dumps({"model": MODEL, "prompt": "The tuple", "max_tokens": 4, "temperature": 0}).encode()
+    request = urllib.request.Request(f"{url}/completions", data=body, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+
+    def call() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answers.append((response.status, json.loads(response.read())["model"]))
+            except urllib.error.HTTPError as err:
+                answers.append((err.code, ""))
+            except OSError as err:
+                answers.append((0, repr(err)))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    try:
+        yield answers
+        time.sleep(1)  # an answer or two after the cycle: the endpoint's swap is done by then
+    finally:
+        stop.set()
+        thread.join()
+
+
 def registry(project: Path):
     uri = f"sqlite:///{project / 'mlflow.db'}"
     return mlflow.MlflowClient(uri, registry_uri=uri)
@@ -160,9 +194,13 @@ def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_
     champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
     corpus_before = (project / "ct/corpus.jsonl").read_text().count("\n")
     drop(project, "f-birds", word_salad(NATURE, 120, seed=8))
-    with ct_params(project, endpoint=url):
+    with ct_params(project, endpoint=url), client_load(url, token) as answers:
         result = cycle(project)["f-birds"]
     assert result["outcome"] == "promoted", result
+    # A client calling all through the cycle: never failed, answered by the old champion, then the new.
+    assert [status for status, _ in answers if status != 200] == [], answers[-5:]
+    seen = [model for _, model in answers]
+    assert seen[0] == f"{MODEL}/{champion}" and seen[-1] == f"{MODEL}/{result['version']}", set(seen)
     canary = result["canary"]  # the endpoint swapped, and serves the weights that were evaluated
     assert canary["served"] == f"{MODEL}/{result['version']}" and canary["requests"] >= 8
     assert canary["errors"] == 0 and canary["max_logprob_gap"] <= 1e-3 and not canary["problems"]
