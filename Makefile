@@ -17,7 +17,7 @@ run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect 
 	$(BIN)/lmp run
 
 # Two pytest-xdist lanes of whole modules (tests/conftest.py's scheduler): on 2 cores the suite
-# took 20 min against 27 in one process, much of a test's time being start-ups and waits. More
+# took 16 to 20 min against 27 in one process, much of a test's time being start-ups and waits. More
 # cores: make test PYTEST_ARGS="-n 4". One process: make test PYTEST_ARGS="-n 0".
 PYTEST_ARGS ?= -n 2
 FAST_ARGS ?=
