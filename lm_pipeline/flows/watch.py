@@ -5,7 +5,8 @@ trigger (flows/deploy.py) starts a cycle on it, on the server's worker:
     lmp deploy --continuous          # the watcher every ct.watch_interval_s, and the triggered cycle
     prefect worker start --pool lm-pipeline
 
-The watcher only looks and announces (it imports no model code, so each run is quick); the cycle
+The watcher only looks and announces (it imports no model code; it does digest every drop under
+ct.watch each run, finished ones too, so finished drops are best moved elsewhere); the cycle
 takes every pending drop in order, so two announcements that start two runs cost the second one
 nothing. A drop the ledger has not taken ct.announce_again_s after its announcement is announced
 again: events are not replayed, and a run can fail before it takes its drop.
