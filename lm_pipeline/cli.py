@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Print a version's lineage tags (git commit, data, params, "
                              "dvc.lock and weights hashes, runs) and the commands that rebuild it.")
     lineage.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>")
+    lineage.add_argument("--rebuild", metavar="FOLDER", default=None, help="a version continuous training "
+                         "made: train each of its cycles again in FOLDER, from the drops DVC archived, "
+                         "and check the weights against the registered ones (exit 1 if they differ)")
     gen = sub.add_parser("generate", help="generate text from a trained or registered model",
                          description="Continue prompts with a model folder (either backend, or a "
                          "Hugging Face folder) or an MLflow model URI. One prompt: its continuation "
@@ -236,11 +239,32 @@ def registry_command(cfg: Config, args) -> str:
     from lm_pipeline.registry import manage
 
     if args.command == "lineage":
-        return manage.lineage(cfg, args.model_uri)
+        return lineage(cfg, args)
     entry = (manage.promote(cfg, args.version, args.reason) if args.command == "promote"
              else manage.rollback(cfg, args.reason))
     return (f"{entry['model_name']}: champion {entry['champion_before']} -> {entry['champion_after']} "
             f"({entry['action']}: {entry['reason']})")
+
+
+def lineage(cfg: Config, args) -> None:
+    """The version's lineage, its continuous-training cycles and, with --rebuild, those trained again."""
+    import mlflow
+
+    from lm_pipeline.continuous.archive import ArchiveError
+    from lm_pipeline.continuous.rebuild import cycle_chain, describe, rebuild
+    from lm_pipeline.registry import manage
+    from lm_pipeline.registry.aliases import model_version
+
+    text = manage.lineage(cfg, args.model_uri)  # sets the tracking URI up
+    client = mlflow.MlflowClient()
+    version = model_version(client, args.model_uri)
+    chain = cycle_chain(client, version.name, version.version)
+    print("\n".join([text, *describe(chain)]), flush=True)
+    if args.rebuild and not chain:
+        raise ArchiveError(f"version {version.version} was not made by continuous training: rebuild it "
+                           "with the commands above")
+    for line in rebuild(chain, Path(args.rebuild)) if args.rebuild else []:
+        print(line, flush=True)
 
 
 def generate_text(cfg: Config, args) -> str:

@@ -472,6 +472,11 @@ class ContinuousConfig(Section):
                             "watcher's announcements (announced.json) and each drop's checks")
     quarantine_dir: Path = Field(Path("data/quarantine"), description="bad drops, copied with their "
                                  "report; kept, never deleted, never trained on")
+    archive_dir: Path = Field(Path("drops"), description="every drop a cycle trains on, with what else "
+                              "it read, versioned with DVC (a .dvc file beside each, to commit; pushed "
+                              "to the default DVC remote when there is one): `lmp lineage --rebuild` "
+                              "trains those versions again from it. A folder in the project that git "
+                              "does not ignore (DVC refuses .dvc files git ignores)")
     max_duplicate_share: float = Field(0.5, ge=0, le=1, description="largest share of a drop's documents "
                                        "that may repeat the corpus, exactly or nearly "
                                        "(validate.near_duplicate_jaccard)")
@@ -506,6 +511,14 @@ class ContinuousConfig(Section):
                                          "fail")
     canary_max_p95_ms: float = Field(5000.0, gt=0, description="slowest p95 latency of the canary's requests")
     seed: int = Field(1337, description="seeds the drift samples and their bootstrap")
+
+    @field_validator("archive_dir")
+    @classmethod
+    def _inside_the_project(cls, value: Path) -> Path:
+        if value.is_absolute() or ".." in value.parts or value.name in ("", "."):
+            raise ValueError(f"{str(value)!r} must be a folder inside the project (relative, no '..'): "
+                             "DVC versions only what is inside its repository")
+        return value
 
 
 class Config(Section):

@@ -104,6 +104,10 @@ class Ledger:
             seen.add(drop.digest)
         return out
 
+    def promoted(self) -> list[dict]:
+        """The entries of the drops promoted so far, in the order they were claimed."""
+        return [e for e in self.entries.values() if e.get("outcome") == "promoted"]
+
     def claim(self, drop: Drop) -> None:
         entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})
         entry["claimed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,7 +1,8 @@
 """What one retraining runs with: the project's settings, with every output of the stages moved
 under the cycle's own folder (the project's data, model and reports are not touched), the drop
 mixed with a replay sample of the corpus so far (data.sources: the existing mixing path), started
-from the champion (train.init_from: the existing fine-tuning path, either backend, full or LoRA)
+from the champion, pinned to its version (train.init_from: the existing fine-tuning path, either
+backend, full or LoRA)
 for ct.max_steps steps at ct.lr_factor of the learning rates, and registered only if it does not
 forget that corpus (register.guard_documents)."""
 
@@ -26,7 +27,8 @@ OUTPUTS = {"data": ("raw_dir", "processed_dir", "report_file"), "validate": ("re
            "register": ("record_file",)}
 
 
-def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path) -> Config:
+def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path, parent: str) -> Config:
+    """`parent`: what training starts from (models:/<name>/<version>, or a folder when rebuilt)."""
     params = cfg.model_dump(by_alias=True, mode="json")
     for section, fields in OUTPUTS.items():
         for name in fields:
@@ -39,7 +41,7 @@ def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path) -> Config:
     if ct.replay_fraction:
         sources.append({"source": str(corpus), "weight": ct.replay_fraction, "name": "replay"})
     params["data"]["sources"] = sources
-    params["train"] |= {"init_from": f"models:/{cfg.register_.model_name}@champion",
+    params["train"] |= {"init_from": parent,
                         "max_steps": ct.max_steps, "max_minutes": ct.max_minutes,
                         "lr": cfg.train.lr * ct.lr_factor, "min_lr": cfg.train.min_lr * ct.lr_factor,
                         "warmup_steps": min(cfg.train.warmup_steps, ct.max_steps // 10),

@@ -4,7 +4,8 @@ A cycle (continuous/ holds each step's rules):
   hygiene     the drop alone and against the corpus so far; a bad drop is quarantined
   drift       the champion's bits per byte on the drop against its test split; no drift, no training
   retrain     the stages, from the champion, on the drop mixed with a replay of the corpus, with
-              every output under the cycle's folder (`lmp --params <cycle>/params.yaml <stage>`)
+              every output under the cycle's folder (`lmp --params <cycle>/params.yaml <stage>`);
+              first, what it reads is archived with DVC (continuous/archive.py)
   register    the usual gates plus the forgetting guard on the corpus so far
   canary      with ct.endpoint: the endpoint must swap to the new champion and answer probes with
               the evaluated model's log-probabilities, without errors or slowness; else the
@@ -13,7 +14,8 @@ A cycle (continuous/ holds each step's rules):
 Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted, rolled_back or
 failed (a stage of the retraining failed: its log names it; the drop is not retried), in
 the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
-was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order).
+was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order, and
+ct.archive: the DVC entry `lmp lineage --rebuild` trains it again from).
 
     lmp ct                       # one pass over ct.watch (`lmp run` is unchanged)
     lmp deploy --continuous      # or on a Prefect server: a run on each drop the watcher announces
@@ -35,6 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config, load_config
+from lm_pipeline.continuous.archive import archive_cycle
 from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
 from lm_pipeline.continuous.drops import Drop, Ledger
@@ -77,15 +80,17 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     if not report.passed:
         quarantine(cfg, drop, report)
         return finish(ledger, drop, "quarantined", "; ".join(report.problems))
-    drift = check_drift(cfg, [d["text"] for d in documents], corpus)
+    drift, champion = check_drift(cfg, [d["text"] for d in documents], corpus)
     if not drift.drifted:
         return finish(ledger, drop, "no_drift", drift.describe(), gap=drift.gap, low=drift.low)
+    parent = f"models:/{cfg.register_.model_name}/{champion}"
+    archive = archive_inputs(cfg, drop, corpus, parent, ledger.promoted())
     try:
-        decision = retrain(cfg, drop, corpus, work, project_dir)
+        decision = retrain(cfg, drop, corpus, work, project_dir, parent)
     except StageFailed as err:  # recorded, so the next drops are not held up behind this one
-        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap)
+        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap, archive=archive)
     version, reason = decision["version"], decision["reason"]
-    outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {}
+    outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {"archive": archive}
     if decision["promoted"] and cfg.ct.endpoint:
         canary = check_canary(cfg, version, documents, corpus)
         details["canary"] = asdict(canary)
@@ -94,7 +99,7 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
             outcome = "rolled_back"
     if outcome == "promoted":
         extend_corpus(corpus, documents)
-    tag_version(cfg, version, drop, outcome, ledger)
+    tag_version(cfg, version, drop, outcome, ledger, archive)
     return finish(ledger, drop, outcome, reason, version=version, gap=drift.gap, **details)
 
 
@@ -108,7 +113,9 @@ def check_hygiene(cfg: Config, drop: Drop, corpus: Path, work: Path) -> tuple[Hy
 
 
 @task(task_run_name="drift")
-def check_drift(cfg: Config, texts: list[str], corpus: Path) -> Drift:
+def check_drift(cfg: Config, texts: list[str], corpus: Path) -> tuple[Drift, str]:
+    """The champion's drift on the drop, and which version the champion was (what a retraining
+    starts from, however the alias moves meanwhile)."""
     name = cfg.register_.model_name
     champion = current_champion(mlflow_client(cfg), name)
     if champion is None:
@@ -118,13 +125,22 @@ def check_drift(cfg: Config, texts: list[str], corpus: Path) -> Drift:
     test = [d["text"] for d in read_documents(corpus) if assign_split(d["text"], cfg.split) == "test"]
     drift = measure_drift(model, tokenizer, texts, test, cfg.ct, cfg.evaluate.stride)
     get_run_logger().info("champion v%s: %s", champion, drift.describe())
-    return drift
+    return drift, champion
+
+
+@task(task_run_name="archive {drop.name}")
+def archive_inputs(cfg: Config, drop: Drop, corpus: Path, parent: str, promoted: list[dict]) -> dict:
+    """The drop and what else the retraining reads, versioned with DVC before it trains."""
+    entry = archive_cycle(cfg, drop, corpus, parent, promoted)
+    get_run_logger().info("drop %s archived at %s (DVC %s), with the corpus it replays and its parent %s",
+                          drop.name, entry["path"], entry["md5"], parent)
+    return entry
 
 
 @task(task_run_name="retrain on {drop.name}")
-def retrain(cfg: Config, drop: Drop, corpus: Path, work: Path, project_dir: str) -> dict:
+def retrain(cfg: Config, drop: Drop, corpus: Path, work: Path, project_dir: str, parent: str) -> dict:
     """The stages with the cycle's params; the register stage's decision."""
-    cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work)
+    cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work, parent)
     params = write_params(cycle_cfg, work / "params.yaml")
     lmp = str(Path(sys.executable).parent / "lmp")
     for stage in STAGES:
@@ -173,12 +189,13 @@ def mlflow_client(cfg: Config):
     return mlflow.MlflowClient()
 
 
-def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Ledger) -> None:
-    """The version says which drop made it and, with the drops promoted before, the whole order."""
-    before = [e["name"] for e in ledger.entries.values() if e.get("outcome") == "promoted"]
+def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Ledger, archive: dict) -> None:
+    """The version says which drop made it, with the drops promoted before it the whole order, and
+    where what it was trained on is archived."""
+    before = [e["name"] for e in ledger.promoted()]
     client, name = mlflow_client(cfg), cfg.register_.model_name
     for key, value in {"ct.drop": f"{drop.name} ({drop.digest})", "ct.outcome": outcome,
-                       "ct.drops": json.dumps(before + [drop.name])}.items():
+                       "ct.drops": json.dumps(before + [drop.name]), "ct.archive": json.dumps(archive)}.items():
         client.set_model_version_tag(name, version, key, value)
 
 

@@ -116,6 +116,8 @@ def lineage(cfg: Config, model_uri: str) -> str:
     lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, tags.get(OLD_TAGS.get(k), ''))}"
                                                  for k in LINEAGE_TAGS]
     tree = tree_state(tags)
+    if "ct.archive" in tags:  # a continuous-training cycle's: `lmp lineage --rebuild` (continuous/rebuild.py)
+        return "\n".join([*lines, "", f"Its code ({tree}):", f"  git checkout {tags.get('git_commit', '<unknown>')}"])
     lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",

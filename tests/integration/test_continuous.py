@@ -238,3 +238,29 @@ def test_a_canary_failure_rolls_the_champion_back_and_serving_follows(project, e
     assert reason.startswith(f"rollback: continuous training: the canary of version {result['version']}")
     assert wait_for_version(url, token, f"{MODEL}/{before}", 30) == f"{MODEL}/{before}"
     assert (project / "ct/corpus.jsonl").read_text() == corpus_before  # a rolled-back drop is not learned
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
+def test_lineage_of_a_version_two_cycles_made_lists_both_drops_and_rebuilds_it_from_the_dvc_remote(
+        project, tmp_path):
+    """The canary test's version (drop g-sky) was trained on top of the version drop f-birds made:
+    two cycles. With the archive's folders, its .dvc files and the DVC cache gone from the checkout,
+    `lmp lineage --rebuild` brings the drops back from the DVC remote and trains both cycles again
+    to the registered weights."""
+    client = registry(project)
+    sky, birds = (next(v for v in client.search_model_versions(f"name = '{MODEL}'")
+                       if v.tags.get("ct.drop", "").startswith(f"{name} (")) for name in ("g-sky", "f-birds"))
+    assert sky.tags["parent_model"] == f"models:/{MODEL}/{birds.version}"
+    for path in ("drops", ".dvc/cache"):
+        shutil.rmtree(project / path)
+    out = lmp(project, "lineage", f"models:/{MODEL}/{sky.version}", "--rebuild", str(tmp_path / "rebuild"))
+    assert f"Continuous training: {birds.tags['parent_model']}, then 2 cycle(s):" in out
+    assert out.index(f"version {birds.version}: drop f-birds (") < out.index(f"version {sky.version}: drop g-sky (")
+    assert "its drops, in order: f-birds, g-sky" in out
+    assert "dvc repro" not in out  # the pipeline's own rebuild commands are not this version's
+    for version in (birds, sky):
+        assert f"version {version.version}: rebuilt in {tmp_path / 'rebuild'}" in out
+        assert f"weights {version.tags['weights_sha256'][:16]}... as registered" in out
+    archive = json.loads(sky.tags["ct.archive"])
+    assert (project / archive["path"] / "drop" / "part-0.jsonl").read_bytes() == \
+        (project / "incoming" / "g-sky" / "part-0.jsonl").read_bytes()

@@ -1,5 +1,5 @@
 """A retraining's params: every path a stage writes moves under the cycle's folder (inputs stay),
-the drop is mixed with the replay, training starts from the champion with its learning rates
+the drop is mixed with the replay, training starts from the pinned champion with its learning rates
 scaled, and the corpus so far is guarded; the result is a valid Config that `lmp --params` reads."""
 
 import json
@@ -19,7 +19,7 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
                                         "lr_factor": 0.5}})
     drop = Drop("monday", "data/incoming/monday", "ab" * 32, 1)
     work, corpus = Path("data/ct/cycles/monday"), tmp_path / "corpus.jsonl"
-    cycle = load_config(write_params(cycle_config(cfg, drop, corpus, work), tmp_path / "params.yaml"))
+    cycle = load_config(write_params(cycle_config(cfg, drop, corpus, work, "models:/lm-pipeline/7"), tmp_path / "params.yaml"))
     dumped = cycle.model_dump(by_alias=True, mode="json")
     for section, fields in OUTPUTS.items():
         for name in fields:
@@ -28,7 +28,7 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
     assert cycle.evaluate.probes == cfg.evaluate.probes  # an input, left where it is
     assert [(s.source, s.weight) for s in cycle.data.sources] == [(drop.url, pytest.approx(0.2)),
                                                                   (str(corpus), 0.8)]
-    assert cycle.train.init_from == "models:/lm-pipeline@champion" and cycle.train.max_steps == 40
+    assert cycle.train.init_from == "models:/lm-pipeline/7" and cycle.train.max_steps == 40
     assert cycle.train.max_minutes == 7.5
     assert (cycle.train.lr, cycle.train.min_lr, cycle.train.warmup_steps) == (0.005, 0.0005, 4)
     assert cycle.register_.guard_documents == corpus

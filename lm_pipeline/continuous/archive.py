@@ -1,0 +1,115 @@
+"""What each retraining read, versioned with DVC, so any version a cycle made can be trained again.
+
+Before a cycle trains, ct.archive_dir (inside the project) receives `<drop>-<digest12>/`: the
+drop as it landed (drop/) and cycle.json, which names everything else the cycle read: the
+project's settings at the time, the parent (the champion, pinned to its version), and the corpus
+it replayed and was guarded on, as its parts: the corpus continuous training was keeping when
+archiving began (corpus-<sha12>.jsonl, archived once) and the drops promoted since, in order.
+`dvc add` writes a .dvc file beside each (commit them as with any `dvc add`) and, where the
+project has a default DVC remote, each is pushed. The archive's DVC entry is also a tag of the
+registered version (ct.archive), so `lmp lineage --rebuild` restores the inputs from the remote
+even in a checkout that never saw the cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lm_pipeline.config import Config
+from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.hashing import file_sha256
+from lm_pipeline.io import atomic_path, filesystem, read_json, write_json
+
+CYCLE_FILE = "cycle.json"
+DROP_DIR = "drop"
+BASE_FILE = "corpus_base.json"  # in ct.state_dir: the archived corpus the parts start from
+
+
+class ArchiveError(RuntimeError):
+    """A cycle's inputs could not be archived or restored; the message says which and why."""
+
+
+def archive_cycle(cfg: Config, drop: Drop, corpus: Path, parent: str, promoted: list[dict]) -> dict:
+    """Archive the drop and what the cycle reads besides it; the archive's DVC entry. `promoted`:
+    the ledger entries of the drops promoted so far, in order (those archived are corpus parts)."""
+    parts = [base_corpus(cfg, corpus)] + [e["archive"] for e in promoted if "archive" in e]
+    folder = Path(cfg.ct.archive_dir) / f"{drop.name}-{drop.digest[:12]}"
+    with atomic_path(folder) as tmp:
+        fs, root = filesystem(drop.url)
+        fs.get(root.rstrip("/") + "/", str(tmp / DROP_DIR), recursive=True)
+        write_json(tmp / CYCLE_FILE, {"drop": {"name": drop.name, "digest": drop.digest},
+                                      "parent": parent, "corpus": parts,
+                                      "params": cfg.model_dump(by_alias=True, mode="json")})
+    return dvc_add(folder)
+
+
+def base_corpus(cfg: Config, corpus: Path) -> dict:
+    """The first corpus part: the corpus as it stood when the first cycle was archived (drops
+    promoted after it are parts of their own), archived once."""
+    record = Path(cfg.ct.state_dir) / BASE_FILE
+    if record.is_file():
+        return read_json(record)
+    path = Path(cfg.ct.archive_dir) / f"corpus-{file_sha256(corpus)[:12]}.jsonl"
+    with atomic_path(path) as tmp:
+        shutil.copyfile(corpus, tmp)
+    entry = dvc_add(path)
+    write_json(record, entry)
+    return entry
+
+
+def dvc_add(path: Path) -> dict:
+    """`dvc add` the path (pushed where a default remote is set); its entry in the .dvc file, with
+    the path from the project's root."""
+    try:
+        dvc("add", str(path))
+    except ArchiveError as err:
+        raise ArchiveError(f"archiving {path} (ct.archive_dir): {err}") from None
+    if default_remote():
+        dvc("push", f"{path}.dvc")
+    (out,) = yaml.safe_load(Path(f"{path}.dvc").read_text())["outs"]
+    return out | {"path": str(path)}
+
+
+def restore(entry: dict) -> Path:
+    """The archived path of `entry`, as it was archived: from the workspace when it matches, else
+    from the DVC cache or the default remote. Its .dvc file is written from the entry when the
+    checkout lacks it, and must agree with the entry when there."""
+    path = Path(entry["path"])
+    dvc_file = Path(f"{path}.dvc")
+    out = {k: v for k, v in entry.items() if k != "path"} | {"path": path.name}
+    if dvc_file.is_file():
+        (there,) = yaml.safe_load(dvc_file.read_text())["outs"]
+        if there.get("md5") != out["md5"]:
+            raise ArchiveError(f"{dvc_file} tracks {there.get('md5')}, not the archived {out['md5']}: "
+                               "something else was archived under this name")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dvc_file.write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False))
+    dvc("pull" if default_remote() else "checkout", str(dvc_file))
+    return path
+
+
+def default_remote() -> str:
+    found = subprocess.run([*DVC, "remote", "default"], capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+DVC = [str(Path(sys.executable).parent / "dvc")]
+
+
+def dvc(*args: str) -> None:
+    done = subprocess.run([*DVC, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ArchiveError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}): "
+                           f"{(done.stderr or done.stdout).strip()}")
+
+
+def read_cycle(folder: Path) -> dict:
+    return json.loads((Path(folder) / CYCLE_FILE).read_text())
+

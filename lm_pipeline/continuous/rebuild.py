@@ -1,0 +1,104 @@
+"""The lineage of a version continuous training made, and training it again (`lmp lineage`).
+
+A cycle's version is its parent plus one drop: its tags name the drop (ct.drop), every drop
+promoted up to it in order (ct.drops), the pinned parent (parent_model) and the DVC entry of its
+archive (ct.archive). Following parents back to the first version no cycle made gives the chain.
+A rebuild restores each cycle's archive (continuous/archive.py), puts its corpus back together
+from the archived parts, runs the stages up to train with the cycle's own settings, starting the
+first cycle from that first version and each later one from the model the rebuild just trained,
+and checks every model's weights against its version's weights_sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from lm_pipeline.config import Config
+from lm_pipeline.continuous.archive import DROP_DIR, ArchiveError, read_cycle, restore
+from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.continuous.hygiene import read_drop_documents
+from lm_pipeline.continuous.plan import CORPUS_FILE, cycle_config, extend_corpus, write_params
+from lm_pipeline.stages import STAGES
+
+REBUILT_STAGES = list(STAGES)[:list(STAGES).index("train") + 1]  # evaluation and registration aside
+
+
+def cycle_chain(client, name: str, version: str) -> list:
+    """The versions of the cycles that made `version`, oldest first (empty if no cycle made it)."""
+    chain, mv = [], client.get_model_version(name, version)
+    while "ct.archive" in mv.tags:
+        chain.insert(0, mv)
+        parent = re.fullmatch(rf"models:/{re.escape(name)}/(\d+)", mv.tags.get("parent_model", ""))
+        if parent is None:
+            break
+        mv = client.get_model_version(name, parent[1])
+    return chain
+
+
+def describe(chain: list) -> list[str]:
+    """Lines for `lmp lineage`: the first parent, then each cycle's drop and archive."""
+    if not chain:
+        return []
+    lines = ["", f"Continuous training: {chain[0].tags['parent_model']}, then {len(chain)} cycle(s):"]
+    for mv in chain:
+        archive = json.loads(mv.tags["ct.archive"])
+        lines.append(f"  version {mv.version}: drop {mv.tags['ct.drop']} ({mv.tags.get('ct.outcome', '')}), "
+                     f"archived at {archive['path']} (DVC {archive['md5']})")
+    lines += [f"  its drops, in order: {', '.join(json.loads(chain[-1].tags['ct.drops']))}",
+              "", "Train it again from the archived drops (DVC) and check its weights:",
+              f"  lmp lineage models:/{chain[-1].name}/{chain[-1].version} --rebuild <folder>"]
+    return lines
+
+
+def rebuild(chain: list, dest: Path) -> Iterator[str]:
+    """Train each cycle of the chain again under `dest`; a line for each whose weights match its
+    version's; ArchiveError, naming the version, at the first that does not."""
+    from lm_pipeline.model.backends import load_model, weights_sha256
+
+    parent = chain[0].tags["parent_model"]
+    for mv in chain:
+        model_dir = rebuild_cycle(json.loads(mv.tags["ct.archive"]), parent, Path(dest) / f"version-{mv.version}")
+        weights = weights_sha256(load_model(model_dir)[0])
+        if weights != mv.tags["weights_sha256"]:
+            raise ArchiveError(f"version {mv.version} rebuilt in {model_dir} with weights {weights}, not the "
+                               f"registered {mv.tags['weights_sha256']} (was it trained at another commit "
+                               f"than {mv.tags.get('git_commit')}, or stopped by ct.max_minutes?)")
+        yield f"version {mv.version}: rebuilt in {model_dir}, weights {weights[:16]}... as registered"
+        parent = str(model_dir)
+
+
+def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
+    """One cycle's stages up to train, from its restored archive, starting from `parent`; the model."""
+    folder = restore(archive)
+    cycle = read_cycle(folder)
+    cfg = Config.model_validate(cycle["params"])
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = assemble_corpus(cfg, cycle["corpus"], work / CORPUS_FILE)
+    drop = Drop(cycle["drop"]["name"], str(folder / DROP_DIR), cycle["drop"]["digest"], 0)
+    cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work.resolve(), parent)
+    params = write_params(cycle_cfg, work / "params.yaml")
+    lmp = str(Path(sys.executable).parent / "lmp")
+    for stage in REBUILT_STAGES:
+        print(f"rebuilding {drop.name}: {stage}", flush=True)
+        if subprocess.run([lmp, "--params", str(params), stage], env=os.environ).returncode != 0:
+            raise ArchiveError(f"rebuilding {drop.name}: stage {stage} failed (`lmp --params {params} {stage}`)")
+    return cycle_cfg.train.model_dir
+
+
+def assemble_corpus(cfg: Config, parts: list[dict], path: Path) -> Path:
+    """The corpus a cycle replayed: the archived base, then each promoted drop's documents, read
+    as the cycle that promoted it read them."""
+    base, *drops = parts
+    shutil.copyfile(restore(base), path)
+    for entry in drops:
+        folder = restore(entry)
+        cycle = read_cycle(folder)["drop"]
+        extend_corpus(path, read_drop_documents(cfg, Drop(cycle["name"], str(folder / DROP_DIR), cycle["digest"], 0)))
+    return path

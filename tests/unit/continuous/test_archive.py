@@ -1,0 +1,93 @@
+"""A cycle's inputs versioned with the real DVC: the drop as it landed and the corpus base are
+added and pushed; they come back from the remote alone (the .dvc files written again from the
+entries a version's tags keep); a .dvc file that names other content is refused; the corpus a
+cycle replayed is put back together, base then promoted drops, in order."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lm_pipeline.config import Config
+from lm_pipeline.continuous.archive import ArchiveError, archive_cycle, read_cycle, restore
+from lm_pipeline.continuous.drops import find_drops
+from lm_pipeline.continuous.rebuild import assemble_corpus
+from tests.unit.continuous.test_drops import write_drop
+
+DVC = str(Path(__import__("sys").executable).parent / "dvc")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A git repository with DVC and a default remote in a folder beside it; the working directory."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"],
+                    [DVC, "remote", "add", "-d", "local", str(tmp_path / "remote")]):
+        subprocess.run(command, cwd=root, check=True)
+    monkeypatch.chdir(root)
+    return root
+
+
+def documents(texts: list[str]) -> str:
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts)
+
+
+def test_a_cycle_is_archived_pushed_and_comes_back_from_the_remote_alone(project):
+    cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "drops"}})
+    corpus = project / "ct" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text(documents(["the corpus so far, its first document", "and its second one"]))
+    first = write_drop(project / "incoming", "monday", documents(["a first drop's own document"]))
+    second = write_drop(project / "incoming", "tuesday", documents(["a second drop, after the first"]))
+    monday, tuesday = find_drops("incoming")[0]
+    entry = archive_cycle(cfg, monday, corpus, "models:/lm/3", [])
+    later = archive_cycle(cfg, tuesday, corpus, "models:/lm/4", [{"name": "monday", "archive": entry},
+                                                                 {"name": "no archive: in the base"}])
+    assert entry["path"] == f"drops/monday-{monday.digest[:12]}" and entry["md5"].endswith(".dir")
+    cycle = read_cycle(later["path"])
+    assert cycle["parent"] == "models:/lm/4" and cycle["drop"] == {"name": "tuesday", "digest": tuesday.digest}
+    assert cycle["params"]["ct"]["archive_dir"] == "drops"
+    base, part = cycle["corpus"]
+    assert part == entry and base == read_cycle(entry["path"])["corpus"][0]  # the base: archived once
+    # Nothing left here but the entries: the archive, its .dvc files and the cache are gone.
+    shutil.rmtree(project / "drops")
+    shutil.rmtree(project / ".dvc" / "cache")
+    folder = restore(later)
+    assert (folder / "drop" / "part-0.jsonl").read_bytes() == (second / "part-0.jsonl").read_bytes()
+    assert (folder / "drop" / "_SUCCESS").is_file()
+    rebuilt = assemble_corpus(cfg, cycle["corpus"], project / "rebuilt.jsonl")
+    texts = [json.loads(line)["text"] for line in rebuilt.read_text().splitlines()]
+    assert texts == ["the corpus so far, its first document", "and its second one", "a first drop's own document"]
+    assert (project / f"{entry['path']}/drop/part-0.jsonl").read_bytes() == (first / "part-0.jsonl").read_bytes()
+
+
+def test_a_dvc_file_naming_other_content_is_refused_not_overwritten(project):
+    cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "drops"}})
+    corpus = project / "corpus.jsonl"
+    corpus.write_text(documents(["the corpus so far"]))
+    write_drop(project / "incoming", "monday", documents(["a drop's document"]))
+    entry = archive_cycle(cfg, find_drops("incoming")[0][0], corpus, "models:/lm/1", [])
+    dvc_file = Path(f"{entry['path']}.dvc")
+    before = dvc_file.read_text()
+    with pytest.raises(ArchiveError, match=f"{dvc_file} tracks .* not the archived"):
+        restore(entry | {"md5": "0" * 32 + ".dir"})
+    assert dvc_file.read_text() == before
+
+
+@pytest.mark.parametrize("folder", ["/srv/drops", "../drops", "."])
+def test_the_archive_must_be_a_folder_inside_the_project(folder):
+    with pytest.raises(ValueError, match="must be a folder inside the project"):
+        Config.model_validate({"ct": {"archive_dir": folder}})
+
+
+def test_an_archive_git_ignores_is_refused_by_name(project):
+    Path(".gitignore").write_text("/data/\n")
+    cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "data/drops"}})
+    corpus = project / "corpus.jsonl"
+    corpus.write_text(documents(["the corpus so far"]))
+    write_drop(project / "incoming", "monday", documents(["a drop's document"]))
+    with pytest.raises(ArchiveError, match=r"data/drops/corpus-\w+\.jsonl \(ct.archive_dir\): .* is git-ignored"):
+        archive_cycle(cfg, find_drops("incoming")[0][0], corpus, "models:/lm/1", [])
