@@ -1,9 +1,10 @@
-"""The continuous-training flow on the registry module's project (its champion, its MLflow store;
-tests/conftest.py runs this module after the registry and serving modules, on their lane): drops
-that are incomplete, repeated or renamed are not taken; bad drops are quarantined and kept; a drop
-like the corpus costs no training; a drop from a new domain trained on without replay is blocked
-by the forgetting guard, and with a replay of the corpus is promoted past both gates and joins
-the corpus."""
+"""The continuous-training flow on the registry module's project (its champion, and its MLflow
+store behind a real MLflow server; tests/conftest.py runs this module after the registry and
+serving modules, on their lane), on the session's Prefect server: drops that are incomplete,
+repeated or renamed are not taken; bad drops are quarantined and kept; a drop like the corpus
+costs no training; a drop from a new domain trained on without replay is blocked by the
+forgetting guard, and with a replay of the corpus is promoted past both gates, served and joins
+the corpus; a canary failure rolls back; a version of two cycles is rebuilt from the DVC remote."""
 
 import contextlib
 import json
@@ -41,8 +42,23 @@ MODEL = "lm-pipeline"
 
 
 @pytest.fixture(scope="module")
-def project(registered_project, prefect_server):
+def project(registered_project, prefect_server, tmp_path_factory):
+    """The registry module's project, its MLflow store now behind a real MLflow server: the cycles'
+    stages, the endpoint and the canary go through it (the tests read the same SQLite file)."""
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{registered_project / 'mlflow.db'}",
+           "--no-serve-artifacts", "--default-artifact-root", str(registered_project / "mlartifacts"),
+           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    log = tmp_path_factory.mktemp("ct-mlflow") / "mlflow.log"
+    original = (registered_project / "params.yaml").read_text()
+    with process(cmd, log, cwd=registered_project, ready_url=f"http://127.0.0.1:{port}/health"):
+        yield ct_project(registered_project, f"http://127.0.0.1:{port}")
+    (registered_project / "params.yaml").write_text(original)  # the store as the other modules know it
+
+
+def ct_project(registered_project: Path, tracking_uri: str) -> Path:
     params = yaml.safe_load((registered_project / "params.yaml").read_text())
+    params["mlflow"]["tracking_uri"] = tracking_uri
     # Measured on this project: a drop like the corpus drifts by 0.05 bits/byte (interval about
     # -0.1 to 0.2), a new domain by 0.6 (0.5 to 0.7); with this tiny model a replay of half still
     # forgets 0.25 bits/byte of the corpus, four fifths keeps it.
