@@ -1,7 +1,8 @@
 """A cycle's inputs versioned with the real DVC: the drop as it landed and the corpus base are
 added and pushed; they come back from the remote alone (the .dvc files written again from the
 entries a version's tags keep); a .dvc file that names other content is refused; the corpus a
-cycle replayed is put back together, base then promoted drops, in order."""
+cycle replayed is put back together, base then promoted drops, in order. `lmp lineage` follows a
+version's cycles back to the first parent no cycle made (the rebuild itself: test_continuous)."""
 
 import json
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lm_pipeline.config import Config
 from lm_pipeline.continuous.archive import ArchiveError, archive_cycle, read_cycle, restore
@@ -91,3 +93,37 @@ def test_an_archive_git_ignores_is_refused_by_name(project):
     write_drop(project / "incoming", "monday", documents(["a drop's document"]))
     with pytest.raises(ArchiveError, match=r"data/drops/corpus-\w+\.jsonl \(ct.archive_dir\): .* is git-ignored"):
         archive_cycle(cfg, find_drops("incoming")[0][0], corpus, "models:/lm/1", [])
+
+
+def test_lineage_names_the_cycles_back_to_the_first_parent_and_rebuilds_only_what_a_cycle_made(
+        tmp_path, mlflow_uri, monkeypatch, capsys):
+    """Versions 2 and 3 came from cycles (3 on top of 2, 2 on top of 1); 1 from the pipeline."""
+    import mlflow
+
+    from lm_pipeline import cli
+
+    client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", source=(tmp_path / "weights").as_uri())
+    for version, drop in (("2", "monday"), ("3", "tuesday")):
+        archive = {"md5": f"{drop}0000.dir", "path": f"drops/{drop}-0123456789ab"}
+        tags = {"parent_model": f"models:/m/{int(version) - 1}", "ct.archive": json.dumps(archive),
+                "ct.drop": f"{drop} (0123456789ab...)", "ct.outcome": "promoted",
+                "ct.drops": json.dumps(["monday", "tuesday"][:int(version) - 1])}
+        for key, value in tags.items():
+            client.set_model_version_tag("m", version, key, value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": mlflow_uri},
+                                                          "register": {"model_name": "m"}}))
+    monkeypatch.chdir(tmp_path)
+    lineage = ["--params", "params.yaml", "lineage"]
+    assert cli.main([*lineage, "models:/m/3"]) == 0
+    out = capsys.readouterr().out
+    assert "Continuous training: models:/m/1, then 2 cycle(s):" in out
+    assert out.index("version 2: drop monday") < out.index("version 3: drop tuesday")
+    assert "archived at drops/tuesday-0123456789ab (DVC tuesday0000.dir)" in out
+    assert "its drops, in order: monday, tuesday" in out and "dvc repro" not in out
+    assert cli.main([*lineage, "models:/m/1", "--rebuild", "out"]) == 1  # the pipeline made it
+    assert "version 1 was not made by continuous training" in capsys.readouterr().err
+    assert cli.main([*lineage, "models:/m/3", "--rebuild", "out"]) == 1  # no DVC here: named, not hidden
+    assert "ArchiveError: `dvc checkout drops/monday-0123456789ab.dvc` failed" in capsys.readouterr().err
