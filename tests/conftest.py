@@ -15,9 +15,19 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use each project's own SQLi
 os.environ.pop("RAY_ADDRESS", None)
 # DVC stages call `lmp`; find it (and `dvc`) in this interpreter's environment.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# Lanes (pytest-xdist workers) share the cores: each lane, and every process it starts, gets its
+# share of torch's threads instead of all of them. Two lanes on two cores ran two heavy modules in
+# 4:18 with one thread each against 4:55 with two (their OpenMP threads spinning against each
+# other's); one lane keeps torch's default. Ray's workers get train.cpus_per_worker threads anyway.
+LANES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if LANES > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // LANES)))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if LANES > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before
 
 from tests.services import S3Server, s3_server  # noqa: E402
 
