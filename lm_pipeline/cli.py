@@ -9,122 +9,32 @@ Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 ba
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from lm_pipeline import env, tracking
+from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
-from lm_pipeline.stages import STAGES
 from lm_pipeline.training.tuned import tuned_config
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmp", description="lm-pipeline: corpus -> validated -> tokenized -> trained -> "
-        "evaluated -> registered language model.")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the params file (default: %(default)s)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in STAGES.items():
-        stage = sub.add_parser(name, help=help_text, description=f"Stage {name}: {help_text}. "
-                               "Reads its settings from the params file.")
-        if name in ("evaluate", "register"):
-            stage.add_argument("--tuned", action="store_true", help="the best model of the last search "
-                               "(tune.model_dir; reports under tune.report_dir)")
-    sub.add_parser("search", help="search hyperparameters and architecture with Ray Tune",
-                   description="Run the Ray Tune search declared in the tune section (ASHA on val_loss, "
-                   "each trial a Ray Train run, MLflow child runs under one parent) and export the best "
-                   "trial's model to tune.model_dir. Needs preprocessed data.")
-    tune = sub.add_parser("tune", help="data stages, search, then evaluate and register the best model "
-                          "(a Prefect flow)", description="Run the tune flow: ingest, validate and "
-                          "preprocess through DVC, `lmp search`, then `lmp evaluate --tuned` and `lmp "
-                          "register --tuned`: the best trial meets the same gates as any model.")
-    tune.add_argument("--force", action="store_true", help="rerun the data stages even if up to date")
-    run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow (DVC skips what "
-                         "is up to date)", description="Run every stage through the Prefect flow. "
-                         "Each task runs its DVC stage (params.yaml), so unchanged stages are "
-                         "skipped and dvc.lock stays true.")
-    run.add_argument("--force", action="store_true", help="rerun every stage even if up to date")
-    sub.add_parser("ct", help="continuous training: one cycle for each new, complete drop under ct.watch",
-                   description="Run the continuous-training flow once: each new drop is checked "
-                   "(quarantined if bad), the champion is scored on it, and only a drift retrains it "
-                   "(from the champion, with a replay of the corpus so far; promoted only if it does "
-                   "not forget). Outcomes go to ct.state_dir/drops.json and the flow run.")
-    deploy = sub.add_parser("deploy", help="deploy the flow to a Prefect server on a cron schedule",
-                            description="Create or update a Prefect deployment of the pipeline with a "
-                            "cron schedule, a process work pool and a concurrency limit of 1, on the "
-                            "server at PREFECT_API_URL; then start a worker with `prefect worker start "
-                            "--pool POOL`. With --serve, no server or worker is needed: this process "
-                            "schedules and runs the flow itself until interrupted.")
-    deploy.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)s)")
-    deploy.add_argument("--timezone", default="UTC", help="of the cron schedule (default: %(default)s)")
-    deploy.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
-    deploy.add_argument("--pool", default="lm-pipeline", help="work pool (default: %(default)s)")
-    deploy.add_argument("--image", default=None, help="run in this image, on a Docker or Kubernetes "
-                        "pool (default: a process pool running in this checkout)")
-    deploy.add_argument("--serve", action="store_true", help="serve from this process (blocks)")
-    deploy.add_argument("--continuous", action="store_true", help="also continuous training: a watcher "
-                        "of ct.watch every ct.watch_interval_s, and a cycle triggered by each new drop "
-                        "it announces (the event lmp.drop.arrived)")
-    promote = sub.add_parser("promote", help="make a registered version the champion, by hand",
-                             description="Move the champion alias to VERSION; the reason is recorded "
-                             "on the version and in the promotion log.")
-    promote.add_argument("version", help="registered model version number")
-    promote.add_argument("--reason", required=True, help="why (recorded)")
-    rollback = sub.add_parser("rollback", help="give champion back to the previous champion",
-                              description="Move the champion alias back to the version that was "
-                              "champion before the current one; recorded in the promotion log.")
-    rollback.add_argument("--reason", required=True, help="why (recorded)")
-    lineage = sub.add_parser("lineage", help="where a registered version came from, and how to rebuild it",
-                             description="Print a version's lineage tags (git commit, data, params, "
-                             "dvc.lock and weights hashes, runs) and the commands that rebuild it.")
-    lineage.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>")
-    lineage.add_argument("--rebuild", metavar="FOLDER", default=None, help="a version continuous training "
-                         "made: train each of its cycles again in FOLDER, from the drops DVC archived, "
-                         "and check the weights against the registered ones (exit 1 if they differ)")
-    gen = sub.add_parser("generate", help="generate text from a trained or registered model",
-                         description="Continue prompts with a model folder (either backend, or a "
-                         "Hugging Face folder) or an MLflow model URI. One prompt: its continuation "
-                         "as it is; several: one JSON line each, {prompt, continuation}.")
-    gen.add_argument("prompt", nargs="+", help="text to continue (several: batched)")
-    gen.add_argument("--model", default=None, help="model folder or models:/<name>@<alias> "
-                     "(default: train.model_dir from the params file)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--stop", action="append", default=[], help="end a continuation before this "
-                     "string (repeatable)")
-    gen.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
-    serve = sub.add_parser("serve", help="serve the champion behind an OpenAI-compatible endpoint "
-                           "(Ray Serve)", description="Serve a registered version or a model folder at "
-                           "/v1/models, /v1/completions and /v1/chat/completions on Ray Serve, until "
-                           "interrupted. An alias (the default: champion) is followed: each replica "
-                           "swaps to the version it moves to, after checking its weights hash. Settings: "
-                           "the serve section of the params file.")
-    serve.add_argument("--model", default=None, help="models:/<name>@<alias>, models:/<name>/<n> or a "
-                       "model folder (default: serve.model, else models:/<register.model_name>@champion)")
-    serve.add_argument("--host", default=None, help="address to bind (default: serve.host)")
-    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port)")
-    serve.add_argument("--replicas", type=int, default=None, help="model replicas (default: serve.replicas)")
-    serve.add_argument("--detach", action="store_true", help="deploy (or update) the endpoint on the cluster "
-                       "at ray.address and return; it keeps running there (the serve flow runs this)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     env.apply()
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     # Our own progress at INFO; libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("lm_pipeline").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
-        cfg = load_config(args.params)
+        if args.overrides and args.command in FLOW_COMMANDS:
+            raise ConfigError(f"--set is for one command's own settings; `lmp {args.command}` runs its "
+                              f"stages in processes that read {args.params}: change the file, or run "
+                              "`dvc exp run -S KEY=VALUE`")
+        cfg = load_config(args.params, args.overrides)
     except ConfigError as err:
         print(f"lmp: config error: {err}", file=sys.stderr)
         return 2
@@ -135,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
-        logging.getLogger("lmp").debug("traceback", exc_info=True)
-        print(f"lmp {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"lmp {args.command}: {type(err).__name__}: {err}" + ("" if debug else
+              f" (the traceback: --debug or {DEBUG_ENV}=1)"), file=sys.stderr)
         return 1
     if output:
         print(output)
@@ -297,6 +209,19 @@ def serve_endpoint(cfg: Config, args) -> None:
     launch.run(cfg, args.model, args.detach)
 
 
+def show_config(cfg: Config, args) -> str:
+    import yaml
+
+    settings = cfg.model_dump(by_alias=True, mode="json")
+    if args.diff:
+        defaults = Config().model_dump(by_alias=True, mode="json")
+        settings = {section: changed for section, fields in settings.items()
+                    if (changed := {k: v for k, v in fields.items() if v != defaults[section][k]})}
+    if not settings:
+        return "# every setting is its default"
+    return yaml.safe_dump(settings, sort_keys=False).rstrip()
+
+
 def format_continuations(prompts: list[str], continuations: list[str]) -> str:
     import json
 
@@ -310,7 +235,7 @@ COMMANDS = {
     "ingest": ingest, "validate": validate, "preprocess": preprocess, "train": train,
     "evaluate": evaluate, "register": register, "search": search, "run": run_flow, "tune": tune_flow,
     "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
-    "lineage": registry_command, "generate": generate_text, "serve": serve_endpoint,
+    "lineage": registry_command, "generate": generate_text, "serve": serve_endpoint, "config": show_config,
 }
 
 

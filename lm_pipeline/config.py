@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -247,7 +248,8 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
     max_steps: int = Field(300, ge=1, description="optimizer steps")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
-    min_lr: float = Field(3e-4, ge=0, description="floor of the cosine schedule")
+    min_lr: float | None = Field(None, ge=0, description="floor of the cosine schedule; null: a tenth "
+                                 "of lr (whatever lr is set to)")
     warmup_steps: int = Field(30, ge=0, description="linear warmup, then cosine decay to min_lr")
     weight_decay: float = Field(0.1, ge=0, description="AdamW, on matrices only")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the training loss (validation "
@@ -276,12 +278,26 @@ class TrainConfig(Section):
                                      "endpoint and keys from the environment)")
     curves_dir: Path = Field(Path("reports/training"), description="loss curves as CSV (dvc plots)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _floor_follows_lr(cls, data):
+        if isinstance(data, dict) and data.get("min_lr") is None:
+            try:
+                lr = float(data.get("lr", cls.model_fields["lr"].default))
+                # to 12 digits: a tenth of 3e-3 is 3e-4, not the float division's 3.0000000000000003e-4
+                data = data | {"min_lr": float(f"{lr / 10:.12g}")}
+            except (TypeError, ValueError):
+                pass  # a bad lr: its own error names it
+        return data
+
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainConfig:
         if self.warmup_steps >= self.max_steps:
-            raise ValueError("warmup_steps must be smaller than max_steps")
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be smaller than train.max_steps "
+                             f"({self.max_steps})")
         if self.min_lr > self.lr:
-            raise ValueError("min_lr must not exceed lr")
+            raise ValueError(f"train.min_lr ({self.min_lr:g}) must not exceed train.lr ({self.lr:g}); leave "
+                             "min_lr out (null) for a tenth of lr")
         if self.run_on == "local" and (self.num_workers > 1 or self.strategy != "ddp"):
             raise ValueError("run_on: local runs one DDP worker in this process: set num_workers: 1 "
                              "and strategy: ddp, or run_on: ray")
@@ -615,8 +631,9 @@ class Config(Section):
         return os.environ.get("RAY_ADDRESS") or self.ray.address
 
 
-def load_config(path: str | os.PathLike = "params.yaml") -> Config:
-    """Read and validate params.yaml; raise ConfigError naming each bad key."""
+def load_config(path: str | os.PathLike = "params.yaml", overrides: Iterable[str] = ()) -> Config:
+    """Read and validate params.yaml, with `section.key=value` overrides (`lmp --set`) on top;
+    raise ConfigError naming each bad key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
@@ -626,16 +643,44 @@ def load_config(path: str | os.PathLike = "params.yaml") -> Config:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        set_key(raw, *parse_override(override))
+    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in err.errors())) from None
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (["train", "lr"], "3e-4"): the value read as YAML (numbers, true/false,
+    null, [lists]); the Config then types it as it types the file."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip() or "." not in key:
+        raise ConfigError(f"--set {override}: expected SECTION.KEY=VALUE (e.g. train.lr=3e-4)")
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {override}: the value is not valid YAML: {err}") from None
+
+
+def set_key(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        if node.get(part) is None:  # absent, or written empty (`lora:`)
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:depth + 1])} is not a section")
+    node[parts[-1]] = value
 
 
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<root>"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
+    if isinstance(error.get("input"), dict):  # a check across a section's keys: its message names them
+        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 

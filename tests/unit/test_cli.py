@@ -1,12 +1,19 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lm_pipeline.stages import STAGES
 
 LMP = str(Path(sys.executable).parent / "lmp")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def yaml_of(text: str) -> dict:
+    return yaml.safe_load(text)
 
 
 def lmp(*args, cwd=None):
@@ -16,14 +23,74 @@ def lmp(*args, cwd=None):
 def test_help_lists_every_command():
     out = lmp("--help")
     assert out.returncode == 0
-    for command in [*STAGES, "run", "search", "tune", "deploy", "generate", "promote", "rollback", "lineage"]:
+    for command in [*STAGES, "run", "search", "tune", "deploy", "generate", "promote", "rollback", "lineage",
+                    "config", "serve", "ct"]:
         assert command in out.stdout
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_each_stage_has_help(stage):
-    out = lmp(stage, "--help")
+def test_each_stage_has_help_naming_the_settings_it_reads(stage):
+    out = lmp(stage, "--help", cwd=ROOT)
     assert out.returncode == 0 and f"Stage {stage}" in out.stdout
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["params"]
+    listed = out.stdout.split("Settings it reads")[1]
+    assert all(key in listed for entry in declared for key in (entry if isinstance(entry, dict) else [entry]))
+
+
+def test_set_overrides_one_key_typed_by_the_config_before_or_after_the_command(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n")
+    (tmp_path / "other.yaml").write_text("train:\n  lr: 0.02\n")
+    out = lmp("config", "--diff", "--set", "train.max_steps=120", "--set", "data.sources=[]",
+              "--set", "train.init_from=null", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert yaml_of(out.stdout) == {"train": {"max_steps": 120, "lr": 0.01, "min_lr": 0.001}}
+    after = lmp("config", "--diff", "--params", "other.yaml", "--set", "train.lr=1e-4", cwd=tmp_path)
+    before = lmp("--params", "other.yaml", "--set", "train.lr=1e-4", "config", "--diff", cwd=tmp_path)
+    assert after.stdout == before.stdout and yaml_of(after.stdout)["train"]["lr"] == 1e-4
+    assert yaml_of(lmp("config", cwd=tmp_path).stdout)["ct"]["max_steps"] == 200  # every default shown
+    assert lmp("--params", "none.yaml", "config", "--params", "other.yaml", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("setting, says", [
+    ("train.lrr=1", "train.lrr: unknown key"),
+    ("train.lr=fast", "train.lr: Input should be a valid number"),
+    ("trainlr", "--set trainlr: expected SECTION.KEY=VALUE"),
+    ("train.lr.x=1", "--set train.lr.x: train.lr is not a section"),
+])
+def test_a_bad_set_is_a_usage_error_naming_the_key(tmp_path, setting, says):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n")
+    out = lmp("train", "--set", setting, cwd=tmp_path)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_set_is_refused_where_the_stages_would_not_see_it(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = lmp("run", "--set", "train.lr=1e-4", cwd=tmp_path)
+    assert out.returncode == 2 and "dvc exp run -S" in out.stderr
+
+
+def test_a_failure_is_one_line_and_debug_adds_its_traceback(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    plain = lmp("promote", "1", "--reason", "x", "--set", "mlflow.tracking_uri=sqlite:///no/such/dir/db",
+                cwd=tmp_path)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr and "--debug" in plain.stderr
+    for debug in (["--debug"], ["-v"]):
+        out = lmp("promote", "1", "--reason", "x", *debug, "--set",
+                  "mlflow.tracking_uri=sqlite:///no/such/dir/db", cwd=tmp_path)
+        assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr
+    with_env = subprocess.run([LMP, "promote", "1", "--reason", "x", "--set",
+                               "mlflow.tracking_uri=sqlite:///no/such/dir/db"], capture_output=True,
+                              text=True, cwd=tmp_path, env=os.environ | {"LMP_DEBUG": "1"})
+    assert "Traceback (most recent call last)" in with_env.stderr
+
+
+def test_version():
+    from importlib.metadata import version
+
+    out = lmp("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"lmp {version('lm-pipeline')}"
 
 
 @pytest.mark.bad_input

@@ -40,8 +40,18 @@ def test_unknown_section_is_named(tmp_path):
 def test_cross_field_checks(tmp_path):
     with pytest.raises(ConfigError, match=r"model: .*n_embd \(30\) must be divisible by n_head \(4\)"):
         load_config(write(tmp_path, {"model": {"n_embd": 30, "n_head": 4}}))
-    with pytest.raises(ConfigError, match="warmup_steps must be smaller than max_steps"):
+    says = r"train.warmup_steps \(10\) must be smaller than train.max_steps \(10\)$"
+    with pytest.raises(ConfigError, match=says):
         load_config(write(tmp_path, {"train": {"max_steps": 10, "warmup_steps": 10}}))
+    with pytest.raises(ConfigError, match=r"train.min_lr \(0.01\) must not exceed train.lr \(0.001\)"):
+        load_config(write(tmp_path, {"train": {"lr": 1e-3, "min_lr": 1e-2}}))
+
+
+def test_the_floor_of_the_schedule_follows_lr_unless_set(tmp_path):
+    """A recipe may set any lr without also setting min_lr (the default floor is a tenth of it)."""
+    assert load_config(write(tmp_path, {"train": {"lr": 1e-4}})).train.min_lr == 1e-5
+    assert load_config(write(tmp_path, {})).train.min_lr == 3e-4
+    assert load_config(write(tmp_path, {"train": {"lr": 1e-4, "min_lr": 0}})).train.min_lr == 0
     with pytest.raises(ConfigError, match="evaluate.stride must not exceed model.block_size"):
         load_config(write(tmp_path, {"model": {"block_size": 16}, "evaluate": {"stride": 32}}))
 
