@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast bench bench-preprocess lint ui clean system-packages
+.PHONY: run test test-fast bench bench-preprocess lint ui docs clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,14 @@ bench-preprocess: $(STAMP)  ## preprocessing at 10 MB, 100 MB, 1 GB vs a naive l
 lint: $(STAMP)
 	$(BIN)/ruff check lm_pipeline flows tests benchmarks
 
-ui: $(STAMP)  ## the MLflow UI on the project's store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+ui: $(STAMP)  ## the MLflow UI on the configured store (mlflow.tracking_uri, or MLFLOW_TRACKING_URI)
+	@uri=$$($(BIN)/python -c "from lm_pipeline import tracking; from lm_pipeline.config import load_config; \
+	print(tracking.tracking_uri(load_config()))") && case "$$uri" in \
+	  http://*|https://*) echo "the tracking server serves its own UI: $$uri" ;; \
+	  *) $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000 ;; esac
+
+docs: $(STAMP)  ## the documentation site (docs/, mkdocs.yml) into site/, links and pages checked
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:  ## remove pipeline outputs (keeps the MLflow store and the environment)
 	rm -rf data models reports checkpoints

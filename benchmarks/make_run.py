@@ -2,7 +2,7 @@
 
     python -m benchmarks.make_run
 
-The README's figure is for a fresh clone once the environment exists, so the clone borrows this
+The quick start's figure is for a fresh clone once the environment exists, so the clone borrows this
 checkout's .venv (make is told it is up to date with `-o`) and PYTHONPATH puts the clone's own
 code first. One run, nothing else running.
 

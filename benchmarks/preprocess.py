@@ -14,8 +14,8 @@ Each measurement runs in a fresh process, so its peak RSS (ru_maxrss) is its own
   would), and `tokenizer`: the stage's serial part alone (the sample pass and tokenizer training,
   which stay on the driver). What a cluster buys is estimated from these: a run on N such nodes
   takes about serial + (ray - serial) / N, as long as the driver keeps up: `driver` times what
-  it does alone (dropping duplicates, writing shards from batches encoded beforehand; see the
-  README, "Scale out").
+  it does alone (dropping duplicates, writing shards from batches encoded beforehand; see
+  docs/scale.md).
 
 Keys: preprocess_vs_naive_ratio_{10,100}mb (throughput, stage / naive), preprocess_mb_per_s_<size>,
 preprocess_peak_rss_mb_<size>, naive_mb_per_s_<size>, naive_peak_rss_mb_<size>; with --ray:

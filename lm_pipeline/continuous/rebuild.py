@@ -64,7 +64,8 @@ def rebuild(chain: list, dest: Path) -> Iterator[str]:
 
     parent = chain[0].tags["parent_model"]
     for mv in chain:
-        model_dir = rebuild_cycle(json.loads(mv.tags["ct.archive"]), parent, Path(dest) / f"version-{mv.version}")
+        work = Path(dest) / f"version-{mv.version}"
+        model_dir = rebuild_cycle(json.loads(mv.tags["ct.archive"]), parent, work)
         weights = weights_sha256(load_model(model_dir)[0])
         if weights != mv.tags["weights_sha256"]:
             raise ArchiveError(f"version {mv.version} rebuilt in {model_dir} with weights {weights}, not the "
@@ -88,7 +89,8 @@ def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
     for stage in REBUILT_STAGES:
         print(f"rebuilding {drop.name}: {stage}", flush=True)
         if subprocess.run([lmp, "--params", str(params), stage], env=os.environ).returncode != 0:
-            raise ArchiveError(f"rebuilding {drop.name}: stage {stage} failed (`lmp --params {params} {stage}`)")
+            raise ArchiveError(f"rebuilding {drop.name}: stage {stage} failed "
+                               f"(`lmp --params {params} {stage}`)")
     return cycle_cfg.train.model_dir
 
 
@@ -99,6 +101,7 @@ def assemble_corpus(cfg: Config, parts: list[dict], path: Path) -> Path:
     shutil.copyfile(restore(base), path)
     for entry in drops:
         folder = restore(entry)
-        cycle = read_cycle(folder)["drop"]
-        extend_corpus(path, read_drop_documents(cfg, Drop(cycle["name"], str(folder / DROP_DIR), cycle["digest"], 0)))
+        drop = read_cycle(folder)["drop"]
+        documents = read_drop_documents(cfg, Drop(drop["name"], str(folder / DROP_DIR), drop["digest"], 0))
+        extend_corpus(path, documents)
     return path

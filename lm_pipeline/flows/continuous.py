@@ -195,7 +195,8 @@ def tag_version(cfg: Config, version: str, drop: Drop, outcome: str, ledger: Led
     before = [e["name"] for e in ledger.promoted()]
     client, name = mlflow_client(cfg), cfg.register_.model_name
     for key, value in {"ct.drop": f"{drop.name} ({drop.digest})", "ct.outcome": outcome,
-                       "ct.drops": json.dumps(before + [drop.name]), "ct.archive": json.dumps(archive)}.items():
+                       "ct.drops": json.dumps(before + [drop.name]),
+                       "ct.archive": json.dumps(archive)}.items():
         client.set_model_version_tag(name, version, key, value)
 
 

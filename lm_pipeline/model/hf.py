@@ -3,7 +3,7 @@ interface, so the training loop, scoring, generation and export treat both alike
 
 A model comes from a config (from scratch: a folder with config.json, or an inline mapping with
 `model_type`) or from a local pretrained folder (`train.init_from: hf:<path>`, as
-`huggingface-cli download` leaves it). Loading never downloads (`local_files_only`), reads only
+`hf download` leaves it). Loading never downloads (`local_files_only`), reads only
 safetensors (no pickle), and never runs code from the folder (`trust_remote_code` stays off).
 """
 

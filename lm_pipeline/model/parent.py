@@ -2,7 +2,7 @@
 
 A parent is a registered version (`models:/<name>@<alias>` or `models:/<name>/<version>`), a
 local model folder (what `lmp train` exports: config.json, model.safetensors, tokenizer.json), or
-`hf:<folder>`: a Hugging Face model on disk, as `huggingface-cli download` leaves it (config.json,
+`hf:<folder>`: a Hugging Face model on disk, as `hf download` leaves it (config.json,
 safetensors weights, tokenizer.json); nothing is downloaded.
 Preprocess fetches it into data/processed/parent/ (a registered one through
 registry/downloads.py) and pins it there: an alias is resolved to its version once, so the token
@@ -63,7 +63,7 @@ def fetch_hf_folder(src: Path, dest: Path, ref: str) -> dict:
     token the pipeline can separate documents with."""
     if not (src / CONFIG_FILE).is_file():
         raise ParentError(f"train.init_from: {ref}: no {CONFIG_FILE} in {src}; point at a folder holding "
-                          "a downloaded model (`huggingface-cli download <repo> --local-dir <folder>`)")
+                          "a downloaded model (`hf download <repo> --local-dir <folder>`)")
     if not list(src.glob("*.safetensors")):
         raise ParentError(f"train.init_from: {ref}: no *.safetensors weights in {src} (pickled .bin "
                           "weights are not loaded: they can run code); convert them to safetensors")

@@ -117,7 +117,8 @@ def lineage(cfg: Config, model_uri: str) -> str:
                                                  for k in LINEAGE_TAGS]
     tree = tree_state(tags)
     if "ct.archive" in tags:  # a continuous-training cycle's: `lmp lineage --rebuild` (continuous/rebuild.py)
-        return "\n".join([*lines, "", f"Its code ({tree}):", f"  git checkout {tags.get('git_commit', '<unknown>')}"])
+        commit = tags.get("git_commit", "<unknown>")
+        return "\n".join([*lines, "", f"Its code ({tree}):", f"  git checkout {commit}"])
     lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",

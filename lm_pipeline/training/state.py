@@ -16,7 +16,7 @@ DCP's `.metadata` is a pickle, and unpickling runs code. So before anything is r
 the merged folder must be listed in a manifest with its hash, and match: a checkpoint altered,
 swapped or added to after it was written is refused, naming the file. The manifests live beside
 the files, so they stop accidents and anyone who can change a file but not rewrite the folder;
-whoever can write checkpoint storage can still run code in the trainer (README: Production mode).
+whoever can write checkpoint storage can still run code in the trainer (docs/production.md).
 RNG states load with `weights_only=True`.
 """
 

@@ -46,7 +46,8 @@ def project(registered_project, prefect_server, tmp_path_factory):
     """The registry module's project, its MLflow store now behind a real MLflow server: the cycles'
     stages, the endpoint and the canary go through it (the tests read the same SQLite file)."""
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{registered_project / 'mlflow.db'}",
+    store = f"sqlite:///{registered_project / 'mlflow.db'}"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
            "--no-serve-artifacts", "--default-artifact-root", str(registered_project / "mlartifacts"),
            "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     log = tmp_path_factory.mktemp("ct-mlflow") / "mlflow.log"
@@ -271,7 +272,8 @@ def test_lineage_of_a_version_two_cycles_made_lists_both_drops_and_rebuilds_it_f
         shutil.rmtree(project / path)
     out = lmp(project, "lineage", f"models:/{MODEL}/{sky.version}", "--rebuild", str(tmp_path / "rebuild"))
     assert f"Continuous training: {birds.tags['parent_model']}, then 2 cycle(s):" in out
-    assert out.index(f"version {birds.version}: drop f-birds (") < out.index(f"version {sky.version}: drop g-sky (")
+    first, second = f"version {birds.version}: drop f-birds (", f"version {sky.version}: drop g-sky ("
+    assert out.index(first) < out.index(second)
     assert "its drops, in order: f-birds, g-sky" in out
     assert "dvc repro" not in out  # the pipeline's own rebuild commands are not this version's
     for version in (birds, sky):

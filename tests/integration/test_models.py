@@ -2,7 +2,7 @@
 folders (a Llama with grouped-query attention, a GPT-2) with their own tokenizers under DDP and
 FSDP, LoRA, a from-scratch HF config with exact resume, evaluation with benchmark tasks, the
 registry and `mlflow models serve`. The pretrained folders are tiny models built offline here,
-laid out as `huggingface-cli download` leaves them."""
+laid out as `hf download` leaves them."""
 
 import hashlib
 import json

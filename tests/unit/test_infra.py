@@ -163,8 +163,8 @@ def test_the_pipeline_logs_to_mlflow_as_its_own_user_not_admin():
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_PIPELINE_PASSWORD"
 
 
-def test_readme_names_the_published_ports():
-    readme = (INFRA.parent / "README.md").read_text()
+def test_the_production_docs_name_the_published_ports():
+    readme = (INFRA.parent / "docs/production.md").read_text()
     published = {int(p.split(":")[-2]) for s in compose().values() for p in s.get("ports", [])}
     documented = {int(p) for p in re.findall(r"http://localhost:(\d+)", readme)}
     assert published == documented

@@ -50,7 +50,8 @@ def test_a_cycle_is_archived_pushed_and_comes_back_from_the_remote_alone(project
                                                                  {"name": "no archive: in the base"}])
     assert entry["path"] == f"drops/monday-{monday.digest[:12]}" and entry["md5"].endswith(".dir")
     cycle = read_cycle(later["path"])
-    assert cycle["parent"] == "models:/lm/4" and cycle["drop"] == {"name": "tuesday", "digest": tuesday.digest}
+    assert cycle["parent"] == "models:/lm/4"
+    assert cycle["drop"] == {"name": "tuesday", "digest": tuesday.digest}
     assert cycle["params"]["ct"]["archive_dir"] == "drops"
     base, part = cycle["corpus"]
     assert part == entry and base == read_cycle(entry["path"])["corpus"][0]  # the base: archived once
@@ -62,8 +63,10 @@ def test_a_cycle_is_archived_pushed_and_comes_back_from_the_remote_alone(project
     assert (folder / "drop" / "_SUCCESS").is_file()
     rebuilt = assemble_corpus(cfg, cycle["corpus"], project / "rebuilt.jsonl")
     texts = [json.loads(line)["text"] for line in rebuilt.read_text().splitlines()]
-    assert texts == ["the corpus so far, its first document", "and its second one", "a first drop's own document"]
-    assert (project / f"{entry['path']}/drop/part-0.jsonl").read_bytes() == (first / "part-0.jsonl").read_bytes()
+    assert texts == ["the corpus so far, its first document", "and its second one",
+                     "a first drop's own document"]
+    restored = project / entry["path"] / "drop" / "part-0.jsonl"
+    assert restored.read_bytes() == (first / "part-0.jsonl").read_bytes()
 
 
 def test_a_dvc_file_naming_other_content_is_refused_not_overwritten(project):
@@ -91,7 +94,8 @@ def test_an_archive_git_ignores_is_refused_by_name(project):
     corpus = project / "corpus.jsonl"
     corpus.write_text(documents(["the corpus so far"]))
     write_drop(project / "incoming", "monday", documents(["a drop's document"]))
-    with pytest.raises(ArchiveError, match=r"data/drops/corpus-\w+\.jsonl \(ct.archive_dir\): .* is git-ignored"):
+    says = r"data/drops/corpus-\w+\.jsonl \(ct.archive_dir\): .* is git-ignored"
+    with pytest.raises(ArchiveError, match=says):
         archive_cycle(cfg, find_drops("incoming")[0][0], corpus, "models:/lm/1", [])
 
 

@@ -19,7 +19,8 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
                                         "lr_factor": 0.5}})
     drop = Drop("monday", "data/incoming/monday", "ab" * 32, 1)
     work, corpus = Path("data/ct/cycles/monday"), tmp_path / "corpus.jsonl"
-    cycle = load_config(write_params(cycle_config(cfg, drop, corpus, work, "models:/lm-pipeline/7"), tmp_path / "params.yaml"))
+    planned = cycle_config(cfg, drop, corpus, work, "models:/lm-pipeline/7")
+    cycle = load_config(write_params(planned, tmp_path / "params.yaml"))
     dumped = cycle.model_dump(by_alias=True, mode="json")
     for section, fields in OUTPUTS.items():
         for name in fields:
