@@ -47,7 +47,7 @@ ui: $(STAMP)  ## the MLflow UI on the configured store (mlflow.tracking_uri, or 
 	  *) $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000 ;; esac
 
 docs: $(STAMP)  ## the documentation site (docs/, mkdocs.yml) into site/, links and pages checked
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:  ## remove pipeline outputs (keeps the MLflow store and the environment)
 	rm -rf data models reports checkpoints
