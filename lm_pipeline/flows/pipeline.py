@@ -46,11 +46,20 @@ class StageFailed(RuntimeError):
 def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     """Reproduce one DVC stage; returns 'ran' or 'skipped'."""
     started = time.perf_counter()
-    tail = run_command(stage, ["dvc", "repro", "--single-item", stage] + (["--force"] if force else []),
-                       project_dir)
-    outcome = "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+    outcome = "ran" if force or not stage_is_current(stage, project_dir) else "skipped"
+    run_command(stage, ["dvc", "repro", "--single-item", stage] + (["--force"] if force else []), project_dir)
     get_run_logger().info("stage %s %s in %.1f s", stage, outcome, time.perf_counter() - started)
     return outcome
+
+
+def stage_is_current(stage: str, project_dir: str) -> bool:
+    """DVC's own answer, as JSON (`dvc status --json`: {} when nothing of the stage changed), to
+    whether `dvc repro` will skip the stage; its upstream stages have run by then."""
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", stage],
+                            cwd=project_dir, capture_output=True, text=True)
+    if status.returncode != 0:
+        raise StageFailed(f"`dvc status {stage}` failed (exit {status.returncode}): {status.stderr.strip()}")
+    return json.loads(status.stdout or "{}") == {}
 
 
 def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
