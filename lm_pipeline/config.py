@@ -234,9 +234,13 @@ class TrainConfig(Section):
         "start-up, no worker processes; failed attempts retried in it from the last checkpoint); "
         "'ray': Ray Train workers; auto: local for one DDP worker when no Ray cluster is "
         "configured (ray.address, RAY_ADDRESS), else ray. Either resumes the other's checkpoints")
-    use_gpu: bool = Field(False, description="one GPU per worker")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: one GPU per worker where "
+                                                   "there are GPUs (this machine, or the Ray cluster), "
+                                                   "else the CPU; cuda: a GPU each, or fail")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="replicated (DDP) or sharded (FSDP2)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU fast path)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast (the GPU fast "
+                                                       "path) or fp32; auto: bf16 on a GPU that has it, "
+                                                       "else fp32")
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer's "
                                            "activations in the backward pass: less memory, ~30% more compute")
@@ -281,6 +285,9 @@ class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _floor_follows_lr(cls, data):
+        if isinstance(data, dict) and "use_gpu" in data:
+            raise ValueError("train.use_gpu is now train.device: auto (a GPU where there is one), "
+                             "cuda or cpu")
         if isinstance(data, dict) and data.get("min_lr") is None:
             try:
                 lr = float(data.get("lr", cls.model_fields["lr"].default))

@@ -44,8 +44,8 @@ def train_loop_per_worker(spec: dict) -> None:
 
 def train_loop(spec: WorkerSpec, session) -> None:
     clock = PhaseClock()
-    cfg = Config.model_validate(spec.config)
     rank, world, device = session.rank, session.world, session.device
+    cfg = with_precision(Config.model_validate(spec.config), device)
     processed_dir = published.node_copy(spec.shards_url) if spec.shards_url else cfg.data.processed_dir
     meta = read_meta(processed_dir)
     parent = parents.pinned_folder(processed_dir) if spec.fine_tune else None
@@ -287,6 +287,15 @@ def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total.item() / accum
+
+
+def with_precision(cfg: Config, device: torch.device) -> Config:
+    """train.precision auto made what this worker's device runs best: bf16 on a GPU that has it."""
+    if cfg.train.precision != "auto":
+        return cfg
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    train = cfg.train.model_copy(update={"precision": "bf16" if bf16 else "fp32"})
+    return cfg.model_copy(update={"train": train})
 
 
 def autocast(device: torch.device, precision: str):

@@ -44,7 +44,7 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, shards_u
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_spec(cfg, run_id, shards_url).to_dict(),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cluster_has_gpus(cfg),
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
             name=name,  # the same name resumes from the latest checkpoint in it
@@ -85,14 +85,15 @@ def train_in_process(cfg: Config, run_id: str, checkpoints: str, name: str) -> L
     worker group; a killed process resumes the same way when `lmp train` runs again."""
     import torch
 
-    if cfg.train.use_gpu and not torch.cuda.is_available():  # Ray would wait for a GPU for ever
-        raise ValueError("train.use_gpu is true but this machine has no CUDA GPU: set use_gpu: false, "
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():  # Ray would wait for a GPU for ever
+        raise ValueError("train.device is cuda but this machine has no CUDA GPU: set device: auto or cpu, "
                          "or point ray.address (RAY_ADDRESS) at a cluster with GPUs")
+    use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     torch.set_num_threads(cfg.train.cpus_per_worker)  # what Ray gives a worker (OMP_NUM_THREADS)
     spec = worker_spec(cfg, run_id)
     run_dir, failures = storage.join(checkpoints, name), 0
     while True:
-        session = LocalSession(RunCheckpoints(run_dir, cfg.train.checkpoints_to_keep), cfg.train.use_gpu)
+        session = LocalSession(RunCheckpoints(run_dir, cfg.train.checkpoints_to_keep), use_gpu)
         try:
             train_loop(spec, session)
             return LocalResult(session.last_metrics, session.checkpoints.best())
@@ -116,6 +117,15 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def cluster_has_gpus(cfg: Config) -> bool:
+    """Whether Ray Train's workers each take a GPU (train.device; auto: if the cluster has any)."""
+    import ray
+
+    if cfg.train.device != "auto":
+        return cfg.train.device == "cuda"
+    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def join_ray(cfg: Config) -> None:

@@ -37,7 +37,7 @@ def test_bf16_step_on_gpu_learns_and_reports_a_known_peak():
 
 
 # The train stage's GPU path end to end: one GPU worker, bf16, torch.compile, FSDP2.
-GPU_TRAIN = {"train": {"num_workers": 1, "use_gpu": True, "precision": "bf16", "compile": True,
+GPU_TRAIN = {"train": {"num_workers": 1, "device": "cuda", "precision": "bf16", "compile": True,
                        "strategy": "fsdp", "max_steps": 60, "eval_interval": 30, "checkpoint_interval": 30}}
 
 

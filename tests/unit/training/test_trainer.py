@@ -295,7 +295,29 @@ def test_in_process_training_refuses_a_gpu_this_machine_lacks(monkeypatch):
     from lm_pipeline.training import runners
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # this machine, or any without one
-    cfg = Config.model_validate({"train": {"use_gpu": True}})
+    cfg = Config.model_validate({"train": {"device": "cuda"}})
     assert runners.runs_in_process(cfg)
-    with pytest.raises(ValueError, match=r"train.use_gpu is true but this machine has no CUDA GPU"):
+    with pytest.raises(ValueError, match=r"train.device is cuda but this machine has no CUDA GPU"):
         runners.train_in_process(cfg, None, "unused", "unused")
+
+
+@pytest.mark.bad_input
+def test_the_old_use_gpu_key_says_what_replaced_it():
+    with pytest.raises(ValueError, match=r"train.use_gpu is now train.device: auto"):
+        Config.model_validate({"train": {"use_gpu": True}})
+
+
+def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+    import torch
+
+    from lm_pipeline.training.loop import with_precision
+
+    cfg = Config()
+    assert cfg.train.precision == "auto" and cfg.train.device == "auto"
+    assert with_precision(cfg, torch.device("cpu")).train.precision == "fp32"
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)  # no GPU here to ask
+    assert with_precision(cfg, torch.device("cuda", 0)).train.precision == "bf16"
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
+    assert with_precision(cfg, torch.device("cuda", 0)).train.precision == "fp32"
+    chosen = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "fp32"})})
+    assert with_precision(chosen, torch.device("cuda", 0)).train.precision == "fp32"
