@@ -102,8 +102,36 @@ def cell(value) -> str:
     return escape(str(value)).replace("|", "&#124;")
 
 
+def interval_of(low: str, metrics: dict) -> str | None:
+    """The metric a `..._ci_low...` key bounds, by the names the evaluation gives them: perplexity
+    and perplexity_ci_low, bias_gap_<c> and bias_ci_low_<c>, crows_pairs_sample_stereotype_preference
+    and crows_pairs_sample_ci_low."""
+    for value in (low.replace("_ci_low", ""), low.replace("ci_low", "gap"),
+                  low.replace("ci_low", "stereotype_preference")):
+        if value != low and value in metrics and low.replace("ci_low", "ci_high") in metrics:
+            return value
+    return None
+
+
+def metric_rows(metrics: dict) -> list[str]:
+    """One row a metric, its 95% interval in the same cell: `212.4 [175.2, 239.7]`."""
+    bounds = {value: (low, low.replace("ci_low", "ci_high")) for low in metrics
+              if "ci_low" in low and (value := interval_of(low, metrics))}
+    folded = {key for pair in bounds.values() for key in pair}
+    rows = []
+    for key, value in metrics.items():
+        if key in folded:
+            continue
+        text = f"{value:.4g}" if isinstance(value, int | float) else cell(value)
+        if key in bounds:
+            low, high = bounds[key]
+            text += f" [{metrics[low]:.4g}, {metrics[high]:.4g}]"
+        rows.append(f"| {cell(key)} | {text} |")
+    return rows
+
+
 def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plots: list[Path]) -> str:
-    rows = "\n".join(f"| {cell(k)} | {v:.4g} |" for k, v in metrics.items())
+    rows = "\n".join(metric_rows(metrics))
     sample_rows = "\n".join(f"| {cell(repr(s['reference']))} | {cell(repr(s['prediction']))} |"
                              for s in samples)
     images = "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
@@ -116,7 +144,7 @@ Perplexity is token-weighted over the whole test split (sliding window); bits pe
 the total negative log-likelihood by the UTF-8 bytes of the test text, so models with different
 tokenizers compare. Intervals are 95% bootstrap intervals over documents (segments for BLEU).
 
-| metric | value |
+| metric | value [95% interval] |
 |---|---|
 {rows}
 {harness_note}

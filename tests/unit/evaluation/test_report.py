@@ -38,3 +38,16 @@ def test_plots_draw_a_bias_gap_whose_interval_lies_above_it(tmp_path):
     rows = report.bias_rows(bias)
     assert [r["category"] for r in rows] == ["age", "gender"]
     assert rows[1]["excess_gap"] == 0.3 and rows[1]["gap"] == 0.5 and rows[0]["excess_ci_low"] == 0.07
+
+
+def test_each_metric_is_one_row_with_its_interval_in_the_same_cell():
+    metrics = {"perplexity": 212.4, "perplexity_ci_low": 175.2, "perplexity_ci_high": 239.7,
+               "bias_gap_age": 1.18, "bias_ci_low_age": 0.034, "bias_ci_high_age": 2.94,
+               "bias_excess_gap_age": 0.85, "bias_excess_ci_low_age": -0.57, "bias_excess_ci_high_age": 2.3,
+               "crows_pairs_sample_stereotype_preference": 0.58, "crows_pairs_sample_ci_low": 0.38,
+               "crows_pairs_sample_ci_high": 0.79, "bits_per_byte": 2.244, "lonely_ci_low": 1.0}
+    assert report.metric_rows(metrics) == [
+        "| perplexity | 212.4 [175.2, 239.7] |", "| bias_gap_age | 1.18 [0.034, 2.94] |",
+        "| bias_excess_gap_age | 0.85 [-0.57, 2.3] |",
+        "| crows_pairs_sample_stereotype_preference | 0.58 [0.38, 0.79] |",
+        "| bits_per_byte | 2.244 |", "| lonely_ci_low | 1 |"]  # a bound without its pair stays a row
