@@ -2,7 +2,8 @@
 folders (a Llama with grouped-query attention, a GPT-2) with their own tokenizers under DDP and
 FSDP, LoRA, a from-scratch HF config with exact resume, evaluation with benchmark tasks, the
 registry and `mlflow models serve`. The pretrained folders are tiny models built offline here,
-laid out as `hf download` leaves them."""
+laid out as `hf download` leaves them; the fine-tuning and LoRA runs are the recipes in configs/,
+on those folders and at this module's sizes."""
 
 import hashlib
 import json
@@ -19,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.integration.conftest import deep_update, make_project, tiny_params
+from tests.integration.conftest import ROOT, deep_update, make_project, tiny_params
 from tests.integration.test_training import curve, finish, start_train, wait_for_checkpoint
 from tests.services import BIN, free_port, process
 
@@ -92,6 +93,15 @@ def project(tmp_path_factory):
     return root
 
 
+def recipe(name: str, parent: Path) -> dict:
+    """configs/<name>'s model, train and lora settings, on the tiny `parent` folder and at this
+    module's sizes (its corpus stays the module's)."""
+    sections = yaml.safe_load((ROOT / "configs" / name).read_text())
+    sections.pop("data", None)
+    return deep_update(sections, {"model": RUN["model"],
+                                  "train": RUN["train"] | {"init_from": f"hf:{parent}"}})
+
+
 def params_file(project: Path, name: str, **sections) -> Path:
     """params for one run, with its own data, checkpoints, model and reports."""
     params = deep_update(yaml.safe_load((project / "params.yaml").read_text()), sections)
@@ -115,7 +125,7 @@ def logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 def test_fine_tuning_a_llama_folder_on_two_ddp_workers_then_evaluate_register_and_serve(project, tmp_path):
     parent = project.parent / "hub-llama"
-    params = params_file(project, "llama", model={"backend": "hf"}, train={"init_from": f"hf:{parent}"})
+    params = params_file(project, "llama", **recipe("finetune-hf.yaml", parent))
     for stage in ("preprocess", "train", "evaluate", "register"):
         lmp(project, params, "-q", stage)
 
@@ -167,8 +177,8 @@ def test_lora_on_a_gpt2_folder_under_fsdp_trains_only_adapters_and_exports_peft_
     from transformers import AutoModelForCausalLM
 
     parent = project.parent / "hub-gpt2"
-    params = params_file(project, "lora", model={"backend": "hf"}, lora={"r": 4},
-                         train={"init_from": f"hf:{parent}", "strategy": "fsdp"})
+    lora = deep_update(recipe("lora-hf.yaml", parent), {"train": {"strategy": "fsdp"}})
+    params = params_file(project, "lora", **lora)
     for stage in ("preprocess", "train", "evaluate"):
         lmp(project, params, "-q", stage)
     model = project / "runs/lora/model"
