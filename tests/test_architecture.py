@@ -25,7 +25,8 @@ STAGES_PACKAGE = "lm_pipeline.stages"
 # The layers, lowest first: a module imports its own layer and those below, never one above.
 # Same-layer imports are allowed (the cycle test keeps them one-way).
 LAYERS = (
-    ("lm_pipeline.config", "lm_pipeline.io", "lm_pipeline.env", "lm_pipeline.lineage", "lm_pipeline.hashing"),
+    ("lm_pipeline.config", "lm_pipeline.io", "lm_pipeline.env", "lm_pipeline.lineage", "lm_pipeline.hashing",
+     "lm_pipeline.progress"),
     ("lm_pipeline.tracking", "lm_pipeline.storage", "lm_pipeline.cluster"),
     ("lm_pipeline.data",),
     ("lm_pipeline.model",),

@@ -68,7 +68,7 @@ def document_scores(model, tokenizer, texts: list[str], stride: int) -> tuple[np
     """Each document's summed NLL (nats) and its size in UTF-8 bytes."""
     ids = [np.asarray(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     nll, _ = sequence_nll(model, ids, eot_id(tokenizer), model.block_size,
-                          stride_for(model.block_size, stride))
+                          stride_for(model.block_size, stride), what="continuous training: drift")
     return nll, np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
 
 

@@ -14,6 +14,7 @@ from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.model.generate import complete_batch, decode_until_eot, generate
 from lm_pipeline.model.transformer import device_of
+from lm_pipeline.progress import Progress
 
 
 def continuations(model, tokenizer, docs: list[np.ndarray],
@@ -27,9 +28,11 @@ def continuations(model, tokenizer, docs: list[np.ndarray],
     eot = eot_id(tokenizer)
     prompts = torch.tensor(np.stack([np.concatenate([[eot], d[:p]]) for d in long_docs]).astype(np.int64))
     predictions = []
-    for batch in prompts.split(evaluate.batch_size):  # equal-length prompts batch without padding
-        out = generate(model, batch.to(device_of(model)), max_new_tokens=c)[:, p + 1:]
-        predictions += [decode_until_eot(tokenizer, row.tolist()) for row in out]
+    with Progress("evaluate: continuations for BLEU", len(prompts), "documents") as progress:
+        for batch in prompts.split(evaluate.batch_size):  # equal-length prompts batch without padding
+            out = generate(model, batch.to(device_of(model)), max_new_tokens=c)[:, p + 1:]
+            predictions += [decode_until_eot(tokenizer, row.tolist()) for row in out]
+            progress.update(len(batch))
     references = [tokenizer.decode(d[p:p + c].tolist()) for d in long_docs]
     return predictions, references
 

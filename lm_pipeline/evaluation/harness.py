@@ -44,6 +44,7 @@ import yaml
 
 from lm_pipeline.config import EvaluateConfig
 from lm_pipeline.model.backends import resolve_device
+from lm_pipeline.progress import ticking
 
 TEMPLATES = Path(__file__).parent / "tasks"
 OWN_TASKS = ("lmp_last_word", "lmp_cloze_choice")
@@ -209,17 +210,18 @@ def run(model_dir: Path, data: dict[str, list], tasks: list[str], evaluate: Eval
         manager = task_manager(tasks, folder)
         import lm_eval
 
-        try:
-            results = lm_eval.simple_evaluate(
-                # add_bos_token: every training document starts with <|endoftext|> (bos), so a
-                # context does too, as for any model trained with a bos token.
-                model="hf", model_args={"pretrained": str(model_dir), "add_bos_token": True},
-                tasks=list(tasks), task_manager=manager, batch_size=evaluate.batch_size,
-                device=resolve_device(evaluate.device), limit=evaluate.harness_limit or None,
-                bootstrap_iters=0, log_samples=False)
-        except ConnectionError as error:  # `datasets`, offline, without the task's data in its cache
-            raise ConnectionError(f"evaluate.harness_tasks: {error}. The pipeline runs offline: put "
-                                  "the dataset in the local Hugging Face datasets cache first") from error
+        with ticking(f"evaluate: benchmark tasks {', '.join(tasks)} (lm-evaluation-harness)"):
+            try:
+                results = lm_eval.simple_evaluate(
+                    # add_bos_token: every training document starts with <|endoftext|> (bos), so a
+                    # context does too, as for any model trained with a bos token.
+                    model="hf", model_args={"pretrained": str(model_dir), "add_bos_token": True},
+                    tasks=list(tasks), task_manager=manager, batch_size=evaluate.batch_size,
+                    device=resolve_device(evaluate.device), limit=evaluate.harness_limit or None,
+                    bootstrap_iters=0, log_samples=False)
+            except ConnectionError as error:  # `datasets`, offline, without the task's data in its cache
+                raise ConnectionError(f"evaluate.harness_tasks: {error}. The pipeline runs offline: put "
+                                      "the dataset in the local Hugging Face datasets cache first") from error
     return HarnessResult(flat_scores(results, evaluate.harness_limit),
                          {t: n["effective"] for t, n in results["n-samples"].items()},
                          dict(results["versions"]))

@@ -60,7 +60,7 @@ def conditional_loglik(model, tokenizer, contexts: list[str], texts: list[str],
     eot = eot_id(tokenizer)
     prefixes, seqs = encode_texts(tokenizer, contexts), encode_texts(tokenizer, texts)
     nll, _ = sequence_nll(model, seqs, eot, model.block_size, model.block_size,
-                          batch_size, prefixes=prefixes)
+                          batch_size, prefixes=prefixes, what="evaluate: bias probes")
     return -nll
 
 
@@ -102,7 +102,7 @@ def crows_pairs(model, tokenizer, evaluate: EvaluateConfig) -> dict:
     less = encode_texts(tokenizer, [r["sent_less"] for r in rows])
     fits = [i for i in range(len(rows)) if max(len(more[i]), len(less[i])) <= model.block_size]
     logp = token_logprobs(model, [more[i] for i in fits] + [less[i] for i in fits], eot_id(tokenizer),
-                          evaluate.batch_size)
+                          evaluate.batch_size, what="evaluate: CrowS-Pairs")
     scores = [template_scores(more[i], less[i], logp[k], logp[len(fits) + k]) for k, i in enumerate(fits)]
     result = load_metric("crows_pairs").compute(
         score_more=[a for a, _ in scores], score_less=[b for _, b in scores],

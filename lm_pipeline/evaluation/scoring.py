@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_pipeline.model.transformer import device_of
+from lm_pipeline.progress import Progress
 
 
 def stride_for(block_size: int, stride: int) -> int:
@@ -42,11 +43,13 @@ def sequence_nll(
     stride: int,
     batch_size: int = 16,
     prefixes: Sequence[np.ndarray] | None = None,
+    what: str = "scoring",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL (nats) and number of scored tokens for each sequence of token ids.
 
     A sequence's prefix (if given) is context only: it follows the opening <|endoftext|> and is
-    not scored, so the result is -log p(sequence, <|endoftext|> | prefix).
+    not scored, so the result is -log p(sequence, <|endoftext|> | prefix). `what` names the work
+    in the progress lines.
     """
     if not 0 < stride <= block_size:
         raise ValueError(f"stride {stride} must be in 1..block_size ({block_size}): "
@@ -63,14 +66,14 @@ def sequence_nll(
             windows.append((i, inputs[start:end], t))
     nll = np.zeros(len(sequences))
     count = np.zeros(len(sequences), dtype=np.int64)
-    for (i, _, targets), losses in zip(windows, window_losses(model, windows, batch_size), strict=True):
+    for (i, _, targets), losses in zip(windows, window_losses(model, windows, batch_size, what), strict=True):
         nll[i] += losses.sum()
         count[i] += (targets >= 0).sum()
     return nll, count
 
 
 def token_logprobs(model, sequences: Sequence[np.ndarray], eot: int,
-                   batch_size: int = 16) -> list[np.ndarray]:
+                   batch_size: int = 16, what: str = "scoring") -> list[np.ndarray]:
     """log p(token | <|endoftext|>, the tokens before it) for every token of each sequence."""
     for i, seq in enumerate(sequences):
         if len(seq) > model.block_size:
@@ -78,24 +81,26 @@ def token_logprobs(model, sequences: Sequence[np.ndarray], eot: int,
                              f"({model.block_size})")
     ids = [np.asarray(seq, dtype=np.int64) for seq in sequences]
     windows = [(i, np.concatenate([[eot], seq[:-1]]), seq) for i, seq in enumerate(ids)]
-    return [-losses for losses in window_losses(model, windows, batch_size)]
+    return [-losses for losses in window_losses(model, windows, batch_size, what)]
 
 
 @torch.inference_mode()
 def window_losses(model, windows: list[tuple[int, np.ndarray, np.ndarray]],
-                  batch_size: int) -> list[np.ndarray]:
+                  batch_size: int, what: str = "scoring") -> list[np.ndarray]:
     """Per-position NLL (nats, float64) of each (index, inputs, targets) window; 0 where a target is -1."""
     device = device_of(model)
     order = sorted(range(len(windows)), key=lambda w: len(windows[w][1]))  # similar lengths: little padding
     out: list[np.ndarray] = [np.zeros(0)] * len(windows)
-    for b in range(0, len(order), batch_size):
-        chunk = order[b:b + batch_size]
-        x, y = _pad([windows[w][1] for w in chunk], 0), _pad([windows[w][2] for w in chunk], -1)
-        logits = model(x.to(device))[0].float()
-        losses = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
-                                 ignore_index=-1, reduction="none").view(y.shape).double().cpu().numpy()
-        for row, w in enumerate(chunk):
-            out[w] = losses[row, : len(windows[w][2])]
+    with Progress(what, len(windows), "windows") as progress:
+        for b in range(0, len(order), batch_size):
+            chunk = order[b:b + batch_size]
+            x, y = _pad([windows[w][1] for w in chunk], 0), _pad([windows[w][2] for w in chunk], -1)
+            logits = model(x.to(device))[0].float()
+            losses = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
+                                     ignore_index=-1, reduction="none").view(y.shape).double().cpu().numpy()
+            for row, w in enumerate(chunk):
+                out[w] = losses[row, : len(windows[w][2])]
+            progress.update(len(chunk))
     return out
 
 

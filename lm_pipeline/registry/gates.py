@@ -143,7 +143,8 @@ def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConf
     """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
     seqs = [np.asarray(tokenizer.encode(t, add_special_tokens=False).ids, dtype=np.int64) for t in texts]
     nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.block_size,
-                          stride_for(model.block_size, evaluate.stride), evaluate.batch_size)
+                          stride_for(model.block_size, evaluate.stride), evaluate.batch_size,
+                          what="register: scoring a model on the comparison's documents")
     return nll / math.log(2)
 
 

@@ -53,7 +53,8 @@ def run(cfg: Config) -> dict:
     tasks = harness.run(cfg.train.model_dir, harness_data, e.harness_tasks, e) if e.harness_tasks else None
 
     nll, counts = sequence_nll(model, test_docs, meta.eot_id, model.block_size,
-                               stride_for(model.block_size, cfg.evaluate.stride), cfg.evaluate.batch_size)
+                               stride_for(model.block_size, cfg.evaluate.stride), cfg.evaluate.batch_size,
+                               what="evaluate: perplexity")
     n_bytes = meta.text_bytes["test"] + len(test_docs)  # one byte per document's end: see perplexity
     perplexity = load_metric("perplexity").compute(nll=nll, n_tokens=counts, n_bytes=n_bytes)
     base_nll, base_counts = unigram_nll(load_tokens(cfg.data.processed_dir, "train"), test_docs,
