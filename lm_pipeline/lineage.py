@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,14 +30,29 @@ def git_state(root: Path = Path(".")) -> tuple[str, bool]:
 
 
 def pipeline_outputs(root: Path) -> list[str]:
-    """dvc.lock and every path dvc.yaml's stages write (outs, metrics, plots)."""
-    dvc_yaml = Path(root) / "dvc.yaml"
+    """dvc.lock and every path dvc.yaml's stages write (outs, metrics, plots), `${section.key}`
+    read from params.yaml as DVC reads it."""
+    dvc_yaml, params_yaml = Path(root) / "dvc.yaml", Path(root) / "params.yaml"
     stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}) if dvc_yaml.is_file() else {}
+    params = (yaml.safe_load(params_yaml.read_text()) or {}) if params_yaml.is_file() else {}
     outputs = [LOCK_FILE]
     for stage in stages.values():
         for kind in ("outs", "metrics", "plots"):
             outputs += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(kind, [])]
-    return [str(Path(p)) for p in outputs]
+    return [str(Path(interpolate(p, params))) for p in outputs]
+
+
+def interpolate(text: str, params: dict) -> str:
+    """`${section.key}` replaced by its value in params (left as it is where params lack it)."""
+    def value(match: re.Match) -> str:
+        node = params
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return match.group(0)
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([\w.]+)\}", value, text)
 
 
 def is_under(path: str, folders: list[str]) -> bool:

@@ -6,13 +6,14 @@ field at its default; and dvc.yaml dependencies that cover what each stage's cod
 params it reads (so `dvc status` never calls a stale output up to date)."""
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lm_pipeline.config import Config, default_params_yaml
+from lm_pipeline.config import OUTPUTS, Config, default_params_yaml
 from lm_pipeline.stages import STAGES
 
 pytestmark = pytest.mark.architecture
@@ -400,6 +401,22 @@ def test_dvc_code_deps_are_files_the_stage_imports(stage):
     code = [d for d in dvc_stages()[stage].get("deps", []) if d.startswith("lm_pipeline/")]
     spare = [d for d in code if not (ROOT / d).exists() or not any(covered(f, [d]) for f in files)]
     assert not spare, f"dvc.yaml stage {stage} depends on code it does not import: {', '.join(spare)}"
+
+
+def test_dvc_outputs_are_named_by_the_params_that_place_them():
+    """Outs, metrics and plots are `${section.key}` of the Config fields that name output paths
+    (a literal path would stay behind when the param moves the output); every such field DVC
+    tracks is one (checkpoints and the search's outputs are not DVC's)."""
+    entries = [next(iter(e)) if isinstance(e, dict) else e for spec in dvc_stages().values()
+               for kind in ("outs", "metrics", "plots") for e in spec.get(kind, [])]
+    literal = [e for e in entries if not e.startswith("${")]
+    named = {re.match(r"\$\{([\w.]+)\}", e).group(1) for e in entries if e.startswith("${")}
+    untracked = {"train.checkpoint_dir", "tune.model_dir", "tune.report_dir"}
+    assert not literal, f"dvc.yaml outputs written as paths, not the params naming them: {literal}"
+    assert named == set(OUTPUTS) - untracked, named ^ (set(OUTPUTS) - untracked)
+    deps = [d for spec in dvc_stages().values() for d in spec.get("deps", [])
+            if not d.startswith("lm_pipeline/")]
+    assert all(d.startswith("${") for d in deps), f"data dependencies written as paths: {deps}"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

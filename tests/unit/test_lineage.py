@@ -110,3 +110,14 @@ def test_is_under_matches_whole_path_components_only():
     assert lineage.is_under("data/raw", ["data/raw"])
     assert not lineage.is_under("data/raw2/documents.jsonl", ["data/raw"])
     assert not lineage.is_under("data", ["data/raw"])
+
+
+def test_outputs_templated_from_params_are_the_paths_the_params_name(repo):
+    """dvc.yaml names outputs by their params (${evaluate.metrics_file}): a run that rewrites them
+    still leaves the tree clean."""
+    (repo / "dvc.yaml").write_text(DVC_YAML.replace("reports/metrics.json", "${evaluate.metrics_file}"))
+    (repo / "params.yaml").write_text("evaluate:\n  metrics_file: reports/metrics.json\n")
+    git(repo, "commit", "-qam", "templated")
+    assert lineage.pipeline_outputs(repo)[2] == "reports/metrics.json"
+    (repo / "reports/metrics.json").write_text('{"perplexity": 39.0}\n')
+    assert lineage.git_state(repo)[1] is False
