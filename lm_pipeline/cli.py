@@ -18,6 +18,7 @@ from pathlib import Path
 from lm_pipeline import env, tracking
 from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
+from lm_pipeline.progress import ticking
 from lm_pipeline.training.tuned import tuned_config
 
 
@@ -59,17 +60,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def ingest(cfg: Config, args) -> None:
     from lm_pipeline.stages import ingest as stage
-    stage.run(cfg)
+    with ticking("ingest: reading the corpus"):  # streamed: its count is known only at the end
+        stage.run(cfg)
 
 
 def validate(cfg: Config, args) -> None:
     from lm_pipeline.stages import validate as stage
-    stage.run(cfg)
+    with ticking("validate: checking the corpus"):
+        stage.run(cfg)
 
 
 def preprocess(cfg: Config, args) -> None:
     from lm_pipeline.stages import preprocess as stage
-    stage.run(cfg)
+    with ticking("preprocess: tokenizer and token shards"):
+        stage.run(cfg)
 
 
 def train(cfg: Config, args) -> None:
