@@ -95,11 +95,11 @@ def project(tmp_path_factory):
 
 def recipe(name: str, parent: Path) -> dict:
     """configs/<name>'s model, train and lora settings, on the tiny `parent` folder and at this
-    module's sizes (its corpus stays the module's)."""
+    module's sizes (its corpus stays the module's; min_lr follows the recipe's lr)."""
     sections = yaml.safe_load((ROOT / "configs" / name).read_text())
     sections.pop("data", None)
     return deep_update(sections, {"model": RUN["model"],
-                                  "train": RUN["train"] | {"init_from": f"hf:{parent}"}})
+                                  "train": RUN["train"] | {"init_from": f"hf:{parent}", "min_lr": None}})
 
 
 def params_file(project: Path, name: str, **sections) -> Path:

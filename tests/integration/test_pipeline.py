@@ -132,25 +132,6 @@ def test_evaluation_report_is_logged_and_plotted(project):
     assert (project / "dvc_plots/index.html").is_file(), out
 
 
-def test_the_flow_run_log_shows_evaluation_progress_though_no_terminal_watches(project):
-    """The stages run with their output piped into the flow's log: evaluate's long parts each log
-    a start, their count and an end, and the benchmark tasks a start and an end."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    messages = []
-    with get_client(sync_client=True) as client:
-        runs = [r.id for r in client.read_flow_runs() if r.parameters.get("project_dir") == str(project)]
-        while page := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)),
-                                       limit=200, offset=len(messages)):
-            messages += [entry.message for entry in page]
-    for part in ("evaluate: perplexity", "evaluate: continuations for BLEU", "evaluate: bias probes"):
-        assert any(m.startswith(f"{part}: ") and " to go" in m for m in messages), (part, messages[-40:])
-        assert any(m.startswith(f"{part}: ") and " in " in m and m.endswith(" s") for m in messages), part
-    tasks = [m for m in messages if m.startswith("evaluate: benchmark tasks ")]
-    assert tasks[0].endswith("(lm-evaluation-harness): started") and " done in " in tasks[-1], tasks
-
-
 def test_flow_leaves_dvc_clean_and_pushable(project):
     assert json.loads(dvc(project, "status", "--json")) == {}
     assert "Data and pipelines are up to date" in dvc(project, "repro")

@@ -73,6 +73,23 @@ def test_second_trigger_waits_for_the_first_and_both_complete(deployment):
     assert dvc_status(deployment.project) == {}
 
 
+def test_the_run_log_shows_evaluation_progress_though_no_terminal_watches(deployment):
+    """The worker's runs log at INFO, as a deployment's do, with the stages' output piped into
+    them: evaluate's long parts each log a start, their count and an end, the benchmark tasks a
+    start and an end."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    client, messages = prefect_client(deployment.api_url), []
+    runs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(r) for r in deployment.flow_run_ids]))
+    while page := client.read_logs(log_filter=runs, limit=200, offset=len(messages)):
+        messages += [entry.message for entry in page]
+    for part in ("evaluate: perplexity", "evaluate: continuations for BLEU", "evaluate: bias probes"):
+        said = [m for m in messages if m.split(" INFO lm_pipeline.progress: ")[-1].startswith(f"{part}: ")]
+        assert any(" to go" in m for m in said) and any(m.endswith(" s") for m in said), (part, said)
+    tasks = [m for m in messages if "evaluate: benchmark tasks " in m]
+    assert tasks and tasks[0].endswith("(lm-evaluation-harness): started") and " done in " in tasks[-1], tasks
+
+
 def test_each_run_has_a_summary_artifact_with_the_registry_decision(deployment):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
