@@ -86,7 +86,7 @@ def test_the_run_log_shows_evaluation_progress_though_no_terminal_watches(deploy
     for part in ("evaluate: perplexity", "evaluate: continuations for BLEU", "evaluate: bias probes"):
         said = [m for m in messages if m.split(" INFO lm_pipeline.progress: ")[-1].startswith(f"{part}: ")]
         assert any(" to go" in m for m in said) and any(m.endswith(" s") for m in said), (part, said)
-    tasks = [m for m in messages if "evaluate: benchmark tasks " in m]
+    tasks = [m for m in messages if "lm_pipeline.progress: evaluate: benchmark tasks " in m]
     assert tasks and tasks[0].endswith("(lm-evaluation-harness): started") and " done in " in tasks[-1], tasks
 
 
