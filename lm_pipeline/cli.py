@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args.overrides = args.overrides + getattr(args, "overrides_after", [])
     # Our own progress at INFO; libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.overrides and args.command in FLOW_COMMANDS:
             raise ConfigError(f"--set is for one command's own settings; `lmp {args.command}` runs its "
-                              f"stages in processes that read {args.params}: change the file, or run "
-                              "`dvc exp run -S KEY=VALUE`")
+                              "stages in processes that read the project's params.yaml: change the "
+                              "file, or run `dvc exp run -S KEY=VALUE`")
         cfg = load_config(args.params, args.overrides)
     except ConfigError as err:
         print(f"lmp: config error: {err}", file=sys.stderr)

@@ -22,7 +22,9 @@ def common_options(defaults: bool) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--params", type=Path, default=default(Path("params.yaml")),
                          help="the params file (default: params.yaml)")
-    options.add_argument("--set", dest="overrides", action="append", metavar="SECTION.KEY=VALUE",
+    # After the command, its own list: argparse would otherwise replace the one given before it.
+    options.add_argument("--set", dest="overrides" if defaults else "overrides_after", action="append",
+                         metavar="SECTION.KEY=VALUE",
                          default=default([]), help="override one setting for this command (repeatable; "
                          "typed and checked as in the file), e.g. --set train.max_steps=100")
     options.add_argument("-q", "--quiet", action="store_true", default=default(False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path, PurePath
@@ -285,9 +286,13 @@ class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _floor_follows_lr(cls, data):
-        if isinstance(data, dict) and "use_gpu" in data:
-            raise ValueError("train.use_gpu is now train.device: auto (a GPU where there is one), "
-                             "cuda or cpu")
+        if isinstance(data, dict) and "use_gpu" in data:  # a params file from before train.device
+            if "device" in data:
+                raise ValueError("train.use_gpu is now train.device: set device alone")
+            warnings.warn("train.use_gpu is now train.device (auto, cuda or cpu): read as device "
+                          f"{'cuda' if data['use_gpu'] else 'cpu'}", DeprecationWarning, stacklevel=2)
+            device = "cuda" if data["use_gpu"] else "cpu"
+            data = {k: v for k, v in data.items() if k != "use_gpu"} | {"device": device}
         if isinstance(data, dict) and data.get("min_lr") is None:
             try:
                 lr = float(data.get("lr", cls.model_fields["lr"].default))

@@ -11,13 +11,14 @@ import yaml
 LOCK_FILE = "dvc.lock"
 
 
-def git_state(root: Path = Path(".")) -> tuple[str, bool]:
+def git_state(root: Path = Path("."), written: tuple[str, ...] = ()) -> tuple[str, bool]:
     """HEAD's commit in `root`, and whether the tree holds changes a person made beyond it.
 
     The pipeline's own outputs do not count: every run rewrites dvc.lock and the outs, metrics and
     plots that dvc.yaml declares (reports/ is tracked), and lineage records their hashes anyway.
     Anything else that differs from HEAD (code, params.yaml, dvc.yaml) makes the tree dirty; paths
     are the project's own (`--relative`), whether it is the repository or a folder in one.
+    `written`: more folders the pipeline writes (continuous training's DVC archive).
     ("unknown", False) outside a git repository.
     """
     try:
@@ -25,7 +26,7 @@ def git_state(root: Path = Path(".")) -> tuple[str, bool]:
         changed = _git(root, "diff", "--name-only", "--relative", "HEAD", "--").splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
-    outputs = pipeline_outputs(root)
+    outputs = pipeline_outputs(root) + [str(Path(p)) for p in written]
     return commit, any(not is_under(path, outputs) for path in changed)
 
 

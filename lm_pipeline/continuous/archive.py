@@ -68,10 +68,10 @@ def dvc_add(path: Path) -> dict:
     the path from the project's root."""
     try:
         dvc("add", str(path))
+        if default_remote():
+            dvc("push", f"{path}.dvc")
     except ArchiveError as err:
         raise ArchiveError(f"archiving {path} (ct.archive_dir): {err}") from None
-    if default_remote():
-        dvc("push", f"{path}.dvc")
     (out,) = yaml.safe_load(Path(f"{path}.dvc").read_text())["outs"]
     return out | {"path": str(path)}
 
@@ -104,7 +104,9 @@ DVC = [str(Path(sys.executable).parent / "dvc")]
 
 
 def dvc(*args: str) -> None:
-    done = subprocess.run([*DVC, *args], capture_output=True, text=True)
+    """A DVC command in the project (the working directory), waiting for DVC's lock where another
+    command (a `dvc repro` of the nightly run) holds it."""
+    done = subprocess.run([*DVC, "--wait-for-lock", *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise ArchiveError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}): "
                            f"{(done.stderr or done.stdout).strip()}")

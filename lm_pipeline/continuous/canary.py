@@ -53,7 +53,8 @@ def probe(endpoint: str, token: str | None, model_id: str, model, tokenizer, tex
         return canary
     eot, context = eot_id(tokenizer), model.block_size
     rows = [tokenizer.encode(t, add_special_tokens=False).ids[:context - 1] for t in texts]
-    offline = token_logprobs(model, [np.asarray(r) for r in rows], eot)
+    offline = token_logprobs(model, [np.asarray(r) for r in rows], eot,
+                             what="canary: offline log-probabilities")
     latencies, gaps, others = [], [], set()
     for ids, expected in zip(rows, offline, strict=True):
         started = time.monotonic()

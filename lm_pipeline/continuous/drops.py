@@ -105,8 +105,10 @@ class Ledger:
         return out
 
     def promoted(self) -> list[dict]:
-        """The entries of the drops promoted so far, in the order they were claimed."""
-        return [e for e in self.entries.values() if e.get("outcome") == "promoted"]
+        """The entries of the drops promoted so far, in the order they were promoted (the order
+        their documents joined the corpus; a drop claimed early may be promoted late)."""
+        return sorted((e for e in self.entries.values() if e.get("outcome") == "promoted"),
+                      key=lambda e: e["finished_at"])
 
     def claim(self, drop: Drop) -> None:
         entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})

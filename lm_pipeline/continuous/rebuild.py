@@ -65,12 +65,16 @@ def rebuild(chain: list, dest: Path) -> Iterator[str]:
     parent = chain[0].tags["parent_model"]
     for mv in chain:
         work = Path(dest) / f"version-{mv.version}"
-        model_dir = rebuild_cycle(json.loads(mv.tags["ct.archive"]), parent, work)
+        try:
+            model_dir = rebuild_cycle(json.loads(mv.tags["ct.archive"]), parent, work)
+        except ArchiveError as err:
+            raise ArchiveError(f"version {mv.version}: {err}") from None
         weights = weights_sha256(load_model(model_dir)[0])
         if weights != mv.tags["weights_sha256"]:
             raise ArchiveError(f"version {mv.version} rebuilt in {model_dir} with weights {weights}, not the "
-                               f"registered {mv.tags['weights_sha256']} (was it trained at another commit "
-                               f"than {mv.tags.get('git_commit')}, or stopped by ct.max_minutes?)")
+                               f"registered {mv.tags['weights_sha256']}: was it trained at another commit "
+                               f"than {mv.tags.get('git_commit')}, on another device (train.device and "
+                               "precision auto follow the machine), or stopped by ct.max_minutes?")
         yield f"version {mv.version}: rebuilt in {model_dir}, weights {weights[:16]}... as registered"
         parent = str(model_dir)
 
@@ -81,10 +85,13 @@ def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
     cycle = read_cycle(folder)
     cfg = Config.model_validate(cycle["params"])
     work.mkdir(parents=True, exist_ok=True)
-    corpus = assemble_corpus(cfg, cycle["corpus"], work / CORPUS_FILE)
+    corpus = assemble_corpus(cycle["corpus"], work / CORPUS_FILE)
     drop = Drop(cycle["drop"]["name"], str(folder / DROP_DIR), cycle["drop"]["digest"], 0)
     cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work.resolve(), parent)
-    params = write_params(cycle_cfg, work / "params.yaml")
+    # Its own checkpoints: in the cycle's storage (an s3:// one stays shared) it would resume the
+    # original run instead of training again.
+    train = cycle_cfg.train.model_copy(update={"checkpoint_dir": str(work.resolve() / "checkpoints")})
+    params = write_params(cycle_cfg.model_copy(update={"train": train}), work / "params.yaml")
     lmp = str(Path(sys.executable).parent / "lmp")
     for stage in REBUILT_STAGES:
         print(f"rebuilding {drop.name}: {stage}", flush=True)
@@ -94,14 +101,14 @@ def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
     return cycle_cfg.train.model_dir
 
 
-def assemble_corpus(cfg: Config, parts: list[dict], path: Path) -> Path:
+def assemble_corpus(parts: list[dict], path: Path) -> Path:
     """The corpus a cycle replayed: the archived base, then each promoted drop's documents, read
-    as the cycle that promoted it read them."""
+    as the cycle that promoted it read them (with its settings)."""
     base, *drops = parts
     shutil.copyfile(restore(base), path)
     for entry in drops:
         folder = restore(entry)
-        drop = read_cycle(folder)["drop"]
-        documents = read_drop_documents(cfg, Drop(drop["name"], str(folder / DROP_DIR), drop["digest"], 0))
-        extend_corpus(path, documents)
+        cycle = read_cycle(folder)
+        drop = Drop(cycle["drop"]["name"], str(folder / DROP_DIR), cycle["drop"]["digest"], 0)
+        extend_corpus(path, read_drop_documents(Config.model_validate(cycle["params"]), drop))
     return path

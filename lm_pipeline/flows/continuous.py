@@ -29,7 +29,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -37,7 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config, load_config
-from lm_pipeline.continuous.archive import archive_cycle
+from lm_pipeline.continuous.archive import DROP_DIR, ArchiveError, archive_cycle
 from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
 from lm_pipeline.continuous.drops import Drop, Ledger
@@ -84,11 +84,13 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     if not drift.drifted:
         return finish(ledger, drop, "no_drift", drift.describe(), gap=drift.gap, low=drift.low)
     parent = f"models:/{cfg.register_.model_name}/{champion}"
-    archive = archive_inputs(cfg, drop, corpus, parent, ledger.promoted())
     try:
-        decision = retrain(cfg, drop, corpus, work, project_dir, parent)
-    except StageFailed as err:  # recorded, so the next drops are not held up behind this one
-        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap, archive=archive)
+        archive = archive_inputs(cfg, drop, corpus, parent, ledger.promoted())
+        # Trained from the archived copy: what the rebuild restores, at the same path.
+        archived = replace(drop, url=str(Path(archive["path"]) / DROP_DIR))
+        decision = retrain(cfg, archived, corpus, work, project_dir, parent)
+    except (StageFailed, ArchiveError) as err:  # recorded: the next drops are not held up behind it
+        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap)
     version, reason = decision["version"], decision["reason"]
     outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {"archive": archive}
     if decision["promoted"] and cfg.ct.endpoint:

@@ -39,7 +39,7 @@ def parent_of(model_dir: Path) -> dict[str, str]:
 def lineage_tags(cfg: Config, run_id: str, metrics: dict, weights: str) -> dict[str, str]:
     """Everything needed to trace and rebuild the version (see `lmp lineage`)."""
     params = json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True)
-    commit, dirty = git_state()
+    commit, dirty = git_state(written=(str(cfg.ct.archive_dir),))  # `dvc add` rewrites its .gitignore
     return {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),

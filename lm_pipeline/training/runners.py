@@ -120,12 +120,13 @@ def release_memory() -> None:
 
 
 def cluster_has_gpus(cfg: Config) -> bool:
-    """Whether Ray Train's workers each take a GPU (train.device; auto: if the cluster has any)."""
+    """Whether Ray Train's workers each take a GPU (train.device; auto: if the cluster has one for
+    every worker, else they would wait for ever)."""
     import ray
 
     if cfg.train.device != "auto":
         return cfg.train.device == "cuda"
-    return ray.cluster_resources().get("GPU", 0) >= 1
+    return ray.cluster_resources().get("GPU", 0) >= cfg.train.num_workers
 
 
 def join_ray(cfg: Config) -> None:

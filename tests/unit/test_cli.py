@@ -49,6 +49,8 @@ def test_set_overrides_one_key_typed_by_the_config_before_or_after_the_command(t
     assert after.stdout == before.stdout and yaml_of(after.stdout)["train"]["lr"] == 1e-4
     assert yaml_of(lmp("config", cwd=tmp_path).stdout)["ct"]["max_steps"] == 200  # every default shown
     assert lmp("--params", "none.yaml", "config", "--params", "other.yaml", cwd=tmp_path).returncode == 0
+    both = lmp("--set", "train.max_steps=70", "config", "--diff", "--set", "train.batch_size=3", cwd=tmp_path)
+    assert {"max_steps": 70, "batch_size": 3}.items() <= yaml_of(both.stdout)["train"].items(), both.stderr
 
 
 @pytest.mark.bad_input

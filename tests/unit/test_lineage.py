@@ -121,3 +121,14 @@ def test_outputs_templated_from_params_are_the_paths_the_params_name(repo):
     assert lineage.pipeline_outputs(repo)[2] == "reports/metrics.json"
     (repo / "reports/metrics.json").write_text('{"perplexity": 39.0}\n')
     assert lineage.git_state(repo)[1] is False
+
+
+def test_folders_the_pipeline_writes_besides_dvc_yamls_outputs_keep_the_tree_clean(repo):
+    """Continuous training's DVC archive: `dvc add` rewrites its committed .gitignore."""
+    (repo / "drops").mkdir()
+    (repo / "drops/.gitignore").write_text("/monday-0123\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an archived drop")
+    (repo / "drops/.gitignore").write_text("/monday-0123\n/tuesday-4567\n")
+    assert lineage.git_state(repo)[1] is True
+    assert lineage.git_state(repo, written=("drops",))[1] is False

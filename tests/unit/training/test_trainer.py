@@ -302,9 +302,12 @@ def test_in_process_training_refuses_a_gpu_this_machine_lacks(monkeypatch):
 
 
 @pytest.mark.bad_input
-def test_the_old_use_gpu_key_says_what_replaced_it():
-    with pytest.raises(ValueError, match=r"train.use_gpu is now train.device: auto"):
-        Config.model_validate({"train": {"use_gpu": True}})
+def test_the_old_use_gpu_key_is_read_as_a_device_and_says_what_replaced_it():
+    for old, device in ((True, "cuda"), (False, "cpu")):
+        with pytest.warns(DeprecationWarning, match=r"train.use_gpu is now train.device"):
+            assert Config.model_validate({"train": {"use_gpu": old}}).train.device == device
+    with pytest.raises(ValueError, match=r"train.use_gpu is now train.device: set device alone"):
+        Config.model_validate({"train": {"use_gpu": True, "device": "cpu"}})
 
 
 def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
