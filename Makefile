@@ -25,7 +25,7 @@ FAST_ARGS ?=
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about a minute)
+test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (under 2 minutes)
 	$(BIN)/pytest $(FAST_ARGS) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
