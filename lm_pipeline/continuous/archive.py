@@ -13,7 +13,6 @@ even in a checkout that never saw the cycle.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from lm_pipeline.io import atomic_path, filesystem, read_json, write_json
 CYCLE_FILE = "cycle.json"
 DROP_DIR = "drop"
 BASE_FILE = "corpus_base.json"  # in ct.state_dir: the archived corpus the parts start from
+DVC = [str(Path(sys.executable).parent / "dvc")]
 
 
 class ArchiveError(RuntimeError):
@@ -100,9 +100,6 @@ def default_remote() -> str:
     return found.stdout.strip() if found.returncode == 0 else ""
 
 
-DVC = [str(Path(sys.executable).parent / "dvc")]
-
-
 def dvc(*args: str) -> None:
     """A DVC command in the project (the working directory), waiting for DVC's lock where another
     command (a `dvc repro` of the nightly run) holds it."""
@@ -113,5 +110,11 @@ def dvc(*args: str) -> None:
 
 
 def read_cycle(folder: Path) -> dict:
-    return json.loads((Path(folder) / CYCLE_FILE).read_text())
+    return read_json(Path(folder) / CYCLE_FILE)
+
+
+def archived_drop(folder: Path) -> Drop:
+    """The drop archived in `folder`, read from its copy there (as its cycle trained on it)."""
+    drop = read_cycle(folder)["drop"]
+    return Drop(drop["name"], str(Path(folder) / DROP_DIR), drop["digest"], 0)
 

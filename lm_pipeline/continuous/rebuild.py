@@ -12,7 +12,6 @@ and checks every model's weights against its version's weights_sha256.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lm_pipeline.config import Config
-from lm_pipeline.continuous.archive import DROP_DIR, ArchiveError, read_cycle, restore
-from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.continuous.archive import ArchiveError, archived_drop, read_cycle, restore
 from lm_pipeline.continuous.hygiene import read_drop_documents
 from lm_pipeline.continuous.plan import CORPUS_FILE, cycle_config, extend_corpus, write_params
 from lm_pipeline.stages import STAGES
@@ -86,7 +84,7 @@ def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
     cfg = Config.model_validate(cycle["params"])
     work.mkdir(parents=True, exist_ok=True)
     corpus = assemble_corpus(cycle["corpus"], work / CORPUS_FILE)
-    drop = Drop(cycle["drop"]["name"], str(folder / DROP_DIR), cycle["drop"]["digest"], 0)
+    drop = archived_drop(folder)
     cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work.resolve(), parent)
     # Its own checkpoints: in the cycle's storage (an s3:// one stays shared) it would resume the
     # original run instead of training again.
@@ -95,7 +93,7 @@ def rebuild_cycle(archive: dict, parent: str, work: Path) -> Path:
     lmp = str(Path(sys.executable).parent / "lmp")
     for stage in REBUILT_STAGES:
         print(f"rebuilding {drop.name}: {stage}", flush=True)
-        if subprocess.run([lmp, "--params", str(params), stage], env=os.environ).returncode != 0:
+        if subprocess.run([lmp, "--params", str(params), stage]).returncode != 0:
             raise ArchiveError(f"rebuilding {drop.name}: stage {stage} failed "
                                f"(`lmp --params {params} {stage}`)")
     return cycle_cfg.train.model_dir
@@ -108,7 +106,6 @@ def assemble_corpus(parts: list[dict], path: Path) -> Path:
     shutil.copyfile(restore(base), path)
     for entry in drops:
         folder = restore(entry)
-        cycle = read_cycle(folder)
-        drop = Drop(cycle["drop"]["name"], str(folder / DROP_DIR), cycle["drop"]["digest"], 0)
-        extend_corpus(path, read_drop_documents(Config.model_validate(cycle["params"]), drop))
+        settings = Config.model_validate(read_cycle(folder)["params"])
+        extend_corpus(path, read_drop_documents(settings, archived_drop(folder)))
     return path

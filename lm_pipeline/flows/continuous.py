@@ -29,7 +29,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -37,7 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from lm_pipeline import tracking
 from lm_pipeline.config import Config, load_config
-from lm_pipeline.continuous.archive import DROP_DIR, ArchiveError, archive_cycle
+from lm_pipeline.continuous.archive import ArchiveError, archive_cycle, archived_drop
 from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
 from lm_pipeline.continuous.drops import Drop, Ledger
@@ -87,8 +87,7 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     try:
         archive = archive_inputs(cfg, drop, corpus, parent, ledger.promoted())
         # Trained from the archived copy: what the rebuild restores, at the same path.
-        archived = replace(drop, url=str(Path(archive["path"]) / DROP_DIR))
-        decision = retrain(cfg, archived, corpus, work, project_dir, parent)
+        decision = retrain(cfg, archived_drop(archive["path"]), corpus, work, project_dir, parent)
     except (StageFailed, ArchiveError) as err:  # recorded: the next drops are not held up behind it
         return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap)
     version, reason = decision["version"], decision["reason"]
