@@ -28,9 +28,10 @@ def bench_config(workdir: Path, steps: int, **train):
 
 
 def prepare_data(cfg) -> None:
-    from lm_pipeline.stages import ingest, preprocess
+    from lm_pipeline.stages import filter, ingest, preprocess
 
     ingest.run(cfg)
+    filter.run(cfg)
     preprocess.run(cfg)
 
 

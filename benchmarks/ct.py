@@ -73,7 +73,7 @@ def champion_project(project: Path, port: int) -> None:
     params["ct"] |= {"watch": "incoming", "endpoint": f"http://127.0.0.1:{port}/v1", "replay_fraction": 0.8,
                      "max_forgetting": 0.2}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "register"):
+    for stage in ("ingest", "validate", "filter", "preprocess", "train", "evaluate", "register"):
         lmp(project, stage)
 
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lmp-bench-stage-") as tmp:
         workdir = Path(tmp)
         params = write_params(workdir, args.steps)
-        for stage in ("ingest", "preprocess"):
+        for stage in ("ingest", "filter", "preprocess"):
             subprocess.run([str(BIN / "lmp"), "-q", "--params", str(params), stage], cwd=workdir, check=True)
         reference_out = workdir / "reference.json"
         reference_wall = timed([str(BIN / "python"), "-m", "benchmarks.reference_loop", "--params",

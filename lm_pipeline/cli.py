@@ -71,6 +71,11 @@ def validate(cfg: Config, args) -> None:
         stage.run(cfg)
 
 
+def filter(cfg: Config, args) -> None:  # noqa: A001 (the stage is named filter)
+    from lm_pipeline.stages import filter as stage
+    stage.run(cfg)
+
+
 def preprocess(cfg: Config, args) -> None:
     from lm_pipeline.stages import preprocess as stage
     with ticking("preprocess: tokenizer and token shards"):
@@ -237,10 +242,11 @@ def format_continuations(prompts: list[str], continuations: list[str]) -> str:
 
 
 COMMANDS = {
-    "ingest": ingest, "validate": validate, "preprocess": preprocess, "train": train,
-    "evaluate": evaluate, "register": register, "search": search, "run": run_flow, "tune": tune_flow,
-    "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command, "rollback": registry_command,
-    "lineage": registry_command, "generate": generate_text, "serve": serve_endpoint, "config": show_config,
+    "ingest": ingest, "validate": validate, "filter": filter, "preprocess": preprocess,
+    "train": train, "evaluate": evaluate, "register": register, "search": search, "run": run_flow,
+    "tune": tune_flow, "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command,
+    "rollback": registry_command, "lineage": registry_command, "generate": generate_text,
+    "serve": serve_endpoint, "config": show_config,
 }
 
 

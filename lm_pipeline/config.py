@@ -30,6 +30,7 @@ from pydantic import (
 HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
 # What the stages write, each replaced whole: none may be inside another, or the project itself.
 OUTPUTS = ("data.raw_dir", "data.processed_dir", "data.report_file", "validate.report_dir",
+           "filter.output_dir", "filter.report_dir",
            "train.model_dir", "train.checkpoint_dir", "train.curves_dir", "evaluate.metrics_file",
            "evaluate.report_dir", "register.record_file", "tune.model_dir", "tune.report_dir")
 
@@ -165,6 +166,122 @@ class ValidateConfig(Section):
         if self.min_chars > self.max_chars:
             raise ValueError("min_chars must not exceed max_chars")
         return self
+
+
+FILTER_STEPS = ("language", "gopher_quality", "gopher_repetition", "c4", "fineweb", "pii", "exact_dedup",
+                "near_dedup")
+
+
+class LanguageFilter(Section):
+    languages: list[str] = Field(["en"], min_length=1, description="ISO 639-1 codes to keep")
+    min_confidence: float = Field(0.65, ge=0, le=1, description="lowest probability of a kept language")
+
+
+class GopherQualityFilter(Section):
+    """Gopher's quality rules (Rae et al. 2021, MassiveText), as datatrove implements them."""
+
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: int | None = 3
+    max_avg_word_length: int | None = 10
+    max_symbol_word_ratio: float | None = 0.1
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    max_non_alpha_words_ratio: float | None = 0.8  # datatrove's name: the least share of words with a letter
+    min_stop_words: int | None = 2
+
+
+class GopherRepetitionFilter(Section):
+    """Gopher's repetition rules: duplicate lines and paragraphs, top and duplicated n-grams."""
+
+    dup_line_frac: float | None = 0.3
+    dup_para_frac: float | None = 0.3
+    dup_line_char_frac: float | None = 0.2
+    dup_para_char_frac: float | None = 0.2
+    top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
+                                            (10, 0.10)]
+
+
+class C4Filter(Section):
+    """C4's rules (Raffel et al. 2020): lines without terminal punctuation or with too few words are
+    dropped; lorem ipsum, curly brackets and too few sentences drop the document."""
+
+    split_paragraph: bool = True
+    remove_citations: bool = True
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class FineWebFilter(Section):
+    """FineWeb's additions (Penedo et al. 2024)."""
+
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+
+PiiAction = Literal["redact", "drop", "keep"]
+
+
+class PiiFilter(Section):
+    """Per category: redact to a typed placeholder (<EMAIL>, ...), drop the document, or keep it."""
+
+    email: PiiAction = "redact"
+    phone: PiiAction = "redact"
+    ip_address: PiiAction = "redact"
+    credit_card: PiiAction = "redact"
+    secret: PiiAction = "drop"
+
+
+class NearDedupFilter(Section):
+    """MinHash LSH over word n-grams: a document sharing a band with an earlier one is removed."""
+
+    ngram: int = Field(5, ge=1)
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1)
+    seed: int = 1
+
+
+class FilterConfig(Section):
+    """The filter stage: documents removed or redacted one by one, before preprocessing."""
+
+    steps: list[Literal[FILTER_STEPS]] = Field(
+        ["language", "pii", "exact_dedup", "near_dedup"], description="the funnel, in order; also "
+        "gopher_quality, gopher_repetition, c4 and fineweb: web-text rules that remove most of the "
+        "Python reference docs (code, tables), so not on by default (configs/web-text.yaml sets all)")
+    language: LanguageFilter = Field(LanguageFilter(), description="py3langid (its model ships in the "
+                                     "package)")
+    gopher_quality: GopherQualityFilter = Field(GopherQualityFilter(),
+                                                description=GopherQualityFilter.__doc__)
+    gopher_repetition: GopherRepetitionFilter = Field(GopherRepetitionFilter(),
+                                                      description=GopherRepetitionFilter.__doc__)
+    c4: C4Filter = Field(C4Filter(), description=C4Filter.__doc__)
+    fineweb: FineWebFilter = Field(FineWebFilter(), description=FineWebFilter.__doc__)
+    pii: PiiFilter = Field(PiiFilter(), description=PiiFilter.__doc__)
+    near_dedup: NearDedupFilter = Field(NearDedupFilter(), description=NearDedupFilter.__doc__)
+    examples: int = Field(5, ge=0, description="removed documents shown per step in the report")
+    output_dir: Path = Field(Path("data/filtered"), description="documents.jsonl (kept) and removed.jsonl "
+                             "(each with the step and reason that removed it)")
+    report_dir: Path = Field(Path("reports/filter"), description="the funnel: metrics.json, report.md, "
+                             "funnel.png")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_once(cls, steps: list[str]) -> list[str]:
+        twice = sorted({s for s in steps if steps.count(s) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed twice")
+        return steps
 
 
 class TokenizerConfig(Section):
@@ -555,6 +672,7 @@ class Config(Section):
 
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    filter: FilterConfig = FilterConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
@@ -712,6 +830,8 @@ def default_params_yaml() -> str:
         lines += [""] + _comment(section.__doc__, "") + [f"{field.alias or name}:"]
         for key, spec in section.model_fields.items():
             value = spec.get_default(call_default_factory=True)
+            if isinstance(value, BaseModel):  # a filter's thresholds: one a line
+                value = value.model_dump(mode="json")
             lines += _comment(spec.description, "  ")
             if isinstance(value, dict) and value:  # one entry a line (tune.space)
                 lines += [f"  {key}:"] + [f"    {k}: {_flow(v)}" for k, v in value.items()]

@@ -23,6 +23,7 @@ CORPUS_FILE = "corpus.jsonl"
 
 # The paths the stages write, by section: each moves under the cycle's folder.
 OUTPUTS = {"data": ("raw_dir", "processed_dir", "report_file"), "validate": ("report_dir",),
+           "filter": ("output_dir", "report_dir"),
            "train": ("model_dir", "curves_dir", "checkpoint_dir"), "evaluate": ("metrics_file", "report_dir"),
            "register": ("record_file",)}
 
@@ -60,13 +61,13 @@ def write_params(cfg: Config, path: Path) -> Path:
 
 def corpus_so_far(cfg: Config) -> Path:
     """ct.state_dir/corpus.jsonl: the documents the champion has been trained on so far, what
-    drops are checked against, replayed from and guarded on. It starts as the project's ingested
-    corpus; each promoted drop is appended (extend_corpus)."""
+    drops are checked against, replayed from and guarded on. It starts as the project's filtered
+    corpus (what preprocessing read); each promoted drop is appended (extend_corpus)."""
     path = Path(cfg.ct.state_dir) / CORPUS_FILE
     if not path.is_file():
-        source = documents_path(cfg.data.raw_dir)
+        source = documents_path(cfg.filter.output_dir)
         if not source.is_file():
-            raise FileNotFoundError(f"continuous training starts from the ingested corpus, and {source} is "
+            raise FileNotFoundError(f"continuous training starts from the filtered corpus, and {source} is "
                                     "missing: run the pipeline once (`make run` or `lmp run`)")
         with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)

@@ -52,15 +52,22 @@ def word_hash(word: str) -> int:
     return int.from_bytes(text_digest(word), "little")
 
 
-def near_duplicates(texts: list[str], jaccard: float, seed: int, perms: int = 64, bands: int = 16
-                    ) -> list[bool]:
-    """MinHash + LSH: True for a text whose word 5-grams overlap an earlier text's by `jaccard`."""
+def minhash(texts: list[str], seed: int, perms: int, n: int = 5) -> np.ndarray:
+    """(len(texts), perms) MinHash signatures of the texts' word n-grams: the same seed gives the
+    same signatures on any machine."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 1 << 63, size=perms, dtype=np.uint64) | np.uint64(1)  # odd: a bijection
     b = rng.integers(0, 1 << 63, size=perms, dtype=np.uint64)
     # One random permutation of the hash space per column (multiply-add, wrapping mod 2**64).
-    signatures = np.stack([(np.outer(shingles(t, 5), a) + b).min(axis=0) for t in texts]) \
-        if texts else np.zeros((0, perms), np.uint64)
+    if not texts:
+        return np.zeros((0, perms), np.uint64)
+    return np.stack([(np.outer(shingles(t, n), a) + b).min(axis=0) for t in texts])
+
+
+def near_duplicates(texts: list[str], jaccard: float, seed: int, perms: int = 64, bands: int = 16
+                    ) -> list[bool]:
+    """MinHash + LSH: True for a text whose word 5-grams overlap an earlier text's by `jaccard`."""
+    signatures = minhash(texts, seed, perms)
     rows = perms // bands
     buckets: dict[tuple, list[int]] = {}
     flagged = [False] * len(texts)

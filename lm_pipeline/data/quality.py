@@ -22,17 +22,17 @@ def read_corpus_metrics(report_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in read_json(path).items()} if path.is_file() else {}
 
 
-def check_validation_passed(report_dir: Path) -> None:
-    """Preprocess trains on nothing validation failed. A corpus never validated (benchmarks, a
+def check_validation_passed(report_dir: Path, stage: str) -> None:
+    """Nothing after validation reads a corpus it failed. A corpus never validated (benchmarks, a
     stage run by hand) is allowed, with a warning in the log."""
     import logging
 
     path = Path(report_dir) / RESULT_FILE
     if not path.is_file():
-        logging.getLogger(__name__).warning("preprocess: %s is missing: the corpus was not validated "
-                                            "(run `lmp validate` first)", path)
+        logging.getLogger(__name__).warning("%s: %s is missing: the corpus was not validated "
+                                            "(run `lmp validate` first)", stage, path)
         return
     results = read_json(path)
     if not all(r.get("success") for r in results):
-        raise ValueError(f"preprocess: the last validation of the corpus failed ({path}); fix the "
+        raise ValueError(f"{stage}: the last validation of the corpus failed ({path}); fix the "
                          "corpus or the validate section of params.yaml and rerun `lmp validate`")

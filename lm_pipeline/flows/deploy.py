@@ -52,7 +52,7 @@ def deploy(name: str, cron: str, pool: str, timezone: str = "UTC", image: str | 
 
     return apply(ENTRYPOINT, name, pool, image, schedule=CronSchedule(cron=cron, timezone=timezone),
                  tags=[f"schedule:{name}"],
-                 description="ingest -> validate -> preprocess -> train -> evaluate -> register")
+                 description="ingest -> validate -> filter -> preprocess -> train -> evaluate -> register")
 
 
 def deploy_continuous(pool: str, interval_s: float) -> tuple[str, str]:

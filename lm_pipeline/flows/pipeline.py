@@ -116,7 +116,7 @@ def champion_status(project_dir: str) -> str:
 
 @flow(name="lm-pipeline", log_prints=True, on_failure=[report_failure])
 def pipeline(project_dir: str = ".", force: bool = False) -> dict:
-    """ingest -> validate -> preprocess -> train -> evaluate -> register."""
+    """ingest -> validate -> filter -> preprocess -> train -> evaluate -> register."""
     outcome = {}
     for stage in STAGES:
         retries = IO_RETRIES if stage in IO_BOUND else {}

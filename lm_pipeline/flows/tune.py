@@ -20,7 +20,7 @@ from prefect import flow, task
 from lm_pipeline.flows.pipeline import IO_RETRIES, publish_summary, report_failure, run_command, run_stage
 from lm_pipeline.flows.temporary_server import temporary_server
 
-DATA_STAGES = ("ingest", "validate", "preprocess")  # the search trains on their output
+DATA_STAGES = ("ingest", "validate", "filter", "preprocess")  # the search trains on their output
 
 
 @task(task_run_name="{step}")
@@ -30,7 +30,7 @@ def run_lmp(step: str, args: list[str], project_dir: str) -> None:
 
 @flow(name="lm-pipeline-tune", log_prints=True, on_failure=[report_failure])
 def tune(project_dir: str = ".", force: bool = False) -> None:
-    """ingest -> validate -> preprocess -> search -> evaluate (best) -> register (best)."""
+    """ingest -> validate -> filter -> preprocess -> search -> evaluate (best) -> register (best)."""
     for stage in DATA_STAGES:
         retries = IO_RETRIES if stage == "ingest" else {}
         run_stage.with_options(**retries)(stage, project_dir, force)

@@ -122,7 +122,7 @@ def lineage(cfg: Config, model_uri: str) -> str:
     lines += ["", f"Rebuild it ({tree}):",
               f"  git checkout {tags.get('git_commit', '<unknown>')}",
               "  dvc pull            # cached data and models, if this remote has them",
-              "  dvc repro train     # or rebuild: ingest, validate, preprocess, train",
+              "  dvc repro train     # or rebuild: ingest, validate, filter, preprocess, train",
               "  python -c \"from lm_pipeline.model.backends import load_model, weights_sha256; "
               f"print(weights_sha256(load_model('{cfg.train.model_dir}')[0]))\"",
               f"  # expect {tags.get('weights_sha256', '')}"]

@@ -7,6 +7,7 @@ modules, STAGES, dvc.yaml and the CLI equal (tests/test_architecture.py).
 STAGES = {
     "ingest": "materialize the corpus as documents in data/raw/",
     "validate": "check the documents with Great Expectations",
+    "filter": "remove or redact documents: heuristics, language, personal data, duplicates",
     "preprocess": "train the tokenizer and write token files",
     "train": "train the Transformer with Ray Train",
     "evaluate": "perplexity, BLEU and bias probes",

@@ -1,10 +1,10 @@
-"""Stage 3, preprocess: dedupe, split by document, train the tokenizer, write token shards.
+"""Stage 4, preprocess: dedupe, split by document, train the tokenizer, write token shards.
 
-Streams data/raw/documents.jsonl twice and never holds the corpus in memory: once to train the
-tokenizer on the training split (a seeded sample of it when the corpus is larger than
-tokenizer.max_train_chars), once to encode every document in batches, on all cores (the
-tokenizer's own threads) or as Ray Data on every CPU of a cluster (data.preprocess_on;
-data/encode.py), and write fixed-size shards (data/tokenized.py).
+Streams the filtered documents (filter.output_dir/documents.jsonl) twice and never holds the
+corpus in memory: once to train the tokenizer on the training split (a seeded sample of it when
+the corpus is larger than tokenizer.max_train_chars), once to encode every document in batches,
+on all cores (the tokenizer's own threads) or as Ray Data on every CPU of a cluster
+(data.preprocess_on; data/encode.py), and write fixed-size shards (data/tokenized.py).
 
 The output, data/processed/ (its format: data/processed.py), is written atomically as one folder.
 With train.init_from, the parent model is pinned in it and its tokenizer reused; a corpus that
@@ -22,7 +22,8 @@ from tokenizers import Tokenizer
 
 from lm_pipeline.config import Config, corpus_description
 from lm_pipeline.data.documents import documents_path
-from lm_pipeline.data.encode import local_batches, ray_batches, use_ray
+from lm_pipeline.data.encode import local_batches, ray_batches
+from lm_pipeline.data.parallel import use_ray
 from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
 from lm_pipeline.data.quality import check_validation_passed
 from lm_pipeline.data.shards import ShardWriter
@@ -46,8 +47,8 @@ class PreprocessResult:
 
 
 def run(cfg: Config) -> PreprocessResult:
-    out, source = cfg.data.processed_dir, documents_path(cfg.data.raw_dir)
-    check_validation_passed(cfg.validate_.report_dir)
+    out, source = cfg.data.processed_dir, documents_path(cfg.filter.output_dir)
+    check_validation_passed(cfg.validate_.report_dir, "preprocess")
     remove_leftovers(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()

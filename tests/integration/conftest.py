@@ -93,7 +93,7 @@ def registered_project(tmp_path_factory):
     (decisions.json holds the three decisions). Shared by the registry, serving and continuous
     modules, which run on one lane (tests/conftest.py), in that order."""
     root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
-    for stage in ("ingest", "validate", "preprocess"):
+    for stage in ("ingest", "validate", "filter", "preprocess"):
         lmp(root, "-q", stage)
     decisions = [train_and_register(root, 60), train_and_register(root, 11),  # warmup is 10 steps
                  # the better one also guarded on the corpus's test split (continuous training's guard)

@@ -57,7 +57,7 @@ def test_preprocess_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path
     params = tiny_params({"data": {"source": str(corpus), "shard_tokens": 65536},  # ~30 shards
                           "tokenizer": {"vocab_size": 2048}})
     project = make_project(tmp_path / "project", params)
-    for stage in ("ingest", "validate"):
+    for stage in ("ingest", "validate", "filter"):
         subprocess.run([str(BIN / "lmp"), "-q", stage], cwd=project, check=True, capture_output=True)
     proc = subprocess.Popen([str(BIN / "lmp"), "-q", "preprocess"], cwd=project)
     started = wait_for(lambda: list((project / "data").glob(".processed.*/processed/train/00001.bin")))

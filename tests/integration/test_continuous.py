@@ -157,7 +157,8 @@ def versions(project: Path) -> set[str]:
 
 
 def corpus(project: Path) -> list[dict]:
-    return [json.loads(line) for line in (project / "data/raw/documents.jsonl").read_text().splitlines()]
+    """What the champion was trained on (the filtered corpus, the start of the corpus so far)."""
+    return [json.loads(line) for line in (project / "data/filtered/documents.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.usefixtures("forget_mlflow_uri")

@@ -51,7 +51,7 @@ HF_LLAMA = {"model": {"backend": "hf", "hf_config": {
 def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path, backend):
     project = make_project(tmp_path, tiny_params(GPU_TRAIN, backend))
     lmp = str(BIN / "lmp")
-    for stage in ("ingest", "preprocess"):
+    for stage in ("ingest", "filter", "preprocess"):
         subprocess.run([lmp, "-q", stage], cwd=project, check=True)
     proc = subprocess.run([lmp, "train"], cwd=project, capture_output=True, text=True)
     out = proc.stdout + proc.stderr

@@ -39,7 +39,7 @@ def test_overfitting_stops_early_and_the_best_validation_checkpoint_is_exported(
                   "early_stopping_patience": 3},
     }
     project = make_project(tmp_path / "project", params)
-    for stage in ("ingest", "preprocess"):
+    for stage in ("ingest", "filter", "preprocess"):
         subprocess.run([LMP, "-q", stage], cwd=project, check=True)
     out = subprocess.run([LMP, "train"], cwd=project, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

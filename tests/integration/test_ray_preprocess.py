@@ -30,8 +30,8 @@ def write_corpus(raw: Path, documents: int) -> None:
 
 
 def preprocess(root: Path, name: str, engine: str, env: dict) -> str:
-    params = {"data": {"raw_dir": "raw", "processed_dir": name, "shard_tokens": 4096,
-                       "preprocess_on": engine},
+    params = {"filter": {"output_dir": "raw"},  # the documents preprocess reads
+              "data": {"processed_dir": name, "shard_tokens": 4096, "preprocess_on": engine},
               "validate": {"report_dir": "validation"}, "tokenizer": {"kind": "char"}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(params))
     done = subprocess.run([LMP, "--params", f"{name}.yaml", "preprocess"], cwd=root, env=env,
@@ -64,3 +64,40 @@ def test_ray_data_on_two_nodes_writes_the_shards_of_the_local_path(tmp_path, two
         assert meta["tokens"][split] == meta["characters"][split] + meta["documents"][split]
     assert meta["duplicates_dropped"] == len(range(0, 3 * RAY_BATCH_DOCUMENTS, 50))
     assert meta["unknown"]["test"] > 0 and meta["unknown_examples"]  # counted the same way on Ray
+
+
+def filter_on(root: Path, name: str, engine: str, env: dict) -> str:
+    params = {"data": {"raw_dir": "raw", "preprocess_on": engine}, "validate": {"report_dir": "validation"},
+              "filter": {"output_dir": f"{name}-filtered", "report_dir": f"{name}-report",
+                         "steps": ["language", "c4", "pii", "exact_dedup", "near_dedup"]}}
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([LMP, "--params", f"{name}.yaml", "filter"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.scale
+@pytest.mark.filter
+def test_filtering_on_ray_data_writes_byte_for_byte_what_the_local_path_writes(tmp_path, two_node_cluster):
+    from lm_pipeline.stages.filter import RAY_BATCH_DOCUMENTS as FILTER_BATCH
+
+    write_corpus(tmp_path / "raw", documents=3 * FILTER_BATCH)  # several Ray tasks
+    with open(tmp_path / "raw" / DOCUMENTS_FILE, "a") as f:  # personal data, and prose C4 keeps
+        for i in range(45):  # the last five repeat the first
+            text = f"Please write to person{i % 40}@example.com about the weather in the town today. " * 6
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation/result.json").write_text(json.dumps([{"success": True}]))
+    here = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    filter_on(tmp_path, "local", "local", here)
+    log = filter_on(tmp_path, "ray", "ray", here | {"RAY_ADDRESS": two_node_cluster.address})
+
+    assert "filter: screening on Ray Data (2.0 CPUs)" in log
+    local, ray = files(tmp_path / "local-filtered"), files(tmp_path / "ray-filtered")
+    assert local == ray
+    removed = [json.loads(line) for line in local["removed.jsonl"].decode().splitlines()]
+    assert {d["filter"] for d in removed} == {"language", "c4", "exact_dedup"}
+    assert len(removed) > 3 * FILTER_BATCH // 2
+    assert b"<EMAIL>" in local["documents.jsonl"] and b"@example.com" not in local["documents.jsonl"]

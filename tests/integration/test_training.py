@@ -31,7 +31,7 @@ TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
 def project(tmp_path_factory):
     """A project whose data is ingested and tokenized, ready to train."""
     root = make_project(tmp_path_factory.mktemp("train-project"), tiny_params(TRAIN))
-    for stage in ("ingest", "preprocess"):
+    for stage in ("ingest", "filter", "preprocess"):
         subprocess.run([LMP, "-q", stage], cwd=root, check=True)
     return root
 

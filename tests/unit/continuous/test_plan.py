@@ -40,7 +40,8 @@ def test_the_corpus_so_far_starts_as_the_ingested_corpus_and_grows_by_promoted_d
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "documents.jsonl").write_text(json.dumps({"id": "a", "text": "one"}) + "\n")
-    cfg = Config.model_validate({"data": {"raw_dir": str(raw)}, "ct": {"state_dir": str(tmp_path / "ct")}})
+    cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
+                                 "ct": {"state_dir": str(tmp_path / "ct")}})
     corpus = corpus_so_far(cfg)
     extend_corpus(corpus, [{"id": "drop:b", "text": "two"}])
     assert [json.loads(line)["text"] for line in corpus.read_text().splitlines()] == ["one", "two"]

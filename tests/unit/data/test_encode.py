@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lm_pipeline.config import Config, TokenizerConfig
-from lm_pipeline.data.encode import encode_texts, local_batches, use_ray
+from lm_pipeline.data.encode import encode_texts, local_batches
+from lm_pipeline.data.parallel import use_ray  # preprocessing and filtering share the rule
 from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
 
 
@@ -48,7 +49,7 @@ def test_auto_takes_ray_for_a_large_corpus_on_a_configured_cluster(tmp_path, mon
 
 @pytest.mark.parametrize("size", [1, 7, 40, 10_000])
 def test_byte_ranges_cover_the_file_and_cut_only_between_lines(tmp_path, size):
-    from lm_pipeline.data.encode import line_ranges, read_lines
+    from lm_pipeline.data.parallel import line_ranges, read_lines
 
     path = tmp_path / "documents.jsonl"
     # raw multi-byte characters and a line separator that is not a newline (U+2028)

@@ -38,7 +38,8 @@ def project_config(tmp_path, texts: list[str], parent) -> Config:
         for i, text in enumerate(texts):
             f.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
     return Config.model_validate({
-        "data": {"raw_dir": str(raw), "processed_dir": str(tmp_path / "processed")},
+        "filter": {"output_dir": str(raw)},  # preprocess reads the filtered documents
+        "data": {"processed_dir": str(tmp_path / "processed")},
         "split": {"val_fraction": 0.2, "test_fraction": 0.2},
         "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
         "train": {"init_from": str(parent)}})

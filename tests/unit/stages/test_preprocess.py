@@ -25,7 +25,8 @@ def test_a_corpus_that_failed_validation_is_not_preprocessed(tmp_path):
                                               for i in range(200)))
     reports.mkdir()
     (reports / "result.json").write_text(json.dumps([{"success": True}, {"success": False}]))
-    cfg = Config.model_validate({"data": {"raw_dir": str(raw), "processed_dir": str(tmp_path / "processed")},
+    cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
+                                 "data": {"processed_dir": str(tmp_path / "processed")},
                                  "validate": {"report_dir": str(reports)},
                                  "tokenizer": {"vocab_size": 300}})
     failed = r"validation of the corpus failed \(.*validation/result.json\).*lmp validate"
@@ -54,7 +55,8 @@ def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path)
     (raw / DOCUMENTS_FILE).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
                                               for i, t in enumerate(texts)))
     (reports / "result.json").write_text(json.dumps([{"success": True}]))
-    cfg = Config.model_validate({"data": {"raw_dir": str(raw), "processed_dir": str(tmp_path / "processed")},
+    cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
+                                 "data": {"processed_dir": str(tmp_path / "processed")},
                                  "validate": {"report_dir": str(reports)}, "tokenizer": {"kind": "char"}})
     preprocess.run(cfg)
     meta = read_meta(cfg.data.processed_dir)
