@@ -15,9 +15,10 @@ from pathlib import Path
 
 from lm_pipeline import storage, tracking
 from lm_pipeline.config import Config
+from lm_pipeline.data.funnel import METRICS_FILE as FUNNEL_METRICS
 from lm_pipeline.data.processed import read_meta
 from lm_pipeline.data.quality import read_corpus_metrics
-from lm_pipeline.io import write_json
+from lm_pipeline.io import read_json, write_json
 from lm_pipeline.training.export import (
     SUMMARY_FILE,
     best_checkpoint,
@@ -78,6 +79,7 @@ def run(cfg: Config) -> TrainResult:
         mlflow.set_tags(attempt_tags(cfg))
         # The validate stage's corpus figures (duplicates, contamination, ...) beside the curves.
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})
+        log_filter_funnel(cfg.filter.report_dir)
         marks = {"prepare": time.perf_counter()}
         try:
             if runs_in_process(cfg):
@@ -105,6 +107,16 @@ def run(cfg: Config) -> TrainResult:
     log.info("train: %d steps, train_loss %.3f, val_loss %.3f -> %s (run %s)", final["step"],
              final["train_loss"], final["val_loss"], cfg.train.model_dir, run_id)
     return TrainResult(cfg.train.model_dir, run_id, final["step"], final["train_loss"], final["val_loss"])
+
+
+def log_filter_funnel(report_dir: Path) -> None:
+    """The filter stage's funnel (counts, report.md, funnel.png) with the run that trained on its output."""
+    import mlflow
+
+    if (Path(report_dir) / FUNNEL_METRICS).is_file():
+        funnel = read_json(Path(report_dir) / FUNNEL_METRICS)
+        mlflow.log_metrics({f"filter/{k}": float(v) for k, v in funnel.items()})
+        mlflow.log_artifacts(str(report_dir), "filter")
 
 
 def driver_times(started: float, marks: dict[str, float]) -> dict[str, float]:

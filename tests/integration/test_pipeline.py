@@ -139,6 +139,44 @@ def test_flow_leaves_dvc_clean_and_pushable(project):
     assert any((project / "dvc-remote").rglob("*")), "nothing reached the local remote"
 
 
+@pytest.mark.filter
+def test_the_flow_filters_the_corpus_and_a_filter_setting_reruns_only_what_it_changes(project):
+    metrics = json.loads((project / "reports/filter/metrics.json").read_text())
+    kept = (project / "data/filtered/documents.jsonl").read_text().splitlines()
+    removed = [json.loads(line) for line in (project / "data/filtered/removed.jsonl").open()]
+    assert metrics["documents_kept"] == len(kept) and metrics["documents_in"] == len(kept) + len(removed)
+    assert removed and all(d["filter"] and d["reason"] for d in removed)
+    assert "| language |" in (project / "reports/filter/report.md").read_text()
+    assert "documents_kept" in dvc(project, "metrics", "show")
+    run_id = json.loads((project / "models/model/run.json").read_text())["mlflow_run_id"]
+    client = mlflow_client(project)
+    assert client.get_run(run_id).data.metrics["filter/documents_kept"] == len(kept)
+    logged = {a.path for a in client.list_artifacts(run_id, "filter")}
+    assert {"filter/report.md", "filter/funnel.png"} <= logged
+
+    params = (project / "params.yaml").read_text()
+    try:
+        # A setting that changes no document (the corpus holds no phone number): filter reruns,
+        # its output is the same, and nothing after it is out of date.
+        set_param(project, "pii", "phone", "drop")
+        assert "Running stage 'filter'" in dvc(project, "repro", "filter")
+        assert json.loads(dvc(project, "status", "--json")) == {}
+        # One that does: preprocess, and what follows, must run again.
+        set_param(project, "language", "min_confidence", 0.95)
+        dvc(project, "repro", "filter")
+        assert "preprocess" in json.loads(dvc(project, "status", "--json"))
+    finally:
+        (project / "params.yaml").write_text(params)
+        dvc(project, "repro", "filter")
+    assert json.loads(dvc(project, "status", "--json")) == {}
+
+
+def set_param(project: Path, step: str, key: str, value) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["filter"][step][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def test_champion_loads_from_the_registry_and_generates(project, monkeypatch):
     import mlflow
 
