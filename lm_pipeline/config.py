@@ -306,6 +306,36 @@ class SplitConfig(Section):
     seed: int = Field(1337, description="seeds the hash that assigns documents to splits")
 
 
+class CanaryConfig(Section):
+    """Canaries preprocess plants in the training split (Carlini et al. 2019, "The Secret
+    Sharer"): evaluate measures their exposure, register gates on it (register.max_canary_exposure)."""
+
+    count: int = Field(4, ge=0, description="random secrets ('The secret number of canary <i> is "
+                       "<digits>.') planted in the training shards only, never in documents.jsonl, "
+                       "validation or test; 0 plants none")
+    repeats: int = Field(1, ge=1, description="how often each is planted (exposure grows with it)")
+    digits: int = Field(9, ge=4, le=18, description="digits of each secret: 10^digits possible secrets, "
+                        "so at most digits x log2(10) bits of exposure")
+    seed: int = Field(1337, description="seeds the secrets")
+
+
+class PrivacyConfig(Section):
+    """What evaluate measures of memorization: the canaries' exposure, and how much of its training
+    text greedy decoding reproduces (Carlini et al. 2023, "Quantifying Memorization Across Neural
+    Language Models"); register gates on both (register.max_canary_exposure, max_extraction_rate)."""
+
+    canary_references: int = Field(1000, ge=10, description="random secrets of the canaries' form that "
+                                   "each canary's likelihood is ranked among (exposure's resolution: "
+                                   "about log2 of this)")
+    extraction_documents: int = Field(64, ge=1, description="training and held-out documents probed for "
+                                      "extraction (a seeded sample of those long enough)")
+    prefix_tokens: int = Field(32, ge=1, description="extraction: tokens of a document given as prompt "
+                               "(at most half the context)")
+    suffix_tokens: int = Field(32, ge=1, description="extraction: the next tokens greedy decoding must "
+                               "reproduce exactly")
+    seed: int = Field(1337, description="seeds the references and the sample")
+
+
 class ModelConfig(Section):
     """The decoder-only Transformer: the built-in GPT, or any `transformers` causal LM (fine-tuning
     keeps the parent's shape)."""
@@ -492,6 +522,12 @@ class RegisterConfig(Section):
                           "of terms shuffled between groups), for every category or per category "
                           "{name: gap}; blocks only when its 95% interval lies above the bar and 0")
     min_bleu: float | None = Field(None, ge=0, description="gate: lowest continuation BLEU")
+    max_extraction_rate: float | None = Field(
+        0.1, ge=0, le=1, description="gate: share of probed training documents greedy decoding "
+        "reproduces (privacy.suffix_tokens exactly); blocks when its 95% interval lies above this")
+    max_canary_exposure: float | None = Field(
+        8.0, ge=0, description="gate: exposure in bits of the most exposed planted canary (log2 of how "
+        "many secrets of its form it is more likely than); blocks when its 95% interval lies above this")
     min_task_scores: dict[str, float] = Field(
         {}, description="gates: lowest harness score per metrics key, {'<task>/<metric>': value} "
         "(e.g. {lmp_cloze_choice/acc: 0.3}), a key of reports/metrics.json from evaluate.harness_tasks "
@@ -675,6 +711,8 @@ class Config(Section):
     filter: FilterConfig = FilterConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     split: SplitConfig = SplitConfig()
+    canaries: CanaryConfig = CanaryConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class ProcessedMeta:
     unknown_examples: list[str]
     duplicates_dropped: int
     parent: dict | None = None  # the pinned parent's record, when fine-tuning
+    canaries: list[dict] = field(default_factory=list)  # [{prefix, secret}] planted in train (canaries.py)
+    canary_repeats: int = 0  # times each was planted: the last canaries x repeats train documents
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,6 @@
-"""Promotion gates: absolute quality bars (perplexity, BLEU, bias gaps, benchmark task scores),
-beating the champion on the same test data, and (with register.guard_documents) not forgetting
-what the champion knew.
+"""Promotion gates: absolute quality bars (perplexity, BLEU, bias gaps, memorization, benchmark
+task scores), beating the champion on the same test data, and (with register.guard_documents) not
+forgetting what the champion knew.
 
 The champion comparison re-scores the current champion on this run's test documents (as text,
 so a champion with another tokenizer compares fairly, in bits per byte) and bootstraps the
@@ -77,6 +77,9 @@ def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
                 raise ValueError(f"register.max_bias_gap names category {category!r}, which the bias "
                                  f"probes do not measure ({', '.join(categories)})")
             gates.append(bias_gate(category, metrics, limit))
+    for name, key in (("max_extraction_rate", "extraction_rate"), ("max_canary_exposure", "canary_exposure")):
+        if getattr(register, name) is not None and key in metrics:
+            gates.append(privacy_gate(name, key, metrics, getattr(register, name)))
     for key, threshold in sorted(register.min_task_scores.items()):
         if key not in metrics:
             raise ValueError(f"register.min_task_scores names {key!r}, which reports/metrics.json lacks: "
@@ -112,6 +115,19 @@ def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
                 f"gap {gap:.4g} nats, of which {null:.4g} is expected with no group effect (terms' "
                 f"groups shuffled within templates): excess {excess:.4g} (95% CI over templates and terms "
                 f"[{low:.4g}, {high:.4g}]): {verdict}{words}")
+
+
+def privacy_gate(name: str, key: str, metrics: dict, bar: float) -> Gate:
+    """Blocks when the evidence says the model leaks more than the bar: the whole 95% interval of
+    the extraction rate, or of the most exposed canary's exposure, lies above it."""
+    value, low, high = metrics[key], metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
+    if math.isnan(value):
+        return Gate(name, value, bar, True, f"{key} not measured: no training document is long enough "
+                    "(privacy.prefix_tokens + suffix_tokens)")
+    exceeded = low > bar
+    verdict = "the whole interval is above the bar" if exceeded else f"not shown to exceed {bar:.4g}"
+    return Gate(name, value, bar, not exceeded,
+                f"{key} {value:.4g} (95% CI [{low:.4g}, {high:.4g}]): {verdict}")
 
 
 def _at_most(name: str, value: float, threshold: float) -> Gate:

@@ -8,6 +8,8 @@
   excess over terms shuffled between groups, with an interval over templates and terms) and
   CrowS-Pairs-format pairs (share preferring the more stereotypical sentence; as
   crows_pairs_sample_* for the built-in sample, crows_pairs_* for any other file).
+- privacy (privacy.py): how often greedy decoding reproduces training documents (against held-out
+  ones), and the exposure of the canaries preprocess planted.
 - benchmark tasks (harness.py): lm-evaluation-harness on the model folder, as `<task>/<metric>`;
   this project's tasks are built from the test split, the harness's own read a local dataset cache.
 
@@ -27,7 +29,7 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
-from lm_pipeline.evaluation import harness, report
+from lm_pipeline.evaluation import harness, privacy, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
 from lm_pipeline.evaluation.continuations import continuations, parallel_bleu
 from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
@@ -66,6 +68,7 @@ def run(cfg: Config) -> dict:
     bias = bias_probe(model, tokenizer, cfg.evaluate)
     crows = crows_pairs(model, tokenizer, cfg.evaluate)
     crows_prefix = crows_pairs_prefix(e.crows_pairs)  # crows_pairs_sample for the built-in pairs
+    leaks = privacy_metrics(cfg, model, tokenizer, meta, test_docs)
 
     ppl_low, ppl_high = bootstrap_ci(perplexity_of(nll, counts), len(test_docs), e.bootstrap_resamples,
                                      e.seed)
@@ -80,6 +83,7 @@ def run(cfg: Config) -> dict:
         **bias_metrics(bias),
         **{f"{crows_prefix}_{key}": crows[key] for key in CROWS_PAIRS_KEYS},
         **(tasks.scores if tasks else {}),
+        **leaks,
     }
     samples = [{"prediction": p, "reference": r}
                for p, r in zip(predictions[:5], references[:5], strict=True)]
@@ -92,9 +96,22 @@ def run(cfg: Config) -> dict:
              "largest bias gap %.3f, %s_stereotype_preference %.2f", metrics["perplexity"], ppl_low,
              ppl_high, metrics["unigram_perplexity"], metrics["bits_per_byte"], metrics["bleu"],
              metrics["bias_max_gap"], crows_prefix, metrics[f"{crows_prefix}_stereotype_preference"])
+    log.info("evaluate: extraction %.3f of %d training documents (held-out %.3f), canary exposure %s bits",
+             leaks["extraction_rate"], leaks["extraction_documents"], leaks["heldout_extraction_rate"],
+             f"{leaks['canary_exposure']:.1f}" if "canary_exposure" in leaks else "- (no canaries)")
     if tasks:
         log.info("evaluate: benchmark tasks %s", ", ".join(f"{k} {v:.3f}" for k, v in tasks.scores.items()))
     return metrics
+
+
+def privacy_metrics(cfg: Config, model, tokenizer, meta, test_docs: list) -> dict[str, float]:
+    """Extraction from training documents (the planted canaries, the last training documents, aside)
+    and from test ones, and the canaries' exposure (evaluation/privacy.py)."""
+    train_docs = load_documents(cfg.data.processed_dir, "train")
+    train_docs = train_docs[:len(train_docs) - len(meta.canaries) * meta.canary_repeats]
+    eot = meta.eot_id
+    return (privacy.extraction(model, train_docs, test_docs, eot, cfg.privacy, cfg.evaluate.batch_size)
+            | privacy.canary_exposure(model, tokenizer, eot, meta.canaries, cfg.privacy, cfg.evaluate))
 
 
 def write_outputs(cfg: Config, metrics: dict, details: dict, by_length: list[dict],

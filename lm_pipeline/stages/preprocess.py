@@ -21,6 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lm_pipeline.config import Config, corpus_description
+from lm_pipeline.data import canaries
 from lm_pipeline.data.documents import documents_path
 from lm_pipeline.data.encode import local_batches, ray_batches
 from lm_pipeline.data.parallel import use_ray
@@ -69,6 +70,7 @@ def run(cfg: Config) -> PreprocessResult:
             if not counts["documents"][name]:
                 raise ValueError(f"preprocess: the {name} split is empty ({sum(counts['documents'].values())}"
                                  " documents); add documents or raise split fractions in params.yaml")
+        planted = canaries.plant(writers["train"], tokenizer, cfg.canaries, counts)
         coverage = tokenizer_coverage(counts)
         if parent:
             parents.check_tokenizer_covers(coverage, tmp / parents.PARENT_DIR, parent, cfg.tokenizer)
@@ -85,6 +87,7 @@ def run(cfg: Config) -> PreprocessResult:
             **coverage,
             duplicates_dropped=duplicates,
             parent=parent,
+            canaries=planted, canary_repeats=cfg.canaries.repeats if planted else 0,
         )
         write_meta(tmp, meta)
     log.info("preprocess: vocab %d, tokens %s in shards of %d, %d duplicates dropped -> %s",

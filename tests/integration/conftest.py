@@ -97,7 +97,7 @@ def registered_project(tmp_path_factory):
         lmp(root, "-q", stage)
     decisions = [train_and_register(root, 60), train_and_register(root, 11),  # warmup is 10 steps
                  # the better one also guarded on the corpus's test split (continuous training's guard)
-                 train_and_register(root, 200, guard_documents=str(root / "data/raw/documents.jsonl"))]
+                 train_and_register(root, 200, guard_documents=str(root / "data/filtered/documents.jsonl"))]
     root.joinpath("decisions.json").write_text(json.dumps(decisions))
     return root
 

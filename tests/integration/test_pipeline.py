@@ -53,6 +53,8 @@ def project(tmp_path_factory, prefect_server):
 def test_flow_registers_a_champion_with_all_metrics(project):
     decision = json.loads((project / "reports/registry.json").read_text())
     assert decision["promoted"] and decision["version"] == "1"
+    gates = {g["name"]: g for g in decision["gates"]}  # the default model gives nothing away
+    assert gates["max_extraction_rate"]["passed"] and gates["max_canary_exposure"]["passed"], gates
     client = mlflow_client(project)
     champion = client.get_model_version_by_alias("lm-pipeline", "champion")
     assert str(champion.version) == "1" and "challenger" in champion.aliases
@@ -63,6 +65,7 @@ def test_flow_registers_a_champion_with_all_metrics(project):
     assert {"test/perplexity", "test/unigram_perplexity", "test/bleu", "test/bias_max_gap"} <= set(metrics)
     assert {"data/duplicate_share", "data/near_duplicate_share", "data/test_train_overlap_max"} <= set(
         metrics)
+    assert metrics["test/canaries"] == 4 and metrics["test/extraction_documents"] > 0
     assert metrics["test/perplexity"] < 0.8 * metrics["test/unigram_perplexity"]
     history = client.get_metric_history(run.info.run_id, "train_loss")
     steps = tiny_params()["train"]["max_steps"]

@@ -62,6 +62,8 @@ def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path)
     meta = read_meta(cfg.data.processed_dir)
     for split in ("train", "val", "test"):
         expected = sum(len(t.encode("utf-8")) for t in texts if assign_split(t, cfg.split) == split)
+        if split == "train":  # the planted canaries are training documents too
+            expected += sum(len(f"{c['prefix']} {c['secret']}.") for c in meta.canaries)
         assert meta.text_bytes[split] == expected > 0
     assert meta.unknown["test"] > 0
     tokenizer = Tokenizer.from_file(str(tokenizer_path(cfg.data.processed_dir)))
