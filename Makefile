@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast bench bench-preprocess lint ui docs clean system-packages
+.PHONY: run test test-fast bench bench-filter bench-preprocess lint ui docs clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ system-packages:  ## PostgreSQL and Chromium for the production and browser test
 
 bench: $(STAMP)  ## side-by-side measurements -> benchmarks/results.json
 	$(BIN)/python -m benchmarks.run
+
+bench-filter: $(STAMP)  ## the filter stage vs datatrove at 100 MB, its memory at 1 GB (about 30 minutes)
+	$(BIN)/python -m benchmarks.filter
 
 bench-preprocess: $(STAMP)  ## preprocessing at 10 MB, 100 MB, 1 GB vs a naive loop (about 5 minutes)
 	$(BIN)/python -m benchmarks.preprocess

@@ -7,7 +7,7 @@ at least three groups (a slice `a[::2]` does not), a card number passes the Luhn
 number of the same length almost never does), a phone number has separators in a phone's places
 (a date or an ISBN does not), a secret has a known issuer's prefix and length or is a PEM
 private-key block. What is not caught: phone numbers written without separators, names and postal
-addresses, secrets of issuers not listed here (docs/data.md#personal-data says so).
+addresses, secrets of issuers not listed here (docs/filter.md#personal-data says so).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 def test_the_recipes_are_there():
     assert {p.name for p in CONFIGS} >= {"char-level.yaml", "finetune-hf.yaml", "lora-hf.yaml",
-                                         "llama-scratch.yaml", "cluster-s3.yaml"}
+                                         "llama-scratch.yaml", "cluster-s3.yaml", "web-text.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
