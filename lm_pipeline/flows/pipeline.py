@@ -28,6 +28,7 @@ from prefect.tasks import exponential_backoff
 
 from lm_pipeline.config import load_config
 from lm_pipeline.flows.temporary_server import temporary_server
+from lm_pipeline.io import read_json
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
 from lm_pipeline.tracking import FLOW_RUN_ENV
@@ -142,7 +143,10 @@ def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
     markdown = (f"## {decision['model_name']} v{decision['version']}\n\n{decision['reason']}\n\n"
                 f"| metric | value |\n|---|---|\n{rows}\n")
     alias = "champion" if decision["promoted"] else "challenger"
+    funnel = read_json(project_dir / cfg.filter.report_dir / "metrics.json")
     text = (f"\nDone: {decision['reason']}\n"
+            f"  filter:     kept {funnel['documents_kept']} of {funnel['documents_in']} documents "
+            f"({cfg.filter.report_dir / 'report.md'})\n"
             f"  test perplexity {metrics['perplexity']:.2f} (unigram baseline "
             f"{metrics['unigram_perplexity']:.2f}), BLEU {metrics['bleu']:.2f}, "
             f"largest bias gap {metrics['bias_max_gap']:.3f}\n"

@@ -59,7 +59,10 @@ def run(cfg: Config) -> FilterResult:
         write_unique(candidates, keys, cfg.filter.steps, tmp, funnel)
         for scratch in SCRATCH:
             (tmp / scratch).unlink()
-    funnel.write(cfg.filter.report_dir)
+        funnel.write(cfg.filter.report_dir)
+        if not funnel.metrics()["documents_kept"]:  # refused whole: no empty corpus downstream
+            raise ValueError(f"filter: the steps removed all {funnel.documents} documents of {source} "
+                             f"(why: {cfg.filter.report_dir / 'report.md'}); loosen filter.* in params.yaml")
     metrics = funnel.metrics()
     log.info("filter: kept %d of %d documents (%d of %d characters) -> %s; funnel in %s",
              metrics["documents_kept"], metrics["documents_in"], metrics["characters_kept"],

@@ -202,3 +202,11 @@ def test_every_removed_document_is_kept_aside_with_its_step_and_reason_and_the_r
     assert (metrics["documents_kept"], metrics["pii_secret"], metrics["pii_email"]) == (2, 1, 1)
     assert (metrics["language_removed"], metrics["exact_dedup_removed"]) == (1, 1)
     assert (tmp_path / "report/funnel.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_filter_that_removes_every_document_fails_and_writes_nothing_but_its_report(tmp_path):
+    cfg = corpus(tmp_path, ["Das ist ein deutscher Satz über das Wetter in der Stadt."] * 3)
+    with pytest.raises(ValueError, match=r"removed all 3 documents .*report.md.*loosen filter"):
+        stage.run(cfg)
+    assert not (tmp_path / "filtered").exists()
+    assert "| language | 3 | 3 |" in (tmp_path / "report/report.md").read_text()  # and why
