@@ -1,6 +1,8 @@
-"""The raw-documents format: data/raw/documents.jsonl, one {id, text, source} object a line.
+"""The documents format: documents.jsonl, one {id, text, source} object a line.
 
-Ingest writes it; validation and preprocessing stream it.
+Ingest writes data/raw/documents.jsonl, which validation and filtering stream; filtering writes
+data/filtered/documents.jsonl (and removed.jsonl, the same with "filter" and "reason"), which
+preprocessing streams.
 """
 
 from __future__ import annotations
