@@ -10,7 +10,7 @@ import pytest
 from lm_pipeline.config import Config, FilterConfig
 from lm_pipeline.data import pii
 from lm_pipeline.data.features import minhash
-from lm_pipeline.data.screen import DATATROVE, document_steps
+from lm_pipeline.data.screen import DATATROVE, document_steps, run_steps
 from lm_pipeline.stages import filter as stage
 
 pytestmark = pytest.mark.filter
@@ -39,15 +39,20 @@ def judge(step: str, text: str, **params) -> str | None:
     return run(text)[0]
 
 
-def datatrove_keeps(step: str, text: str, **params) -> bool:
-    """The library's own decision, with the thresholds of params.yaml (and `params` on top)."""
+def datatrove_rule(step: str, **params):
+    """The library's own filter, with the thresholds of params.yaml (and `params` on top)."""
     import datatrove.pipeline.filters as filters
-    from datatrove.data import Document
 
     settings = getattr(FilterConfig(), step).model_dump() | params
     if step == "gopher_repetition":
         settings = settings | {k: tuple(map(tuple, settings[k])) for k in ("top_n_grams", "dup_n_grams")}
-    return getattr(filters, DATATROVE[step])(**settings).filter(Document(text=text, id="x")) is True
+    return getattr(filters, DATATROVE[step])(**settings)
+
+
+def datatrove_keeps(step: str, text: str, **params) -> bool:
+    from datatrove.data import Document
+
+    return datatrove_rule(step, **params).filter(Document(text=text, id="x")) is True
 
 
 # (step, threshold override, a document just inside, one just outside)
@@ -69,6 +74,33 @@ def test_each_heuristic_at_both_sides_of_its_threshold_agrees_with_datatrove(ste
     assert judge(step, kept, **params) is not None
     assert judge(step, removed, **params) is None
     assert datatrove_keeps(step, kept, **params) and not datatrove_keeps(step, removed, **params)
+
+
+def test_the_heuristics_chained_decide_as_datatrove_does_document_for_document():
+    """On real text (Python's own reference documentation), the four steps in a row, sharing one
+    word tokenizer, keep, trim and remove exactly what datatrove's filters in a row do."""
+    from pydoc_data.topics import topics
+
+    steps = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
+    settings = FilterConfig(steps=steps).model_dump(mode="json")
+    ours = document_steps(json.dumps(settings, sort_keys=True))
+    texts = [topics[name] for name in sorted(topics)[:30]]
+    texts += [sentences(n) + "\nWhy? [1]" for n in (8, 12, 20)]  # kept, with a line C4 drops
+    for text in texts:
+        kept, step = run_steps(text, ours)[:2]
+        theirs, removed_by = text, ""
+        for name in steps:  # the library alone: each filter on what the one before kept
+            from datatrove.data import Document
+
+            doc = Document(text=theirs, id="x")
+            if not datatrove_keeps(name, theirs):
+                removed_by = name
+                break
+            datatrove_rule(name).filter(doc)  # C4 rewrites the text it keeps
+            theirs = doc.text
+        assert (step, kept if not step else None) == (removed_by, theirs if not removed_by else None)
+    outcomes = {run_steps(t, ours)[1] for t in texts}
+    assert "" in outcomes and len(outcomes) >= 3, outcomes  # kept ones, and removed by several steps
 
 
 def test_c4_drops_the_lines_without_terminal_punctuation_and_keeps_the_rest():
