@@ -8,7 +8,8 @@ one shares a key with it: the first copy in corpus order is kept, so the same co
 same documents whatever the number of workers.
 
 The keys are written to a file as the documents stream past; `duplicate_of` then reads one
-column at a time (8 bytes a document), so memory does not grow with the text.
+column at a time, in pieces, so memory grows by some 40 bytes a document (the column and
+np.unique's index arrays), not with the text.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def band_key(rows: np.ndarray) -> int:
 
 
 class KeyFile:
-    """The keys of every candidate document, a row each, appended as they stream past."""
+    """The keys of every candidate document, a row each, appended as they stream past, and read
+    back a column at a time."""
+
+    ROWS_PER_READ = 1 << 16
 
     def __init__(self, path: Path, width: int):
         self.path, self.width, self.rows = Path(path), width, 0
@@ -50,17 +54,24 @@ class KeyFile:
         self.file.write(np.ascontiguousarray(keys, dtype=np.uint64).tobytes())
         self.rows += 1
 
-    def close(self) -> np.ndarray:
+    def close(self) -> KeyFile:
         self.file.close()
-        if not self.rows or not self.width:
-            return np.zeros((self.rows, self.width), np.uint64)
-        return np.memmap(self.path, dtype=np.uint64, mode="r", shape=(self.rows, self.width))
+        return self
+
+    def column(self, c: int) -> np.ndarray:
+        out = np.empty(self.rows, dtype=np.uint64)
+        with open(self.path, "rb") as f:
+            for start in range(0, self.rows, self.ROWS_PER_READ):
+                count = min(self.ROWS_PER_READ, self.rows - start) * self.width
+                rows = np.fromfile(f, dtype=np.uint64, count=count)
+                out[start:start + len(rows) // self.width] = rows.reshape(-1, self.width)[:, c]
+        return out
 
 
-def duplicate_of(keys: np.ndarray, columns: range) -> np.ndarray:
+def duplicate_of(keys: KeyFile, columns: range) -> np.ndarray:
     """For each row, the first earlier row sharing a key in `columns` with it, or -1."""
-    earliest = np.arange(keys.shape[0])
+    earliest = np.arange(keys.rows)
     for c in columns:
-        _, first, inverse = np.unique(keys[:, c], return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(keys.column(c), return_index=True, return_inverse=True)
         earliest = np.minimum(earliest, first[inverse])  # np.unique's index is the first occurrence
-    return np.where(earliest < np.arange(keys.shape[0]), earliest, -1)
+    return np.where(earliest < np.arange(keys.rows), earliest, -1)

@@ -71,7 +71,7 @@ def run(cfg: Config) -> FilterResult:
 
 
 def screen(source: Path, cfg: Config, tmp: Path, funnel: Funnel):
-    """The document steps over the corpus: candidates.jsonl and their dedup keys (a memmap);
+    """The document steps over the corpus: candidates.jsonl and their dedup keys (a KeyFile);
     what the steps remove goes to removed.jsonl."""
     settings = cfg.filter.model_dump(mode="json")
     if use_ray(cfg, source):
@@ -109,12 +109,12 @@ def dedup_width(cfg: Config) -> int:
     return ("exact_dedup" in steps) + ("near_dedup" in steps) * cfg.filter.near_dedup.bands
 
 
-def write_unique(candidates: Path, keys, steps: list[str], tmp: Path, funnel: Funnel) -> None:
+def write_unique(candidates: Path, keys: KeyFile, steps: list[str], tmp: Path, funnel: Funnel) -> None:
     """documents.jsonl: the candidates but duplicates, which go to removed.jsonl naming the first copy."""
     first = {}  # dedup step -> first earlier copy per candidate (-1: none)
     column = 0
     for step in (s for s in steps if s in DEDUP_STEPS):
-        width = 1 if step == "exact_dedup" else keys.shape[1] - column
+        width = 1 if step == "exact_dedup" else keys.width - column
         first[step] = duplicate_of(keys, range(column, column + width))
         column += width
     wanted = {int(i) for of in first.values() for i in of[of >= 0]}

@@ -9,6 +9,7 @@ import pytest
 
 from lm_pipeline.config import Config, FilterConfig
 from lm_pipeline.data import pii
+from lm_pipeline.data.dedup import KeyFile
 from lm_pipeline.data.features import minhash
 from lm_pipeline.data.screen import DATATROVE, document_steps, run_steps
 from lm_pipeline.stages import filter as stage
@@ -185,6 +186,7 @@ def test_duplicates_are_the_same_on_one_worker_and_many_and_match_datasketch(tmp
                                                         output_dir=tmp_path / "filtered",
                                                         report_dir=tmp_path / "report")})
     monkeypatch.setattr(stage, "LOCAL_BATCH_CHARS", 5_000)  # many batches over two processes
+    monkeypatch.setattr(KeyFile, "ROWS_PER_READ", 7)  # keys read back in many pieces
     stage.run(cfg)
     many = (tmp_path / "filtered/documents.jsonl").read_bytes()
     monkeypatch.setattr(stage, "local_map", lambda fn, batches: map(fn, batches))  # in this process
