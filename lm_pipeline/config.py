@@ -277,10 +277,14 @@ class FilterConfig(Section):
 
     @field_validator("steps")
     @classmethod
-    def _steps_once(cls, steps: list[str]) -> list[str]:
+    def _steps_once_dedup_last(cls, steps: list[str]) -> list[str]:
         twice = sorted({s for s in steps if steps.count(s) > 1})
         if twice:
             raise ValueError(f"{', '.join(twice)} listed twice")
+        dedup = [i for i, s in enumerate(steps) if s.endswith("_dedup")]
+        if dedup and dedup[0] < len(steps) - len(dedup):
+            raise ValueError("exact_dedup and near_dedup compare the whole corpus, so they come after the "
+                             f"steps that judge one document at a time: {steps}")
         return steps
 
 

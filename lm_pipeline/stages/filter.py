@@ -111,12 +111,10 @@ def dedup_width(cfg: Config) -> int:
 
 def write_unique(candidates: Path, keys: KeyFile, steps: list[str], tmp: Path, funnel: Funnel) -> None:
     """documents.jsonl: the candidates but duplicates, which go to removed.jsonl naming the first copy."""
-    first = {}  # dedup step -> first earlier copy per candidate (-1: none)
-    column = 0
-    for step in (s for s in steps if s in DEDUP_STEPS):
-        width = 1 if step == "exact_dedup" else keys.width - column
-        first[step] = duplicate_of(keys, range(column, column + width))
-        column += width
+    exact = "exact_dedup" in steps  # the key columns: the exact key first, then the bands
+    columns = {"exact_dedup": range(0, 1), "near_dedup": range(int(exact), keys.width)}
+    # dedup step -> the first earlier copy of each candidate (-1: none)
+    first = {step: duplicate_of(keys, columns[step]) for step in steps if step in DEDUP_STEPS}
     wanted = {int(i) for of in first.values() for i in of[of >= 0]}
     ids: dict[int, str] = {}
     with open(candidates, encoding="utf-8") as f, \

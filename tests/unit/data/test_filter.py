@@ -196,6 +196,12 @@ def test_duplicates_are_the_same_on_one_worker_and_many_and_match_datasketch(tmp
     assert removed == {f"d{3 * k + 1}": f"near duplicate of d{3 * k}" for k in range(30)} | \
                       {f"d{3 * k + 2}": f"exact duplicate of d{3 * k}" for k in range(30)}
 
+    reordered = cfg.filter.model_copy(update={"steps": ["near_dedup", "exact_dedup"]})
+    near_first = cfg.model_copy(update={"filter": reordered})
+    stage.run(near_first)  # near_dedup first: it takes the exact copies too
+    assert {d["id"]: d["reason"] for d in lines_of(tmp_path / "filtered/removed.jsonl")} == \
+           {i: f"near duplicate of d{3 * (int(i[1:]) // 3)}" for i in removed}
+
     # datasketch's LSH with the same bands and rows, over the same word 5-grams, decides the same.
     near = cfg.filter.near_dedup
     lsh = MinHashLSH(num_perm=near.bands * near.rows, params=(near.bands, near.rows))
@@ -244,3 +250,16 @@ def test_a_filter_that_removes_every_document_fails_and_writes_nothing_but_its_r
         stage.run(cfg)
     assert not (tmp_path / "filtered").exists()
     assert "| language | 3 | 3 |" in (tmp_path / "report/report.md").read_text()  # and why
+
+
+def test_filter_steps_are_known_once_each_and_dedup_comes_last(tmp_path):
+    from lm_pipeline.config import ConfigError, load_config
+
+    for steps, error in ((["language", "spam"], r"filter\.steps\.1: .*'language'"),
+                         (["pii", "pii"], r"filter\.steps: .*pii listed twice"),
+                         (["near_dedup", "language"], r"filter\.steps: .*come after")):
+        (tmp_path / "params.yaml").write_text(json.dumps({"filter": {"steps": steps}}))
+        with pytest.raises(ConfigError, match=error):
+            load_config(tmp_path / "params.yaml")
+    cfg = FilterConfig(steps=["language", "near_dedup", "exact_dedup"])  # either dedup order
+    assert cfg.steps[-2:] == ["near_dedup", "exact_dedup"]
