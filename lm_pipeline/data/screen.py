@@ -119,41 +119,13 @@ def pii_step(text: str, actions: dict[str, str]):
     return scrubbed, "", found
 
 
-@functools.lru_cache(maxsize=1)
-def shared_words():
-    """datatrove's English word tokenizer (spaCy's), shared by the steps and remembering the words
-    of the last few texts: the Gopher and FineWeb rules each split the same document into words,
-    which is most of their time. datatrove takes a tokenizer object in place of a language name."""
-    from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
-
-    class SharedWords(WordTokenizer):
-        def __init__(self):
-            super().__init__("en")
-            self.inner, self.recent = load_word_tokenizer("en"), {}
-
-        def word_tokenize(self, text: str) -> list[str]:
-            if text not in self.recent:
-                if len(self.recent) >= 4:
-                    self.recent.clear()
-                self.recent[text] = self.inner.word_tokenize(text)
-            return self.recent[text]
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return self.inner.sent_tokenize(text)
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            return self.inner.span_tokenize(text)
-
-    return SharedWords()
-
-
 def datatrove_step(name: str, params: dict) -> Step:
     import datatrove.pipeline.filters as filters
     from datatrove.data import Document
 
     if name == "gopher_repetition":  # datatrove takes tuples of (n, share)
         params = params | {k: tuple(map(tuple, params[k])) for k in ("top_n_grams", "dup_n_grams")}
-    rule = getattr(filters, DATATROVE[name])(**params, language=shared_words())
+    rule = getattr(filters, DATATROVE[name])(**params)  # words are shared: datatrove caches the last splits
 
     def step(text: str):
         doc = Document(text=text, id="")

@@ -78,8 +78,8 @@ def test_each_heuristic_at_both_sides_of_its_threshold_agrees_with_datatrove(ste
 
 
 def test_the_heuristics_chained_decide_as_datatrove_does_document_for_document():
-    """On real text (Python's own reference documentation), the four steps in a row, sharing one
-    word tokenizer, keep, trim and remove exactly what datatrove's filters in a row do."""
+    """On real text (Python's own reference documentation), the four steps in a row keep, trim and
+    remove exactly what datatrove's filters in a row do."""
     from pydoc_data.topics import topics
 
     steps = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
