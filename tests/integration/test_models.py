@@ -85,7 +85,7 @@ def hub_folder(dest: Path, family: str, texts: list[str]) -> Path:
 def project(tmp_path_factory):
     """Validated documents, and two downloaded-model folders beside the project."""
     root = make_project(tmp_path_factory.mktemp("models"), tiny_params(RUN))
-    for stage in ("ingest", "validate"):
+    for stage in ("ingest", "validate", "filter"):
         lmp(root, root / "params.yaml", "-q", stage)
     texts = corpus_texts(root)
     hub_folder(root.parent / "hub-llama", "llama", texts)

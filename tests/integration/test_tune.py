@@ -10,7 +10,7 @@ from tests.integration.conftest import make_project, tiny_params
 
 pytestmark = [pytest.mark.optimization, pytest.mark.integration]
 
-STEPS = 60
+STEPS = 100  # the better trials beat the unigram baseline on the filtered corpus (at 60: 188.4 vs 188.35)
 # A grid, so the trials are known: two learning rates (one far too low) by two depths, two trials
 # at a time. ASHA sees every trial's validation loss at step 20 and stops those in the worse half.
 SEARCH = {"num_samples": 1, "max_concurrent_trials": 2, "workers_per_trial": 1, "grace_period": 20,
