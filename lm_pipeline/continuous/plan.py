@@ -3,8 +3,8 @@ under the cycle's own folder (the project's data, model and reports are not touc
 mixed with a replay sample of the corpus so far (data.sources: the existing mixing path), started
 from the champion, pinned to its version (train.init_from: the existing fine-tuning path, either
 backend, full or LoRA)
-for ct.max_steps steps at ct.lr_factor of the learning rates, and registered only if it does not
-forget that corpus (register.guard_documents)."""
+for ct.max_steps steps at ct.lr_factor of the learning rates, with canaries of its own, and
+registered only if it does not forget that corpus (register.guard_documents)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def cycle_config(cfg: Config, drop: Drop, corpus: Path, work: Path, parent: str)
             if not is_url(value):  # an absolute path moves too, by its parts below its root
                 params[section][name] = str(work / Path(value).relative_to(Path(value).anchor))
     params["validate"]["min_rows"] = 1  # a small drop brings a small replay: any size is a corpus
+    # Canaries of its own, fixed by the drop: the champion has seen the project's canaries in
+    # every training before, so their exposure would add up over cycles and no longer say what
+    # this retraining memorizes of what it saw once.
+    params["canaries"]["seed"] = int(drop.digest[:12], 16)
     ct = cfg.ct
     sources = [{"source": drop.url, "weight": 1 - ct.replay_fraction, "name": f"drop {drop.name}"}]
     if ct.replay_fraction:

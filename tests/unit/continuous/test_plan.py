@@ -34,9 +34,11 @@ def test_a_cycle_writes_only_under_its_folder_and_trains_from_the_champion_on_dr
     assert (cycle.train.lr, cycle.train.min_lr, cycle.train.warmup_steps) == (0.005, 0.0005, 4)
     assert cycle.register_.guard_documents == corpus
     assert cycle.register_.max_forgetting == cfg.ct.max_forgetting
+    other = cycle_config(cfg, Drop("tuesday", "data/incoming/tuesday", "cd" * 32, 1), corpus, work, "x")
+    assert len({cfg.canaries.seed, cycle.canaries.seed, other.canaries.seed}) == 3  # canaries of its own
 
 
-def test_the_corpus_so_far_starts_as_the_ingested_corpus_and_grows_by_promoted_drops(tmp_path):
+def test_the_corpus_so_far_starts_as_the_filtered_corpus_and_grows_by_promoted_drops(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "documents.jsonl").write_text(json.dumps({"id": "a", "text": "one"}) + "\n")
