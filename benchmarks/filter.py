@@ -91,21 +91,14 @@ def run_stage(workdir: Path, steps: list[str]) -> None:
 
 
 def run_datatrove(workdir: Path) -> None:
-    import datatrove.pipeline.filters as filters
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
     from lm_pipeline.config import FilterConfig
-    from lm_pipeline.data.screen import DATATROVE
+    from lm_pipeline.data.screen import datatrove_rule
 
-    defaults = FilterConfig()
-    rules = []
-    for step in HEURISTICS:
-        params = getattr(defaults, step).model_dump()
-        if step == "gopher_repetition":
-            params |= {k: tuple(map(tuple, params[k])) for k in ("top_n_grams", "dup_n_grams")}
-        rules.append(getattr(filters, DATATROVE[step])(**params))
+    rules = [datatrove_rule(step, getattr(FilterConfig(), step).model_dump()) for step in HEURISTICS]
     cores = os.cpu_count() or 1
     LocalPipelineExecutor(
         pipeline=[JsonlReader(str(workdir / "parts")), *rules,

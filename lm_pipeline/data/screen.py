@@ -119,13 +119,20 @@ def pii_step(text: str, actions: dict[str, str]):
     return scrubbed, "", found
 
 
-def datatrove_step(name: str, params: dict) -> Step:
+def datatrove_rule(name: str, params: dict):
+    """datatrove's filter for step `name` with params.yaml's thresholds (its words are shared:
+    datatrove caches the last texts' splits)."""
     import datatrove.pipeline.filters as filters
-    from datatrove.data import Document
 
     if name == "gopher_repetition":  # datatrove takes tuples of (n, share)
         params = params | {k: tuple(map(tuple, params[k])) for k in ("top_n_grams", "dup_n_grams")}
-    rule = getattr(filters, DATATROVE[name])(**params)  # words are shared: datatrove caches the last splits
+    return getattr(filters, DATATROVE[name])(**params)
+
+
+def datatrove_step(name: str, params: dict) -> Step:
+    from datatrove.data import Document
+
+    rule = datatrove_rule(name, params)
 
     def step(text: str):
         doc = Document(text=text, id="")
