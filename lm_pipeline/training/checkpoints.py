@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from lm_pipeline.io import filesystem, is_url, read_json, write_json
 log = logging.getLogger(__name__)
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 SCORE = "val_loss"
+CHECKPOINT_NAME = re.compile(r"checkpoint_[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,7 @@ class StoredCheckpoint:
 class RunCheckpoints:
     def __init__(self, run_dir: str, keep: int):
         self.run_dir, self.keep = run_dir, keep
-        snapshot = storage.join(run_dir, SNAPSHOT)
-        state = read_json(snapshot) if storage.exists(snapshot) else {}
+        state = read_snapshot(run_dir)
         self.results: list[dict] = state.get("checkpoint_results", [])  # {checkpoint_dir_name, metrics}
         self.indices: list[int] = state.get("checkpoint_report_indices", [])
         self.latest_result: dict | None = state.get("latest_checkpoint_result")
@@ -105,6 +106,21 @@ class RunCheckpoints:
             "pending_training_results": [], "pending_validation_specs": [],
             "current_report_index": self.reports, "validated_checkpoint_dir_names": [],
             "timed_out_validation_checkpoint_dir_names": [], "failed_validation_checkpoint_dir_names": []})
+
+
+def read_snapshot(run_dir: str) -> dict:
+    """The run's snapshot ({} before its first checkpoint). Its folder names are joined to the run
+    folder and dropped ones deleted (by us or by Ray): one that is not a plain `checkpoint_<time>`
+    name (`../victim`) would reach outside it, so it is refused."""
+    snapshot = storage.join(run_dir, SNAPSHOT)
+    state = read_json(snapshot) if storage.exists(snapshot) else {}
+    latest = state.get("latest_checkpoint_result")
+    for result in [*state.get("checkpoint_results", []), *([latest] if latest else [])]:
+        name = result.get("checkpoint_dir_name")
+        if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+            raise ValueError(f"{snapshot}: checkpoint_dir_name {name!r} is not a checkpoint folder's name "
+                             "(checkpoint_<time>); refusing to read or delete it")
+    return state
 
 
 def goodness(result: dict) -> tuple[bool, float]:

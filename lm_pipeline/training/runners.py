@@ -11,7 +11,7 @@ from lm_pipeline import storage, tracking
 from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config
 from lm_pipeline.data import published
-from lm_pipeline.training.checkpoints import RunCheckpoints
+from lm_pipeline.training.checkpoints import RunCheckpoints, read_snapshot
 from lm_pipeline.training.loop import train_loop, train_loop_per_worker
 from lm_pipeline.training.session import LocalSession
 from lm_pipeline.training.spec import worker_spec
@@ -41,6 +41,7 @@ def train_on_ray(cfg: Config, run_id: str, checkpoints: str, name: str, shards_u
     from ray.train.torch import TorchTrainer
 
     join_ray(cfg)
+    read_snapshot(storage.join(checkpoints, name))  # refused before Ray reads it and deletes what it names
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_spec(cfg, run_id, shards_url).to_dict(),

@@ -12,12 +12,12 @@ Each rank writes into its own folder and Ray Train merges them into one checkpoi
 loader's position needs no entry: each step's batch is a pure function of (seed, step), so
 restoring `step` restores the position.
 
-DCP's `.metadata` is a pickle, and unpickling runs code. So before anything is read, every file of
-the merged folder must be listed in a manifest with its hash, and match: a checkpoint altered,
-swapped or added to after it was written is refused, naming the file. The manifests live beside
-the files, so they stop accidents and anyone who can change a file but not rewrite the folder;
-whoever can write checkpoint storage can still run code in the trainer (docs/production.md).
-RNG states load with `weights_only=True`.
+Reading runs nothing the checkpoint holds: DCP's pickles are read through checkpoint_reader (an
+allow-list for the metadata, `weights_only=True` for values), RNG states with `weights_only=True`.
+Before anything is read, every file of the merged folder must be listed in a manifest with its
+hash, and match: a checkpoint altered, swapped or added to after it was written is refused, naming
+the file. The manifests live beside the files, so they stop accidents and partial tampering;
+whoever can write checkpoint storage can still change the weights (docs/production.md).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -41,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import read_json, write_json
+from lm_pipeline.training.checkpoint_reader import SafeLoadPlanner, SafeReader, UnsafeCheckpoint
 
 TRAINER_STATE_FILE = "trainer_state.json"
 MANIFEST_GLOB = "manifest_rank*.json"
@@ -136,8 +138,7 @@ def load(folder: Path, model, optimizer, rank: int, frozen: frozenset[str]) -> T
     folder = Path(folder)
     verify(folder)
     saved = trainable_state(model, optimizer, frozen)
-    with single_process_ok():
-        dcp.load(saved, checkpoint_id=folder)
+    read_dcp(saved, folder)
     set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
                    options=TRAINABLE)
     rng = folder / rng_file(rank)
@@ -152,10 +153,26 @@ def load_weights(folder: Path, model) -> TrainState:
     frozen = frozen_names(model)
     weights = get_model_state_dict(model, options=TRAINABLE)
     saved = {"model": {k: v for k, v in weights.items() if k not in frozen}}
-    with single_process_ok():
-        dcp.load(saved, checkpoint_id=Path(folder))
+    read_dcp(saved, Path(folder))
     set_model_state_dict(model, saved["model"], options=TRAINABLE)
     return TrainState(**read_json(Path(folder) / TRAINER_STATE_FILE))
+
+
+def read_dcp(state_dict: dict, folder: Path) -> None:
+    """Fill `state_dict` in place from the folder's DCP files; a pickle that names anything but
+    data is refused before it runs."""
+    reader = SafeReader(folder)
+    try:
+        reader.read_metadata()  # DCP would report a refused metadata as a bare AssertionError
+        with single_process_ok():
+            dcp.load(state_dict, checkpoint_id=folder, storage_reader=reader, planner=SafeLoadPlanner())
+    except UnsafeCheckpoint as err:
+        raise CheckpointError(f"checkpoint {folder}: {err}; refusing to load it") from None
+    except CheckpointException as err:  # how DCP reports what a rank raised
+        refused = [e for e, _ in err.failures.values() if isinstance(e, UnsafeCheckpoint)]
+        if not refused:
+            raise
+        raise CheckpointError(f"checkpoint {folder}: {refused[0]}; refusing to load it") from None
 
 
 @contextmanager

@@ -68,3 +68,18 @@ def test_the_same_store_in_a_bucket(tmp_path, s3, monkeypatch):
         assert sorted(p.name for p in d.iterdir()) == ["__0_0.distcp", "trainer_state.json"]
         assert (d / "__0_0.distcp").read_bytes() == bytes([30]) * 64
     assert steps_of(RunCheckpoints("s3://checkpoints/unit-store/run", keep=1)) == {20, 30}
+
+
+@pytest.mark.security
+def test_a_snapshot_naming_a_folder_outside_the_run_is_refused_and_nothing_is_deleted(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not a checkpoint")
+    run = tmp_path / "run"
+    run.mkdir()
+    planted = {"checkpoint_dir_name": "../victim", "metrics": {"step": 1, "val_loss": 9.0}}
+    (run / SNAPSHOT).write_text(json.dumps({"checkpoint_results": [planted], "checkpoint_report_indices": [0],
+                                            "latest_checkpoint_result": planted, "current_report_index": 1}))
+    with pytest.raises(ValueError, match=r"checkpoint_manager_snapshot.json.*'\.\./victim'"):
+        add_steps(RunCheckpoints(str(run), keep=1), tmp_path, {10: 3.0, 20: 2.0})
+    assert (victim / "keep.txt").exists()

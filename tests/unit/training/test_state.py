@@ -1,6 +1,10 @@
-"""Checkpoint files are checked against their manifest before anything (DCP's pickled metadata
-included) is read."""
+"""Checkpoint files are checked against their manifest before anything is read, and reading runs
+nothing they hold, even when the manifest was rewritten to match."""
 
+import json
+import os
+import pathlib
+import pickle
 import shutil
 
 import pytest
@@ -81,3 +85,55 @@ def test_rank_manifests_together_cover_a_merged_folder(tmp_path, checkpoints):
     (merged / "rng_rank1.pt").write_bytes(b"rank 1 stale")
     with pytest.raises(CheckpointError, match=r"rng_rank1.pt: sha256 differs"):
         checkpoint_state.verify(merged)
+
+
+class RunsCode:
+    """What a hostile checkpoint holds: unpickling it calls `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class RunsCodeThroughAnAllowedClass(RunsCode):
+    """The same through a method of a class the metadata may name (pathlib's paths)."""
+
+    def __reduce__(self):
+        return pathlib.PosixPath.touch, (pathlib.PosixPath(self.marker),)
+
+
+def rewrite_manifest(folder):
+    """What whoever can write checkpoint storage can do: make the manifest match."""
+    manifest = folder / "manifest_rank0.json"
+    manifest.write_text(json.dumps({p.name: checkpoint_state.file_sha256(p) for p in folder.iterdir()
+                                    if p != manifest}))
+
+
+@pytest.mark.parametrize("payload", [RunsCode, RunsCodeThroughAnAllowedClass])
+def test_a_metadata_pickle_that_would_run_code_is_refused_even_with_a_matching_manifest(
+        checkpoints, tmp_path, payload):
+    a, _ = checkpoints
+    marker = tmp_path / "ran"
+    metadata = pickle.loads((a / ".metadata").read_bytes())
+    metadata.planner_data = payload(marker)  # any field: the whole file is unpickled
+    (a / ".metadata").write_bytes(pickle.dumps(metadata))
+    rewrite_manifest(a)
+    with pytest.raises(CheckpointError, match=r"\.metadata: .*not one of DCP's own"):
+        checkpoint_state.load_weights(a, model_and_optimizer(7)[0])
+    with pytest.raises(CheckpointError, match=r"\.metadata"):
+        checkpoint_state.load(a, *model_and_optimizer(7), 0, NONE)
+    assert not marker.exists()
+
+
+def test_an_optimizer_value_that_would_run_code_is_refused(tmp_path):
+    """DCP saves non-tensor values (the optimizer's hyperparameters) with torch.save and its
+    default planner loads them with weights_only=False."""
+    marker = tmp_path / "ran"
+    model, optimizer = model_and_optimizer(0)
+    optimizer.param_groups[0]["lr"] = RunsCode(marker)
+    checkpoint_state.save(tmp_path / "a", model, optimizer, TrainState(), 0, NONE)
+    with pytest.raises(CheckpointError, match=r"optimizer\.param_groups\.0\.lr"):
+        checkpoint_state.load(tmp_path / "a", *model_and_optimizer(7), 0, NONE)
+    assert not marker.exists()
