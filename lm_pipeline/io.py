@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,3 +77,19 @@ def read_json(location: str | Path):
     fs, path = filesystem(location)
     with fs.open(path, "rb") as f:
         return json.load(f)
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, made for this user only (0700), for locks and caches in a shared temporary
+    folder: one planted there first (a link, another user's, one others may write in) would let
+    them block us or redirect what we write, so it is refused."""
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    problem = ("a symbolic link" if stat.S_ISLNK(info.st_mode) else
+               "owned by another user" if info.st_uid != os.getuid() else
+               "others may write in it" if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None)
+    if problem:
+        raise PermissionError(f"{folder}: {problem}; refusing to use it (remove it, or point the setting "
+                              "that names it at a folder of yours)")
+    return folder

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lm_pipeline import storage
 from lm_pipeline.hashing import file_sha256, tree_sha256
-from lm_pipeline.io import filesystem, read_json, write_json
+from lm_pipeline.io import filesystem, private_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,9 @@ def node_copy(url: str) -> Path:
 
 
 def node_cache() -> Path:
-    """This user's cache folder, private to it: another user's folder at that path is refused."""
-    cache = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / f"lmp-shards-{os.getuid()}")
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if cache.stat().st_uid != os.getuid():
-        raise PermissionError(f"{cache}: owned by another user; set {CACHE_ENV} to a folder of yours")
-    return cache
+    """This user's cache folder (LMP_SHARDS_CACHE, else one in the temporary folder), private to it."""
+    default = Path(tempfile.gettempdir()) / f"lmp-shards-{os.getuid()}"
+    return private_dir(Path(os.environ.get(CACHE_ENV) or default))
 
 
 def fetch(url: str, digest: str, target: Path) -> None:

@@ -1,6 +1,10 @@
+import os
+import stat
+import tempfile
+
 import pytest
 
-from lm_pipeline.io import atomic_path, read_json, write_json
+from lm_pipeline.io import atomic_path, private_dir, read_json, write_json
 
 
 def test_failed_write_leaves_nothing_that_looks_complete(tmp_path):
@@ -46,3 +50,39 @@ def test_a_failed_write_removes_only_what_it_created(tmp_path):
         tmp.mkdir()
         raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["sibling"]
+
+
+@pytest.mark.security
+def test_a_private_folder_is_made_for_this_user_only(tmp_path):
+    folder = private_dir(tmp_path / "mine")
+    assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert private_dir(tmp_path / "mine") == folder  # the same one again
+
+
+@pytest.mark.security
+def test_a_planted_link_another_users_folder_or_an_open_one_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermissionError, match=r"link: a symbolic link"):
+        private_dir(tmp_path / "link")
+    (tmp_path / "theirs").mkdir()
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(PermissionError, match=r"theirs: owned by another user"):
+        private_dir(tmp_path / "theirs")
+    (tmp_path / "open").mkdir(mode=0o777)
+    os.chmod(tmp_path / "open", 0o777)
+    with pytest.raises(PermissionError, match=r"open: others may write in it"):
+        private_dir(tmp_path / "open")
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.security
+def test_the_shard_cache_follows_no_link_planted_in_the_temporary_folder(tmp_path, monkeypatch):
+    from lm_pipeline.data.published import CACHE_ENV, node_cache
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"lmp-shards-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermissionError, match=r"lmp-shards-\d+: a symbolic link"):
+        node_cache()
