@@ -5,6 +5,9 @@ runs (the one place project modules are imported inside functions), so `lmp --he
 stages do not pay for torch, Ray, Prefect or Great Expectations.
 
 Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
+
+What it prints can quote a corpus, a drop or a model: errors always show control characters
+escaped, and output does on a terminal (piped, it is the exact text: see `show`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from lm_pipeline import env, tracking
 from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.progress import ticking
+from lm_pipeline.text import terminal_safe
 from lm_pipeline.training.tuned import tuned_config
 
 
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                               "file, or run `dvc exp run -S KEY=VALUE`")
         cfg = load_config(args.params, args.overrides)
     except ConfigError as err:
-        print(f"lmp: config error: {err}", file=sys.stderr)
+        print(f"lmp: config error: {terminal_safe(err)}", file=sys.stderr)
         return 2
     try:
         if getattr(args, "tuned", False):
@@ -48,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
         if debug:
-            traceback.print_exc()
-        print(f"lmp {args.command}: {type(err).__name__}: {err}" + ("" if debug else
+            sys.stderr.write(terminal_safe(traceback.format_exc()))
+        print(f"lmp {args.command}: {type(err).__name__}: {terminal_safe(err)}" + ("" if debug else
               f" (the traceback: --debug or {DEBUG_ENV}=1)"), file=sys.stderr)
         return 1
     if output:
-        print(output)
+        show(output)
     return 0
+
+
+def show(text: str, stream=None) -> None:
+    """A command's output. On a terminal its control characters are shown escaped: a model's text
+    or a drop's name can hold escape sequences (a clipboard write, a cleared screen). Piped, it is
+    exactly the text: there it is data, for a file or another program."""
+    stream = stream or sys.stdout
+    print(terminal_safe(text) if stream.isatty() else text, file=stream, flush=True)
 
 
 # --- the commands: (cfg, args) -> text to print, or None -------------------------------------
@@ -118,7 +130,7 @@ def ct_flow(cfg: Config, args) -> None:
         from lm_pipeline.flows.continuous import continuous_training
 
         for result in continuous_training():
-            print(f"{result['drop']}: {result['outcome']} ({result['reason']})")
+            show(f"{result['drop']}: {result['outcome']} ({result['reason']})")
 
 
 def tune_flow(cfg: Config, args) -> None:
@@ -163,7 +175,7 @@ def registry_command(cfg: Config, args) -> str:
     if args.command == "lineage":
         return lineage(cfg, args)
     entry = (manage.promote(cfg, args.version, args.reason) if args.command == "promote"
-             else manage.rollback(cfg, args.reason))
+             else manage.rollback(cfg, args.reason, to=args.to))
     return (f"{entry['model_name']}: champion {entry['champion_before']} -> {entry['champion_after']} "
             f"({entry['action']}: {entry['reason']})")
 
@@ -181,12 +193,12 @@ def lineage(cfg: Config, args) -> None:
     client = mlflow.MlflowClient()
     version = model_version(client, args.model_uri)
     chain = cycle_chain(client, version.name, version.version)
-    print("\n".join([text, *describe(chain)]), flush=True)
+    show("\n".join([text, *describe(chain)]))
     if args.rebuild and not chain:
         raise ArchiveError(f"version {version.version} was not made by continuous training: rebuild it "
                            "with the commands above")
     for line in rebuild(chain, Path(args.rebuild)) if args.rebuild else []:
-        print(line, flush=True)
+        show(line)
 
 
 def generate_text(cfg: Config, args) -> str:

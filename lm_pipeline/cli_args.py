@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", required=True, help="why (recorded)")
     rollback = sub.add_parser("rollback", help="give champion back to the previous champion",
                               description="Move the champion alias back to the version that was "
-                              "champion before the current one; recorded in the promotion log.")
+                              "champion before the current one (rolling back again goes further "
+                              "back, never to a version rolled back from), or to a former champion "
+                              "named with --to; only to a version whose weights hash to what was "
+                              "recorded at its registration. Recorded in the promotion log.")
+    rollback.add_argument("--to", metavar="VERSION", default=None, help="the former champion to go back to")
     rollback.add_argument("--reason", required=True, help="why (recorded)")
     lineage = sub.add_parser("lineage", help="where a registered version came from, and how to rebuild it",
                              description="Print a version's lineage tags (git commit, data, params, "

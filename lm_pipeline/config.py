@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -517,7 +519,8 @@ class EvaluateConfig(Section):
 class RegisterConfig(Section):
     """The MLflow registry entry, and the gates `champion` moves on."""
 
-    model_name: str = Field("lm-pipeline", min_length=1, description="registered model name")
+    model_name: str = Field("lm-pipeline", description="registered model name: letters, digits, '.', '_' "
+                            "and '-', starting with a letter or digit")
     min_improvement: float = Field(0.0, ge=0, description="bits per byte the candidate must gain over "
                                    "the champion on the same test data (and the 95% CI must exclude 0)")
     max_perplexity: float | None = Field(None, gt=0, description="gate: highest test perplexity")
@@ -543,6 +546,15 @@ class RegisterConfig(Section):
                                   "candidate may lose to the champion there (the 95% paired interval of "
                                   "its change must stay above minus this)")
     record_file: Path = Field(Path("reports/registry.json"), description="this run's decision and gates")
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # It goes into MLflow search filters, models:/ URIs, lock names and the commands lmp prints.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r} is not a plain name: letters, digits, '.', '_' and '-', "
+                             "starting with a letter or digit")
+        return value
 
     @model_validator(mode="after")
     def _task_score_keys(self) -> RegisterConfig:
@@ -640,6 +652,11 @@ class ServeConfig(Section):
     log_interval_s: float = Field(30.0, gt=0, description="how often a replica logs its request statistics")
 
 
+def inside_project(path: Path) -> bool:
+    """Whether `path` names something below the working directory (the project): relative, no '..'."""
+    return not path.is_absolute() and ".." not in path.parts and path.name not in ("", ".")
+
+
 class ContinuousConfig(Section):
     """Continuous training: drops of new documents land under ct.watch; each new one is checked on
     its own and against the corpus, then scored with the champion, and trained on only when the
@@ -700,7 +717,7 @@ class ContinuousConfig(Section):
     @field_validator("archive_dir")
     @classmethod
     def _inside_the_project(cls, value: Path) -> Path:
-        if value.is_absolute() or ".." in value.parts or value.name in ("", "."):
+        if not inside_project(value):
             raise ValueError(f"{str(value)!r} must be a folder inside the project (relative, no '..'): "
                              "DVC versions only what is inside its repository")
         return value

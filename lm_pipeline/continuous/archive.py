@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import Config, inside_project
 from lm_pipeline.continuous.drops import Drop
 from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import atomic_path, filesystem, read_json, write_json
@@ -79,8 +79,12 @@ def dvc_add(path: Path) -> dict:
 def restore(entry: dict) -> Path:
     """The archived path of `entry`, as it was archived: from the workspace when it matches, else
     from the DVC cache or the default remote. Its .dvc file is written from the entry when the
-    checkout lacks it, and must agree with the entry when there."""
+    checkout lacks it, and must agree with the entry when there. The entry is a version's tag, which
+    anyone who can write to the registry can set: nothing outside the project is written."""
     path = Path(entry["path"])
+    if not inside_project(path):
+        raise ArchiveError(f"{entry['path']!r} is not a path inside the project (relative, no '..'): "
+                           "refusing to restore an archive there")
     dvc_file = Path(f"{path}.dvc")
     out = {k: v for k, v in entry.items() if k != "path"} | {"path": path.name}
     if dvc_file.is_file():

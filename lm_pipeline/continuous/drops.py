@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from lm_pipeline.data.sources.files import SUPPORTED_SUFFIXES
 from lm_pipeline.io import filesystem, is_url, read_json, write_json
+from lm_pipeline.text import terminal_safe
 
 MARKER = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -31,7 +32,7 @@ ANNOUNCED_FILE = "announced.json"
 
 @dataclass(frozen=True)
 class Drop:
-    name: str  # the folder's name, for people: the digest is what identifies it
+    name: str  # the folder's name, for people (see drop_name): the digest is what identifies it
     url: str  # what ingest reads (a local path or s3://...)
     digest: str  # sha256 over the sorted sha256 digests of its corpus files
     files: int
@@ -46,11 +47,11 @@ def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
     complete, waiting = [], []
     for path in sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p)):
         if not is_url(watch) and Path(path).is_symlink():
-            waiting.append(f"{PurePosixPath(path).name} (a symlink: not followed)")
+            waiting.append(f"{drop_name(path)} (a symlink: not followed)")
             continue  # a link would bring in a folder from anywhere on this machine
         drop = read_drop(fs, path, fs.unstrip_protocol(path) if is_url(watch) else path)
         if drop is None:
-            waiting.append(PurePosixPath(path).name)
+            waiting.append(drop_name(path))
         else:
             complete.append(drop)
     return complete, waiting
@@ -66,7 +67,13 @@ def read_drop(fs, path: str, url: str) -> Drop | None:
     if MANIFEST in names and not manifest_matches(fs, names[MANIFEST], digests):
         return None
     digest = hashlib.sha256("\n".join(sorted(digests.values())).encode()).hexdigest()
-    return Drop(PurePosixPath(path).name, url, digest, len(corpus))
+    return Drop(drop_name(path), url, digest, len(corpus))
+
+
+def drop_name(path: str) -> str:
+    """The folder's name as logs, summaries, tags and the Prefect UI show it: whoever writes drops
+    names them, so its control characters are escaped (no escape sequence reaches a terminal)."""
+    return terminal_safe(PurePosixPath(path).name, one_line=True)
 
 
 def manifest_matches(fs, manifest_path: str, digests: dict[str, str]) -> bool:

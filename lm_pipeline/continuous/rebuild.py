@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from lm_pipeline.config import Config
 from lm_pipeline.continuous.archive import ArchiveError, archived_drop, read_cycle, restore
 from lm_pipeline.continuous.hygiene import read_drop_documents
 from lm_pipeline.continuous.plan import CORPUS_FILE, cycle_config, extend_corpus, write_params
+from lm_pipeline.registry.manage import shown
 from lm_pipeline.stages import STAGES
 
 REBUILT_STAGES = list(STAGES)[:list(STAGES).index("train") + 1]  # evaluation and registration aside
@@ -41,18 +43,21 @@ def cycle_chain(client, name: str, version: str) -> list:
 
 
 def describe(chain: list) -> list[str]:
-    """Lines for `lmp lineage`: the first parent, then each cycle's drop and archive."""
+    """Lines for `lmp lineage`: the first parent, then each cycle's drop and archive, and the
+    command that trains them again. Tags are shown on one line each: a line break in one could
+    forge a command."""
     if not chain:
         return []
-    lines = ["", f"Continuous training: {chain[0].tags['parent_model']}, then {len(chain)} cycle(s):"]
+    last = chain[-1]
+    lines = [f"Continuous training: {chain[0].tags['parent_model']}, then {len(chain)} cycle(s):"]
     for mv in chain:
         archive = json.loads(mv.tags["ct.archive"])
         lines.append(f"  version {mv.version}: drop {mv.tags['ct.drop']} ({mv.tags.get('ct.outcome', '')}), "
                      f"archived at {archive['path']} (DVC {archive['md5']})")
-    lines += [f"  its drops, in order: {', '.join(json.loads(chain[-1].tags['ct.drops']))}",
-              "", "Train it again from the archived drops (DVC) and check its weights:",
-              f"  lmp lineage models:/{chain[-1].name}/{chain[-1].version} --rebuild <folder>"]
-    return lines
+    lines.append(f"  its drops, in order: {', '.join(json.loads(last.tags['ct.drops']))}")
+    uri = shlex.quote(f"models:/{last.name}/{last.version}")
+    return ["", *map(shown, lines), "", "Train it again from the archived drops (DVC) and check its weights:",
+            f"  lmp lineage {uri} --rebuild <folder>"]
 
 
 def rebuild(chain: list, dest: Path) -> Iterator[str]:

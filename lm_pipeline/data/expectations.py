@@ -24,6 +24,7 @@ from lm_pipeline.data.profile import EXAMPLES, corpus_metrics, document_frame, s
 from lm_pipeline.data.quality import DOCS_DIR, RESULT_FILE
 from lm_pipeline.data.split import assign_split
 from lm_pipeline.io import atomic_path
+from lm_pipeline.text import terminal_safe
 
 log = logging.getLogger(__name__)
 BATCH_UNSAFE = re.compile(r"[^\w.-]+")  # what a Great Expectations batch name may not hold
@@ -35,10 +36,11 @@ class Check:
     description: str
     success: bool
     broken: str  # how much broke it: "3 of 120 documents", "observed 0.41"
-    examples: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()  # document ids, as the corpus gives them
 
     def describe(self) -> str:
-        named = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        ids = ", ".join(terminal_safe(example, one_line=True) for example in self.examples)
+        named = f" (e.g. {ids})" if self.examples else ""
         return f"{self.expectation} ({self.description}): {self.broken}{named}"
 
 

@@ -2,18 +2,18 @@
 the report a person reads in filter.report_dir (and MLflow, beside the training run):
 
     metrics.json   documents and characters in, removed and trimmed per step, kept; PII found
-    report.md      the table, and a few removed documents per step (redacted, HTML-escaped)
+    report.md      the table, and a few removed documents per step (redacted; shown as text, never markup)
     funnel.png     documents and characters left after each step
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 
 from lm_pipeline.data.pii import redact_all
 from lm_pipeline.io import atomic_path, write_json
+from lm_pipeline.text import markdown_literal
 
 METRICS_FILE = "metrics.json"
 EXAMPLE_CHARS = 300
@@ -97,7 +97,8 @@ class Funnel:
                  "| step | documents in | removed | characters removed | characters trimmed | why |",
                  "|---|---|---|---|---|---|"]
         for row in self.rows():
-            reasons = ", ".join(f"{cell(k)} {v}" for k, v in sorted(self.counts[row["step"]].reasons.items()))
+            reasons = ", ".join(f"{markdown_literal(k)} {v}"
+                                for k, v in sorted(self.counts[row["step"]].reasons.items()))
             lines.append(f"| {row['step']} | {row['documents_in']} | {row['removed']} | "
                          f"{row['removed_chars']:,} | {row['trimmed_chars']:,} | {reasons} |")
         if self.pii:
@@ -107,8 +108,8 @@ class Funnel:
             if count.examples:
                 lines += ["", f"## Removed by {step}", "",
                           "Each shown with personal data redacted, cut at 300 characters.", ""]
-                lines += [f"- `{cell(e['id'])}` ({cell(e['reason'])}): {cell(e['text'])}"
-                          for e in count.examples]
+                lines += [f"- {markdown_literal(e['id'])} ({markdown_literal(e['reason'])}): "
+                          f"{markdown_literal(e['text'])}" for e in count.examples]
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
@@ -131,8 +132,3 @@ class Funnel:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
-
-
-def cell(text: str) -> str:
-    """Corpus text as one Markdown table cell or list item: HTML escaped, on one line."""
-    return escape(" ".join(str(text).split())).replace("|", "&#124;").replace("`", "&#96;")

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import base64
 import csv
-from html import escape
+import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from lm_pipeline.text import markdown_literal
+
+STYLE = ("body{font-family:sans-serif;max-width:60em;margin:auto}td,th{border:1px solid #ccc;"
+         "padding:2px 6px}table{border-collapse:collapse}img{max-width:100%}")
+# What the report's own Markdown renders to: any other element in the page came from its data.
+REPORT_TAGS = {"h1", "h2", "p", "code", "img", "table", "thead", "tbody", "tr", "th", "td"}
 
 
 def perplexity_by_length(nll: np.ndarray, counts: np.ndarray, buckets: int = 5) -> list[dict]:
@@ -96,12 +103,6 @@ def bias_rows(bias: dict) -> list[dict]:
             for category, values in bias["per_category"].items()]
 
 
-def cell(value) -> str:
-    """A Markdown table cell that stays text: the report's HTML passes raw HTML through, and corpus
-    text, model output and task names are data (escaped; `|` would end the cell)."""
-    return escape(str(value)).replace("|", "&#124;")
-
-
 def interval_of(low: str, metrics: dict) -> str | None:
     """The metric a `..._ci_low...` key bounds, by the names the evaluation gives them: perplexity
     and perplexity_ci_low, bias_gap_<c> and bias_ci_low_<c>, crows_pairs_sample_stereotype_preference
@@ -122,18 +123,19 @@ def metric_rows(metrics: dict) -> list[str]:
     for key, value in metrics.items():
         if key in folded:
             continue
-        text = f"{value:.4g}" if isinstance(value, int | float) else cell(value)
+        text = f"{value:.4g}" if isinstance(value, int | float) else markdown_literal(value)
         if key in bounds:
             low, high = bounds[key]
             text += f" [{metrics[low]:.4g}, {metrics[high]:.4g}]"
-        rows.append(f"| {cell(key)} | {text} |")
+        rows.append(f"| {markdown_literal(key)} | {text} |")
     return rows
 
 
 def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plots: list[Path]) -> str:
     rows = "\n".join(metric_rows(metrics))
-    sample_rows = "\n".join(f"| {cell(repr(s['reference']))} | {cell(repr(s['prediction']))} |"
-                             for s in samples)
+    # Prompts come from the corpus and continuations from the model: data, never markup.
+    sample_rows = "\n".join(f"| {markdown_literal(repr(s['reference']))} | "
+                             f"{markdown_literal(repr(s['prediction']))} |" for s in samples)
     images = "\n\n".join(f"![{p.stem}]({p.name})" for p in plots)
     harness_note = ("\n`<task>/<metric>` rows are lm-evaluation-harness tasks (its `hf` model class on the "
                     "model folder);\nthe `lmp_*` tasks are built from the test split: their data and YAML "
@@ -162,13 +164,30 @@ Parallel-pairs BLEU (`{parallel.get('bleu_signature', '')}`) uses the prompt tem
 
 
 def html(markdown_text: str, plots: list[Path]) -> str:
-    """A single page with the plots embedded, readable without the PNG files next to it."""
+    """A single page with the plots embedded, readable without the PNG files next to it.
+
+    Whatever the Markdown holds, the page keeps only the report's own elements (an allow-list:
+    no link, script or event handler), images only as its plots, and its Content-Security-Policy
+    loads nothing and runs nothing, should a browser ever meet markup that got through."""
     import markdown as md
+    import nh3
 
     body = md.markdown(markdown_text, extensions=["tables"])
+    embedded = set()
     for plot in plots:
-        data = base64.b64encode(plot.read_bytes()).decode()
-        body = body.replace(f'src="{plot.name}"', f'src="data:image/png;base64,{data}"')
-    return ("<!doctype html><meta charset='utf-8'><title>Evaluation report</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{border:1px solid #ccc;"
-            "padding:2px 6px}table{border-collapse:collapse}img{max-width:100%}</style>\n" + body)
+        source = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode()
+        body = body.replace(f'src="{plot.name}"', f'src="{source}"')
+        embedded.add(source)
+    body = nh3.clean(body, tags=REPORT_TAGS, attributes={"img": {"alt"}},
+                     tag_attribute_values={"img": {"src": embedded}}, url_schemes={"data"})
+    return (f"<!doctype html><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{content_security_policy()}\">"
+            f"<title>Evaluation report</title><style>{STYLE}</style>\n" + body)
+
+
+def content_security_policy() -> str:
+    """Images only as embedded data, the page's own style only (by its hash), nothing else: no
+    script, frame, font, connection, form target or base URL."""
+    style = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+    return (f"default-src 'none'; img-src data:; style-src 'sha256-{style}'; base-uri 'none'; "
+            "form-action 'none'")

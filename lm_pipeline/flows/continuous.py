@@ -24,10 +24,8 @@ ct.archive: the DVC entry `lmp lineage --rebuild` trains it again from).
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
-import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +52,7 @@ from lm_pipeline.registry.decision import load_registered
 from lm_pipeline.registry.manage import rollback
 from lm_pipeline.serving.protocol import TOKEN_ENV
 from lm_pipeline.stages import STAGES
+from lm_pipeline.text import markdown_literal
 
 OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back", "failed")
 
@@ -173,7 +172,7 @@ def roll_back(cfg: Config, version: str, canary: Canary) -> str:
     reason = f"continuous training: the canary of version {version} failed: {'; '.join(canary.problems)}"
     try:
         entry = rollback(cfg, reason, expected=version)
-    except RegistryError as err:  # moved since by someone else: theirs stands
+    except RegistryError as err:  # moved since by someone else (theirs stands), or nothing trusted before it
         get_run_logger().warning("%s (%s)", err, reason)
         return f"{reason}; {err}"
     previous = f"{name}/{entry['champion_after']}"
@@ -209,11 +208,7 @@ def finish(ledger: Ledger, drop: Drop, outcome: str, reason: str, **details) -> 
 
 def outcome_table(results: list[dict], watch: str) -> str:
     """Markdown (Prefect renders it as HTML): names and reasons come from the drop, so escaped."""
-    def cell(text) -> str:  # no markdown (links, images, emphasis) and no HTML from a drop
-        plain = re.sub(r"([\\`*_{}\[\]()#+!|~-])", r"\\\1", str(text).replace("\n", " "))
-        return html.escape(plain, quote=False)
-
-    rows = [f"| {cell(r['drop'])} | **{r['outcome']}** | {r.get('version', '')} | {cell(r['reason'])} |"
-            for r in results] or ["| (none new) | | | |"]
-    return "\n".join([f"## Continuous training: {len(results)} drop(s) under {cell(watch)}", "",
+    rows = [f"| {markdown_literal(r['drop'])} | **{r['outcome']}** | {r.get('version', '')} | "
+            f"{markdown_literal(r['reason'])} |" for r in results] or ["| (none new) | | | |"]
+    return "\n".join([f"## Continuous training: {len(results)} drop(s) under {markdown_literal(watch)}", "",
                       "| drop | outcome | version | why |", "|---|---|---|---|", *rows]) + "\n"

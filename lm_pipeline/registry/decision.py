@@ -94,16 +94,18 @@ def record_gates(client, d: Decision) -> None:
     client.update_model_version(d.model_name, d.version, description=f"{d.reason}\n{gate_lines}".strip())
 
 
-def load_registered(name: str, version: str, device: str = "cpu"):
+def load_registered(name: str, version: str, device: str = "cpu",
+                    refusal: str = "refusing to compare with it"):
     """A registered version's (model, tokenizer), read from its safetensors folder, never through
     its pyfunc loader (code from the artifact store would run here, with this stage's
-    credentials); refused unless its weights are the ones whose hash was recorded at registration."""
+    credentials); refused unless its weights are the ones whose hash was recorded at registration
+    (RegistryError, ending in `refusal`)."""
     import mlflow
 
     mv = mlflow.MlflowClient().get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
-    check_weights(mv, model, "refusing to compare with it")
+    check_weights(mv, model, refusal)
     return model, tokenizer
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lm_pipeline import tracking
+
 LOG_DIR = "promotion_log"  # one JSON artifact per entry
 LOG_FILE = "promotion_log.jsonl"  # the older layout: one file, rewritten on every append
 LOG_TAG = "lmp.promotion_log"
@@ -95,7 +97,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def log_run_id(client, experiment_id: str, model_name: str) -> str:
     """The run that holds this model's log, created on first use."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{LOG_TAG}` = '{model_name}'")
+    runs = client.search_runs([experiment_id],
+                              filter_string=f"tags.`{LOG_TAG}` = {tracking.filter_literal(model_name)}")
     if runs:
         return runs[0].info.run_id
     run = client.create_run(experiment_id, run_name=f"promotion-log-{model_name}",
@@ -130,6 +133,25 @@ def parse_entries(named_texts: list[tuple[str, str]]) -> list[dict]:
         except json.JSONDecodeError as err:
             log.warning("promotion log: entry %s skipped: not valid JSON (%s)", name, err)
     return entries
+
+
+def champions(entries: list[dict]) -> tuple[list[str], set[str]]:
+    """The versions that took over as champion, in order, and those rolled back from since they
+    last took over. A rollback's own move is no taking over: counting it would make the version
+    just rolled back from the one "before" the current champion."""
+    order, rolled_back = [], set()
+    for e in entries:
+        before, after = e["champion_before"], e["champion_after"]
+        if before == after:  # a registration that left the champion where it was
+            continue
+        if e["action"] == "rollback":
+            rolled_back.add(before)
+            continue
+        if before is not None and (not order or order[-1] != before):  # by a rollback, or before the log
+            order.append(before)
+        order.append(after)
+        rolled_back.discard(after)  # promoted again: trusted again
+    return order, rolled_back
 
 
 def append(client, run_id: str, entry: dict) -> list[dict]:

@@ -2,16 +2,20 @@
 register puts on every version).
 
     lmp promote 3 --reason "hand-checked samples"     champion -> version 3
-    lmp rollback --reason "bad outputs in prod"      champion -> the one before it
+    lmp rollback --reason "bad outputs in prod"      champion -> the one before it (again: further back)
+    lmp rollback --to 2 --reason "last known good"   champion -> version 2, a former champion
     lmp lineage models:/lm-pipeline/3                 tags and the commands that rebuild it
 
-Every move is appended to the promotion log with who, when and why.
+Every move is appended to the promotion log with who, when and why. A rollback moves only to a
+version whose weights still hash to what was recorded at its registration.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 
 from lm_pipeline import tracking
@@ -22,11 +26,14 @@ from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.model.parent import describe
 from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import RegistryError, current_champion, model_version, set_champion
+from lm_pipeline.text import terminal_safe
 
 LINEAGE_TAGS = ("git_commit", "git_dirty", "dvc_lock_sha256", "data_sha256", "params_sha256",
                 "weights_sha256", "mlflow_run_id", tracking.FLOW_RUN_TAG, "parent_model",
                 "parent_safetensors_sha256", "promotion.decision")
 OLD_TAGS = {tracking.FLOW_RUN_TAG: "prefect_flow_run_id"}  # its spelling on versions registered before
+GIT_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a SHA-1 or a SHA-256 repository's
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def parent_of(model_dir: Path) -> dict[str, str]:
     """The model version (or folder) this one was fine-tuned from, and its weights' hash; empty
@@ -80,21 +87,42 @@ def promote(cfg: Config, version: str, reason: str) -> dict:
         return move_champion(client, log_run, name, version, reason, "promote")
 
 
-def rollback(cfg: Config, reason: str, expected: str | None = None) -> dict:
-    """Back to the version that was champion before the current one took over; the champion and
-    the log are read under the same lock as the move. With `expected`, only if that version is
-    still champion (an automatic rollback must not undo someone's promotion since)."""
+def rollback(cfg: Config, reason: str, expected: str | None = None, to: str | None = None) -> dict:
+    """Back to the champion before the current one (repeated, further back: see rollback_target),
+    or to the former champion `to`, once its weights are checked against the hash recorded at its
+    registration; the champion and the log are read under the same lock as the move. With
+    `expected`, only if that version is still champion (an automatic rollback must not undo
+    someone's promotion since)."""
+    from lm_pipeline.registry.decision import load_registered  # torch: promote and lineage need none
+
     client, log_run = _client_and_log(cfg)
     name = cfg.register_.model_name
     with history.registry_lock(tracking.tracking_uri(cfg), name):
         current = current_champion(client, name)
         if expected is not None and current != expected:
             raise RegistryError(f"{name}: champion is version {current}, not {expected}: not rolling back")
-        took_over = [e for e in history.read_log(client, log_run)
-                     if e["champion_after"] == current and e["champion_before"] not in (None, current)]
-        if current is None or not took_over:
-            raise RegistryError(f"{name}: no earlier champion to roll back to (champion: {current})")
-        return move_champion(client, log_run, name, took_over[-1]["champion_before"], reason, "rollback")
+        target = rollback_target(history.read_log(client, log_run), name, current, to)
+        load_registered(name, target, refusal="refusing to roll back to it")
+        return move_champion(client, log_run, name, target, reason, "rollback")
+
+
+def rollback_target(entries: list[dict], name: str, current: str | None, to: str | None) -> str:
+    """`to` if it was champion once; else the latest champion before the current one took over
+    that has not been rolled back from since, so repeated rollbacks go 3 -> 2 -> 1, never back to 3."""
+    order, rolled_back = history.champions(entries)
+    if to is not None:
+        if to == current:
+            raise RegistryError(f"{name}: version {to} is the champion already")
+        if to not in order:
+            raise RegistryError(f"{name}: version {to} was never champion: not a rollback "
+                                "(`lmp promote` makes any version champion)")
+        return to
+    took_over = max((i for i, version in enumerate(order) if version == current), default=0)
+    for version in reversed(order[:took_over]):
+        if version != current and version not in rolled_back:
+            return version
+    raise RegistryError(f"{name}: no earlier champion to roll back to (champion: {current}); "
+                        "`lmp rollback --to VERSION` names a former champion")
 
 
 def tree_state(tags: dict) -> str:
@@ -107,23 +135,47 @@ def tree_state(tags: dict) -> str:
 
 
 def lineage(cfg: Config, model_uri: str) -> str:
+    """A version's lineage tags and the commands that rebuild it. Anyone who can write to the
+    registry can set its tags, and the commands are for pasting into a shell: a tag goes into one
+    only when it is what it claims to be (a commit id), and each is shown on one line."""
     import mlflow
 
     tracking.setup(cfg)
-    client = mlflow.MlflowClient()
-    mv = model_version(client, model_uri)
-    name, tags = mv.name, mv.tags
-    lines = [f"{name} version {mv.version}"] + [f"  {k}: {tags.get(k, tags.get(OLD_TAGS.get(k), ''))}"
-                                                 for k in LINEAGE_TAGS]
-    tree = tree_state(tags)
+    mv = model_version(mlflow.MlflowClient(), model_uri)
+    tags = mv.tags
+    lines = [f"{mv.name} version {mv.version}"]
+    lines += [f"  {k}: {shown(tags.get(k, tags.get(OLD_TAGS.get(k), '')))}" for k in LINEAGE_TAGS]
+    tree, checkout = tree_state(tags), checkout_line(tags.get("git_commit", ""))
     if "ct.archive" in tags:  # a continuous-training cycle's: `lmp lineage --rebuild` (continuous/rebuild.py)
-        commit = tags.get("git_commit", "<unknown>")
-        return "\n".join([*lines, "", f"Its code ({tree}):", f"  git checkout {commit}"])
-    lines += ["", f"Rebuild it ({tree}):",
-              f"  git checkout {tags.get('git_commit', '<unknown>')}",
-              "  dvc pull            # cached data and models, if this remote has them",
-              "  dvc repro train     # or rebuild: ingest, validate, filter, preprocess, train",
-              "  python -c \"from lm_pipeline.model.backends import load_model, weights_sha256; "
-              f"print(weights_sha256(load_model('{cfg.train.model_dir}')[0]))\"",
-              f"  # expect {tags.get('weights_sha256', '')}"]
-    return "\n".join(lines)
+        return "\n".join([*lines, "", f"Its code ({tree}):", checkout])
+    return "\n".join([*lines, "", f"Rebuild it ({tree}):", checkout,
+                      "  dvc pull            # cached data and models, if this remote has them",
+                      "  dvc repro train     # or rebuild: ingest, validate, filter, preprocess, train",
+                      f"  {weights_command(cfg.train.model_dir)}",
+                      expected_weights(tags.get("weights_sha256", ""))])
+
+
+def shown(tag: str) -> str:
+    """A tag's value on one line, its control characters escaped: a line break in it could start a
+    line that looks like one of the commands."""
+    return terminal_safe(tag, one_line=True)
+
+
+def checkout_line(commit: str) -> str:
+    if GIT_COMMIT.fullmatch(commit):
+        return f"  git checkout {commit}"
+    return f"  (nothing to check out: its git_commit tag is not a git commit id: {shown(commit)})"
+
+
+def weights_command(model_dir: Path) -> str:
+    """The command that prints the hash of the weights a rebuild wrote to `model_dir`."""
+    # A JSON string is a Python string literal in double quotes: the shell quoting stays readable.
+    code = ("from lm_pipeline.model.backends import load_model, weights_sha256; "
+            f"print(weights_sha256(load_model({json.dumps(str(model_dir))})[0]))")
+    return f"python -c {shlex.quote(code)}"
+
+
+def expected_weights(recorded: str) -> str:
+    if SHA256.fullmatch(recorded):
+        return f"  # expect {recorded}"
+    return f"  # nothing to expect: its weights_sha256 tag is not a sha256 hash: {shown(recorded)}"

@@ -79,7 +79,8 @@ def run(cfg: Config) -> dict:
     storage = join(root(cfg.train.checkpoint_dir), f"tune-{stamp}")
     results = make_tuner(cfg, tags | {"mlflow.parentRunId": parent_id}, storage, shards_url, meta).fit()
     children = {run.data.tags["tune.trial_id"]: run for run in client.search_runs(
-        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
+        [client.get_run(parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = {tracking.filter_literal(parent_id)}")}
     trials = [close_trial(client, children.get(trial_id_of(result)), result, cfg) for result in results]
     return record_search(cfg, client, parent_id, trials, meta)
 

@@ -1,3 +1,4 @@
+import io
 import os
 import subprocess
 import sys
@@ -122,3 +123,34 @@ def test_continuous_deploy_refuses_a_container_per_run_before_any_server_is_call
     (tmp_path / "params.yaml").write_text("{}\n")
     out = lmp("deploy", "--continuous", "--image", "lm-pipeline:latest", cwd=tmp_path)
     assert out.returncode == 1 and "ct.state_dir" in out.stderr and "--image" in out.stderr
+
+
+ESCAPES = "\x1b]52;c;ZXZpbA==\x07\x1b[2J"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.security
+def test_generated_text_is_shown_escaped_on_a_terminal_and_exact_when_piped():
+    from lm_pipeline import cli
+
+    text = cli.format_continuations(["The"], [f"a{ESCAPES}b\nsecond\tline\r"])
+    terminal, pipe = Terminal(), io.StringIO()
+    cli.show(text, terminal)
+    cli.show(text, pipe)
+    assert terminal.getvalue() == "a\\x1b]52;c;ZXZpbA==\\x07\\x1b[2Jb\nsecond\tline\\r\n"
+    assert pipe.getvalue() == text + "\n"  # piped, the model's text is data: byte for byte
+
+
+@pytest.mark.security
+def test_an_error_line_shows_escape_sequences_escaped_whatever_it_quotes(tmp_path):
+    # \e and \a are YAML's escapes of ESC and BEL: a path in params.yaml that the error quotes
+    (tmp_path / "params.yaml").write_text('data:\n  source: "missing\\e]52;c;ZXZpbA==\\a\\e[2J"\n')
+    failed = lmp("ingest", cwd=tmp_path)
+    bad = lmp("ingest", "--set", f"data.source={ESCAPES}", cwd=tmp_path)
+    for out, code in ((failed, 1), (bad, 2)):
+        assert out.returncode == code and r"\x1b[2J" in out.stderr, out.stderr
+        assert "\x1b" not in out.stderr and "\x07" not in out.stderr

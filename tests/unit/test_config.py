@@ -125,3 +125,12 @@ def test_shards_url_must_be_object_storage(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.shards_url: .*'data/shared' is not a URL"):
         load_config(write(tmp_path, {"data": {"shards_url": "data/shared"}}))
     assert load_config(write(tmp_path, {"data": {"shards_url": "s3://b/p"}})).data.shards_url == "s3://b/p"
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", ["it's", 'say "m"', "team/model", "models:/m", "a b", "-m", ""])
+def test_a_registered_model_name_beyond_letters_digits_and_dot_dash_underscore_is_refused(tmp_path, name):
+    """The name goes into MLflow filters, models:/ URIs, lock names and printed commands."""
+    with pytest.raises(ConfigError, match=r"register\.model_name: "):
+        load_config(write(tmp_path, {"register": {"model_name": name}}))
+    assert load_config(write(tmp_path, {"register": {"model_name": "lm-pipeline_v2.1"}}))

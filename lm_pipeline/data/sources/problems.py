@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lm_pipeline.text import terminal_safe
+
 
 class IngestError(ValueError):
     """The corpus source cannot be read; the message names the file (and line)."""
@@ -19,4 +21,5 @@ class Problem:
     scope: Literal["file", "record"]
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        # One line of a message or a log: a file name or a field of a record may carry escape sequences.
+        return terminal_safe(f"{self.where}: {self.reason}", one_line=True)

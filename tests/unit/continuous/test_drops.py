@@ -5,6 +5,8 @@ bucket as in a folder."""
 import hashlib
 import json
 
+import pytest
+
 from lm_pipeline.continuous.drops import Announcements, Ledger, find_drops
 
 DOCS = '{"text": "a tuple is an immutable sequence"}\n{"text": "a list is a mutable sequence"}\n'
@@ -84,3 +86,12 @@ def test_drops_in_a_bucket_are_found_the_same_way(s3, monkeypatch, tmp_path):
     assert [(d.name, d.url) for d in complete] == [("a", "s3://corpus/incoming/a")] and waiting == ["b"]
     write_drop(tmp_path, "local")  # the same documents in a folder: the same drop
     assert complete[0].digest == find_drops(str(tmp_path))[0][0].digest
+
+
+@pytest.mark.security
+def test_a_drop_named_with_escape_sequences_is_named_without_them_in_logs_and_summaries(tmp_path):
+    watch = tmp_path / "incoming"
+    write_drop(watch, "monday\x1b]52;c;ZXZpbA==\x07")
+    write_drop(watch, "tuesday\x1b[2J", marker=None)
+    (drop,), waiting = find_drops(str(watch))
+    assert drop.name == r"monday\x1b]52;c;ZXZpbA==\x07" and waiting == [r"tuesday\x1b[2J"]

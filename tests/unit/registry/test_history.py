@@ -73,6 +73,16 @@ def test_log_run_is_created_once_per_model(store):
     assert len(client.search_runs([experiment_id], f"tags.`{history.LOG_TAG}` = 'm'")) == 1
 
 
+@pytest.mark.security
+def test_a_model_name_with_quotes_finds_its_own_log_run_only(store):
+    """The name is a value in an MLflow filter: a quote in it must neither break nor widen the query."""
+    client, experiment_id = store
+    names = ["m", "it's", 'say "m"', "m' and tags.`lmp.promotion_log` != 'x"]
+    runs = [history.log_run_id(client, experiment_id, name) for name in names]
+    assert len(set(runs)) == len(names)
+    assert [history.log_run_id(client, experiment_id, name) for name in names] == runs
+
+
 def test_log_entries_round_trip_in_order_with_time_and_user(store):
     client, experiment_id = store
     run_id = history.log_run_id(client, experiment_id, "m")

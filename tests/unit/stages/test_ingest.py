@@ -396,3 +396,18 @@ def test_a_bad_arrow_file_is_named(tmp_path):
     fails(tmp_path, folder, r"data-00000-of-00001.arrow: no 'text' column \(columns: content\)")
     write(folder / "data-00000-of-00001.arrow", b"\xff\xff\xff\xff not arrow at all")
     fails(tmp_path, folder, r"data-00000-of-00001.arrow: not a readable Arrow IPC file")
+
+
+ESCAPES = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\rforged"
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("name, content", [("b.jsonl", json.dumps({ESCAPES: "a field name"}) + "\n"),
+                                           (f"{ESCAPES}.txt", "")], ids=["field name", "file name"])
+def test_an_error_quoting_the_corpus_shows_its_escape_sequences_escaped(tmp_path, name, content):
+    write(tmp_path / "corpus/good.txt", GOOD)
+    write(tmp_path / "corpus" / name, content)
+    with pytest.raises(IngestError) as err:
+        ingest.run(config(tmp_path, tmp_path / "corpus"))
+    assert "\x1b" not in str(err.value) and "\r" not in str(err.value)
+    assert r"\x1b]52;c;ZXZpbA==\x07\x1b[2J\rforged" in str(err.value)

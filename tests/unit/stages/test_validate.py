@@ -190,3 +190,15 @@ def test_only_document_checks_can_be_set_per_source():
         DataConfig(sources=[{"source": "a", "weight": 1, "validate": {"min_rows": 3}}])
     with pytest.raises(ValueError, match=r"min_letter_share\s+Input should be less than or equal to 1"):
         DataConfig(sources=[{"source": "a", "weight": 1, "validate": {"min_letter_share": 2}}])
+
+
+@pytest.mark.security
+def test_a_failure_naming_documents_shows_their_escape_sequences_escaped(tmp_path):
+    cfg = write_docs(tmp_path, [prose(i) for i in range(10)])
+    hostile = {"id": "doc\x1b]52;c;ZXZpbA==\x07\x1b[2J\rforged", "text": "", "source": "test"}
+    with open(cfg.data.raw_dir / DOCUMENTS_FILE, "a") as f:
+        f.write(json.dumps(hostile) + "\n")
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(cfg)
+    assert "\x1b" not in str(err.value) and "\r" not in str(err.value)
+    assert r"(e.g. doc\x1b]52;c;ZXZpbA==\x07\x1b[2J\rforged)" in str(err.value)
