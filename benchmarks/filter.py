@@ -85,7 +85,8 @@ def run_stage(workdir: Path, steps: list[str]) -> None:
     from lm_pipeline.stages import filter
 
     filter.run(Config.model_validate({
-        "data": {"raw_dir": str(workdir / "raw")}, "validate": {"report_dir": str(workdir / "validation")},
+        "data": {"raw_dir": str(workdir / "raw")},
+        "validate": {"report_dir": str(workdir / "validation"), "required": False},
         "filter": {"steps": steps, "output_dir": str(workdir / f"out-{len(steps)}"),
                    "report_dir": str(workdir / f"report-{len(steps)}")}}))
 

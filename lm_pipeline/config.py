@@ -162,6 +162,9 @@ class ValidateConfig(Section):
                                   "one by one (a seeded sample beyond this); counters see them all")
     seed: int = Field(1337, description="seeds the sample and the MinHash permutations")
     report_dir: Path = Field(Path("reports/validation"), description="result JSON and Data Docs")
+    required: bool = Field(True, description="filter and preprocess read only the corpus the last "
+                           "validation passed (by its documents' sha256); false lets them read a corpus "
+                           "never validated, with a warning (benchmarks, tests of one stage)")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateConfig:

@@ -1,6 +1,8 @@
 """What the validate stage leaves in validate.report_dir for the stages after it.
 
-  result.json    every expectation's outcome (Great Expectations' JSON); preprocess depends on it
+  result.json    every expectation's outcome (Great Expectations' JSON)
+  validated.json which documents were checked (their sha256) and whether they passed: the gate
+                 filter and preprocess check
   metrics.json   corpus figures (duplicates, contamination, ...); the train stage logs them
   data_docs/     the Data Docs site
 """
@@ -9,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lm_pipeline.io import read_json
+from lm_pipeline.hashing import file_sha256
+from lm_pipeline.io import read_json, write_json
 
 RESULT_FILE = "result.json"
+VALIDATED_FILE = "validated.json"
+SOURCE_FILE = "source.json"  # beside documents derived from the corpus (filtered): the corpus's sha256
 METRICS_FILE = "metrics.json"
 DOCS_DIR = "data_docs"
 
@@ -22,17 +27,41 @@ def read_corpus_metrics(report_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in read_json(path).items()} if path.is_file() else {}
 
 
-def check_validation_passed(report_dir: Path, stage: str) -> None:
-    """Nothing after validation reads a corpus it failed. A corpus never validated (benchmarks, a
-    stage run by hand) is allowed, with a warning in the log."""
+def record_validation(report_dir: Path, documents: Path, success: bool) -> None:
+    write_json(Path(report_dir) / VALIDATED_FILE, {"documents": str(documents), "success": success,
+                                                   "documents_sha256": file_sha256(documents)})
+
+
+def record_source(folder: Path, documents_sha256: str) -> None:
+    """Derived documents (the filter's) name the corpus they came from, so the gate holds after them."""
+    write_json(Path(folder) / SOURCE_FILE, {"documents_sha256": documents_sha256})
+
+
+def source_of(folder: Path) -> str | None:
+    path = Path(folder) / SOURCE_FILE
+    return read_json(path).get("documents_sha256") if path.is_file() else None
+
+
+def check_validation_passed(report_dir: Path, required: bool, documents_sha256: str | None, what: Path,
+                            stage: str) -> None:
+    """Nothing after validation reads a corpus it did not pass: `what` (whose corpus hashes to
+    `documents_sha256`) must be the one the last validation checked, and it must have passed."""
     import logging
 
-    path = Path(report_dir) / RESULT_FILE
-    if not path.is_file():
-        logging.getLogger(__name__).warning("%s: %s is missing: the corpus was not validated "
-                                            "(run `lmp validate` first)", stage, path)
+    path = Path(report_dir) / VALIDATED_FILE
+    if not path.is_file() and not required:
+        logging.getLogger(__name__).warning("%s: the corpus %s was not validated (validate.required is "
+                                            "false)", stage, what)
         return
-    results = read_json(path)
-    if not all(r.get("success") for r in results):
-        raise ValueError(f"{stage}: the last validation of the corpus failed ({path}); fix the "
-                         "corpus or the validate section of params.yaml and rerun `lmp validate`")
+    if not path.is_file():
+        raise ValueError(f"{stage}: the corpus {what} was not validated ({path} is missing): run "
+                         "`lmp validate` first")
+    stamp = read_json(path)
+    if not stamp.get("success"):
+        result = Path(report_dir) / RESULT_FILE
+        raise ValueError(f"{stage}: the last validation of the corpus failed ({result}); "
+                         "fix the corpus or the validate section of params.yaml and rerun `lmp validate`")
+    if documents_sha256 != stamp.get("documents_sha256"):
+        raise ValueError(f"{stage}: {what} is not the corpus validation passed (it checked "
+                         f"{stamp.get('documents')} with another sha256): rerun `lmp validate` and the "
+                         "stages after it")

@@ -28,8 +28,9 @@ from lm_pipeline.data.dedup import KeyFile, duplicate_of
 from lm_pipeline.data.documents import documents_path
 from lm_pipeline.data.funnel import Funnel
 from lm_pipeline.data.parallel import line_batches, local_map, ray_map_lines, use_ray
-from lm_pipeline.data.quality import check_validation_passed
+from lm_pipeline.data.quality import check_validation_passed, record_source
 from lm_pipeline.data.screen import COLUMNS, DEDUP_STEPS, screen_lines
+from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import atomic_path, remove_leftovers
 from lm_pipeline.progress import Progress
 
@@ -50,7 +51,8 @@ class FilterResult:
 
 def run(cfg: Config) -> FilterResult:
     source, out = documents_path(cfg.data.raw_dir), cfg.filter.output_dir
-    check_validation_passed(cfg.validate_.report_dir, "filter")
+    corpus_sha256 = file_sha256(source)
+    check_validation_passed(cfg.validate_.report_dir, cfg.validate_.required, corpus_sha256, source, "filter")
     funnel = Funnel(cfg.filter.steps, cfg.filter.examples)
     remove_leftovers(out)
     with atomic_path(out) as tmp:
@@ -59,6 +61,7 @@ def run(cfg: Config) -> FilterResult:
         write_unique(candidates, keys, cfg.filter.steps, tmp, funnel)
         for scratch in SCRATCH:
             (tmp / scratch).unlink()
+        record_source(tmp, corpus_sha256)
         funnel.write(cfg.filter.report_dir)
         if not funnel.metrics()["documents_kept"]:  # refused whole: no empty corpus downstream
             raise ValueError(f"filter: the steps removed all {funnel.documents} documents of {source} "

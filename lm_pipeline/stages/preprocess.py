@@ -26,7 +26,7 @@ from lm_pipeline.data.documents import documents_path
 from lm_pipeline.data.encode import local_batches, ray_batches
 from lm_pipeline.data.parallel import use_ray
 from lm_pipeline.data.processed import ProcessedMeta, token_dtype, tokenizer_path, write_meta
-from lm_pipeline.data.quality import check_validation_passed
+from lm_pipeline.data.quality import check_validation_passed, source_of
 from lm_pipeline.data.shards import ShardWriter
 from lm_pipeline.data.split import SPLITS
 from lm_pipeline.data.tokenized import tokenizer_coverage, tokenizer_sample, write_shards
@@ -49,7 +49,8 @@ class PreprocessResult:
 
 def run(cfg: Config) -> PreprocessResult:
     out, source = cfg.data.processed_dir, documents_path(cfg.filter.output_dir)
-    check_validation_passed(cfg.validate_.report_dir, "preprocess")
+    check_validation_passed(cfg.validate_.report_dir, cfg.validate_.required,
+                            source_of(cfg.filter.output_dir), source, "preprocess")
     remove_leftovers(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -18,7 +18,7 @@ import logging
 from lm_pipeline.config import Config
 from lm_pipeline.data.documents import documents_path, read_documents
 from lm_pipeline.data.expectations import ValidationReport, check_documents
-from lm_pipeline.data.quality import METRICS_FILE
+from lm_pipeline.data.quality import METRICS_FILE, VALIDATED_FILE, record_validation
 from lm_pipeline.io import write_json
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,10 @@ class ValidationFailed(RuntimeError):
 
 def run(cfg: Config) -> ValidationReport:
     source = documents_path(cfg.data.raw_dir)
+    (cfg.validate_.report_dir / VALIDATED_FILE).unlink(missing_ok=True)  # one cut short passed nothing
     report, metrics = check_documents(lambda: read_documents(source), cfg)
     write_json(cfg.validate_.report_dir / METRICS_FILE, metrics)
+    record_validation(cfg.validate_.report_dir, source, report.success)
     if not report.success:
         failed = "\n  - ".join(c.describe() for c in report.checks if not c.success)
         raise ValidationFailed(

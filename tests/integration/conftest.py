@@ -19,6 +19,7 @@ import yaml
 from tests.services import BIN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+UNVALIDATED = {"validate": {"required": False}}  # modules about training skip the validate stage
 
 # Small enough for a 2-core machine, big enough to learn something (loss well below uniform).
 _TINY = {

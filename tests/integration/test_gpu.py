@@ -10,7 +10,7 @@ import torch
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training.loop import autocast, enable_fast_math, peak_tflops, train_step
-from tests.integration.conftest import make_project, tiny_params
+from tests.integration.conftest import UNVALIDATED, make_project, tiny_params
 from tests.services import BIN
 
 pytestmark = pytest.mark.gpu
@@ -49,7 +49,7 @@ HF_LLAMA = {"model": {"backend": "hf", "hf_config": {
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", [{}, HF_LLAMA], ids=["gpt", "hf-llama"])
 def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path, backend):
-    project = make_project(tmp_path, tiny_params(GPU_TRAIN, backend))
+    project = make_project(tmp_path, tiny_params(GPU_TRAIN, backend, UNVALIDATED))
     lmp = str(BIN / "lmp")
     for stage in ("ingest", "filter", "preprocess"):
         subprocess.run([lmp, "-q", stage], cwd=project, check=True)

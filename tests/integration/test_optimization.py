@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.integration.conftest import make_project
+from tests.integration.conftest import UNVALIDATED, make_project
 
 pytestmark = [pytest.mark.optimization, pytest.mark.integration]
 
@@ -31,6 +31,7 @@ def test_overfitting_stops_early_and_the_best_validation_checkpoint_is_exported(
     params = {
         "data": {"source": str(word_soup(tmp_path / "soup.jsonl"))},
         "filter": {"steps": []},  # word soup is no language: the language step would take it all
+        **UNVALIDATED,
         "split": {"val_fraction": 0.2, "test_fraction": 0.1},
         "tokenizer": {"kind": "char"},
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 96, "block_size": 32},

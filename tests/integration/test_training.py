@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lm_pipeline.hashing import tree_sha256
-from tests.integration.conftest import make_project, ray_processes, tiny_params, two_ray_nodes
+from tests.integration.conftest import UNVALIDATED, make_project, ray_processes, tiny_params, two_ray_nodes
 from tests.services import free_port, process
 
 LMP = str(Path(sys.executable).parent / "lmp")
@@ -30,7 +30,7 @@ TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project whose data is ingested and tokenized, ready to train."""
-    root = make_project(tmp_path_factory.mktemp("train-project"), tiny_params(TRAIN))
+    root = make_project(tmp_path_factory.mktemp("train-project"), tiny_params(TRAIN, UNVALIDATED))
     for stage in ("ingest", "filter", "preprocess"):
         subprocess.run([LMP, "-q", stage], cwd=root, check=True)
     return root

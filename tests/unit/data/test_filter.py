@@ -157,7 +157,7 @@ def corpus(tmp_path, texts: list[str]):
     (raw / "documents.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
                                                  for i, t in enumerate(texts)))
     return Config.model_validate({"data": {"raw_dir": str(raw)},
-                                  "validate": {"report_dir": str(tmp_path / "validation")},
+                                  "validate": {"report_dir": str(tmp_path / "validation"), "required": False},
                                   "filter": {"output_dir": str(tmp_path / "filtered"),
                                              "report_dir": str(tmp_path / "report")}})
 

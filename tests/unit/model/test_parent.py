@@ -40,6 +40,7 @@ def project_config(tmp_path, texts: list[str], parent) -> Config:
     return Config.model_validate({
         "filter": {"output_dir": str(raw)},  # preprocess reads the filtered documents
         "data": {"processed_dir": str(tmp_path / "processed")},
+        "validate": {"report_dir": str(tmp_path / "validation"), "required": False},  # not about validation
         "split": {"val_fraction": 0.2, "test_fraction": 0.2},
         "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
         "train": {"init_from": str(parent)}})

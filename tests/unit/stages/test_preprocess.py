@@ -17,14 +17,14 @@ def test_unique_texts_keeps_the_first_of_each_text_streaming(tmp_path):
 def test_a_corpus_that_failed_validation_is_not_preprocessed(tmp_path):
     from lm_pipeline.config import Config
     from lm_pipeline.data.documents import DOCUMENTS_FILE
+    from lm_pipeline.data.quality import record_validation
     from lm_pipeline.stages import preprocess
 
     raw, reports = tmp_path / "raw", tmp_path / "validation"
     raw.mkdir()
     (raw / DOCUMENTS_FILE).write_text("".join(json.dumps({"id": str(i), "text": f"document {i} " * 20}) + "\n"
                                               for i in range(200)))
-    reports.mkdir()
-    (reports / "result.json").write_text(json.dumps([{"success": True}, {"success": False}]))
+    record_validation(reports, raw / DOCUMENTS_FILE, success=False)
     cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
                                  "data": {"processed_dir": str(tmp_path / "processed")},
                                  "validate": {"report_dir": str(reports)},
@@ -47,17 +47,17 @@ def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path)
     from lm_pipeline.data.split import assign_split
     from lm_pipeline.stages import preprocess
 
-    raw, reports = tmp_path / "raw", tmp_path / "validation"
-    raw.mkdir(), reports.mkdir()
+    raw = tmp_path / "raw"
+    raw.mkdir()
     # each document has a character of its own: in validation and test ones, the tokenizer
     # (trained on the training split) has never seen it
     texts = [f"document {i} costs {chr(0x4E00 + i)} and é. " * 5 for i in range(300)]
     (raw / DOCUMENTS_FILE).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
                                               for i, t in enumerate(texts)))
-    (reports / "result.json").write_text(json.dumps([{"success": True}]))
     cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
                                  "data": {"processed_dir": str(tmp_path / "processed")},
-                                 "validate": {"report_dir": str(reports)}, "tokenizer": {"kind": "char"}})
+                                 "validate": {"report_dir": str(tmp_path / "validation"), "required": False},
+                                 "tokenizer": {"kind": "char"}})
     preprocess.run(cfg)
     meta = read_meta(cfg.data.processed_dir)
     for split in ("train", "val", "test"):
@@ -70,3 +70,43 @@ def test_bytes_per_split_are_counted_on_the_text_not_on_decoded_tokens(tmp_path)
     decoded = sum(len(tokenizer.decode(d.tolist()).encode("utf-8"))
                   for d in load_documents(cfg.data.processed_dir, "test"))
     assert decoded < meta.text_bytes["test"]
+
+
+@pytest.mark.security
+def test_filter_and_preprocess_read_only_the_corpus_validation_passed(tmp_path):
+    """The gate is tied to the documents' hash: a corpus never validated, changed after it was
+    validated, or filtered from another corpus than the validated one is refused."""
+    from lm_pipeline.config import Config
+    from lm_pipeline.stages import filter, preprocess, validate
+
+    raw = tmp_path / "raw" / "documents.jsonl"
+    raw.parent.mkdir()
+    prose = "The tuple type is an immutable sequence, and a list is a mutable one of {} items."
+
+    def write_corpus(offset: int) -> None:
+        raw.write_text("".join(json.dumps({"id": str(i), "text": prose.format(i + offset) * 3}) + "\n"
+                               for i in range(150)))
+
+    write_corpus(0)
+    cfg = Config.model_validate({"data": {"raw_dir": str(raw.parent),
+                                          "processed_dir": str(tmp_path / "processed")},
+                                 "validate": {"report_dir": str(tmp_path / "validation"),
+                                              "max_near_duplicate_ratio": 1.0},
+                                 "filter": {"output_dir": str(tmp_path / "filtered"), "steps": [],
+                                            "report_dir": str(tmp_path / "funnel")},
+                                 "tokenizer": {"kind": "char"}})
+    with pytest.raises(ValueError, match=r"filter: the corpus .*documents.jsonl was not validated"):
+        filter.run(cfg)
+    validate.run(cfg)
+    write_corpus(1000)  # changed after it was validated
+    with pytest.raises(ValueError, match=r"filter: .*documents.jsonl is not the corpus validation passed"):
+        filter.run(cfg)
+    validate.run(cfg)
+    filter.run(cfg)
+    write_corpus(0)
+    validate.run(cfg)  # validated anew, but the filtered documents are the other corpus's
+    with pytest.raises(ValueError, match=r"preprocess: .*filtered.* not the corpus validation passed"):
+        preprocess.run(cfg)
+    assert not (tmp_path / "processed").exists()
+    filter.run(cfg)
+    assert preprocess.run(cfg).tokens["train"] > 0
