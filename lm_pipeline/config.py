@@ -620,6 +620,14 @@ class TrackingConfig(Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides")
     experiment: str = Field("lm-pipeline", description="MLflow experiment of the pipeline's runs")
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        if "@" in urlsplit(value).netloc:  # params.yaml is committed, logged and copied to every run
+            raise ValueError("holds credentials (user:password@): keep the server's address here and set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment")
+        return value
+
 
 class RayConfig(Section):
     """The Ray cluster training runs on."""
@@ -873,7 +881,12 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key"
     if isinstance(error.get("input"), dict):  # a check across a section's keys: its message names them
         return f"{key}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {shown(error.get('input'))})"
+
+
+def shown(value) -> str:
+    """A value as an error message echoes it, URL credentials (//user:password@) masked."""
+    return repr(re.sub(r"//[^/\s]*@", "//***@", value) if isinstance(value, str) else value)
 
 
 PARAMS_HEADER = """\

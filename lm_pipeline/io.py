@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 @contextmanager
@@ -93,3 +94,12 @@ def private_dir(folder: Path) -> Path:
         raise PermissionError(f"{folder}: {problem}; refusing to use it (remove it, or point the setting "
                               "that names it at a folder of yours)")
     return folder
+
+
+def without_credentials(url: str) -> str:
+    """`url` without its user and password (scheme://user:password@host): fit to log, show, or
+    hand to processes that take credentials from their own environment."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

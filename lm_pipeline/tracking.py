@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lm_pipeline.config import Config
+from lm_pipeline.io import without_credentials
 
 # The Prefect flow run a stage ran in: the flow passes it to its stages' processes, and the tag
 # names it the same way on training runs and on registered versions.
@@ -32,6 +33,23 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def shown_uri(cfg: Config) -> str:
+    """The store's URI as logs, records and other processes' configs may hold it: no credentials."""
+    return without_credentials(tracking_uri(cfg))
+
+
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter (`tags.k = {literal}`). MLflow's
+    grammar has no escapes: it strips a literal's outer quotes and keeps the rest, so a value is
+    wrapped in the quote it lacks, and one holding both kinds, or ending in a backslash (which
+    would escape the closing quote), cannot be written and is refused."""
+    for quote in ("'", '"'):
+        if quote not in value and not value.endswith("\\"):
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"{value!r} cannot be searched for in MLflow: a filter value may hold single or "
+                     "double quotes but not both, and may not end in a backslash")
+
+
 SECRET_SETTINGS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
@@ -40,8 +58,12 @@ def client_env() -> dict[str, str]:
     nodes, without its secrets: a Ray runtime env is logged and served by Ray's dashboard. Local
     workers inherit them from this process; a cluster's nodes (only rank 0 logs) get them from
     their own environment or a mounted secret, never from params."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith("MLFLOW_TRACKING_") and k not in SECRET_SETTINGS}
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("MLFLOW_TRACKING_") and k not in SECRET_SETTINGS}
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if without_credentials(uri) != uri:  # workers on this node inherit it; other nodes set their own
+        del env["MLFLOW_TRACKING_URI"]
+    return env
 
 
 def setup(cfg: Config) -> str:

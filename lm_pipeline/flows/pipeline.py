@@ -31,7 +31,7 @@ from lm_pipeline.flows.temporary_server import temporary_server
 from lm_pipeline.io import read_json
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
-from lm_pipeline.tracking import FLOW_RUN_ENV
+from lm_pipeline.tracking import FLOW_RUN_ENV, shown_uri
 from lm_pipeline.training.tuned import best_values, tuned_config
 
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
@@ -152,7 +152,7 @@ def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
             f"largest bias gap {metrics['bias_max_gap']:.3f}\n"
             f"  model URI:  models:/{decision['model_name']}@{alias}  "
             f"(version {decision['version']})\n"
-            f"  MLflow UI:  {ui_hint(cfg.tracking_uri)}\n"
+            f"  MLflow UI:  {ui_hint(shown_uri(cfg))}\n"
             f"  try it:     lmp generate --model models:/{decision['model_name']}@{alias} \"The\"\n")
     return {"markdown": markdown, "text": text}
 

@@ -39,7 +39,7 @@ def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
         raise parents.ParentError(f"train.init_from: {err}") from None
     except mlflow.exceptions.MlflowException as err:
         raise parents.ParentError(f"train.init_from: {uri} is not in the registry at "
-                                  f"{tracking.tracking_uri(cfg)} ({err.message})") from None
+                                  f"{tracking.shown_uri(cfg)} ({err.message})") from None
     pinned = f"models:/{mv.name}/{mv.version}"
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -73,7 +73,7 @@ def run(cfg: Config) -> TrainResult:
                                     tags=run_tags(cfg, meta))
         write_json(storage.join(run_dir, MLFLOW_RUN_FILE), {"mlflow_run_id": run_id})
         log.info("train: fresh run in %s; MLflow run %s (%s)", run_dir, run_id,
-                 tracking.tracking_uri(cfg))
+                 tracking.shown_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         mlflow.log_params(run_params(cfg, meta))
         mlflow.set_tags(attempt_tags(cfg))

@@ -40,7 +40,7 @@ def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> d
         state = load_weights(d, model)
     trainable, total = parameter_counts(model)
     counts = {"model.trainable_params": trainable, "model.total_params": total}
-    run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(cfg),
+    run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.shown_uri(cfg),
                 "step": state.step, "tokens_seen": state.tokens_seen,
                 "tokenizer_sha256": meta.tokenizer_sha256, "chars_per_token": meta.chars_per_token,
                 "parent": meta.parent}

@@ -104,7 +104,7 @@ def resumable_run_id(cfg: Config, run_dir: str | Path) -> str | None:
     except mlflow.exceptions.MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # down, refused, unauthorized: not an answer
             raise RuntimeError(f"train: cannot tell whether MLflow run {run_id} exists at "
-                               f"{tracking.tracking_uri(cfg)} ({err.message}); the checkpoints in "
+                               f"{tracking.shown_uri(cfg)} ({err.message}); the checkpoints in "
                                f"{run_dir} are kept: fix the tracking server and rerun") from None
         aside = f"{str(run_dir).rstrip('/')}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}"
         log.warning("train: %s names MLflow run %s, which this store lacks; starting over (the old "

@@ -40,5 +40,5 @@ def portable_config(cfg: Config) -> dict:
     data["data"]["processed_dir"] = str(cfg.data.processed_dir.resolve())
     if isinstance(cfg.model.hf_config, str):  # a folder holding config.json
         data["model"]["hf_config"] = str(Path(cfg.model.hf_config).expanduser().resolve())
-    data["mlflow"]["tracking_uri"] = tracking.tracking_uri(cfg)
+    data["mlflow"]["tracking_uri"] = tracking.shown_uri(cfg)  # workers take credentials from their env
     return data

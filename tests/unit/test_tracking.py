@@ -1,5 +1,6 @@
 """MLflow helpers against a real SQLite store: the URI, the experiment, batched step metrics."""
 
+import re
 
 import mlflow
 import pytest
@@ -109,3 +110,48 @@ def test_flatten_joins_nested_keys_with_dots():
     nested = {"model": {"n_layer": 4, "attn": {"heads": 2}}, "seed": 1}
     assert tracking.flatten("", nested) == {"model.n_layer": 4, "model.attn.heads": 2, "seed": 1}
     assert tracking.flatten("cfg", {"a": {"b": None}, "c": [1]}) == {"cfg.a.b": None, "cfg.c": [1]}
+
+
+@pytest.mark.security
+def test_filter_literals_match_exactly_the_value_whatever_its_quotes(cfg):
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = tracking.setup(cfg)
+    values = ["plain", "it's", 'say "hi"', "x' and tags.k != 'y", 'back\\slash', "a;b\nc", "%_"]
+    for value in values:
+        client.create_run(experiment, tags={"k": value})
+    for value in values:
+        where = f"tags.k = {tracking.filter_literal(value)} and tags.k != 'z'"  # a clause after it too
+        found = client.search_runs([experiment], where)
+        assert [run.data.tags["k"] for run in found] == [value]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("value", ["it's \"both\"", "ends in a backslash\\"])
+def test_a_value_no_filter_literal_can_hold_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=re.escape(repr(value))):
+        tracking.filter_literal(value)
+
+
+@pytest.mark.security
+def test_credentials_in_the_tracking_uri_reach_no_runtime_env_worker_config_or_log(monkeypatch):
+    """MLFLOW_TRACKING_URI=https://user:password@host works for this process; what is logged, shown
+    or handed to Ray (its runtime env and the workers' config are served by its dashboard) names
+    the server only. Workers on this node inherit the variable; other nodes set their own."""
+    from lm_pipeline.training.spec import portable_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://pipeline:hunter2@mlflow.example:5000/")
+    assert tracking.tracking_uri(Config()) == "https://pipeline:hunter2@mlflow.example:5000/"
+    assert tracking.shown_uri(Config()) == "https://mlflow.example:5000/"
+    assert "hunter2" not in str(tracking.client_env())
+    assert "hunter2" not in str(portable_config(Config()))
+
+
+@pytest.mark.security
+def test_credentials_written_into_params_are_refused_naming_the_key_without_echoing_them(tmp_path):
+    from lm_pipeline.config import ConfigError, load_config
+
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: https://pipeline:hunter2@mlflow.example\n")
+    refused = r"mlflow.tracking_uri: .*credentials.*MLFLOW_TRACKING_USERNAME"
+    with pytest.raises(ConfigError, match=refused) as err:
+        load_config(tmp_path / "params.yaml")
+    assert "hunter2" not in str(err.value) and "https://***@mlflow.example" in str(err.value)
