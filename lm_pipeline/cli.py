@@ -180,6 +180,15 @@ def registry_command(cfg: Config, args) -> str:
             f"({entry['action']}: {entry['reason']})")
 
 
+def verify_version(cfg: Config, args) -> str:
+    import mlflow
+
+    from lm_pipeline.registry.verified import verify
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    return verify(args.model_uri, args.download)
+
+
 def lineage(cfg: Config, args) -> None:
     """The version's lineage, its continuous-training cycles and, with --rebuild, those trained again."""
     import mlflow
@@ -257,7 +266,8 @@ COMMANDS = {
     "ingest": ingest, "validate": validate, "filter": filter, "preprocess": preprocess,
     "train": train, "evaluate": evaluate, "register": register, "search": search, "run": run_flow,
     "tune": tune_flow, "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command,
-    "rollback": registry_command, "lineage": registry_command, "generate": generate_text,
+    "rollback": registry_command, "lineage": registry_command, "verify": verify_version,
+    "generate": generate_text,
     "serve": serve_endpoint, "config": show_config,
 }
 

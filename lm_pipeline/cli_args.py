@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--rebuild", metavar="FOLDER", default=None, help="a version continuous training "
                          "made: train each of its cycles again in FOLDER, from the drops DVC archived, "
                          "and check the weights against the registered ones (exit 1 if they differ)")
+    verify = sub.add_parser("verify", help="check a registered version before serving it with MLflow",
+                            description="Download a registered version and check that its code (MLmodel, "
+                            "the loader, code/, the requirements) and its weights are the ones recorded "
+                            "at registration; exit 1 if not. `mlflow models serve` runs that code: serve "
+                            "the checked copy, `mlflow models serve -m FOLDER`.")
+    verify.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>")
+    verify.add_argument("--download", metavar="FOLDER", type=Path, default=None,
+                        help="a new folder to leave the checked copy in")
     config = sub.add_parser("config", help="print the settings in effect (the params file and --set)",
                             description="Print the settings every command would run with: the params "
                             "file with any --set on top, checked, every default filled in.")

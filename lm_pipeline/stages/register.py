@@ -23,7 +23,7 @@ from lm_pipeline.registry import history
 from lm_pipeline.registry.aliases import CHALLENGER, set_champion, tag_decision
 from lm_pipeline.registry.decision import DECISION_TAG, Decision, decide, record_gates, recorded_decision
 from lm_pipeline.registry.manage import lineage_tags
-from lm_pipeline.registry.pyfunc import log_pyfunc
+from lm_pipeline.registry.pyfunc import register_pyfunc
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ def run(cfg: Config) -> Decision:
         log.info("register: %s version %s holds this run's model already (an earlier attempt); "
                  "finishing its decision", name, version)
     else:
-        with mlflow.start_run(run_id=run_id):
-            # copies files; MLflow's example check loads and frees
-            info = log_pyfunc(cfg.train.model_dir, tags["weights_sha256"])
-        version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        version = register_pyfunc(cfg.train.model_dir, name, run_id, tags)
     # Decide, record, then move: under one lock, and each step safe to repeat, so a stage killed
     # anywhere and rerun ends with one version, one log entry and the aliases its decision says.
     with history.registry_lock(tracking.tracking_uri(cfg), name):
@@ -75,7 +72,8 @@ def own_version(client, name: str, run_id: str, weights: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        versions = client.search_model_versions(
+            f"name = {tracking.filter_literal(name)} and run_id = {tracking.filter_literal(run_id)}")
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None

@@ -155,8 +155,11 @@ def test_fine_tuning_a_llama_folder_on_two_ddp_workers_then_evaluate_register_an
     tags = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version("lm-pipeline", "1").tags
     assert tags["parent_safetensors_sha256"] == run_info["parent"]["weights_sha256"]
 
+    served = tmp_path / "served"
+    checked = lmp(project, params, "verify", "models:/lm-pipeline@champion", "--download", str(served))
+    assert "code and weights are the ones registered" in checked  # served below: the checked copy
     url = f"http://127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lm-pipeline@champion",
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(served),
            "--env-manager", "local", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
     with process(cmd, tmp_path / "serve.log", env=os.environ | {"MLFLOW_TRACKING_URI": uri}, cwd=project,
                  ready_url=f"{url}/ping"):
