@@ -12,17 +12,19 @@ registrations cannot interleave their read-compare-move. With a Prefect server c
 (PREFECT_API_URL, from the environment or the Prefect profile) the lock is a global concurrency
 limit of 1 on that server, so it serialises every process that talks to it: other machines, other
 pods, `lmp promote`/`rollback`/`register --tuned` outside any flow. Its slot is a lease the holder
-renews, so a killed holder frees it within a minute. Without a server it is a file lock in this
-machine's temporary folder, which serialises this machine only (a warning says so when the
-registry is remote).
+renews, so a killed holder frees it within a minute. Without a server it is a file lock beside a
+local store (everyone who writes the store shares it), or, for a remote registry, in this user's
+private folder, which serialises this user on this machine only (a warning says so).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import getpass
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -30,8 +32,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lm_pipeline import tracking
+from lm_pipeline.io import private_dir
 
 LOG_DIR = "promotion_log"  # one JSON artifact per entry
 LOG_FILE = "promotion_log.jsonl"  # the older layout: one file, rewritten on every append
@@ -55,10 +59,22 @@ def registry_lock(tracking_uri: str, model_name: str) -> Iterator[None]:
             yield
         return
     if not tracking_uri.startswith(("file:", "sqlite:")) and "://" in tracking_uri:
-        log.warning("champion moves are serialised on this machine only: set PREFECT_API_URL to "
-                    "a Prefect server to serialise them across machines")
-    with file_lock(Path(tempfile.gettempdir()) / f"{lock_name(model_name)}.lock"):
+        log.warning("champion moves are serialised for this user on this machine only: set "
+                    "PREFECT_API_URL to a Prefect server to serialise them across users and machines")
+    with file_lock(lock_file(tracking_uri, model_name)):
         yield
+
+
+def lock_file(tracking_uri: str, model_name: str) -> Path:
+    """Beside a local store, so that whoever may write the store shares it and nobody else can make
+    it first; for a server without Prefect, in this user's private folder (one machine, one user).
+    Never in the shared temporary folder, where another user could block or redirect it."""
+    name = f".{lock_name(model_name)}.lock"
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / name
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:  # a folder store
+        return Path(urlsplit(tracking_uri).path).resolve() / name
+    return private_dir(Path(tempfile.gettempdir()) / f"lmp-{os.getuid()}") / name
 
 
 def prefect_api_url() -> str | None:
@@ -90,7 +106,13 @@ def prefect_lock(name: str) -> Iterator[None]:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
+    try:  # O_NOFOLLOW: a link planted at the path is refused, not followed
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise OSError(f"{path}: a symbolic link; refusing to lock through it (remove it)") from None
+    with open(fd, "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
         yield
 

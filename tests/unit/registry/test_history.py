@@ -1,7 +1,9 @@
 """The promotion log (append-only, one MLflow run per model) and the lock around alias moves."""
 
 import getpass
+import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -137,3 +139,37 @@ def test_a_truncated_entry_is_named_and_skipped_not_fatal(store, caplog):
     history.append(client, run_id, {"action": "promote", "version": "1"})
     assert [e["version"] for e in history.read_log(client, run_id)] == ["1", "1"]
     assert broken.name in caplog.text and "skipped" in caplog.text
+
+
+@pytest.mark.security
+def test_the_lock_of_a_local_store_sits_beside_it_where_no_other_user_plants_anything(tmp_path, monkeypatch):
+    """A lock in the shared temporary folder could be made first by another user (blocking every
+    registration) or planted as a link (the lock file then created wherever it points)."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    victim = tmp_path / "victim"
+    (shared / f"{history.lock_name('m')}.lock").symlink_to(victim)
+    store = tmp_path / "store"
+    store.mkdir()
+    with history.registry_lock(f"sqlite:///{store / 'mlflow.db'}", "m"):
+        assert (store / f".{history.lock_name('m')}.lock").is_file()
+    assert not victim.exists()
+    (store / f".{history.lock_name('m')}.lock").unlink()
+    (store / f".{history.lock_name('m')}.lock").symlink_to(victim)
+    with pytest.raises(OSError, match=r"lmp-champion-m.lock: a symbolic link"):
+        with history.registry_lock(f"sqlite:///{store / 'mlflow.db'}", "m"):
+            pass
+    assert not victim.exists()
+
+
+@pytest.mark.security
+def test_the_lock_for_a_server_without_prefect_is_in_a_private_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"lmp-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermissionError, match=r"lmp-\d+: a symbolic link"):
+        with history.registry_lock("http://mlflow.internal:5000", "m"):
+            pass
+    assert not any((tmp_path / "elsewhere").iterdir())
