@@ -5,7 +5,9 @@ local model folder (what `lmp train` exports: config.json, model.safetensors, to
 `hf:<folder>`: a Hugging Face model on disk, as `hf download` leaves it (config.json,
 safetensors weights, tokenizer.json); nothing is downloaded.
 Preprocess fetches it into data/processed/parent/ (a registered one through
-registry/downloads.py) and pins it there: an alias is resolved to its version once, so the token
+registry/downloads.py), copying only the files a model needs, as bytes (never what a link points
+to outside the folder: that would carry it on into the registered model and every remote the
+data goes to), and pins it there: an alias is resolved to its version once, so the token
 files, the training run and the new version's lineage all name the same parent. The parent's
 tokenizer encodes the new corpus, and training starts from its weights with a fresh optimizer and
 its own learning-rate schedule.
@@ -14,7 +16,9 @@ its own learning-rate schedule.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from lm_pipeline.config import HF_PREFIX, TokenizerConfig
@@ -23,6 +27,7 @@ from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
     MODEL_FILES,
     RUN_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -33,6 +38,11 @@ from lm_pipeline.model.folder import (
 
 PARENT_DIR = "parent"  # in data/processed
 PARENT_FILE = "parent.json"
+# What a parent brings besides its *.safetensors weights: its config, tokenizer and run record.
+PARENT_FILES = frozenset({
+    CONFIG_FILE, GENERATION_CONFIG_FILE, RUN_FILE, "model.safetensors.index.json", TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE, "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json",
+    "merges.txt"})
 
 
 class ParentError(ValueError):
@@ -70,10 +80,7 @@ def fetch_hf_folder(src: Path, dest: Path, ref: str) -> dict:
     if not (src / TOKENIZER_FILE).is_file():
         raise ParentError(f"train.init_from: {ref}: no {TOKENIZER_FILE} in {src}: the pipeline needs the "
                           "model's fast tokenizer")
-    dest.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and (f.suffix in (".json", ".safetensors") or f.name == "tokenizer.model"):
-            shutil.copyfile(f, dest / f.name)
+    copy_model_files(src, dest, ref)
     check_end_of_text(dest, ref)
     return {"init_from": ref, "model_version": None, "path": str(src.resolve()), "backend": "hf"}
 
@@ -109,7 +116,45 @@ def copy_model_folder(src: Path, dest: Path, ref: str) -> None:
     if missing:
         raise ParentError(f"train.init_from: {ref} is not a model folder (missing {', '.join(missing)}); "
                           "give a folder written by `lmp train` or a models:/ URI")
-    shutil.copytree(src, dest)
+    copy_model_files(src, dest, ref)
+
+
+def copy_model_files(src: Path, dest: Path, ref: str) -> None:
+    """Copy the files of a model folder that a model needs into the new folder `dest`, as bytes:
+    never code (modeling_*.py), pickles (*.bin), subfolders, or what a link points to outside the
+    folder (except, in a Hugging Face cache snapshot, its links into the cache's blobs/)."""
+    root = src.resolve()
+    allowed = [root, *cache_blobs(root)]
+    dest.mkdir(parents=True)
+    for entry in sorted(src.iterdir()):
+        if entry.name not in PARENT_FILES and entry.suffix != ".safetensors":
+            continue
+        target = entry.resolve()
+        if not any(target.is_relative_to(folder) for folder in allowed):
+            raise ParentError(f"train.init_from: {ref}: {entry.name} links to {target}, outside the model "
+                              f"folder {root}; copy the file itself into the folder")
+        copy_regular_file(target, dest / entry.name, f"train.init_from: {ref}: {entry.name}")
+
+
+def cache_blobs(folder: Path) -> list[Path]:
+    """The blobs/ folder of the Hugging Face cache that `folder` is a snapshot of, where the snapshot's
+    links point (models--org--name/snapshots/<revision>/config.json -> ../../blobs/<hash>)."""
+    repo = folder.parent.parent
+    return [repo / "blobs"] if folder.parent.name == "snapshots" and repo.name.startswith("models--") else []
+
+
+def copy_regular_file(path: Path, dest: Path, name: str) -> None:
+    """Copy a file's bytes; a link put in its place since it was resolved, a pipe or a device is
+    refused (O_NONBLOCK: opening a pipe must not wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise ParentError(f"{name}: cannot read {path} ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ParentError(f"{name}: {path} is not a regular file")
+        with open(dest, "xb") as out:
+            shutil.copyfileobj(f, out)
 
 
 def describe(record: dict) -> str:

@@ -23,3 +23,7 @@ class Problem:
     def __str__(self) -> str:
         # One line of a message or a log: a file name or a field of a record may carry escape sequences.
         return terminal_safe(f"{self.where}: {self.reason}", one_line=True)
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"{size} bytes, over data.max_document_bytes ({max_bytes})"

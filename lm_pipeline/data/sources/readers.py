@@ -2,7 +2,7 @@
 .txt (one document), .jsonl (a `text` field per line), .parquet and .arrow (a `text` column).
 
 Broken input becomes a Problem naming the file (and line or row), never an exception: ingest
-decides whether it stops the stage or is skipped and reported.
+decides whether it stops the stage or is skipped and reported. Parquet and Arrow: tables.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator
-from typing import BinaryIO
 
 from lm_pipeline.data.sources.files import CorpusFile
-from lm_pipeline.data.sources.problems import Problem
+from lm_pipeline.data.sources.problems import Problem, too_large
+from lm_pipeline.data.sources.tables import read_arrow, read_parquet
 
 
 def from_file(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
@@ -22,10 +22,6 @@ def from_file(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
         yield from readers[file.suffix](file, max_bytes)
     except OSError as err:  # permissions, I/O errors, a file removed while reading
         yield Problem(file.name, f"cannot read ({err.strerror or err})", "file")
-
-
-def too_large(size: int, max_bytes: int) -> str:
-    return f"{size} bytes, over data.max_document_bytes ({max_bytes})"
 
 
 def read_txt(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
@@ -122,78 +118,3 @@ def binary_or_wrong_encoding(head: bytes) -> str | None:
     if (offset := head.find(b"\0")) >= 0:
         return f"binary file (NUL byte at offset {offset})"
     return None
-
-
-def read_parquet(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
-    """Rows with a string `text` column (and optionally `id`), read a batch at a time."""
-    with file.open() as f:
-        yield from parquet_rows(f, file.name, max_bytes)
-
-
-def parquet_rows(f: BinaryIO, path: str, max_bytes: int) -> Iterator[dict | Problem]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(f)
-    except pa.ArrowException as err:
-        yield Problem(path, f"not a readable Parquet file ({err})", "file")
-        return
-    columns = parquet.schema_arrow.names
-    if "text" in columns:
-        yield from table_rows(parquet.iter_batches(columns=["text"] + (["id"] if "id" in columns else [])),
-                              columns, path, max_bytes, "Parquet")
-    else:
-        yield Problem(path, f"no 'text' column (columns: {', '.join(columns)})", "file")
-
-
-def read_arrow(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
-    """An Arrow IPC file as `datasets.save_to_disk` writes its shards (the stream format; the
-    file format is read too), with a string `text` column and optionally `id`."""
-    import pyarrow as pa
-
-    with file.open() as f:
-        head = f.read(6)
-        f.seek(0)
-        try:  # the file format opens with its magic; save_to_disk writes the stream format
-            if head == b"ARROW1":
-                reader = pa.ipc.open_file(f)
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            else:
-                reader = pa.ipc.open_stream(f)
-                batches = iter(reader)
-        except pa.ArrowException as err:
-            yield Problem(file.name, f"not a readable Arrow IPC file ({err})", "file")
-            return
-        columns = reader.schema.names
-        if "text" not in columns:
-            yield Problem(file.name, f"no 'text' column (columns: {', '.join(columns)})", "file")
-            return
-        yield from table_rows(batches, columns, file.name, max_bytes, "Arrow")
-
-
-def table_rows(batches: Iterator, columns: list[str], path: str, max_bytes: int,
-               kind: str) -> Iterator[dict | Problem]:
-    """Documents from Arrow record batches (Parquet, Arrow IPC), a batch at a time; a row is
-    named by its index in the file."""
-    import pyarrow as pa
-
-    row = 0
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as err:  # a corrupt page or block: the header read fine
-            yield Problem(path, f"corrupt {kind} data after row {row} ({str(err)[:200]})", "file")
-            return
-        if batch is None:
-            return
-        ids = batch.column("id").to_pylist() if "id" in columns else None
-        for i, text in enumerate(batch.column("text").to_pylist()):
-            if not isinstance(text, str):
-                yield Problem(f"{path}:row {row}", f"'text' is {type(text).__name__}, not a string",
-                              "record")
-            elif len(text) > max_bytes:  # characters: at least as many bytes
-                yield Problem(f"{path}:row {row}", too_large(len(text.encode()), max_bytes), "record")
-            else:
-                yield {"id": str(ids[i]) if ids else f"{path}:{row}", "text": text, "source": path}
-            row += 1
