@@ -35,3 +35,10 @@ def terminal_safe(value, one_line: bool = False) -> str:
     a field quoted in one line of a message, which a newline would let forge the next line)."""
     controls = CONTROLS_AND_LINE_BREAKS if one_line else CONTROLS
     return controls.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), str(value))
+
+
+def fenced(text: str) -> str:
+    """`text` as a Markdown code block nothing in it can close: the fence is longer than any run
+    of backticks the text holds (a stage's output may quote a corpus)."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence}\n{text}\n{fence}"

@@ -33,6 +33,13 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def with_own_credentials(uri: str) -> str:
+    """`uri`, handed over without credentials, with those of this process's MLFLOW_TRACKING_URI
+    when that names the same server (else MLFLOW_TRACKING_USERNAME and _PASSWORD apply, if set)."""
+    own = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return own if own and without_credentials(own) == uri else uri
+
+
 def shown_uri(cfg: Config) -> str:
     """The store's URI as logs, records and other processes' configs may hold it: no credentials."""
     return without_credentials(tracking_uri(cfg))
@@ -72,6 +79,8 @@ def setup(cfg: Config) -> str:
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    if without_credentials(uri) != uri:  # MLflow prints "View run ... at <uri>", password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is not None:
         return experiment.experiment_id

@@ -6,7 +6,7 @@ what it creates: MLflow makes the creator of an experiment or a registered model
 and that is all the pipeline needs (runs, metrics, artifacts, versions, tags, aliases). An
 experiment or a model named on the command line that already exists (made while the pipeline still
 logged as admin) gets EDIT granted. Safe to rerun: an existing user gets the password from the
-environment, so rotating MLFLOW_PIPELINE_PASSWORD in infra/.env takes effect on the next start.
+environment, so rotating MLFLOW_PIPELINE_PASSWORD in the env file takes effect on the next start.
 
 Environment: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD (the admin),
 MLFLOW_PIPELINE_PASSWORD; MLFLOW_PIPELINE_USERNAME (default `pipeline`).

@@ -1,7 +1,7 @@
 -- One role per service, each owning its own databases: MLflow (runs and registry, its users) and
 -- Prefect. Run once by the postgres image on an empty volume (docker-entrypoint-initdb.d), as the
 -- superuser; the superuser's password stays with postgres and this script.
--- The roles' passwords come from the environment (infra/.env), read by psql itself so they reach
+-- The roles' passwords come from the environment (the env file, ~/.config/lm-pipeline/infra.env), read by psql itself so they reach
 -- neither a command line nor this file, and are quoted by :'var' as SQL literals.
 \set ON_ERROR_STOP on
 \getenv mlflow_password MLFLOW_DB_PASSWORD

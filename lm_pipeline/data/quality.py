@@ -32,14 +32,23 @@ def record_validation(report_dir: Path, documents: Path, success: bool) -> None:
                                                    "documents_sha256": file_sha256(documents)})
 
 
-def record_source(folder: Path, documents_sha256: str) -> None:
-    """Derived documents (the filter's) name the corpus they came from, so the gate holds after them."""
-    write_json(Path(folder) / SOURCE_FILE, {"documents_sha256": documents_sha256})
+def record_source(documents: Path, corpus_sha256: str) -> None:
+    """Derived documents (the filter's) name the corpus they came from, beside them, with their own
+    hash, so the gate holds after them."""
+    write_json(Path(documents).parent / SOURCE_FILE, {"documents_sha256": corpus_sha256,
+                                                      "derived_sha256": file_sha256(documents)})
 
 
-def source_of(folder: Path) -> str | None:
-    path = Path(folder) / SOURCE_FILE
-    return read_json(path).get("documents_sha256") if path.is_file() else None
+def source_of(documents: Path) -> str | None:
+    """The hash of the corpus `documents` were derived from (None: not derived); refused if they
+    changed since."""
+    path = Path(documents).parent / SOURCE_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if file_sha256(documents) != record.get("derived_sha256"):
+        raise ValueError(f"preprocess: {documents} changed after the filter wrote it: rerun `lmp filter`")
+    return record.get("documents_sha256")
 
 
 def check_validation_passed(report_dir: Path, required: bool, documents_sha256: str | None, what: Path,

@@ -31,6 +31,7 @@ from lm_pipeline.flows.temporary_server import temporary_server
 from lm_pipeline.io import read_json
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
+from lm_pipeline.text import fenced
 from lm_pipeline.tracking import FLOW_RUN_ENV, shown_uri
 from lm_pipeline.training.tuned import best_values, tuned_config
 
@@ -92,7 +93,7 @@ def report_failure(flow, run, state) -> None:
         client.create_artifact(ArtifactCreate(
             flow_run_id=run.id, key="lm-pipeline-failure", type="markdown",
             description="what failed in this run",
-            data=f"## lm-pipeline failed\n\n```\n{message}\n```\n\nNothing after the failed stage "
+            data=f"## lm-pipeline failed\n\n{fenced(message)}\n\nNothing after the failed stage "
                  f"ran. Registry now: {champion}. A failed register is finished by running it again "
                  "(it reuses its own version).\n"))
 

@@ -14,6 +14,8 @@ from lm_pipeline.model import parent as parents
 from lm_pipeline.model.folder import WEIGHTS_FILE
 from lm_pipeline.registry.aliases import RegistryError, model_version
 
+FILES_TAG = "safetensors_sha256"  # the weights files' hash, recorded at registration (pyfunc.py)
+
 
 def download_version_folder(mv, dest: Path) -> Path:
     """A registered version's model folder, downloaded as plain files."""
@@ -25,6 +27,18 @@ def download_version_folder(mv, dest: Path) -> Path:
     if len(folders) != 1:
         raise RegistryError(f"{pinned} holds no lm-pipeline model folder")
     return folders[0]
+
+
+def check_files(mv, folder: Path) -> None:
+    """A parent's weights files must be the ones registered: fine-tuning from changed ones would
+    register them anew under a hash of their own."""
+    pinned, recorded = f"models:/{mv.name}/{mv.version}", mv.tags.get(FILES_TAG)
+    if not recorded:
+        raise parents.ParentError(f"{pinned} has no {FILES_TAG} tag (registered before lm-pipeline recorded "
+                                  "it), so its weights cannot be checked: register it again")
+    if parents.safetensors_sha256(folder) != recorded:
+        raise parents.ParentError(f"{pinned}: its safetensors files are not the ones registered (changed in "
+                                  "the artifact store since); refusing to fine-tune from it")
 
 
 def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
@@ -46,6 +60,7 @@ def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
             folder = download_version_folder(mv, Path(tmp))
         except RegistryError as err:
             raise parents.ParentError(str(err)) from None
+        check_files(mv, folder)
         parents.copy_model_folder(folder, dest, pinned)
     return parents.pin(dest, {"init_from": uri, "model_version": pinned, "name": mv.name,
                               "version": str(mv.version), "run_id": mv.run_id})

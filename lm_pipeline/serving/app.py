@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from lm_pipeline import tracking
 from lm_pipeline.cluster import worker_env
 from lm_pipeline.serving import chat, engine, protocol, source
 from lm_pipeline.serving.batcher import Batcher
@@ -67,7 +68,7 @@ class LanguageModelServer:
         import mlflow
 
         self.settings = Settings(**settings)
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        mlflow.set_tracking_uri(tracking.with_own_credentials(self.settings.tracking_uri))
         self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)

@@ -23,7 +23,7 @@ APP_NAME = "lm-pipeline"
 def settings_of(cfg: Config, model: str | None = None) -> Settings:
     serve = cfg.serve
     return Settings(source=model or serve.model or f"models:/{cfg.register_.model_name}@champion",
-                    tracking_uri=tracking.tracking_uri(cfg), registered_name=cfg.register_.model_name,
+                    tracking_uri=tracking.shown_uri(cfg), registered_name=cfg.register_.model_name,
                     endpoint=f"http://{serve.host}:{serve.port}/v1",
                     device=serve.device, max_tokens=serve.max_tokens, max_n=serve.max_n,
                     max_batch_size=serve.max_batch_size, batch_wait_s=serve.batch_wait_ms / 1000,

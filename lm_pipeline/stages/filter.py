@@ -61,7 +61,7 @@ def run(cfg: Config) -> FilterResult:
         write_unique(candidates, keys, cfg.filter.steps, tmp, funnel)
         for scratch in SCRATCH:
             (tmp / scratch).unlink()
-        record_source(tmp, corpus_sha256)
+        record_source(documents_path(tmp), corpus_sha256)
         funnel.write(cfg.filter.report_dir)
         if not funnel.metrics()["documents_kept"]:  # refused whole: no empty corpus downstream
             raise ValueError(f"filter: the steps removed all {funnel.documents} documents of {source} "

@@ -50,7 +50,7 @@ class PreprocessResult:
 def run(cfg: Config) -> PreprocessResult:
     out, source = cfg.data.processed_dir, documents_path(cfg.filter.output_dir)
     check_validation_passed(cfg.validate_.report_dir, cfg.validate_.required,
-                            source_of(cfg.filter.output_dir), source, "preprocess")
+                            source_of(source), source, "preprocess")
     remove_leftovers(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -60,9 +60,16 @@ class SafeReader(FileSystemReader):
                 raise UnsafeCheckpoint(f"{PosixPath(path).name}: {err}") from None
         if not isinstance(metadata, dcp_metadata.Metadata):
             raise UnsafeCheckpoint(f"{PosixPath(path).name}: a {type(metadata).__name__}, not DCP's Metadata")
+        outside = [i.relative_path for i in metadata.storage_data.values() if not plain_name(i.relative_path)]
+        if outside:  # DCP opens folder / relative_path: `../` would read any file of ours
+            raise UnsafeCheckpoint(f"{PosixPath(path).name}: {outside[0]!r} is not a file of the checkpoint")
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def plain_name(name) -> bool:
+    return isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

@@ -32,7 +32,9 @@ def test_kuberay_cluster_and_job_share_image_and_storage():
     job = yaml.safe_load((INFRA / "kuberay/rayjob.yaml").read_text())
     assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
     assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"
-    assert " train" in job["spec"]["entrypoint"] and job["spec"]["entrypoint"].startswith("lmp ")
+    # in the shared volume: the run's relative outputs (model, curves, reports) outlive the head pod
+    assert " train" in job["spec"]["entrypoint"]
+    assert job["spec"]["entrypoint"].startswith("cd /workspace/shared && lmp ")
     for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
         containers = pods(spec)
         assert {c["image"] for c in containers} == {PROJECT_IMAGE}
@@ -649,3 +651,12 @@ def test_official_images_are_pinned_by_digest():
                 if "/" not in IMAGE.fullmatch(image)["name"] and not image.startswith("lm-pipeline:")}
     assert len(official) == 3, official  # python (the image's base), postgres, busybox
     assert not [image for image in official.values() if not IMAGE.fullmatch(image)["digest"]]
+
+
+def test_the_image_creates_every_folder_it_hands_to_its_user():
+    """`chown` of a path the build context leaves out (.dockerignore) and no `mkdir` makes stops
+    the build."""
+    run = re.search(r"RUN mkdir -p ([^\\]+)\\\n && chown -R \S+ (.+)", (INFRA / "Dockerfile").read_text())
+    made, owned = set(run[1].split()), set(run[2].split())
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert not {path for path in owned - made if path in ignored}

@@ -7,7 +7,7 @@ import re
 import markdown
 import pytest
 
-from lm_pipeline.text import markdown_literal, terminal_safe
+from lm_pipeline.text import fenced, markdown_literal, terminal_safe
 
 pytestmark = pytest.mark.security
 
@@ -68,3 +68,10 @@ def test_terminal_safe_shows_control_characters_escaped_and_keeps_lines_and_lett
 def test_terminal_safe_on_one_line_escapes_line_breaks_too():
     safe = terminal_safe("field\nforged: log line\r\n\u2028x", one_line=True)
     assert safe == r"field\nforged: log line\r\n\u2028x"
+
+
+@pytest.mark.security
+def test_a_fenced_message_quoting_a_fence_stays_one_code_block():
+    quoted = "bad row: ```\n![x](http://evil.example/x.png) [run](javascript:alert(1))\n````"
+    html = markdown.markdown(fenced(quoted), extensions=["fenced_code"])
+    assert "<img" not in html and "<a" not in html and html.count("<code>") == 1

@@ -155,3 +155,13 @@ def test_credentials_written_into_params_are_refused_naming_the_key_without_echo
     with pytest.raises(ConfigError, match=refused) as err:
         load_config(tmp_path / "params.yaml")
     assert "hunter2" not in str(err.value) and "https://***@mlflow.example" in str(err.value)
+
+
+@pytest.mark.security
+def test_a_process_handed_the_uri_without_credentials_uses_its_own(monkeypatch):
+    """The serving replicas get the URI as logs may show it; theirs (from the environment) carries
+    the credentials."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://pipeline:hunter2@mlflow.example:5000/")
+    handed = tracking.shown_uri(Config())
+    assert tracking.with_own_credentials(handed) == "https://pipeline:hunter2@mlflow.example:5000/"
+    assert tracking.with_own_credentials("https://other.example/") == "https://other.example/"

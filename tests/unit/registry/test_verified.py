@@ -65,3 +65,19 @@ def test_changed_weights_and_a_version_without_a_code_hash_are_refused(registere
     mlflow.MlflowClient().delete_model_version_tag("tiny", "1", "code_sha256")
     with pytest.raises(RegistryError, match=r"has no code_sha256 tag"):
         verify("models:/tiny/1")
+
+
+def test_a_registered_parent_whose_weights_changed_in_the_store_is_refused(registered, tmp_path, mlflow_uri):
+    """Fine-tuning from a version (continuous training fine-tunes the champion) would register the
+    changed weights anew, under a hash of their own."""
+    from lm_pipeline.config import Config
+    from lm_pipeline.model.parent import ParentError
+    from lm_pipeline.registry.downloads import fetch_parent
+
+    cfg = Config.model_validate({"mlflow": {"tracking_uri": mlflow_uri}})
+    assert fetch_parent(cfg, "models:/tiny/1", tmp_path / "parent")["version"] == "1"
+    weights = next(registered.glob("artifacts/*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ParentError, match=r"models:/tiny/1: its safetensors .* not the ones registered"):
+        fetch_parent(cfg, "models:/tiny/1", tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -109,4 +109,10 @@ def test_filter_and_preprocess_read_only_the_corpus_validation_passed(tmp_path):
         preprocess.run(cfg)
     assert not (tmp_path / "processed").exists()
     filter.run(cfg)
+    filtered = tmp_path / "filtered" / "documents.jsonl"
+    kept = filtered.read_text()
+    filtered.write_text(kept + json.dumps({"id": "added", "text": "after filtering"}) + "\n")
+    with pytest.raises(ValueError, match=r"preprocess: .*filtered/documents.jsonl changed after the filter"):
+        preprocess.run(cfg)
+    filtered.write_text(kept)
     assert preprocess.run(cfg).tokens["train"] > 0

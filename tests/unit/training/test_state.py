@@ -137,3 +137,16 @@ def test_an_optimizer_value_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"optimizer\.param_groups\.0\.lr"):
         checkpoint_state.load(tmp_path / "a", *model_and_optimizer(7), 0, NONE)
     assert not marker.exists()
+
+
+def test_a_metadata_naming_a_file_outside_the_checkpoint_is_refused(checkpoints, tmp_path):
+    """DCP opens folder / relative_path for every item: `../` would read any file of the trainer's."""
+    a, _ = checkpoints
+    metadata = pickle.loads((a / ".metadata").read_bytes())
+    for info in metadata.storage_data.values():
+        info.relative_path = "../b/__0_0.distcp"
+    (a / ".metadata").write_bytes(pickle.dumps(metadata))
+    rewrite_manifest(a)
+    outside = r"\.metadata: '\.\./b/__0_0\.distcp' is not a file of the checkpoint"
+    with pytest.raises(CheckpointError, match=outside):
+        checkpoint_state.load_weights(a, model_and_optimizer(7)[0])
