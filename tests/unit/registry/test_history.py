@@ -145,6 +145,7 @@ def test_a_truncated_entry_is_named_and_skipped_not_fatal(store, caplog):
 def test_the_lock_of_a_local_store_sits_beside_it_where_no_other_user_plants_anything(tmp_path, monkeypatch):
     """A lock in the shared temporary folder could be made first by another user (blocking every
     registration) or planted as a link (the lock file then created wherever it points)."""
+    monkeypatch.setattr(history, "prefect_api_url", lambda: None)  # a session's Prefect server aside
     shared = tmp_path / "shared-tmp"
     shared.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(shared))
@@ -166,7 +167,7 @@ def test_the_lock_of_a_local_store_sits_beside_it_where_no_other_user_plants_any
 @pytest.mark.security
 def test_the_lock_for_a_server_without_prefect_is_in_a_private_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(history, "prefect_api_url", lambda: None)  # a session's Prefect server aside
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / f"lmp-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PermissionError, match=r"lmp-\d+: a symbolic link"):
