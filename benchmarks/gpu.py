@@ -22,7 +22,8 @@ from benchmarks.common import RESULTS, markdown_table
 from benchmarks.models import same_size_llama
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.training.loop import enable_fast_math, peak_tflops, train_step
+from lm_pipeline.training.loop import enable_fast_math, train_step
+from lm_pipeline.training.plan import peak_tflops, shape_of, training_flops_per_token
 
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024}
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
@@ -43,7 +44,7 @@ def measure(device: torch.device, shape: dict, batch_size: int, steps: int, comp
     torch.manual_seed(0)
     model = build(family, shape).to(device)
     optimizer = model.configure_optimizer(6e-4, 0.1, (0.9, 0.95))
-    flops_per_token = model.flops_per_token()
+    flops_per_token = training_flops_per_token(shape_of(model), shape["block_size"])
     if compile_model:
         model = torch.compile(model)
     tokens = np.random.default_rng(0).integers(0, VOCAB, size=2_000_000)
@@ -53,7 +54,7 @@ def measure(device: torch.device, shape: dict, batch_size: int, steps: int, comp
         train_step(model, optimizer, tokens, [0, step], 6e-4, cfg, device)  # .item() syncs the GPU
         rates.append(batch_size * shape["block_size"] / (time.perf_counter() - t0))
     tokens_per_s = statistics.median(rates[steps // 2:])  # after compilation and warm-up
-    peak = peak_tflops(device) * 1e12
+    peak = peak_tflops(device, cfg.train.precision) * 1e12
     prefix = "gpu_124m" if family == "gpt" else f"gpu_{family}_124m"
     return {f"{prefix}_tokens_per_s": tokens_per_s,
             f"{prefix}_mfu": flops_per_token * tokens_per_s / peak if peak else 0.0,

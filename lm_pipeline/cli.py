@@ -180,6 +180,18 @@ def registry_command(cfg: Config, args) -> str:
             f"({entry['action']}: {entry['reason']})")
 
 
+def plan_run(cfg: Config, args) -> None:
+    """What `lmp train` with these settings takes per rank; exit 1 if a rank would not fit."""
+    from lm_pipeline.data.processed import read_meta
+    from lm_pipeline.training.plan import check_fits, planned
+    from lm_pipeline.training.runners import runs_in_process
+
+    plan = planned(cfg, read_meta(cfg.data.processed_dir), runs_in_process(cfg) or not cfg.ray_address,
+                   args.warmup_steps)
+    show("\n".join(plan.lines()))
+    check_fits(plan)
+
+
 def verify_version(cfg: Config, args) -> str:
     import mlflow
 
@@ -266,7 +278,7 @@ COMMANDS = {
     "ingest": ingest, "validate": validate, "filter": filter, "preprocess": preprocess,
     "train": train, "evaluate": evaluate, "register": register, "search": search, "run": run_flow,
     "tune": tune_flow, "ct": ct_flow, "deploy": deploy_flow, "promote": registry_command,
-    "rollback": registry_command, "lineage": registry_command, "verify": verify_version,
+    "rollback": registry_command, "lineage": registry_command, "verify": verify_version, "plan": plan_run,
     "generate": generate_text,
     "serve": serve_endpoint, "config": show_config,
 }

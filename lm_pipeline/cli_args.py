@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--rebuild", metavar="FOLDER", default=None, help="a version continuous training "
                          "made: train each of its cycles again in FOLDER, from the drops DVC archived, "
                          "and check the weights against the registered ones (exit 1 if they differ)")
+    plan = sub.add_parser("plan", help="what a training run takes per rank, and whether it fits",
+                          description="Before `lmp train`: parameters (total, trainable), training FLOPs "
+                          "per token, tokens per step, memory per rank (weights, gradients, optimizer "
+                          "state, activations) for train.strategy on train.num_workers, and the time; "
+                          "exit 1, naming the settings to change, if a rank would not fit a worker's "
+                          "memory. Needs the preprocessed data (its vocabulary).")
+    plan.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                      help="time N steps of the real model here (one worker) for the expected wall time")
     verify = sub.add_parser("verify", help="check a registered version before serving it with MLflow",
                             description="Download a registered version and check that its code (MLmodel, "
                             "the loader, code/, the requirements) and its weights are the ones recorded "

@@ -402,6 +402,10 @@ class TrainConfig(Section):
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer's "
                                            "activations in the backward pass: less memory, ~30% more compute")
     peak_tflops: float = Field(0.0, ge=0, description="per-device peak for MFU; 0 = known GPUs only")
+    worker_memory_gb: float = Field(0.0, ge=0, description="memory one worker may use: the train stage "
+                                    "refuses a plan that needs more per rank (`lmp plan`); 0: this "
+                                    "machine's memory shared by its workers when they run here, "
+                                    "unchecked on a cluster")
     cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1, description="best checkpoints by val_loss kept on disk")

@@ -56,11 +56,6 @@ class HFCausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self) -> float:
-        """6 per parameter plus attention (PaLM appendix B), as for the built-in GPT."""
-        c = self.hf.config
-        return 6 * self.num_params() + 12 * c.num_hidden_layers * c.hidden_size * self.block_size
-
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
         return configure_adamw(self, lr, weight_decay, betas)
 

@@ -177,11 +177,6 @@ class GPT(nn.Module):
                                    label_smoothing=label_smoothing)
         return logits, loss, presents if use_cache else None
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 per parameter plus attention (PaLM appendix B)."""
-        c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
         return configure_adamw(self, lr, weight_decay, betas)
 

@@ -26,6 +26,7 @@ from lm_pipeline.training.export import (
     summarize_training,
     write_curves,
 )
+from lm_pipeline.training.plan import check_fits, planned
 from lm_pipeline.training.preflight import check_data_fits, check_parent
 from lm_pipeline.training.run_record import (
     MLFLOW_RUN_FILE,
@@ -62,6 +63,10 @@ def run(cfg: Config) -> TrainResult:
     meta = read_meta(cfg.data.processed_dir)
     check_parent(cfg, meta)
     check_data_fits(cfg, meta)
+    plan = planned(cfg, meta, on_this_machine=runs_in_process(cfg) or not cfg.ray_address)
+    for line in plan.lines():
+        log.info("%s", line)
+    check_fits(plan)
     checkpoints, name = storage.root(cfg.train.checkpoint_dir), f"train-{run_digest(cfg, meta)}"
     run_dir = storage.join(checkpoints, name)
     run_id = resumable_run_id(cfg, run_dir)
@@ -76,6 +81,8 @@ def run(cfg: Config) -> TrainResult:
                  tracking.shown_uri(cfg))
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         mlflow.log_params(run_params(cfg, meta))
+        mlflow.log_metrics(plan.metrics())  # metrics: a resumed run's plan may differ (its process)
+        mlflow.log_text("\n".join(plan.lines()) + "\n", "plan.txt")
         mlflow.set_tags(attempt_tags(cfg))
         # The validate stage's corpus figures (duplicates, contamination, ...) beside the curves.
         mlflow.log_metrics({f"data/{k}": v for k, v in read_corpus_metrics(cfg.validate_.report_dir).items()})

@@ -27,14 +27,12 @@ from lm_pipeline.tracking import MetricLogger
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
 from lm_pipeline.training.parallel import checkpoint_activations, gradient_sync, parallelize, unwrap
+from lm_pipeline.training.plan import peak_tflops, shape_of, training_flops_per_token
 from lm_pipeline.training.progress import PhaseClock, Progress
 from lm_pipeline.training.schedule import get_lr
 from lm_pipeline.training.session import RaySession
 from lm_pipeline.training.spec import WorkerSpec
 from lm_pipeline.training.state import TrainState
-
-# Dense bf16 peak of known accelerators, for MFU (train.peak_tflops overrides).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
 def train_loop_per_worker(spec: dict) -> None:
@@ -55,6 +53,7 @@ def train_loop(spec: WorkerSpec, session) -> None:
     enable_fast_math(device)
     model = initial_model(cfg, meta, parent)  # a checkpoint overrides its weights
     frozen = checkpoint_state.frozen_names(model)
+    flops_per_token = training_flops_per_token(shape_of(model), cfg.model.block_size)  # LoRA: fewer
     if rank == 0:
         trainable, total = parameter_counts(model)
         print(f"[rank 0] {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})",
@@ -64,13 +63,12 @@ def train_loop(spec: WorkerSpec, session) -> None:
     model = parallelize(model, cfg.train.strategy, device)
     optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                                   (cfg.train.beta1, cfg.train.beta2))
-    flops_per_token = unwrap(model).flops_per_token()
     if cfg.train.compile:
         model = torch.compile(model)
     seed_rank(cfg.train.seed, rank)  # after the shared init; a checkpoint's RNG states replace it
     checkpointer = Checkpointer(model, optimizer, session, cfg.train, frozen)
     state = checkpointer.restore()
-    peak = (cfg.train.peak_tflops or peak_tflops(device)) * 1e12 * world
+    peak = (cfg.train.peak_tflops or peak_tflops(device, cfg.train.precision)) * 1e12 * world
 
     train_tokens = load_tokens(processed_dir, "train")
     validator = Validator(load_tokens(processed_dir, "val"), train_tokens, device, cfg, checkpointer)
@@ -309,13 +307,6 @@ def enable_fast_math(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
         torch.backends.cudnn.allow_tf32 = True
-
-
-def peak_tflops(device: torch.device) -> float:
-    if device.type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
 
 
 def distributed_rank_and_size() -> tuple[int, int]:

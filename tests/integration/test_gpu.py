@@ -9,7 +9,8 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.training.loop import autocast, enable_fast_math, peak_tflops, train_step
+from lm_pipeline.training.loop import autocast, enable_fast_math, train_step
+from lm_pipeline.training.plan import peak_tflops
 from tests.integration.conftest import UNVALIDATED, make_project, tiny_params
 from tests.services import BIN
 
@@ -33,7 +34,7 @@ def test_bf16_step_on_gpu_learns_and_reports_a_known_peak():
         logits = model(torch.zeros(1, 8, dtype=torch.long, device=device))[0]
     assert logits.dtype == torch.bfloat16
     if any(name in torch.cuda.get_device_name() for name in ("H100", "H200", "A100")):
-        assert peak_tflops(device) > 0
+        assert peak_tflops(device, "bf16") > peak_tflops(device, "fp32") > 0
 
 
 # The train stage's GPU path end to end: one GPU worker, bf16, torch.compile, FSDP2.
@@ -62,6 +63,6 @@ def test_train_stage_on_one_gpu_with_bf16_compile_and_fsdp(tmp_path, backend):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == 60 and losses[-1] < losses[0] - 0.5
-    if peak_tflops(torch.device("cuda")):  # a GPU whose peak we know: MFU is logged every step
+    if peak_tflops(torch.device("cuda"), "bf16"):  # a GPU whose peak we know: MFU is logged every step
         mfu = client.get_metric_history(run_id, "mfu")
         assert len(mfu) == 60 and all(0 < m.value < 1 for m in mfu)

@@ -402,6 +402,30 @@ def test_one_worker_two_workers_and_fsdp_follow_the_same_loss_curve(project):
     assert (project / "runs/fsdp/model/model.safetensors").is_file()
 
 
+@pytest.mark.scale
+def test_the_plan_goes_with_the_run_and_a_run_that_cannot_fit_is_refused_before_any_worker(project, straight):
+    """`straight` (2 FSDP ranks) logged its plan; the same run with workers of 10 MiB is refused
+    before a worker, a checkpoint or an MLflow run exists, naming what to change."""
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run_id = json.loads((project / "runs/straight/model/run.json").read_text())["mlflow_run_id"]
+    run = client.get_run(run_id)
+    plan = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/plan.txt")
+    assert "2 x fsdp" in plan and "memory per rank" in plan
+    assert run.data.metrics["plan.params"] == int(run.data.params["model.total_params"])
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    printed = subprocess.run([LMP, "--params", str(params_file(project, "planned", **SHARDED)), "plan"],
+                             cwd=project, capture_output=True, text=True)
+    assert printed.returncode == 0
+    assert printed.stdout.splitlines()[:3] == plan.splitlines()[:3]  # parameters, FLOPs, tokens per step
+    refused = subprocess.run([LMP, "--params", str(params_file(project, "too-big", worker_memory_gb=0.01,
+                                                                **SHARDED)), "train"],
+                             cwd=project, capture_output=True, text=True)
+    assert refused.returncode == 1 and "PlanError" in refused.stderr
+    assert "train.activation_checkpointing: true" in refused.stderr
+    assert not (project / "runs/too-big").exists()
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
+
+
 @pytest.mark.fault_tolerance
 @pytest.mark.bad_input
 def test_non_finite_loss_stops_training_naming_the_step(project):

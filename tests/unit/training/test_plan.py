@@ -1,0 +1,66 @@
+"""`lmp plan`: what a run takes per rank, counted on the model as built, and refused when it cannot fit."""
+
+import pytest
+import torch
+
+from lm_pipeline.config import Config
+from lm_pipeline.model.backends import build_model
+from lm_pipeline.training.plan import (
+    GiB,
+    PlanError,
+    check_fits,
+    make_plan,
+    meta_model,
+    shape_of,
+    training_flops_per_token,
+)
+
+MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16}
+VOCAB = 300
+
+
+def config(**train) -> Config:
+    lora = train.pop("lora", {})
+    return Config.model_validate({"model": MODEL, "lora": lora,
+                                  "train": {**train, **({"init_from": "parent"} if lora else {})}})
+
+
+@pytest.mark.parametrize("lora", [{}, {"r": 4}], ids=["full", "lora"])
+def test_the_plan_counts_the_model_as_built_on_the_meta_device(lora):
+    cfg = config(lora=lora)
+    real = build_model(cfg.model, cfg.lora, VOCAB, 0)
+    planned = shape_of(meta_model(cfg, VOCAB, 0, None))
+    assert planned == shape_of(real)
+    assert planned.trainable == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert next(meta_model(cfg, VOCAB, 0, None).parameters()).device == torch.device("meta")
+
+
+def test_lora_costs_the_frozen_weights_no_weight_gradients():
+    full = shape_of(meta_model(config(), VOCAB, 0, None))
+    lora = shape_of(meta_model(config(lora={"r": 4}), VOCAB, 0, None))
+    attention = 12 * 2 * 32 * 16
+    assert training_flops_per_token(full, 16) == 6 * full.params + attention  # PaLM's 6N
+    assert training_flops_per_token(lora, 16) == 4 * lora.params + 2 * lora.trainable + attention
+    assert training_flops_per_token(lora, 16) < training_flops_per_token(full, 16)
+
+
+def test_fsdp_shards_the_state_over_the_ranks_and_ddp_keeps_a_bucket_copy_of_the_gradients():
+    shape = shape_of(meta_model(config(), VOCAB, 0, None))
+    one = make_plan(config(), shape, None).memory
+    ddp = make_plan(config(num_workers=2), shape, None).memory
+    fsdp = make_plan(config(num_workers=2, strategy="fsdp"), shape, None).memory
+    assert ddp["gradients"] == 2 * one["gradients"] and ddp["optimizer"] == one["optimizer"]
+    assert fsdp["optimizer"] == one["optimizer"] / 2 and fsdp["gradients"] == one["gradients"] / 2
+    assert fsdp["weights"] == one["weights"] / 2 + 2 * 4 * shape.layer_params  # and two layers whole
+    checkpointed = make_plan(config(activation_checkpointing=True), shape, None).memory
+    assert checkpointed["activations"] < one["activations"]
+
+
+def test_a_run_that_cannot_fit_is_refused_naming_the_settings_to_change():
+    cfg = config(batch_size=64)
+    plan = make_plan(cfg, shape_of(meta_model(cfg, VOCAB, 0, None)), budget=0.01 * GiB)
+    assert not plan.fits and "DOES NOT FIT" in "\n".join(plan.lines())
+    with pytest.raises(PlanError, match=r"train.activation_checkpointing: true; or a smaller "
+                                        r"train.batch_size \(now 64.*train.strategy: fsdp"):
+        check_fits(plan)
+    check_fits(make_plan(cfg, plan.shape, budget=64 * GiB))  # the same run on a larger worker
