@@ -37,8 +37,10 @@ MiB, GiB = 1 << 20, 1 << 30
 # Fitted to the peaks of 14 shapes trained on the CPU in fp32 (within 22%, most within 10%):
 LAYER_FLOATS_PER_EMBD = 10  # floats a token keeps per decoder layer, per n_embd (fused attention
 #                             keeps no T x T scores)
+LORA_FLOATS_PER_EMBD = 14  # what PEFT's adapters add per decoder layer (their inputs and outputs)
 LOGIT_COPIES = 2.8  # logits, their log-softmax and its gradient meet at the loss
 RUNTIME_BYTES = 220 * MiB  # what torch's first training step adds (thread pools, kernel caches)
+COLLECTIVES_BYTES = 60 * MiB  # and a process group's buffers, with more than one rank
 ASSUMED_MFU = 0.4  # for a time from train.peak_tflops when nothing was measured
 # Dense peaks of known accelerators in the precision a run computes in, for MFU (train.peak_tflops
 # overrides): bf16 tensor cores, and TF32 for fp32 (the loop turns TF32 on).
@@ -140,13 +142,17 @@ def training_flops_per_token(shape: Shape, block_size: int) -> float:
 def memory_per_rank(shape: Shape, cfg: Config, world: int) -> dict[str, float]:
     fsdp = cfg.train.strategy == "fsdp" and world > 1
     shards = world if fsdp else 1
-    gathered = 2 * 4 * shape.layer_params if fsdp else 0
+    root = shape.params - shape.n_layer * shape.layer_params  # embeddings, final norm: FSDP's root unit
+    # FSDP gathers two layers (computing, prefetched) and keeps its root whole through the step;
+    # their gradients are whole until reduce-scattered. DDP's buckets hold a second gradient copy.
+    gathered = 4 * (2 * shape.layer_params + root) if fsdp else 0
+    whole_gradients = 4 * (shape.layer_params + root) if fsdp else 0
     bucket_copy = 2 if cfg.train.strategy == "ddp" and world > 1 else 1
     return {"weights": 4 * shape.params / shards + gathered,
-            "gradients": 4 * shape.trainable * bucket_copy / shards,
+            "gradients": 4 * shape.trainable * bucket_copy / shards + whole_gradients,
             "optimizer": 8 * shape.trainable / shards,
             "activations": activation_bytes(shape, cfg),
-            "runtime": RUNTIME_BYTES,
+            "runtime": RUNTIME_BYTES + (COLLECTIVES_BYTES if world > 1 else 0),
             "process": process_bytes()}
 
 
@@ -160,7 +166,8 @@ def process_bytes() -> float:
 def activation_bytes(shape: Shape, cfg: Config) -> float:
     tokens = cfg.train.batch_size * cfg.model.block_size
     width = 2 if cfg.train.precision == "bf16" else 4  # what autocast saves
-    layer = tokens * width * LAYER_FLOATS_PER_EMBD * shape.n_embd
+    floats_per_embd = LAYER_FLOATS_PER_EMBD + (LORA_FLOATS_PER_EMBD if cfg.lora.r else 0)
+    layer = tokens * width * floats_per_embd * shape.n_embd
     layers = (shape.n_layer * tokens * width * shape.n_embd + layer if cfg.train.activation_checkpointing
               else shape.n_layer * layer)
     return layers + LOGIT_COPIES * tokens * shape.vocab_size * 4  # the loss is computed in fp32

@@ -50,8 +50,10 @@ def test_fsdp_shards_the_state_over_the_ranks_and_ddp_keeps_a_bucket_copy_of_the
     ddp = make_plan(config(num_workers=2), shape, None).memory
     fsdp = make_plan(config(num_workers=2, strategy="fsdp"), shape, None).memory
     assert ddp["gradients"] == 2 * one["gradients"] and ddp["optimizer"] == one["optimizer"]
-    assert fsdp["optimizer"] == one["optimizer"] / 2 and fsdp["gradients"] == one["gradients"] / 2
-    assert fsdp["weights"] == one["weights"] / 2 + 2 * 4 * shape.layer_params  # and two layers whole
+    root = shape.params - shape.n_layer * shape.layer_params  # embeddings and final norm stay whole
+    assert fsdp["optimizer"] == one["optimizer"] / 2
+    assert fsdp["gradients"] == one["gradients"] / 2 + 4 * (shape.layer_params + root)
+    assert fsdp["weights"] == one["weights"] / 2 + 4 * (2 * shape.layer_params + root)  # two layers whole
     checkpointed = make_plan(config(activation_checkpointing=True), shape, None).memory
     assert checkpointed["activations"] < one["activations"]
 
