@@ -28,11 +28,11 @@ from prefect.tasks import exponential_backoff
 
 from lm_pipeline.config import load_config
 from lm_pipeline.flows.temporary_server import temporary_server
-from lm_pipeline.io import read_json
+from lm_pipeline.io import read_json, without_credentials
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
 from lm_pipeline.text import fenced
-from lm_pipeline.tracking import FLOW_RUN_ENV, shown_uri
+from lm_pipeline.tracking import FLOW_RUN_ENV
 from lm_pipeline.training.tuned import best_values, tuned_config
 
 IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
@@ -153,7 +153,7 @@ def summarize(project_dir: Path, tuned: bool = False) -> dict[str, str]:
             f"largest bias gap {metrics['bias_max_gap']:.3f}\n"
             f"  model URI:  models:/{decision['model_name']}@{alias}  "
             f"(version {decision['version']})\n"
-            f"  MLflow UI:  {ui_hint(shown_uri(cfg))}\n"
+            f"  MLflow UI:  {ui_hint(without_credentials(cfg.tracking_uri))}\n"
             f"  try it:     lmp generate --model models:/{decision['model_name']}@{alias} \"The\"\n")
     return {"markdown": markdown, "text": text}
 
