@@ -14,7 +14,8 @@ from lm_pipeline.data.processed import ProcessedMeta
 from lm_pipeline.io import atomic_path
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.backends import save_model
-from lm_pipeline.training.loop import initial_model, parameter_counts
+from lm_pipeline.training.loop import initial_model
+from lm_pipeline.training.plan import shape_of
 from lm_pipeline.training.state import load_weights
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ def export_model(cfg: Config, checkpoint, meta: ProcessedMeta, run_id: str) -> d
     model = initial_model(cfg, meta, parent)  # with LoRA, its frozen base is the trained one's
     with checkpoint.as_directory() as d:
         state = load_weights(d, model)
-    trainable, total = parameter_counts(model)
-    counts = {"model.trainable_params": trainable, "model.total_params": total}
+    shape = shape_of(model)
+    counts = {"model.trainable_params": shape.trainable, "model.total_params": shape.params}
     run_info = {"mlflow_run_id": run_id, "tracking_uri": tracking.shown_uri(cfg),
                 "step": state.step, "tokens_seen": state.tokens_seen,
                 "tokenizer_sha256": meta.tokenizer_sha256, "chars_per_token": meta.chars_per_token,

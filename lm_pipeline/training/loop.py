@@ -53,11 +53,11 @@ def train_loop(spec: WorkerSpec, session) -> None:
     enable_fast_math(device)
     model = initial_model(cfg, meta, parent)  # a checkpoint overrides its weights
     frozen = checkpoint_state.frozen_names(model)
-    flops_per_token = training_flops_per_token(shape_of(model), cfg.model.block_size)  # LoRA: fewer
+    shape = shape_of(model)
+    flops_per_token = training_flops_per_token(shape, cfg.model.block_size)  # LoRA: fewer
     if rank == 0:
-        trainable, total = parameter_counts(model)
-        print(f"[rank 0] {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})",
-              flush=True)
+        print(f"[rank 0] {shape.trainable:,} of {shape.params:,} parameters trainable "
+              f"({shape.trainable / shape.params:.2%})", flush=True)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     model = parallelize(model, cfg.train.strategy, device)
@@ -149,12 +149,6 @@ def seed_rank(seed: int, rank: int) -> None:
     """Each rank its own random stream (dropout masks): with one seed every rank would drop the
     same units of its different examples."""
     torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
-
-
-def parameter_counts(model) -> tuple[int, int]:
-    """Trainable and total parameters (LoRA trains a small share)."""
-    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
-            sum(p.numel() for p in model.parameters()))
 
 
 def patience_ran_out(state: TrainState, patience: int) -> bool:
