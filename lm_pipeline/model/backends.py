@@ -39,9 +39,10 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
 
 
 def build_model(model: ModelConfig, lora: LoraConfig, vocab_size: int, eot: int,
-                parent: Path | None = None) -> nn.Module:
-    """The network a run trains: from scratch (seed first: every rank builds the same one) or
-    from the parent folder's weights, with LoRA adapters when lora.r > 0."""
+                parent: Path | None = None, seed: int = 0) -> nn.Module:
+    """The network a run trains: from scratch (seed the global stream first: every rank builds
+    the same one) or from the parent folder's weights, with LoRA adapters (drawn from `seed`)
+    when lora.r > 0."""
     if model.backend == "gpt":
         network = GPT(gpt_config(model, vocab_size))
         if parent:
@@ -52,7 +53,7 @@ def build_model(model: ModelConfig, lora: LoraConfig, vocab_size: int, eot: int,
         else:
             config = hf.config_from(model.hf_config, vocab_size, eot, model.block_size)
             network = hf.from_config(config, model.block_size)
-    return lora_adapters.add_lora(network, lora) if lora.r else network
+    return lora_adapters.add_lora(network, lora, seed) if lora.r else network
 
 
 def backend_of(model: nn.Module) -> str:

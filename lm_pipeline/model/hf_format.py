@@ -27,13 +27,18 @@ def gpt2_name(name: str) -> str:
     return "transformer." + name
 
 
+def stored_transposed(name: str) -> bool:
+    """Whether GPT-2's layout stores our parameter `name` transposed (a Conv1D weight)."""
+    return name.endswith(".weight") and any(part in name for part in RENAMES)
+
+
 def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our parameter names and shapes -> GPT2LMHeadModel's (lm_head is tied to wte: left out)."""
     out = {}
     for name, tensor in state_dict.items():
         if name == "lm_head.weight":
             continue
-        if any(part in name for part in RENAMES) and name.endswith(".weight"):
+        if stored_transposed(name):
             tensor = tensor.t()
         out[gpt2_name(name)] = tensor.contiguous()
     return out
@@ -50,7 +55,7 @@ def from_gpt2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
             name = "blocks." + name.removeprefix("h.")
         for ours, theirs in RENAMES.items():
             name = name.replace(theirs, ours)
-        if any(part in name for part in RENAMES) and name.endswith(".weight"):
+        if stored_transposed(name):
             tensor = tensor.t()
         out[name] = tensor.contiguous()
     out["lm_head.weight"] = out["wte.weight"]

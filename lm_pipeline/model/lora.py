@@ -9,8 +9,11 @@ optimizer and the checkpoints hold the adapters alone.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
@@ -48,16 +51,39 @@ def peft_config(model: nn.Module, lora: LoraConfig):
                           task_type="CAUSAL_LM")
 
 
-def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+def add_lora(model: nn.Module, lora: LoraConfig, seed: int = 0) -> nn.Module:
     """Freeze every weight and inject trainable adapters (B starts at zero: same outputs)."""
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(peft_config(model, lora), network(model))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_adapter(name) and p.device.type != "meta":  # meta: sharded.py fills them
+                p.copy_(adapter_value(name, p.shape, seed))
     return model
 
 
+def is_adapter(name: str) -> bool:
+    return ".lora_" in name
+
+
+def adapter_value(name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+    """An adapter's starting value, as PEFT draws it (A: Kaiming-uniform, B: zeros; embeddings' A
+    zeros, B normal), from the run's seed and the adapter's name. PEFT's own draw comes from the
+    global stream, which the base model's construction has used up differently on each path (a
+    sharded model is built on the meta device): this one is the same on every path and rank."""
+    value = torch.zeros(shape)
+    if ".lora_B." in name or ".lora_embedding_A." in name:
+        return value
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    if ".lora_embedding_B." in name:
+        return value.normal_(generator=generator)
+    return nn.init.kaiming_uniform_(value, a=math.sqrt(5), generator=generator)
+
+
 def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in name for name, _ in model.named_parameters())
+    return any(is_adapter(name) for name, _ in model.named_parameters())
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -81,7 +107,7 @@ def save_adapter(model: nn.Module, lora: LoraConfig, out_dir: Path, base: str) -
     gpt = network(model) is model
     state = {}
     for name, p in network(model).named_parameters():
-        if ".lora_" in name:
+        if is_adapter(name):
             name = name.replace(".default.", ".")
             state["base_model.model." + (gpt2_name(name) if gpt else name)] = p.detach().cpu().contiguous()
     config = peft_config(model, lora)

@@ -23,6 +23,7 @@ from lm_pipeline.data import published
 from lm_pipeline.data.processed import load_tokens, read_meta
 from lm_pipeline.model import parent as parents
 from lm_pipeline.model.backends import build_model
+from lm_pipeline.model.sharded import load_parent_shards, meta_model
 from lm_pipeline.tracking import MetricLogger
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import fixed_batches, random_batch
@@ -47,11 +48,12 @@ def train_loop(spec: WorkerSpec, session) -> None:
     processed_dir = published.node_copy(spec.shards_url) if spec.shards_url else cfg.data.processed_dir
     meta = read_meta(processed_dir)
     parent = parents.pinned_folder(processed_dir) if spec.fine_tune else None
+    sharded = parent is not None and cfg.train.strategy == "fsdp"  # each rank reads its own shard
 
     print(f"[rank {rank}/{world}] {session.where} device {device} strategy {cfg.train.strategy} "
           f"precision {cfg.train.precision}", flush=True)
     enable_fast_math(device)
-    model = initial_model(cfg, meta, parent)  # a checkpoint overrides its weights
+    model = initial_model(cfg, meta, parent, on_meta=sharded)  # a checkpoint overrides its weights
     frozen = checkpoint_state.frozen_names(model)
     shape = shape_of(model)
     flops_per_token = training_flops_per_token(shape, cfg.model.block_size)  # LoRA: fewer
@@ -61,6 +63,9 @@ def train_loop(spec: WorkerSpec, session) -> None:
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     model = parallelize(model, cfg.train.strategy, device)
+    if sharded:
+        read = load_parent_shards(model, parent, cfg.train.seed)
+        print(f"[rank {rank}] loaded its shard of the parent ({read / 2**20:,.1f} MiB read)", flush=True)
     optimizer = unwrap(model).configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                                   (cfg.train.beta1, cfg.train.beta2))
     if cfg.train.compile:
@@ -139,10 +144,14 @@ def train_loop(spec: WorkerSpec, session) -> None:
         logger.flush()
 
 
-def initial_model(cfg: Config, meta, parent: Path | str | None):
-    """The model before training: the same on every rank (seeded), from the parent if fine-tuning."""
+def initial_model(cfg: Config, meta, parent: Path | str | None, on_meta: bool = False):
+    """The model before training: the same on every rank (seeded), from the parent if fine-tuning;
+    on_meta: its parameters on the meta device, for load_parent_shards to fill once sharded."""
     torch.manual_seed(cfg.train.seed)
-    return build_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, Path(parent) if parent else None)
+    parent = Path(parent) if parent else None
+    if on_meta:
+        return meta_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, parent)
+    return build_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, parent, cfg.train.seed)
 
 
 def seed_rank(seed: int, rank: int) -> None:

@@ -30,7 +30,8 @@ def parallelize(model: nn.Module, strategy: str, device: torch.device):
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
-    model.to(device)
+    if not any(p.is_meta for p in model.parameters()):  # a meta model is placed as it is filled
+        model.to(device)
     for layer in model.layers():  # one all-gather per decoder layer: only one is whole at a time
         fully_shard(layer)
     fully_shard(model)  # the rest: embeddings (tied with the head), final norm

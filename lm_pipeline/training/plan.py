@@ -245,7 +245,7 @@ def warm_up(cfg: Config, vocab_size: int, eot: int, parent: Path | None,
 
     torch.set_num_threads(cfg.train.cpus_per_worker)
     before = reset_peak()
-    model = build_model(cfg.model, cfg.lora, vocab_size, eot, parent)
+    model = build_model(cfg.model, cfg.lora, vocab_size, eot, parent, cfg.train.seed)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
@@ -279,31 +279,13 @@ def proc_status(key: str) -> float:
     return int(line.split()[1]) * 1024  # kB
 
 
-def meta_model(cfg: Config, vocab_size: int, eot: int, parent: Path | None):
-    """The network the run trains, on the meta device: an hf parent's architecture from its
-    config.json, anything else from the model section (which preflight checks against a parent)."""
-    import torch
-
-    from lm_pipeline.model import hf
-    from lm_pipeline.model.backends import build_model
-
-    with torch.device("meta"):
-        if not (parent and cfg.model.backend == "hf"):
-            return build_model(cfg.model, cfg.lora, vocab_size, eot)
-        from transformers import AutoConfig
-
-        from lm_pipeline.model import lora as lora_adapters
-
-        config = AutoConfig.from_pretrained(str(parent), local_files_only=True, trust_remote_code=False)
-        network = hf.from_config(config, cfg.model.block_size)
-        return lora_adapters.add_lora(network, cfg.lora) if cfg.lora.r else network
-
-
 def planned(cfg: Config, meta, on_this_machine: bool, warmup_steps: int = 0) -> Plan:
     """The plan of the run cfg describes on the data `meta` describes; with `warmup_steps`, one
     worker's step time and peak memory measured here on the real model."""
     parent = parents.pinned_folder(cfg.data.processed_dir) if meta.parent else None
-    shape = shape_of(meta_model(cfg, meta.vocab_size, meta.eot_id, parent))
+    from lm_pipeline.model.sharded import meta_model
+
+    shape = shape_of(meta_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, parent))
     if not warmup_steps:
         return make_plan(cfg, shape, worker_budget(cfg, on_this_machine))
     seconds, peak = warm_up(cfg, meta.vocab_size, meta.eot_id, parent, warmup_steps)

@@ -5,12 +5,12 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.backends import build_model
+from lm_pipeline.model.sharded import meta_model
 from lm_pipeline.training.plan import (
     GiB,
     PlanError,
     check_fits,
     make_plan,
-    meta_model,
     shape_of,
     training_flops_per_token,
 )
@@ -29,15 +29,14 @@ def config(**train) -> Config:
 def test_the_plan_counts_the_model_as_built_on_the_meta_device(lora):
     cfg = config(lora=lora)
     real = build_model(cfg.model, cfg.lora, VOCAB, 0)
-    planned = shape_of(meta_model(cfg, VOCAB, 0, None))
+    planned = shape_of(meta_model(cfg.model, cfg.lora, VOCAB, 0))
     assert planned == shape_of(real)
     assert planned.trainable == sum(p.numel() for p in real.parameters() if p.requires_grad)
-    assert next(meta_model(cfg, VOCAB, 0, None).parameters()).device == torch.device("meta")
+    assert next(meta_model(cfg.model, cfg.lora, VOCAB, 0).parameters()).device == torch.device("meta")
 
 
 def test_lora_costs_the_frozen_weights_no_weight_gradients():
-    full = shape_of(meta_model(config(), VOCAB, 0, None))
-    lora = shape_of(meta_model(config(lora={"r": 4}), VOCAB, 0, None))
+    full, lora = (shape_of(meta_model(c.model, c.lora, VOCAB, 0)) for c in (config(), config(lora={"r": 4})))
     attention = 12 * 2 * 32 * 16
     assert training_flops_per_token(full, 16) == 6 * full.params + attention  # PaLM's 6N
     assert training_flops_per_token(lora, 16) == 4 * lora.params + 2 * lora.trainable + attention
@@ -45,7 +44,7 @@ def test_lora_costs_the_frozen_weights_no_weight_gradients():
 
 
 def test_fsdp_shards_the_state_over_the_ranks_and_ddp_keeps_a_bucket_copy_of_the_gradients():
-    shape = shape_of(meta_model(config(), VOCAB, 0, None))
+    shape = shape_of(meta_model(config().model, config().lora, VOCAB, 0))
     one = make_plan(config(), shape, None).memory
     ddp = make_plan(config(num_workers=2), shape, None).memory
     fsdp = make_plan(config(num_workers=2, strategy="fsdp"), shape, None).memory
@@ -60,7 +59,7 @@ def test_fsdp_shards_the_state_over_the_ranks_and_ddp_keeps_a_bucket_copy_of_the
 
 def test_a_run_that_cannot_fit_is_refused_naming_the_settings_to_change():
     cfg = config(batch_size=64)
-    plan = make_plan(cfg, shape_of(meta_model(cfg, VOCAB, 0, None)), budget=0.01 * GiB)
+    plan = make_plan(cfg, shape_of(meta_model(cfg.model, cfg.lora, VOCAB, 0)), budget=0.01 * GiB)
     assert not plan.fits and "DOES NOT FIT" in "\n".join(plan.lines())
     with pytest.raises(PlanError, match=r"train.activation_checkpointing: true; or a smaller "
                                         r"train.batch_size \(now 64.*train.strategy: fsdp"):
