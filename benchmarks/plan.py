@@ -45,10 +45,11 @@ def config(train: dict, lora: dict, model: dict):
 
 def estimate(train: dict, lora: dict, model: dict) -> float:
     """The plan's bytes per rank beyond the process itself."""
-    from lm_pipeline.training.plan import make_plan, meta_model, shape_of
+    from lm_pipeline.model.sharded import meta_model
+    from lm_pipeline.training.plan import make_plan, shape_of
 
     cfg = config(train, lora, model)
-    plan = make_plan(cfg, shape_of(meta_model(cfg, VOCAB, 0, None)), budget=None)
+    plan = make_plan(cfg, shape_of(meta_model(cfg.model, cfg.lora, VOCAB, 0)), budget=None)
     return plan.per_rank - plan.memory["process"]
 
 

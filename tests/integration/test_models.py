@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import urllib.request
@@ -180,10 +181,10 @@ def test_lora_on_a_gpt2_folder_under_fsdp_trains_only_adapters_and_exports_peft_
     from transformers import AutoModelForCausalLM
 
     parent = project.parent / "hub-gpt2"
-    lora = deep_update(recipe("lora-hf.yaml", parent), {"train": {"strategy": "fsdp"}})
+    lora = deep_update(recipe("lora-hf.yaml", parent), {"train": {"strategy": "fsdp", "num_workers": 2}})
     params = params_file(project, "lora", **lora)
-    for stage in ("preprocess", "train", "evaluate"):
-        lmp(project, params, "-q", stage)
+    logs = {stage: lmp(project, params, "-q", stage) for stage in ("preprocess", "train", "evaluate")}
+    assert sorted(re.findall(r"\[rank (\d)\] loaded its shard of the parent", logs["train"])) == ["0", "1"]
     model = project / "runs/lora/model"
 
     checkpoints = sorted(p for p in (project / "runs/lora/checkpoints").glob("*/checkpoint_*") if p.is_dir())
