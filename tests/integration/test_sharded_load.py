@@ -4,16 +4,19 @@ and reads only its own rows of the parent's safetensors.
 - What 2 sharded ranks fine-tune equals what one process fine-tunes from the whole parent: the
   built-in GPT's parent (GPT-2's layout: its Conv1D weights are read transposed, a block at a
   time; its layers wrapped for activation checkpointing, which renames their parameters) and a
-  Llama parent in a sharded folder (several files and their index), each full and with LoRA: the same weights as loaded (bit for bit), and after three AdamW steps of the loop's
-  own train_step over gloo, 2 ranks x batch 4 against 1 process x batch 8 (the same windows), the
-  same within float tolerance.
-- Each rank's peak memory while it loads a 212M-parameter Llama parent (4 files) is at most 0.65x
+  Llama parent in a sharded folder (several files and their index), each full and with LoRA. The
+  same weights as loaded, bit for bit; after three AdamW steps of the loop's own train_step over
+  gloo, 2 ranks x batch 4 against 1 process x batch 8 (the same windows), the same within float
+  tolerance; and a checkpoint of the sharded run resumes to the same bits (with LoRA the
+  checkpoint holds the adapters only: the resumed run reads its parent again, sharded).
+- Each rank's peak memory while it loads a 214M-parameter Llama parent (4 files) is at most 0.65x
   that of one rank loading it whole: benchmarks/sharded_load.py's measurement, each load in a
   fresh process.
 """
 
 import json
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,8 +31,10 @@ from lm_pipeline.model.backends import build_model
 from lm_pipeline.model.pretrained import save_pretrained
 from lm_pipeline.model.sharded import INDEX_FILE, ShardedLoadError, load_parent_shards, meta_model
 from lm_pipeline.model.transformer import GPT, GPTConfig
+from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.loop import train_step
 from lm_pipeline.training.parallel import checkpoint_activations, parallelize
+from lm_pipeline.training.state import TrainState
 from tests.services import free_port, spawn
 
 pytestmark = [pytest.mark.scale, pytest.mark.distributed]
@@ -53,13 +58,39 @@ def whole_weights(model) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
-def fine_tune(model, cfg: Config) -> dict[str, dict[str, torch.Tensor]]:
+def fine_tune(model, cfg: Config) -> tuple[dict[str, dict[str, torch.Tensor]], torch.optim.Optimizer]:
     """The whole weights as loaded, and after STEPS AdamW steps of the loop's train_step."""
     loaded = whole_weights(model)
     optimizer = getattr(model, "module", model).configure_optimizer(cfg.train.lr, 0.0, (0.9, 0.95))
     for step in range(STEPS):
         train_step(model, optimizer, TOKENS, [cfg.train.seed, step], cfg.train.lr, cfg, torch.device("cpu"))
-    return {"loaded": loaded, "trained": whole_weights(model)}
+    return {"loaded": loaded, "trained": whole_weights(model)}, optimizer
+
+
+def sharded_model(cfg: Config, parent: str, folder: Path):
+    """As the loop builds it under FSDP: on the meta device, sharded, then filled; the names of its
+    frozen weights (with LoRA: the parent's), which its checkpoints leave out."""
+    model = meta_model(cfg.model, cfg.lora, VOCAB, 0, folder)
+    frozen = checkpoint_state.frozen_names(model)
+    if parent == "gpt":  # as the loop wraps it under train.activation_checkpointing: true
+        checkpoint_activations(model)
+    model = parallelize(model, "fsdp", torch.device("cpu"))
+    return model, frozen, load_parent_shards(model, folder, cfg.train.seed)
+
+
+def resumed(model, optimizer, cfg: Config, parent: str, folder: Path, tmp: Path, rank: int) -> dict:
+    """Checkpoint the fine-tuned model as the loop does (each rank its own folder, merged as Ray
+    merges them), then the whole weights of a new sharded model restored from it."""
+    frozen = checkpoint_state.frozen_names(model)
+    checkpoint_state.save(tmp / f"rank{rank}", model, optimizer, TrainState(step=STEPS), rank, frozen)
+    dist.barrier()
+    merged = tmp / f"merged{rank}"
+    for part in tmp.glob("rank*"):
+        shutil.copytree(part, merged, dirs_exist_ok=True)
+    model, frozen, _ = sharded_model(cfg, parent, folder)
+    optimizer = model.configure_optimizer(cfg.train.lr, 0.0, (0.9, 0.95))
+    checkpoint_state.load(merged, model, optimizer, rank, frozen)
+    return whole_weights(model)
 
 
 def sharded_ranks(rank: int, world: int, port: int, parents: dict, out: str) -> None:
@@ -67,14 +98,12 @@ def sharded_ranks(rank: int, world: int, port: int, parents: dict, out: str) -> 
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     results = {}
     for parent, lora in CASES:
-        cfg = case_config(parent, lora, world)
-        folder = Path(parents[parent])
-        model = meta_model(cfg.model, cfg.lora, VOCAB, 0, folder)
-        if parent == "gpt":  # as the loop wraps it under train.activation_checkpointing: true
-            checkpoint_activations(model)
-        model = parallelize(model, "fsdp", torch.device("cpu"))
-        read = load_parent_shards(model, folder, cfg.train.seed)
-        results[parent, bool(lora)] = fine_tune(model, cfg) | {"read": read}
+        cfg, folder = case_config(parent, lora, world), Path(parents[parent])
+        model, _, read = sharded_model(cfg, parent, folder)
+        weights, optimizer = fine_tune(model, cfg)
+        tmp = Path(out).parent / f"{parent}-{bool(lora)}"
+        weights["resumed"] = resumed(model, optimizer, cfg, parent, folder, tmp, rank)
+        results[parent, bool(lora)] = weights | {"read": read}
     cfg = case_config("gpt", {}, world)
     model = parallelize(meta_model(cfg.model, cfg.lora, VOCAB, 0), "fsdp", torch.device("cpu"))
     try:
@@ -125,7 +154,7 @@ def test_two_sharded_ranks_fine_tune_what_one_whole_load_does(parents, sharded, 
     folder = Path(parents[parent])
     torch.manual_seed(cfg.train.seed)
     whole = build_model(cfg.model, cfg.lora, VOCAB, 0, folder, cfg.train.seed)
-    expected = fine_tune(parallelize(whole, "ddp", torch.device("cpu")), cfg)
+    expected, _ = fine_tune(parallelize(whole, "ddp", torch.device("cpu")), cfg)
     got = sharded[parent, bool(lora)]
     assert got["loaded"].keys() == expected["loaded"].keys()
     for name, tensor in expected["loaded"].items():  # the same bits: the parent's, the adapters' draw
@@ -133,6 +162,8 @@ def test_two_sharded_ranks_fine_tune_what_one_whole_load_does(parents, sharded, 
     for name, tensor in expected["trained"].items():  # AdamW magnifies reduction-order noise in
         torch.testing.assert_close(got["trained"][name], tensor, rtol=1e-4, atol=2e-5,  # tiny gradients
                                    msg=lambda m, name=name: f"{name}: {m}")
+    for name, tensor in got["trained"].items():  # resumed: the frozen parent read again, the rest saved
+        assert torch.equal(got["resumed"][name], tensor), name
     trained = [k for k, v in expected["trained"].items() if not torch.equal(v, expected["loaded"][k])]
     assert trained and all(".lora_" in k for k in trained) == bool(lora)  # LoRA moves adapters only
     total = sum(t.numel() * 4 for k, t in expected["loaded"].items() if ".lora_" not in k)
