@@ -17,15 +17,16 @@ run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect 
 	$(BIN)/lmp run
 
 # Two pytest-xdist lanes of whole modules (tests/conftest.py's scheduler): on 2 cores the suite
-# took 16 to 20 min against 27 in one process, much of a test's time being start-ups and waits. More
-# cores: make test PYTEST_ARGS="-n 4". One process: make test PYTEST_ARGS="-n 0".
+# took 16 to 20 min against 27 in one process when it was smaller, much of a test's time being
+# start-ups and waits. More cores: make test PYTEST_ARGS="-n 4". One process: PYTEST_ARGS="-n 0".
+# The fast tier in two lanes too: 3.5 min against 6 in one process on a 2-core AMD EPYC.
 PYTEST_ARGS ?= -n 2
-FAST_ARGS ?=
+FAST_ARGS ?= -n 2
 
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (under 2 minutes)
+test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (2 to 4 minutes on 2 cores)
 	$(BIN)/pytest $(FAST_ARGS) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
