@@ -113,10 +113,11 @@ def stored_tensors(folder: Path) -> dict[str, Stored]:
 
 def meta_model(model: ModelConfig, lora: LoraConfig, vocab_size: int, eot: int,
                parent: Path | None = None) -> nn.Module:
-    """The network a run trains with its parameters on the meta device (no memory, any size) and
-    its buffers real (they are small, and an hf model computes some, like rotary frequencies, at
-    construction): an hf parent's architecture from its config.json, anything else from the model
-    section (which preflight checks against a parent)."""
+    """The network a run trains with its parameters on the meta device (any size: each is
+    allocated uninitialised and moved there at once, so one is held at a time) and its buffers real
+    (they are small, and an hf model computes some, like rotary frequencies, at construction): an
+    hf parent's architecture from its config.json, anything else from the model section (which
+    preflight checks against a parent)."""
     with parameters_on_meta():
         if not (parent and model.backend == "hf"):
             return build_model(model, lora, vocab_size, eot)

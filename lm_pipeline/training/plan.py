@@ -282,9 +282,9 @@ def proc_status(key: str) -> float:
 def planned(cfg: Config, meta, on_this_machine: bool, warmup_steps: int = 0) -> Plan:
     """The plan of the run cfg describes on the data `meta` describes; with `warmup_steps`, one
     worker's step time and peak memory measured here on the real model."""
-    parent = parents.pinned_folder(cfg.data.processed_dir) if meta.parent else None
     from lm_pipeline.model.sharded import meta_model
 
+    parent = parents.pinned_folder(cfg.data.processed_dir) if meta.parent else None
     shape = shape_of(meta_model(cfg.model, cfg.lora, meta.vocab_size, meta.eot_id, parent))
     if not warmup_steps:
         return make_plan(cfg, shape, worker_budget(cfg, on_this_machine))
