@@ -4,6 +4,11 @@ results file (benchmarks/results.json) with its printed table."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -51,3 +56,20 @@ def save_results(results: dict[str, float], replaces: str | None = None) -> None
     RESULTS.write_text(json.dumps(previous | results, indent=2, sort_keys=True) + "\n")
     print(markdown_table(results))
     print(f"\nwritten to {RESULTS}")
+
+
+def run_ranks(module: str, world: int, args: list[str]) -> list:
+    """`world` ranks of `python -m module --rank r --world w --port p --out f ...args`, each in its
+    own process (a fresh resident peak) and all at once, over one free port; what each wrote to
+    its --out file (JSON)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"{r}.json" for r in range(world)]
+        procs = [subprocess.Popen([sys.executable, "-m", module, "--rank", str(r), "--world", str(world),
+                                   "--port", str(port), "--out", str(outs[r]), *args], env=os.environ)
+                 for r in range(world)]
+        if any(p.wait() for p in procs):
+            raise RuntimeError(f"{module} {' '.join(args)}: a rank of {world} failed")
+        return [json.loads(out.read_text()) for out in outs]

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import save_results
+from benchmarks.common import run_ranks, save_results
 
 MODEL = {"n_layer": 6, "n_head": 8, "n_embd": 384, "block_size": 256}
 VOCAB, STEPS = 12000, 3
@@ -86,19 +81,8 @@ def rank_peak(rank: int, world: int, port: int, train: dict, lora: dict, model: 
 def measure(name: str, model: dict = MODEL) -> dict[str, float]:
     """Every rank in its own process (a fresh peak); the largest rank's peak."""
     train, lora = CONFIGS[name]
-    world = train["num_workers"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.plan", "--rank", str(r), "--world",
-                                   str(world), "--port", str(port), "--config", name,
-                                   "--model", json.dumps(model),
-                                   "--out", str(Path(tmp) / f"{r}.json")], env=os.environ)
-                 for r in range(world)]
-        if any(p.wait() for p in procs):
-            raise RuntimeError(f"{name}: a rank failed")
-        measured = max(json.loads((Path(tmp) / f"{r}.json").read_text()) for r in range(world))
+    args = ["--config", name, "--model", json.dumps(model)]
+    measured = max(run_ranks("benchmarks.plan", train["num_workers"], args))
     planned = estimate(train, lora, model)
     return {"measured": measured, "planned": planned, "error": abs(planned - measured) / measured}
 

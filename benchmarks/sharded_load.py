@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import save_results
+from benchmarks.common import run_ranks, save_results
 
 VOCAB = 16384
 PARENTS = {  # the model section of each, and (hf) the parent's config.json
@@ -116,29 +114,15 @@ def weights_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def run_ranks(world: int, parent: Path, name: str) -> list[dict[str, int]]:
-    """Every rank in its own process (a fresh peak), all at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.sharded_load", "--rank", str(r),
-                                   "--world", str(world), "--port", str(port), "--parent", str(parent),
-                                   "--name", name, "--out", str(Path(tmp) / f"{r}.json")],
-                                  env=os.environ) for r in range(world)]
-        if any(p.wait() for p in procs):
-            raise RuntimeError(f"a rank of {world} failed to load {parent}")
-        return [json.loads((Path(tmp) / f"{r}.json").read_text()) for r in range(world)]
-
-
 def measure(name: str) -> dict:
     """One parent's whole load peak, its sharded ranks' peaks and reads, and their ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         parent = Path(tmp) / name
         subprocess.run([sys.executable, "-m", "benchmarks.sharded_load", "--write", str(parent),
                         "--name", name], check=True)  # its memory is not this process's
-        whole = run_ranks(1, parent, name)[0]
-        ranks = run_ranks(2, parent, name)
+        args = ["--parent", str(parent), "--name", name]
+        whole = run_ranks("benchmarks.sharded_load", 1, args)[0]
+        ranks = run_ranks("benchmarks.sharded_load", 2, args)
         file_bytes = weights_bytes(parent)
     sharded = max(r["peak"] for r in ranks)
     return {"whole_peak": whole["peak"], "sharded_peak": sharded, "file_bytes": file_bytes,
