@@ -58,7 +58,7 @@ def add_lora(model: nn.Module, lora: LoraConfig, seed: int = 0) -> nn.Module:
     inject_adapter_in_model(peft_config(model, lora), network(model))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if is_adapter(name) and p.device.type != "meta":  # meta: sharded.py fills them
+            if is_adapter(name) and not p.is_meta:  # meta: sharded.py fills them
                 p.copy_(adapter_value(name, p.shape, seed))
     return model
 
