@@ -110,6 +110,7 @@ def test_pipeline_tracks_and_registers_on_the_postgres_backed_server(deployment,
     run = client.get_run(champion.run_id)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert steps == sorted(set(steps)) and steps[-1] == PARAMS["train"]["max_steps"]
+    assert run.data.params["train.num_workers"] == "2"  # the worker's flow trained on Ray
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
     assert {"test/perplexity", "test/bleu", "test/bias_max_gap"} <= set(run.data.metrics)
     # Artifacts go through the server's proxy, not to a path on the client.
