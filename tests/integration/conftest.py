@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import fcntl
 import json
 import os
 import shutil
@@ -72,6 +73,42 @@ def lmp(project: Path, *args: str) -> str:
     return out.stdout
 
 
+# What ingest, validate, filter and preprocess write (params.yaml's paths), none of it naming the
+# project's own folder: a copy is what the four stages would write in another project.
+CORPUS_OUTPUTS = ("data/raw", "reports/ingest.json", "reports/validation", "data/filtered",
+                  "reports/filter", "data/processed")
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory) -> Path:
+    """A project whose tiny corpus has been through the four data stages, made once per session:
+    pytest-xdist's lanes share their session folder, and the first to come makes it under a lock.
+    Modules that train on the built-in corpus copy it (with_prepared_corpus) instead of running
+    the stages again; those about the data stages run them."""
+    lane_dir = tmp_path_factory.getbasetemp()
+    shared = lane_dir.parent if os.environ.get("PYTEST_XDIST_WORKER") else lane_dir
+    root = shared / "prepared-corpus"
+    with open(shared / "prepared-corpus.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "complete").exists():
+            shutil.rmtree(root, ignore_errors=True)  # a lane that failed half-way
+            root.mkdir()
+            make_project(root, tiny_params())
+            for stage in ("ingest", "validate", "filter", "preprocess"):
+                lmp(root, "-q", stage)
+            (root / "complete").touch()
+    return root
+
+
+def with_prepared_corpus(project: Path, corpus: Path) -> Path:
+    """`project` with the outputs of the data stages copied from `corpus` (prepared_corpus)."""
+    for rel in CORPUS_OUTPUTS:
+        copy = shutil.copytree if (corpus / rel).is_dir() else shutil.copy2
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        copy(corpus / rel, project / rel)
+    return project
+
+
 def train_and_register(project: Path, max_steps: int, **register) -> dict:
     """One worker, so in the `lmp train` process: what is tested with these is the registry and
     serving, and Ray's start-up would be most of each run's time. `register` sets register.* for
@@ -89,13 +126,12 @@ def train_and_register(project: Path, max_steps: int, **register) -> dict:
 
 
 @pytest.fixture(scope="session")
-def registered_project(tmp_path_factory):
+def registered_project(tmp_path_factory, prepared_corpus):
     """Three registrations: a champion, a worse model, a better model that must also not forget
     (decisions.json holds the three decisions). Shared by the registry, serving and continuous
     modules, which run on one lane (tests/conftest.py), in that order."""
-    root = make_project(tmp_path_factory.mktemp("registry"), tiny_params())
-    for stage in ("ingest", "validate", "filter", "preprocess"):
-        lmp(root, "-q", stage)
+    root = with_prepared_corpus(make_project(tmp_path_factory.mktemp("registry"), tiny_params()),
+                                prepared_corpus)
     decisions = [train_and_register(root, 60), train_and_register(root, 11),  # warmup is 10 steps
                  # the better one also guarded on the corpus's test split (continuous training's guard)
                  train_and_register(root, 200, guard_documents=str(root / "data/filtered/documents.jsonl"))]

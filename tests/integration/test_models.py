@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.integration.conftest import ROOT, deep_update, make_project, tiny_params
+from tests.integration.conftest import ROOT, deep_update, make_project, tiny_params, with_prepared_corpus
 from tests.integration.test_training import curve, finish, start_train, wait_for_checkpoint
 from tests.services import BIN, free_port, process
 
@@ -83,11 +83,10 @@ def hub_folder(dest: Path, family: str, texts: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, prepared_corpus):
     """Validated documents, and two downloaded-model folders beside the project."""
-    root = make_project(tmp_path_factory.mktemp("models"), tiny_params(RUN))
-    for stage in ("ingest", "validate", "filter"):
-        lmp(root, root / "params.yaml", "-q", stage)
+    root = with_prepared_corpus(make_project(tmp_path_factory.mktemp("models"), tiny_params(RUN)),
+                                prepared_corpus)
     texts = corpus_texts(root)
     hub_folder(root.parent / "hub-llama", "llama", texts)
     hub_folder(root.parent / "hub-gpt2", "gpt2", texts)

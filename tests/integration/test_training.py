@@ -15,7 +15,13 @@ import torch
 import yaml
 
 from lm_pipeline.hashing import tree_sha256
-from tests.integration.conftest import UNVALIDATED, make_project, ray_processes, tiny_params, two_ray_nodes
+from tests.integration.conftest import (
+    make_project,
+    ray_processes,
+    tiny_params,
+    two_ray_nodes,
+    with_prepared_corpus,
+)
 from tests.services import free_port, process
 
 LMP = str(Path(sys.executable).parent / "lmp")
@@ -28,12 +34,10 @@ TRAIN = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A project whose data is ingested and tokenized, ready to train."""
-    root = make_project(tmp_path_factory.mktemp("train-project"), tiny_params(TRAIN, UNVALIDATED))
-    for stage in ("ingest", "filter", "preprocess"):
-        subprocess.run([LMP, "-q", stage], cwd=root, check=True)
-    return root
+def project(tmp_path_factory, prepared_corpus):
+    """A project whose data is ingested, validated and tokenized, ready to train."""
+    return with_prepared_corpus(make_project(tmp_path_factory.mktemp("train-project"), tiny_params(TRAIN)),
+                                prepared_corpus)
 
 
 def params_file(project: Path, name: str, model: dict | None = None, **train) -> Path:

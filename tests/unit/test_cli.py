@@ -76,16 +76,15 @@ def test_set_is_refused_where_the_stages_would_not_see_it(tmp_path):
 
 def test_a_failure_is_one_line_and_debug_adds_its_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
-    plain = lmp("promote", "1", "--reason", "x", "--set", "mlflow.tracking_uri=sqlite:///no/such/dir/db",
-                cwd=tmp_path)
+    failing = ["generate", "--model", str(tmp_path / "no-such-model"), "The"]  # fails in its first read
+    plain = lmp(*failing, cwd=tmp_path)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr and "--debug" in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1 and "no-such-model" in plain.stderr
     for debug in (["--debug"], ["-v"]):
-        out = lmp("promote", "1", "--reason", "x", *debug, "--set",
-                  "mlflow.tracking_uri=sqlite:///no/such/dir/db", cwd=tmp_path)
+        out = lmp(*debug, *failing, cwd=tmp_path)
         assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr
-    with_env = subprocess.run([LMP, "promote", "1", "--reason", "x", "--set",
-                               "mlflow.tracking_uri=sqlite:///no/such/dir/db"], capture_output=True,
-                              text=True, cwd=tmp_path, env=os.environ | {"LMP_DEBUG": "1"})
+    with_env = subprocess.run([LMP, *failing], capture_output=True, text=True, cwd=tmp_path,
+                              env=os.environ | {"LMP_DEBUG": "1"})
     assert "Traceback (most recent call last)" in with_env.stderr
 
 
