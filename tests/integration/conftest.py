@@ -171,8 +171,8 @@ def two_ray_nodes(env: dict[str, str]) -> Iterator[TwoNodes]:
     groups = []
     try:
         for args, cache in zip(nodes, caches, strict=True):
-            groups.append(start_ray_node([ray, "start", *args, "--num-cpus=1"],
-                                         env | {"LMP_SHARDS_CACHE": str(cache)}))
+            start_ray_node([ray, "start", *args, "--num-cpus=1"], env | {"LMP_SHARDS_CACHE": str(cache)},
+                           groups)
         yield TwoNodes(f"127.0.0.1:{port}", caches, tuple(groups))
     finally:
         for group in reversed(groups):
@@ -180,13 +180,15 @@ def two_ray_nodes(env: dict[str, str]) -> Iterator[TwoNodes]:
                 os.killpg(group, signal.SIGKILL)
 
 
-def start_ray_node(cmd: list[str], env: dict[str, str]) -> int:
-    """`ray start` in a new session; returns the session's process group, which its daemons keep."""
+def start_ray_node(cmd: list[str], env: dict[str, str], groups: list[int]) -> None:
+    """`ray start` in a new session, whose process group (its daemons keep it) joins `groups`
+    before the start can fail: a `ray start` that fails half-way (a start-up deadline missed
+    under load) leaves daemons behind, which took CPU from every later test of the session."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    groups.append(proc.pid)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
-    return proc.pid
 
 
 def ray_processes(pattern: str, *process_groups: int) -> list[int]:
