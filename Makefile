@@ -26,7 +26,7 @@ FAST_ARGS ?= -n 2
 test: $(STAMP) system-packages  ## the test suite (real Ray, MLflow, Prefect, DVC, Great Expectations)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (1.5 to 3 minutes on 2 cores)
+test-fast: $(STAMP)  ## the inner loop: unit and architecture tests, no services (about 1.5 to 3 minutes on 2 cores)
 	$(BIN)/pytest $(FAST_ARGS) tests/unit tests/test_architecture.py
 
 system-packages:  ## PostgreSQL and Chromium for the production and browser tests (Debian packages)
