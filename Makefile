@@ -19,7 +19,7 @@ run: $(STAMP)  ## the whole pipeline on the default corpus, through the Prefect 
 # Two pytest-xdist lanes of whole modules (tests/conftest.py's scheduler): on 2 cores the suite
 # took 16 to 20 min against 27 in one process when it was smaller, much of a test's time being
 # start-ups and waits. More cores: make test PYTEST_ARGS="-n 4". One process: PYTEST_ARGS="-n 0".
-# The fast tier in two lanes too: 3.5 min against 6 in one process on a 2-core AMD EPYC.
+# The fast tier in two lanes too: about 3 min against 6 in one process on a 2-core AMD EPYC.
 PYTEST_ARGS ?= -n 2
 FAST_ARGS ?= -n 2
 

@@ -103,9 +103,9 @@ def prepared_corpus(tmp_path_factory) -> Path:
 def with_prepared_corpus(project: Path, corpus: Path) -> Path:
     """`project` with the outputs of the data stages copied from `corpus` (prepared_corpus)."""
     for rel in CORPUS_OUTPUTS:
-        copy = shutil.copytree if (corpus / rel).is_dir() else shutil.copy2
+        copy_out = shutil.copytree if (corpus / rel).is_dir() else shutil.copy2  # not `copy`: the module
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
-        copy(corpus / rel, project / rel)
+        copy_out(corpus / rel, project / rel)
     return project
 
 
