@@ -201,7 +201,8 @@ def ray_processes(pattern: str, *process_groups: int) -> list[int]:
     return [int(pid) for pid in pgrep("-P", ",".join(raylets), "-f", f"^{pattern}")] if raylets else []
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster() -> Iterator[TwoNodes]:
+    """One two-node cluster for a module's tests that only run jobs on it."""
     with two_ray_nodes({}) as nodes:
         yield nodes
