@@ -5,11 +5,15 @@ import copy
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.services import BIN, free_port
+from tests.services import BIN, free_port, process, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 UNVALIDATED = {"validate": {"required": False}}  # modules about training skip the validate stage
@@ -206,3 +210,87 @@ def two_node_cluster() -> Iterator[TwoNodes]:
     """One two-node cluster for a module's tests that only run jobs on it."""
     with two_ray_nodes({}) as nodes:
         yield nodes
+
+
+class Endpoint:
+    """An `lmp serve` application as its clients see it: its URL and bearer token."""
+
+    def __init__(self, url: str, token: str, project: Path, log: Path, proc: subprocess.Popen | None = None):
+        self.url, self.token, self.project, self.log, self.proc = url, token, project, log, proc
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+    def client(self, **options):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=self.token, **({"max_retries": 0} | options))
+
+    def post(self, path: str, body: bytes | dict, token: str | None = None) -> tuple[int, dict, dict]:
+        """(status, JSON body, headers) of a raw request: what any HTTP client gets."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+    def served(self) -> str:
+        return self.client().models.list().data[0].id
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{self.url}/stats", headers={"Authorization": f"Bearer {self.token}"}), timeout=30) as r:
+            return json.loads(r.read())
+
+
+def wait_for(condition, timeout: float = 60, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def registry_server(registered_project, tmp_path_factory) -> Iterator[str]:
+    """A real MLflow server over the registry's project's store (the tests read the same SQLite
+    file), as a team shares one: the endpoint follows the champion through it, and continuous
+    training's stages and canary log through it."""
+    port = free_port()
+    store = f"sqlite:///{registered_project / 'mlflow.db'}"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
+           "--no-serve-artifacts", "--default-artifact-root", str(registered_project / "mlartifacts"),
+           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    log = tmp_path_factory.mktemp("registry-server") / "mlflow.log"
+    with process(cmd, log, cwd=registered_project, ready_url=f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def endpoint(registered_project, registry_server, tmp_path_factory) -> Iterator[Endpoint]:
+    """`lmp serve` on the registry's project, following its champion through the registry server
+    (two replicas, a bearer token): one application for the serving and continuous modules, which
+    run on the registry's lane in that order (tests/conftest.py); the continuous module stops it."""
+    project, port, token = registered_project, free_port(), secrets.token_urlsafe(16)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["mlflow"]["tracking_uri"] = registry_server
+    params["serve"] |= {"port": port, "replicas": 2, "cpus_per_replica": 0.5, "max_tokens": 32,
+                        "follow_interval_s": 1.0, "log_interval_s": 2.0}
+    (project / "serve.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = os.environ | {"LMP_SERVE_TOKEN": token}
+    url = f"http://127.0.0.1:{port}"
+    with process([str(BIN / "lmp"), "--params", "serve.yaml", "serve"], log, env=env, cwd=project,
+                 ready_url=f"{url}/health", timeout=240) as proc:
+        server = Endpoint(url, token, project, log, proc)
+        wait_for(lambda: len(replica_pids(server)) == 2, 120, "two replicas answering")
+        yield server
+
+
+def replica_pids(endpoint: Endpoint, calls: int = 12) -> set[int]:
+    return {endpoint.stats()["pid"] for _ in range(calls)}

@@ -8,13 +8,12 @@ the corpus; a canary failure rolls back; a version of two cycles is rebuilt from
 
 import contextlib
 import json
-import os
-import secrets
 import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -25,7 +24,6 @@ from lm_pipeline.config import load_config
 from lm_pipeline.continuous.canary import wait_for_version
 from lm_pipeline.data.split import assign_split
 from tests.integration.conftest import lmp
-from tests.services import BIN, free_port, process
 from tests.unit.continuous.corpora import (
     BIRDS,
     NATURE,
@@ -42,18 +40,11 @@ MODEL = "lm-pipeline"
 
 
 @pytest.fixture(scope="module")
-def project(registered_project, prefect_server, tmp_path_factory):
-    """The registry module's project, its MLflow store now behind a real MLflow server: the cycles'
-    stages, the endpoint and the canary go through it (the tests read the same SQLite file)."""
-    port = free_port()
-    store = f"sqlite:///{registered_project / 'mlflow.db'}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
-           "--no-serve-artifacts", "--default-artifact-root", str(registered_project / "mlartifacts"),
-           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    log = tmp_path_factory.mktemp("ct-mlflow") / "mlflow.log"
+def project(registered_project, registry_server, prefect_server):
+    """The registry module's project, its store behind the session's MLflow server: the cycles'
+    stages and the canary go through it, as the endpoint does (the tests read the SQLite file)."""
     original = (registered_project / "params.yaml").read_text()
-    with process(cmd, log, cwd=registered_project, ready_url=f"http://127.0.0.1:{port}/health"):
-        yield ct_project(registered_project, f"http://127.0.0.1:{port}")
+    yield ct_project(registered_project, registry_server)
     (registered_project / "params.yaml").write_text(original)  # the store as the other modules know it
 
 
@@ -75,18 +66,12 @@ def ct_project(registered_project: Path, tracking_uri: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def endpoint(project, tmp_path_factory):
-    """`lmp serve` following the champion (one replica, swapping within a second), and its token."""
-    port, token = free_port(), secrets.token_urlsafe(16)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["serve"] |= {"port": port, "replicas": 1, "cpus_per_replica": 0.5, "follow_interval_s": 1.0}
-    (project / "serve-ct.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("ct-serve") / "serve.log"
-    with process([str(BIN / "lmp"), "--params", "serve-ct.yaml", "serve"], log,
-                 env=os.environ | {"LMP_SERVE_TOKEN": token}, cwd=project, ready_url=f"{url}/health",
-                 timeout=240):
-        yield f"{url}/v1", token
+def served(project, endpoint) -> Iterator[tuple[str, str]]:
+    """The session's endpoint (tests/integration/conftest.py), following the champion within a
+    second, as (its /v1 URL, its token). This module is the last to use it: it stops with the module
+    rather than idle to the end of the session."""
+    yield f"{endpoint.url}/v1", endpoint.token
+    endpoint.stop()
 
 
 @contextlib.contextmanager
@@ -207,8 +192,8 @@ def test_a_challenger_trained_without_replay_learns_the_drop_but_the_forgetting_
 
 @pytest.mark.usefixtures("forget_mlflow_uri")
 def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_joins_the_corpus(
-        project, endpoint, monkeypatch):
-    url, token = endpoint
+        project, served, monkeypatch):
+    url, token = served
     monkeypatch.setenv("LMP_SERVE_TOKEN", token)
     champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
     corpus_before = (project / "ct/corpus.jsonl").read_text().count("\n")
@@ -237,10 +222,10 @@ def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_
 
 
 @pytest.mark.usefixtures("forget_mlflow_uri")
-def test_a_canary_failure_rolls_the_champion_back_and_serving_follows(project, endpoint, monkeypatch):
+def test_a_canary_failure_rolls_the_champion_back_and_serving_follows(project, served, monkeypatch):
     """The failure is injected as a latency bar no endpoint meets (1 ms): the canary fails after
     the swap, the alias moves back, and the endpoint serves the previous champion again."""
-    url, token = endpoint
+    url, token = served
     monkeypatch.setenv("LMP_SERVE_TOKEN", token)
     before = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
     corpus_before = (project / "ct/corpus.jsonl").read_text()

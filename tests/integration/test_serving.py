@@ -1,8 +1,9 @@
 """`lmp serve`: the champion behind an OpenAI-compatible endpoint on a real Ray Serve application,
 called by the official `openai` client and by lm-evaluation-harness, while the alias moves.
 
-One application for the module (two replicas, a bearer token), on the registry module's project
-(three registered versions; tests/conftest.py runs both modules on one lane, registry first)."""
+The session's application (`endpoint`: two replicas, a bearer token, shared with the continuous
+module), on the registry module's project (three registered versions; tests/conftest.py runs the
+three modules on one lane, registry first)."""
 
 import json
 import os
@@ -11,8 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,45 +19,14 @@ import mlflow
 import pytest
 import yaml
 
-from tests.integration.conftest import lmp, two_ray_nodes
+from tests.integration.conftest import Endpoint, lmp, replica_pids, two_ray_nodes, wait_for
 from tests.integration.test_models import corpus_texts, hub_folder
-from tests.services import BIN, free_port, process
+from tests.services import BIN, free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
 MODEL = "lm-pipeline"
 PROMPTS = ["The tuple", "A module is", "def f(x):", "Lists"]
-
-
-class Endpoint:
-    def __init__(self, url: str, token: str, project: Path, log: Path):
-        self.url, self.token, self.project, self.log = url, token, project, log
-
-    def client(self, **options):
-        from openai import OpenAI
-
-        return OpenAI(base_url=f"{self.url}/v1", api_key=self.token, **({"max_retries": 0} | options))
-
-    def post(self, path: str, body: bytes | dict, token: str | None = None) -> tuple[int, dict, dict]:
-        """(status, JSON body, headers) of a raw request: what any HTTP client gets."""
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read()), dict(response.headers)
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read()), dict(err.headers)
-
-    def served(self) -> str:
-        return self.client().models.list().data[0].id
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(urllib.request.Request(
-                f"{self.url}/stats", headers={"Authorization": f"Bearer {self.token}"}), timeout=30) as r:
-            return json.loads(r.read())
 
 
 def registry(project: Path):
@@ -68,34 +36,6 @@ def registry(project: Path):
 
 def champion(project: Path) -> str:
     return str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
-
-
-def wait_for(condition, timeout: float = 60, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def endpoint(registered_project, tmp_path_factory):
-    project, port, token = registered_project, free_port(), secrets.token_urlsafe(16)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["serve"] |= {"port": port, "replicas": 2, "cpus_per_replica": 0.5, "max_tokens": 32,
-                        "follow_interval_s": 1.0, "log_interval_s": 2.0}
-    (project / "serve.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = os.environ | {"LMP_SERVE_TOKEN": token}
-    url = f"http://127.0.0.1:{port}"
-    with process([str(BIN / "lmp"), "--params", "serve.yaml", "serve"], log, env=env, cwd=project,
-                 ready_url=f"{url}/health", timeout=240):
-        server = Endpoint(url, token, project, log)
-        wait_for(lambda: len(replica_pids(server)) == 2, 120, "two replicas answering")
-        yield server
-
-
-def replica_pids(endpoint: Endpoint, calls: int = 12) -> set[int]:
-    return {endpoint.stats()["pid"] for _ in range(calls)}
 
 
 def generate(project: Path, version: str, prompt: str, *options: str) -> str:
