@@ -59,20 +59,23 @@ def step_gradients(world: int, strategy: str, batch: int, accum: int, clip: floa
     return optimizer.grads
 
 
-def gradients(rank: int, world: int, strategy: str, batch: int, accum: int, port: int, out: str) -> None:
+def gradients(rank: int, world: int, splits: dict, port: int, out: str) -> None:
+    """Each split's gradients, with clipping off and on, in one process group of `world` ranks."""
     if world > 1:
         os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    results = {label: step_gradients(world, strategy, batch, accum, clip) for label, clip in CLIPS.items()}
+    results = {name: {label: step_gradients(world, strategy, batch, accum, clip)
+                      for label, clip in CLIPS.items()}
+               for name, (strategy, batch, accum) in splits.items()}
     if rank == 0:
         torch.save(results, out)
     if world > 1:
         dist.destroy_process_group()
 
 
-def run(tmp_path, name: str, world: int, strategy: str, batch: int, accum: int) -> dict:
-    out = str(tmp_path / f"{name}.pt")
-    args = (world, strategy, batch, accum, free_port(), out)
+def run(tmp_path, world: int, splits: dict) -> dict:
+    out = str(tmp_path / f"world-{world}.pt")
+    args = (world, splits, free_port(), out)
     if world > 1:
         spawn(gradients, args, world)
     else:
@@ -82,13 +85,13 @@ def run(tmp_path, name: str, world: int, strategy: str, batch: int, accum: int) 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The splits as (strategy, batch per rank, micro-batches); the 2-rank ones share one pair of
+    processes (each starts an interpreter and imports torch)."""
     tmp = tmp_path_factory.mktemp("gradients")
-    return {"single": run(tmp, "single", 1, "ddp", 16, 1),
-            "ddp": run(tmp, "ddp", 2, "ddp", 8, 1),
-            "fsdp": run(tmp, "fsdp", 2, "fsdp", 8, 1),
-            "accum": run(tmp, "accum", 1, "ddp", 4, 4),
-            "ddp_accum": run(tmp, "ddp_accum", 2, "ddp", 4, 2),
-            "fsdp_accum": run(tmp, "fsdp_accum", 2, "fsdp", 4, 2)}
+    one_process = {"single": ("ddp", 16, 1), "accum": ("ddp", 4, 4)}
+    two_ranks = {"ddp": ("ddp", 8, 1), "fsdp": ("fsdp", 8, 1), "ddp_accum": ("ddp", 4, 2),
+                 "fsdp_accum": ("fsdp", 4, 2)}
+    return run(tmp, 1, one_process) | run(tmp, 2, two_ranks)
 
 
 def global_norm(grads: dict) -> float:
