@@ -58,7 +58,12 @@ def start_train(project: Path, params: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+# The deadlines below guard against a hang, not a slow run: under the other lane's load in CI, the
+# worker-kill run took 271 s (84 s alone), and another missed a 180 s wait for its first checkpoint.
+STAGE_DEADLINE_S = 480
+
+
+def finish(proc: subprocess.Popen, timeout: float = STAGE_DEADLINE_S) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
@@ -78,7 +83,7 @@ def committed_checkpoints(run_root: Path) -> int:
     return 0
 
 
-def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float = STAGE_DEADLINE_S) -> None:
     deadline = time.monotonic() + timeout
     while not committed_checkpoints(run_root):
         if proc.poll() is not None:
