@@ -1,4 +1,5 @@
-"""Fixtures for integration tests: a copy of the project with tiny params, one Prefect server."""
+"""Fixtures for integration tests: a copy of the project with tiny params, one prepared corpus, one
+registered project with its MLflow server and serving application, one Prefect server."""
 
 import contextlib
 import copy
