@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -83,9 +84,16 @@ def committed_checkpoints(run_root: Path) -> int:
     return 0
 
 
-def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen, timeout: float = STAGE_DEADLINE_S) -> None:
+def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen) -> None:
+    wait_until_committed(proc, lambda: committed_checkpoints(run_root))
+
+
+def wait_until_committed(proc: subprocess.Popen, committed: Callable[[], int],
+                         timeout: float = STAGE_DEADLINE_S) -> None:
+    """Until `committed()` counts a checkpoint of `proc`'s run; else the stage is stopped and its
+    output shown."""
     deadline = time.monotonic() + timeout
-    while not committed_checkpoints(run_root):
+    while not committed():
         if proc.poll() is not None:
             raise AssertionError(f"training ended before its first checkpoint:\n{stopped_output(proc)}")
         if time.monotonic() > deadline:
@@ -462,11 +470,7 @@ def test_two_nodes_sharing_only_a_bucket_train_through_a_killed_worker(project, 
     with two_ray_nodes(s3.env()) as nodes:  # the nodes get the store's address and keys, as on a cluster
         monkeypatch.setenv("RAY_ADDRESS", nodes.address)
         proc = start_train(project, params)
-        deadline = time.monotonic() + 240
-        while not committed_in_bucket(s3, "checkpoints", "bucket-only/"):
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint in the bucket in time"
-            time.sleep(0.5)
+        wait_until_committed(proc, lambda: committed_in_bucket(s3, "checkpoints", "bucket-only/"))
         workers = ray_processes("ray::RayTrainWorker", *nodes.process_groups)
         assert len(workers) == 2
         os.kill(workers[-1], signal.SIGKILL)
