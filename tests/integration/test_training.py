@@ -84,6 +84,16 @@ def committed_checkpoints(run_root: Path) -> int:
     return 0
 
 
+def latest_committed_step(run_root: Path) -> int:
+    """The step of the newest checkpoint Ray Train has registered; 0 before the first."""
+    for snapshot in run_root.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
+        try:
+            return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return 0  # being rewritten
+    return 0
+
+
 def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen) -> None:
     wait_until_committed(proc, lambda: committed_checkpoints(run_root))
 
@@ -95,7 +105,7 @@ def wait_until_committed(proc: subprocess.Popen, committed: Callable[[], int],
     deadline = time.monotonic() + timeout
     while not committed():
         if proc.poll() is not None:
-            raise AssertionError(f"training ended before its first checkpoint:\n{stopped_output(proc)}")
+            raise AssertionError(f"training ended before the checkpoint awaited:\n{stopped_output(proc)}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no checkpoint in {timeout:.0f} s:\n{stopped_output(proc)}")
         time.sleep(0.2)
@@ -131,7 +141,8 @@ def curve(project: Path, run_name: str, key: str = "train_loss",
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-SHARDED = {"num_workers": 2, "strategy": "fsdp", "model": {"dropout": 0.1}}
+# 120 steps: after the killed run's second checkpoint (step 60) it still has time to be killed.
+SHARDED = {"num_workers": 2, "strategy": "fsdp", "max_steps": 120, "model": {"dropout": 0.1}}
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +156,39 @@ def straight(project) -> list[tuple[int, float]]:
 @pytest.mark.metrics
 @pytest.mark.fault_tolerance
 @pytest.mark.distributed
-def test_killed_and_rerun_train_stage_resumes_to_the_identical_curve(project, straight):
-    """The restored RNG states must give every rank its dropout masks back."""
-    killed = start_train(project, params_file(project, "killed", **SHARDED))
-    wait_for_checkpoint(project / "runs/killed", killed)
-    os.killpg(killed.pid, signal.SIGKILL)  # the whole stage: driver, Ray and workers
-    killed.wait()
+def test_a_killed_worker_then_a_killed_and_rerun_stage_resume_to_the_uninterrupted_curve(project, straight):
+    """Two failures of one run of two FSDP ranks with dropout. One rank killed: Ray Train restarts
+    the group from the latest checkpoint. Then the whole stage (driver, Ray and workers) killed and
+    run again: it resumes from its latest checkpoint. The restored RNG states must give every rank
+    its dropout masks back each time (a worker of a DDP run is killed on two nodes below)."""
+    run_root, interval = project / "runs/killed", TRAIN["train"]["checkpoint_interval"]
+    proc = start_train(project, params_file(project, "killed", **SHARDED))
+    wait_until_committed(proc, lambda: latest_committed_step(run_root))
+    first = latest_committed_step(run_root)
+    workers = ray_processes("ray::RayTrainWorker", proc.pid)  # this stage's, not another lane's
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    # One more checkpoint may have been committed before the kill landed; the one after it was
+    # written by the restarted group.
+    wait_until_committed(proc, lambda: latest_committed_step(run_root) >= first + 2 * interval)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     out = train(project, project / "killed.yaml")
-    assert "resuming" in out and resumed_before_the_end(out)
+    assert "resuming" in out and resumed_before_the_end(out, SHARDED["max_steps"])
     resumed = curve(project, "killed")
-    assert [s for s, _ in resumed] == list(range(1, TRAIN["train"]["max_steps"] + 1))
-    assert resumed == straight  # the same floats, step for step
+    assert [s for s, _ in resumed] == list(range(1, SHARDED["max_steps"] + 1))  # no gap, no duplicate
+    # gloo sums in a fixed order, so in practice the floats are equal; 1e-6 leaves room for
+    # reduction order, and a rank with the wrong dropout masks would be far outside it.
+    curves_match(straight, resumed, rel=1e-6)
+    restarts = curve(project, "killed", "resumed_from_step")
+    assert len(restarts) == 2 and all(step % interval == 0 for _, step in restarts), restarts
+    # Each rank draws its own dropout masks: their random streams differ.
+    checkpoint = next(run_root.glob("checkpoints/*/checkpoint_*"))
+    streams = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
+    assert not torch.equal(*streams)
+    # Each rank wrote its own shard, and the run exported one whole model.
+    assert sorted(p.name for p in checkpoint.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert (run_root / "model/model.safetensors").is_file()
 
 
 @pytest.mark.security
@@ -352,51 +385,21 @@ def test_a_fine_tune_resumed_from_its_step_0_checkpoint_is_the_uninterrupted_run
                                 else value), key
 
 
-@pytest.mark.metrics
-@pytest.mark.fault_tolerance
 @pytest.mark.distributed
-def test_worker_killed_mid_run_restarts_from_the_latest_checkpoint(project, straight):
-    """One FSDP rank killed: Ray Train restarts the group from the latest checkpoint (a worker of a
-    DDP run is killed on two nodes below)."""
-    proc = start_train(project, params_file(project, "worker-kill", **SHARDED))
-    wait_for_checkpoint(project / "runs/worker-kill", proc)
-    workers = ray_processes("ray::RayTrainWorker", proc.pid)  # this stage's, not another lane's
-    assert len(workers) == 2
-    os.kill(workers[-1], signal.SIGKILL)
-    finish(proc)
-    steps = [s for s, _ in curve(project, "worker-kill")]
-    assert steps == list(range(1, TRAIN["train"]["max_steps"] + 1))  # no gap, no duplicate
-    # After the restart, the curve continues as if nothing happened (gloo sums in a fixed order,
-    # so in practice the floats are equal; 1e-6 leaves room for reduction order).
-    curves_match(straight, curve(project, "worker-kill"), rel=1e-6)
-    restarts = curve(project, "worker-kill", "resumed_from_step")
-    assert len(restarts) == 1 and restarts[0][1] % TRAIN["train"]["checkpoint_interval"] == 0
-    # Each rank draws its own dropout masks: their random streams differ.
-    checkpoint = next((project / "runs/worker-kill").glob("checkpoints/*/checkpoint_*"))
-    streams = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
-    assert not torch.equal(*streams)
-
-
-@pytest.mark.distributed
-def test_one_worker_two_workers_and_fsdp_follow_the_same_loss_curve(project):
-    """Same seed and global batch (1 x 16 = 2 x 8): the curves agree to float rounding. FSDP2
-    shards the same model over the same 2 ranks and follows DDP as closely."""
+def test_one_worker_and_two_fsdp_ranks_follow_the_same_loss_curve(project):
+    """Same seed and global batch (1 x 16 = 2 x 8): FSDP2 shards the model over 2 ranks, each
+    reading its own half of every batch, and follows the single worker to float rounding (AdamW
+    on sharded parameters, the schedule, the ranks' data). That each split of a batch, DDP's or
+    FSDP's, gives the single process's gradient is test_gradients'; `straight` checks every rank's
+    checkpoint shard and the export of an FSDP run."""
     steps = {"max_steps": 30, "checkpoint_interval": 15, "eval_interval": 30}
     train(project, params_file(project, "w1", num_workers=1, batch_size=16, **steps))
-    train(project, params_file(project, "w2", num_workers=2, batch_size=8, **steps))
     out = train(project, params_file(project, "fsdp", num_workers=2, batch_size=8, strategy="fsdp", **steps))
-    one, two = curve(project, "w1"), curve(project, "w2")
-    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 31))
-    for (_, a), (_, b) in zip(one, two, strict=True):
-        assert b == pytest.approx(a, rel=2e-4)
-    assert one[-1][1] < one[0][1] - 0.5  # and it learned
-
     assert "strategy fsdp" in out
-    curves_match(two, curve(project, "fsdp"), rel=1e-3)
-    checkpoint = next((project / "runs/fsdp").glob("checkpoints/*/checkpoint_*"))
-    shards = sorted(p.name for p in checkpoint.glob("*.distcp"))
-    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
-    assert (project / "runs/fsdp/model/model.safetensors").is_file()
+    one, sharded = curve(project, "w1"), curve(project, "fsdp")
+    assert [s for s, _ in one] == list(range(1, 31))
+    assert one[-1][1] < one[0][1] - 0.5  # and it learned
+    curves_match(one, sharded, rel=1e-5)  # 8e-7 at most on the 2-core AMD EPYC
 
 
 @pytest.mark.scale
