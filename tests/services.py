@@ -60,6 +60,19 @@ def process(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None
         stop(proc)
 
 
+@contextlib.contextmanager
+def mlflow_server(store: str, log: Path, *artifacts: str, cwd: Path | None = None) -> Iterator[str]:
+    """`mlflow server` on the backend `store` and a loopback port, one worker; yields its URL.
+    `artifacts`: its artifact options. Its job runner is off, as infra's server has it (MLflow's
+    GenAI jobs, which the pipeline never runs: eight more processes, 35 CPU-seconds each start)."""
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, *artifacts,
+           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with process(cmd, log, env=env, cwd=cwd, ready_url=f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
+
+
 def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
     """SIGTERM to the process, as a container runtime sends it, then SIGKILL to its group for what
     it left behind. Not SIGTERM to the group: `lmp serve` whose Ray daemons got it too waits on

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.services import BIN, free_port, process, stop
+from tests.services import BIN, free_port, mlflow_server, process, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 UNVALIDATED = {"validate": {"required": False}}  # modules about training skip the validate stage
@@ -262,14 +262,11 @@ def registry_server(registered_project, tmp_path_factory) -> Iterator[str]:
     """A real MLflow server over the registry's project's store (the tests read the same SQLite
     file), as a team shares one: the endpoint follows the champion through it, and continuous
     training's stages and canary log through it."""
-    port = free_port()
-    store = f"sqlite:///{registered_project / 'mlflow.db'}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
-           "--no-serve-artifacts", "--default-artifact-root", str(registered_project / "mlartifacts"),
-           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     log = tmp_path_factory.mktemp("registry-server") / "mlflow.log"
-    with process(cmd, log, cwd=registered_project, ready_url=f"http://127.0.0.1:{port}/health"):
-        yield f"http://127.0.0.1:{port}"
+    with mlflow_server(f"sqlite:///{registered_project / 'mlflow.db'}", log, "--no-serve-artifacts",
+                       "--default-artifact-root", str(registered_project / "mlartifacts"),
+                       cwd=registered_project) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lm_pipeline.registry import history
+from tests import services
 from tests.integration.conftest import lmp
 from tests.services import BIN, free_port, process
 
@@ -113,11 +114,8 @@ def expected_completions(project: Path, prompts: list[str], tokens: int) -> list
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server (SQLite backend, proxied artifacts) on a loopback port."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(tmp_path / "artifacts"), "-h", "127.0.0.1",
-           "-p", url.rsplit(":", 1)[1], "--workers", "1"]
-    with process(cmd, tmp_path / "mlflow.log", cwd=tmp_path, ready_url=f"{url}/health"):
+    with services.mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "mlflow.log",
+                                "--artifacts-destination", str(tmp_path / "artifacts"), cwd=tmp_path) as url:
         yield url
 
 

@@ -24,7 +24,7 @@ from tests.integration.conftest import (
     two_ray_nodes,
     with_prepared_corpus,
 )
-from tests.services import free_port, process
+from tests.services import mlflow_server
 
 LMP = str(Path(sys.executable).parent / "lmp")
 # Slow enough (tens of ms a step) that a test can act between the first checkpoint and the end
@@ -446,12 +446,9 @@ def curves_match(a: list, b: list, rel: float) -> None:
 @pytest.fixture
 def mlflow_over_http(tmp_path) -> str:
     """A tracking server the workers reach over HTTP (artifacts proxied to its own folder)."""
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
-    with process(cmd, tmp_path / "mlflow.log", ready_url=f"http://127.0.0.1:{port}/health"):
-        yield f"http://127.0.0.1:{port}"
+    with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow.log",
+                       "--artifacts-destination", str(tmp_path / "artifacts")) as url:
+        yield url
 
 
 @pytest.mark.scale
