@@ -5,19 +5,17 @@ above ct.min_drift_bits_per_byte: a drop from the distribution it already models
 training, however large.
 
 Bits per byte, not per token, so the number does not depend on the tokenizer; both sets are
-scored as the evaluate stage scores documents (evaluation/scoring.sequence_nll).
+scored and counted as the evaluate stage scores documents (evaluation/scoring.document_bits).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from lm_pipeline.config import ContinuousConfig
-from lm_pipeline.data.tokenizer import eot_id
-from lm_pipeline.evaluation.scoring import sequence_nll, stride_for
+from lm_pipeline.evaluation.scoring import document_bits
 
 RESAMPLES = 1000
 
@@ -51,8 +49,9 @@ class Drift:
 def measure_drift(model, tokenizer, drop_texts: list[str], test_texts: list[str], ct: ContinuousConfig,
                   stride: int) -> Drift:
     rng = np.random.default_rng(ct.seed)
-    drop = document_scores(model, tokenizer, sample(drop_texts, ct.drift_documents, rng), stride)
-    test = document_scores(model, tokenizer, sample(test_texts, ct.drift_documents, rng), stride)
+    what = "continuous training: drift"
+    drop = document_bits(model, tokenizer, sample(drop_texts, ct.drift_documents, rng), stride, what=what)
+    test = document_bits(model, tokenizer, sample(test_texts, ct.drift_documents, rng), stride, what=what)
     low, high = gap_interval(drop, test, RESAMPLES, rng)
     return Drift(bits_per_byte(*drop), bits_per_byte(*test), low, high, len(drop[0]), len(test[0]),
                  ct.min_drift_bits_per_byte)
@@ -64,16 +63,8 @@ def sample(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return texts if len(texts) <= n else [texts[i] for i in sorted(rng.choice(len(texts), n, replace=False))]
 
 
-def document_scores(model, tokenizer, texts: list[str], stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each document's summed NLL (nats) and its size in UTF-8 bytes."""
-    ids = [np.asarray(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    nll, _ = sequence_nll(model, ids, eot_id(tokenizer), model.block_size,
-                          stride_for(model.block_size, stride), what="continuous training: drift")
-    return nll, np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
-
-
-def bits_per_byte(nll: np.ndarray, n_bytes: np.ndarray) -> float:
-    return float(nll.sum() / math.log(2) / n_bytes.sum())
+def bits_per_byte(bits: np.ndarray, n_bytes: np.ndarray) -> float:
+    return float(bits.sum() / n_bytes.sum())
 
 
 def gap_interval(drop: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], resamples: int,

@@ -8,12 +8,14 @@ previous window did not, so late tokens still see up to block_size - stride toke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.model.transformer import device_of
 from lm_pipeline.progress import Progress
 
@@ -22,6 +24,17 @@ def stride_for(block_size: int, stride: int) -> int:
     """The configured stride where it fits this model's context, else half the context: a
     champion with a shorter context than the candidate is still scored on every token."""
     return stride if 0 < stride <= block_size else block_size // 2
+
+
+def document_bits(model, tokenizer, texts: list[str], stride: int, batch_size: int = 16,
+                  what: str = "scoring documents") -> tuple[np.ndarray, np.ndarray]:
+    """Each text as a document under a model with its own tokenizer: the bits it costs (its tokens
+    and the closing <|endoftext|>) and its UTF-8 bytes plus one for its end, as the evaluate stage
+    counts bits per byte."""
+    ids = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    nll, _ = sequence_nll(model, ids, eot_id(tokenizer), model.block_size,
+                          stride_for(model.block_size, stride), batch_size, what=what)
+    return nll / math.log(2), np.array([len(t.encode("utf-8")) + 1 for t in texts], dtype=np.float64)
 
 
 def window_spans(n_inputs: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:

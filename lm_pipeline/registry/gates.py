@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lm_pipeline.config import EvaluateConfig, RegisterConfig
-from lm_pipeline.data.tokenizer import eot_id
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.metrics import MODEL_KEY
-from lm_pipeline.evaluation.scoring import sequence_nll, stride_for
+from lm_pipeline.evaluation.scoring import document_bits
 from lm_pipeline.model.backends import weights_sha256
 
 
@@ -155,21 +154,12 @@ def forgetting_gate(comparison: Comparison, max_forgetting: float) -> Gate:
                 f"(95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]) must stay above {-max_forgetting:+.4f}")
 
 
-def bits_per_document(model, tokenizer, texts: list[str], evaluate: EvaluateConfig) -> np.ndarray:
-    """Total bits each text costs under a model (its own tokenizer), closing EOT included."""
-    seqs = [np.asarray(tokenizer.encode(t, add_special_tokens=False).ids, dtype=np.int64) for t in texts]
-    nll, _ = sequence_nll(model, seqs, eot_id(tokenizer), model.block_size,
-                          stride_for(model.block_size, evaluate.stride), evaluate.batch_size,
-                          what="register: scoring a model on the comparison's documents")
-    return nll / math.log(2)
-
-
 def compare(champion, candidate, texts: list[str], champion_version: str,
             evaluate: EvaluateConfig) -> Comparison:
     """champion / candidate: (model, tokenizer) pairs, scored on the same texts."""
-    # one byte per document's end, as the evaluate stage counts them (its bits are in the numerator)
-    n_bytes = np.array([len(t.encode("utf-8")) + 1 for t in texts], dtype=np.float64)
-    old, new = bits_per_document(*champion, texts, evaluate), bits_per_document(*candidate, texts, evaluate)
+    what = "register: scoring a model on the comparison's documents"
+    old, n_bytes = document_bits(*champion, texts, evaluate.stride, evaluate.batch_size, what)
+    new, _ = document_bits(*candidate, texts, evaluate.stride, evaluate.batch_size, what)
 
     def improvement(idx: np.ndarray) -> float:
         return float((old[idx].sum() - new[idx].sum()) / n_bytes[idx].sum())

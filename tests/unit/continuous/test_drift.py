@@ -23,11 +23,11 @@ def test_a_drop_like_the_corpus_is_no_drift_and_one_from_another_domain_is(champ
 
 def test_the_interval_is_the_gap_of_resampled_documents_and_covers_zero_between_equals():
     rng = np.random.default_rng(0)
-    nll, sizes = rng.gamma(5.0, 20.0, size=200), rng.integers(50, 400, size=200).astype(float)
-    halves = (nll[:100], sizes[:100]), (nll[100:], sizes[100:])
+    bits, sizes = rng.gamma(5.0, 20.0, size=200), rng.integers(50, 400, size=200).astype(float)
+    halves = (bits[:100], sizes[:100]), (bits[100:], sizes[100:])
     low, high = gap_interval(*halves, 1000, np.random.default_rng(1))
-    gap = bits_per_byte(nll[:100], sizes[:100]) - bits_per_byte(nll[100:], sizes[100:])
+    gap = bits_per_byte(bits[:100], sizes[:100]) - bits_per_byte(bits[100:], sizes[100:])
     assert low < gap < high and low < 0 < high  # two halves of one distribution
-    shifted = gap_interval((nll[:100] * 1.5, sizes[:100]), (nll[100:], sizes[100:]), 1000,
+    shifted = gap_interval((bits[:100] * 1.5, sizes[:100]), (bits[100:], sizes[100:]), 1000,
                            np.random.default_rng(1))
     assert shifted[0] > 0

@@ -8,7 +8,8 @@ from lm_pipeline.config import EvaluateConfig, RegisterConfig, TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.probes import bias_metrics
-from lm_pipeline.registry.gates import Comparison, bits_per_document, champion_gate, compare, quality_gates
+from lm_pipeline.evaluation.scoring import document_bits
+from lm_pipeline.registry.gates import Comparison, champion_gate, compare, quality_gates
 
 pytestmark = pytest.mark.registry
 
@@ -138,7 +139,7 @@ def test_a_champion_with_a_shorter_context_is_scored_on_every_token():
     """stride 24 is valid for the candidate's 64 tokens, not for the champion's 16: the champion
     must still pay for every token, not look better for the ones a window skipped."""
     model, tokenizer = char_model("abc ", block_size=16)
-    bits = bits_per_document(model, tokenizer, TEXTS, EVALUATE)
+    bits, _ = document_bits(model, tokenizer, TEXTS, EVALUATE.stride)
     np.testing.assert_allclose(bits, exact_bits(TEXTS, tokenizer.get_vocab_size()), rtol=1e-6)
 
 
