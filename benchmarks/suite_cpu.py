@@ -3,12 +3,12 @@
     python -m benchmarks.suite_cpu -- make test        # takes as long as the command
 
 On 2 cores the suite is bound by CPU (docs/develop.md), so what costs is CPU-seconds, not waiting.
-Every process on the machine is read from /proc each half second (its user and system time, its
-latest command line: a Ray worker renames itself after its first task); processes already running
-when the command starts are left out. They are grouped by what they are: a stage (`lmp train`), a
-Ray worker by its actor's class or a Ray daemon, a server (MLflow, Prefect, PostgreSQL), pytest's
-lanes, DVC. A process living under half a second may be missed, and each loses at most its last
-half second.
+Every process on the machine is read from /proc each half second: its user and system time, and
+its command line as started (a Ray worker's title instead, which says what it became, cut to the
+length of its first command line). Processes already running when the command starts are left
+out. They are grouped by what they are: a stage (`lmp train`), a Ray worker by its actor's class or
+a Ray daemon, a server (MLflow, Prefect, PostgreSQL), pytest's lanes, DVC. A process living under
+half a second may be missed, and each loses at most its last half second.
 
 suite_wall_seconds, suite_cpu_seconds: the command's wall time and its processes' CPU-seconds;
 suite_cpu_s_<kind>: the largest kinds' (the table prints every kind).
@@ -64,7 +64,8 @@ def kind(cmdline: str) -> str:
     from lm_pipeline.cli import COMMANDS
 
     words = cmdline.split()
-    at = next((i for i, word in enumerate(words) if Path(word).name == "lmp"), None)
+    names = [Path(word).name for word in words[:2]]
+    at = names.index("lmp") if "lmp" in names and names[0] in ("lmp", "python", "python3") else None
     if at is not None:
         return "lmp " + next((word for word in words[at + 1:] if word in COMMANDS), "")
     for pattern, name in KINDS:
@@ -76,16 +77,20 @@ def kind(cmdline: str) -> str:
 def measure(cmd: list[str]) -> tuple[int, float, dict[str, float], Counter]:
     """Run cmd while sampling; its exit code, wall time, CPU-seconds by kind and processes by kind."""
     before = set(processes())
-    start, latest = time.monotonic(), {}
+    start, first, latest = time.monotonic(), {}, {}
     proc = subprocess.Popen(cmd)
     while proc.poll() is None:
-        latest |= {key: value for key, value in processes().items() if key not in before}
+        now = {key: value for key, value in processes().items() if key not in before}
+        first |= {key: cmdline for key, (_, cmdline) in now.items() if key not in first}
+        latest |= now
         time.sleep(0.5)
     wall = time.monotonic() - start
     cpu, count = Counter(), Counter()
-    for seconds, cmdline in latest.values():
-        cpu[kind(cmdline)] += seconds
-        count[kind(cmdline)] += 1
+    for key, (seconds, cmdline) in latest.items():
+        # A Ray worker's title says what it became; anything else is what it was started as.
+        name = kind(cmdline if cmdline.startswith("ray::") else first[key])
+        cpu[name] += seconds
+        count[name] += 1
     return proc.returncode, wall, cpu, count
 
 
