@@ -74,24 +74,25 @@ def train(project: Path, params: Path) -> str:
     return finish(start_train(project, params))
 
 
-def committed_checkpoints(run_root: Path) -> int:
-    """Checkpoints Ray Train has registered (a folder alone may still be uploading)."""
+def checkpoint_snapshot(run_root: Path) -> dict:
+    """What Ray Train has registered of the run's checkpoints (a folder alone may still be
+    uploading); empty before the first, or while the snapshot is being rewritten."""
     for snapshot in run_root.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
         try:
-            return len(json.loads(snapshot.read_text())["checkpoint_results"])
-        except (json.JSONDecodeError, KeyError):
-            return 0  # being rewritten
-    return 0
+            return json.loads(snapshot.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def committed_checkpoints(run_root: Path) -> int:
+    return len(checkpoint_snapshot(run_root).get("checkpoint_results", []))
 
 
 def latest_committed_step(run_root: Path) -> int:
-    """The step of the newest checkpoint Ray Train has registered; 0 before the first."""
-    for snapshot in run_root.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
-        try:
-            return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return 0  # being rewritten
-    return 0
+    """The step of the newest registered checkpoint; 0 before the first."""
+    latest = checkpoint_snapshot(run_root).get("latest_checkpoint_result") or {}
+    return latest.get("metrics", {}).get("step", 0)
 
 
 def wait_for_checkpoint(run_root: Path, proc: subprocess.Popen) -> None:
@@ -390,8 +391,8 @@ def test_one_worker_and_two_fsdp_ranks_follow_the_same_loss_curve(project):
     """Same seed and global batch (1 x 16 = 2 x 8): FSDP2 shards the model over 2 ranks, each
     reading its own half of every batch, and follows the single worker to float rounding (AdamW
     on sharded parameters, the schedule, the ranks' data). That each split of a batch, DDP's or
-    FSDP's, gives the single process's gradient is test_gradients'; `straight` checks every rank's
-    checkpoint shard and the export of an FSDP run."""
+    FSDP's, gives the single process's gradient is test_gradients'; the killed-and-rerun FSDP run
+    above checks every rank's checkpoint shard and its export."""
     steps = {"max_steps": 30, "checkpoint_interval": 15, "eval_interval": 30}
     train(project, params_file(project, "w1", num_workers=1, batch_size=16, **steps))
     out = train(project, params_file(project, "fsdp", num_workers=2, batch_size=8, strategy="fsdp", **steps))
