@@ -27,7 +27,7 @@ DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Reporting training result",
-    "RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[rank \d+\]",  # per-rank lines are not repeats
+    "RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[rank \d+(/\d+)?\]",  # per-rank lines are not repeats
 }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,13 @@ def test_lmp_and_the_flows_apply_the_defaults():
         out = subprocess.run([sys.executable, "-c", script], env=clean, cwd=ROOT, capture_output=True,
                              text=True, check=True)
         assert out.stdout.splitlines()[-1] == "1 false", entry
+
+
+def test_every_per_rank_line_of_the_loop_is_kept_from_rays_log_dedup():
+    """Ray folds lines that differ only in numbers into one '[repeated Nx across cluster]'; each
+    rank's lines (which node it runs on, what it resumed from) must reach the driver, every one."""
+    allow = re.compile(env.DEFAULTS["RAY_DEDUP_LOGS_ALLOW_REGEX"])
+    for line in ("[rank 1/2] node 882d98afc6dc device cpu strategy ddp precision fp32",
+                 "[rank 1] resumed from the checkpoint at step 20",
+                 "[rank 1] loaded its shard of the parent (12.5 MiB read)"):
+        assert allow.search(line), line
