@@ -8,8 +8,9 @@ any name, so the same documents renamed or moved are not taken twice.
 
 The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it and again when the
 cycle ends, with its outcome: a watcher killed mid-cycle finds the claimed drop unfinished and
-takes it up again. The watcher's announcements (ct.state_dir/announced.json) are a file of their
-own: the watcher and a cycle run at once, and each file has one writer.
+takes it up again. The watcher's announcements (ct.state_dir/announced.json) and its memory of
+file digests (digests.json) are files of their own: the watcher and a cycle run at once, and each
+file has one writer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MARKER = "_SUCCESS"
 MANIFEST = "manifest.json"
 LEDGER_FILE = "drops.json"
 ANNOUNCED_FILE = "announced.json"
+DIGESTS_FILE = "digests.json"
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,12 @@ class Drop:
     files: int
 
 
-def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
+def find_drops(watch: str, digests: FileDigests | None = None) -> tuple[list[Drop], list[str]]:
     """The complete drops under `watch` in name order, and the names of those not complete yet
-    (a missing watch folder is no drops, not an error: nothing has arrived)."""
+    (a missing watch folder is no drops, not an error: nothing has arrived). `digests`: the
+    watcher's memory of the files it has read; without it, every file is read."""
     fs, root = filesystem(watch)
+    digests = digests or FileDigests(None)
     if not fs.exists(root):
         return [], []
     complete, waiting = [], []
@@ -49,7 +53,7 @@ def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
         if not is_url(watch) and Path(path).is_symlink():
             waiting.append(f"{drop_name(path)} (a symlink: not followed)")
             continue  # a link would bring in a folder from anywhere on this machine
-        drop = read_drop(fs, path, fs.unstrip_protocol(path) if is_url(watch) else path)
+        drop = read_drop(fs, path, fs.unstrip_protocol(path) if is_url(watch) else path, digests)
         if drop is None:
             waiting.append(drop_name(path))
         else:
@@ -57,16 +61,17 @@ def find_drops(watch: str) -> tuple[list[Drop], list[str]]:
     return complete, waiting
 
 
-def read_drop(fs, path: str, url: str) -> Drop | None:
+def read_drop(fs, path: str, url: str, digests: FileDigests) -> Drop | None:
     """The drop at `path` (read by ingest as `url`), or None while it is incomplete."""
-    names = {PurePosixPath(p).relative_to(path).as_posix(): p for p in fs.find(path)}
+    infos = fs.find(path, detail=True)
+    names = {PurePosixPath(p).relative_to(path).as_posix(): p for p in infos}
     corpus = {name: p for name, p in names.items() if PurePosixPath(name).suffix in SUPPORTED_SUFFIXES}
     if not corpus or (MARKER not in names and MANIFEST not in names):
         return None
-    digests = {name: file_sha256(fs, p) for name, p in corpus.items()}
-    if MANIFEST in names and not manifest_matches(fs, names[MANIFEST], digests):
+    files = {name: digests.sha256(fs, p, infos[p]) for name, p in corpus.items()}
+    if MANIFEST in names and not manifest_matches(fs, names[MANIFEST], files):
         return None
-    digest = hashlib.sha256("\n".join(sorted(digests.values())).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
     return Drop(drop_name(path), url, digest, len(corpus))
 
 
@@ -93,6 +98,39 @@ def file_sha256(fs, path: str) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class FileDigests:
+    """The watcher's memory of corpus files' sha256, by path, size and modification time (an
+    object's ETag in a bucket): each run reads only the files new or changed since the last, not
+    every drop ever made. With no state folder it remembers nothing (a cycle reads every file of
+    what it takes: the memory only decides what the watcher announces)."""
+
+    def __init__(self, state_dir: Path | None):
+        self.path = Path(state_dir) / DIGESTS_FILE if state_dir else None
+        self.known: dict[str, list[str]] = read_json(self.path) if self.path and self.path.is_file() else {}
+        self.seen: dict[str, list[str]] = {}
+
+    def sha256(self, fs, path: str, info: dict) -> str:
+        stamp = file_stamp(info)
+        remembered = self.known.get(path)
+        digest = remembered[1] if stamp and remembered and remembered[0] == stamp else file_sha256(fs, path)
+        if stamp:
+            self.seen[path] = [stamp, digest]
+        return digest
+
+    def save(self) -> None:
+        """What this run saw: files gone since the last are forgotten."""
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, self.seen)
+
+
+def file_stamp(info: dict) -> str | None:
+    """What changes when a file's content does, from fsspec's listing: its size with a local
+    file's modification time, or an object's ETag; None when the listing has neither."""
+    changed = info.get("mtime") or info.get("ETag")
+    return None if changed is None else f"{info.get('size')}:{changed}"
 
 
 class Ledger:

@@ -343,6 +343,9 @@ def test_a_watcher_run_announces_new_drops_and_their_event_starts_a_cycle_on_the
             shutil.copytree(project / "data/incoming/b-repeats", project / "data/incoming/b-renamed")
             assert run_deployment(client, project, env, "lm-ct-watch/watch").is_completed()
             assert json.loads((project / "data/ct/announced.json").read_text()) == announced
+            remembered = json.loads((project / "data/ct/digests.json").read_text())  # for its next run
+            assert {Path(p).parent.name for p in remembered} == {"a-like-the-corpus", "b-repeats",
+                                                                 "b-renamed"}
             runs = wait_for_runs(client, cycle.id, timeout=120)
     finally:
         params_path.write_text(original)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lm_pipeline.continuous.drops import Announcements, Ledger, find_drops
+from lm_pipeline.continuous.drops import Announcements, FileDigests, Ledger, find_drops
 
 DOCS = '{"text": "a tuple is an immutable sequence"}\n{"text": "a list is a mutable sequence"}\n'
 
@@ -75,6 +75,32 @@ def test_the_watcher_announces_a_drop_once_and_again_only_if_it_is_still_not_tak
     assert not (state / "drops.json").exists()  # the ledger is the cycle's file, not the watcher's
 
 
+def test_the_watcher_reads_again_only_the_files_that_changed_since_its_last_run(tmp_path):
+    """Its memory (digests.json) is keyed by path, size and modification time: a file whose
+    content changed behind an unchanged size and time keeps its remembered digest, which shows
+    the file was not read; a new modification time has it read again. A cycle keeps no memory."""
+    import os
+
+    watch, state = tmp_path / "incoming", tmp_path / "ct"
+    part = write_drop(watch, "monday") / "part-0.jsonl"
+    digests = FileDigests(state)
+    (first,), _ = find_drops(str(watch), digests)
+    digests.save()
+    stat = part.stat()
+    part.write_text(DOCS.replace("tuple", "set  "))  # same size
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert find_drops(str(watch), FileDigests(state))[0][0].digest == first.digest  # remembered
+    assert find_drops(str(watch))[0][0].digest != first.digest  # read: a cycle keeps no memory
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert find_drops(str(watch), FileDigests(state))[0][0].digest != first.digest  # read again
+    part.unlink()
+    (part.parent / "part-1.jsonl").write_text(DOCS)
+    again = FileDigests(state)
+    find_drops(str(watch), again)
+    again.save()
+    assert set(FileDigests(state).known) == {str(part.parent / "part-1.jsonl")}  # the gone file forgotten
+
+
 def test_drops_in_a_bucket_are_found_the_same_way(s3, monkeypatch, tmp_path):
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
@@ -86,6 +112,10 @@ def test_drops_in_a_bucket_are_found_the_same_way(s3, monkeypatch, tmp_path):
     assert [(d.name, d.url) for d in complete] == [("a", "s3://corpus/incoming/a")] and waiting == ["b"]
     write_drop(tmp_path, "local")  # the same documents in a folder: the same drop
     assert complete[0].digest == find_drops(str(tmp_path))[0][0].digest
+    remembered = FileDigests(tmp_path / "ct")  # the watcher remembers objects by their ETag
+    assert find_drops("s3://corpus/incoming", remembered)[0] == complete
+    remembered.save()
+    assert list(FileDigests(tmp_path / "ct").known) == ["corpus/incoming/a/part-0.jsonl"]
 
 
 @pytest.mark.security
