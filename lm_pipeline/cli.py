@@ -197,7 +197,7 @@ def verify_version(cfg: Config, args) -> str:
 
     from lm_pipeline.registry.verified import verify
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    mlflow.set_tracking_uri(tracking.existing_store_uri(cfg))
     return verify(args.model_uri, args.download)
 
 
@@ -234,7 +234,7 @@ def generate_text(cfg: Config, args) -> str:
     if source.is_registered(model_ref):
         import mlflow
 
-        mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+        mlflow.set_tracking_uri(tracking.existing_store_uri(cfg))
     served = source.load(model_ref, args.device)
     generator = torch.Generator().manual_seed(args.seed)
     sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}

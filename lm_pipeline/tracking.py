@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from lm_pipeline.config import Config
+from lm_pipeline.config import Config, ConfigError
 from lm_pipeline.io import without_credentials
 
 # The Prefect flow run a stage ran in: the flow passes it to its stages' processes, and the tag
@@ -30,6 +30,17 @@ def tracking_uri(cfg: Config) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def existing_store_uri(cfg: Config) -> str:
+    """tracking_uri, for reading what was tracked and registered: a local SQLite store must be
+    there (MLflow would create an empty one, folders included, and say only that a version was
+    not found)."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"mlflow.tracking_uri {uri}: no MLflow store there (nothing was tracked in it "
+                          "yet, or the path is mistyped; MLFLOW_TRACKING_URI overrides the setting)")
     return uri
 
 
@@ -73,11 +84,12 @@ def client_env() -> dict[str, str]:
     return env
 
 
-def setup(cfg: Config) -> str:
-    """Point MLflow at the store and experiment; return the experiment id."""
+def setup(cfg: Config, existing: bool = False) -> str:
+    """Point MLflow at the store and experiment; return the experiment id. `existing`: the store
+    must be there already (existing_store_uri)."""
     import mlflow
 
-    uri = tracking_uri(cfg)
+    uri = existing_store_uri(cfg) if existing else tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     if without_credentials(uri) != uri:  # MLflow prints "View run ... at <uri>", password included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

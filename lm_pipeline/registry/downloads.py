@@ -46,7 +46,7 @@ def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
     `dest` and pinned there as the fine-tuning parent; returns its record."""
     import mlflow
 
-    tracking.setup(cfg)
+    tracking.setup(cfg, existing=True)
     try:
         mv = model_version(mlflow.MlflowClient(), uri)
     except RegistryError as err:

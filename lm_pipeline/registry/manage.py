@@ -64,7 +64,7 @@ def lineage_tags(cfg: Config, run_id: str, metrics: dict, weights: str) -> dict[
 def _client_and_log(cfg: Config):
     import mlflow
 
-    experiment_id = tracking.setup(cfg)
+    experiment_id = tracking.setup(cfg, existing=True)
     client = mlflow.MlflowClient()
     return client, history.log_run_id(client, experiment_id, cfg.register_.model_name)
 
@@ -140,7 +140,7 @@ def lineage(cfg: Config, model_uri: str) -> str:
     only when it is what it claims to be (a commit id), and each is shown on one line."""
     import mlflow
 
-    tracking.setup(cfg)
+    tracking.setup(cfg, existing=True)
     mv = model_version(mlflow.MlflowClient(), model_uri)
     tags = mv.tags
     lines = [f"{mv.name} version {mv.version}"]

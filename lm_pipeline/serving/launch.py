@@ -12,6 +12,7 @@ import threading
 from lm_pipeline import tracking
 from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config, ConfigError
+from lm_pipeline.serving import source
 from lm_pipeline.serving.app import TOKEN_ENV, Settings, application
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
                           "on this machine, run `lmp serve` in the foreground")
     settings, serve_cfg = settings_of(cfg, model), cfg.serve
     check_binding(serve_cfg.host)
+    if source.is_registered(settings.source):
+        tracking.existing_store_uri(cfg)  # refused here, not by every replica once Ray is up
     # A loaded 2-core machine can take longer than Serve's 5 s to start its proxy.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     init_ray(cfg.ray_address, int(serve_cfg.replicas * serve_cfg.cpus_per_replica + 0.999))

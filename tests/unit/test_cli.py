@@ -104,6 +104,20 @@ def test_bad_params_fail_before_any_compute_naming_the_key(tmp_path):
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize("command", [["promote", "1", "--reason", "r"], ["lineage", "models:/lm-pipeline/1"],
+                                     ["generate", "--model", "models:/lm-pipeline@champion", "The"],
+                                     ["serve"]])
+def test_a_command_reading_the_registry_refuses_a_local_store_that_is_not_there(tmp_path, command):
+    """A mistyped path: MLflow would create the store (its folders too) and say only that the
+    version was not found."""
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///typo/mlfow.db\n")
+    out = lmp(*command, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert f"mlflow.tracking_uri sqlite:///{tmp_path / 'typo/mlfow.db'}: no MLflow store there" in out.stderr
+    assert not (tmp_path / "typo").exists()
+
+
 def test_unknown_command_is_a_usage_error():
     assert lmp("bogus").returncode == 2
 
