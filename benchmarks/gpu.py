@@ -22,8 +22,8 @@ from benchmarks.common import RESULTS, markdown_table
 from benchmarks.models import same_size_llama
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.training.loop import enable_fast_math, train_step
 from lm_pipeline.training.plan import peak_tflops, shape_of, training_flops_per_token
+from lm_pipeline.training.step import enable_fast_math, train_step
 
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024}
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}

@@ -27,8 +27,8 @@ def step_rates(cfg, model) -> float:
     import torch
 
     from lm_pipeline.data.processed import load_tokens
-    from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.schedule import get_lr
+    from lm_pipeline.training.step import train_step
 
     torch.set_num_threads(cfg.train.cpus_per_worker)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,

@@ -54,9 +54,9 @@ def rank_peak(rank: int, world: int, port: int, train: dict, lora: dict, model: 
     import torch
 
     from lm_pipeline.model.backends import build_model
-    from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.parallel import checkpoint_activations, parallelize
     from lm_pipeline.training.plan import proc_status, reset_peak
+    from lm_pipeline.training.step import train_step
 
     torch.set_num_threads(1)
     if world > 1:

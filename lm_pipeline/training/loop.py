@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,21 @@ from lm_pipeline.model.backends import build_model
 from lm_pipeline.model.sharded import load_parent_shards, meta_model
 from lm_pipeline.tracking import MetricLogger
 from lm_pipeline.training import state as checkpoint_state
-from lm_pipeline.training.batches import fixed_batches, random_batch
-from lm_pipeline.training.parallel import checkpoint_activations, gradient_sync, parallelize, unwrap
+from lm_pipeline.training.batches import fixed_batches
+from lm_pipeline.training.parallel import checkpoint_activations, parallelize, unwrap
 from lm_pipeline.training.plan import peak_tflops, shape_of, training_flops_per_token
 from lm_pipeline.training.progress import PhaseClock, Progress
 from lm_pipeline.training.schedule import get_lr
 from lm_pipeline.training.session import RaySession
 from lm_pipeline.training.spec import WorkerSpec
 from lm_pipeline.training.state import TrainState
+from lm_pipeline.training.step import (
+    autocast,
+    distributed_rank_and_size,
+    enable_fast_math,
+    train_step,
+    with_precision,
+)
 
 
 def train_loop_per_worker(spec: dict) -> None:
@@ -263,59 +269,6 @@ def guarded_step(model, optimizer, tokens, step: int, lr: float, cfg: Config, de
         raise FloatingPointError(f"train loss is {loss} at step {step + 1}; lower train.lr, "
                                  "raise train.warmup_steps or set train.grad_clip")
     return loss
-
-
-def train_step(model, optimizer, tokens, seed: list[int], lr: float, cfg: Config, device) -> float:
-    """One optimizer step over grad_accum_steps micro-batches; returns the global mean loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    if not model.training:  # after a validation; train() walks every module (0.1 ms a step)
-        model.train()
-    accum = cfg.train.grad_accum_steps
-    rank, world = distributed_rank_and_size()
-    total = torch.zeros((), device=device)
-    for micro in range(accum):
-        x, y = random_batch(tokens, cfg.train.batch_size, cfg.model.block_size, seed, rank, world,
-                            micro, accum)
-        with gradient_sync(model, enabled=micro == accum - 1), autocast(device, cfg.train.precision):
-            _, loss, _ = model(x.to(device), y.to(device), label_smoothing=cfg.train.label_smoothing)
-            (loss / accum).backward()
-        total += loss.detach().float()
-    if world > 1:  # the loss of the whole global batch, as one worker would have computed it
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.AVG)
-    if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total.item() / accum
-
-
-def with_precision(cfg: Config, device: torch.device) -> Config:
-    """train.precision auto made what this worker's device runs best: bf16 on a GPU that has it."""
-    if cfg.train.precision != "auto":
-        return cfg
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    train = cfg.train.model_copy(update={"precision": "bf16" if bf16 else "fp32"})
-    return cfg.model_copy(update={"train": train})
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast keeps fp32 master weights and optimizer state; fp32 runs as is."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def enable_fast_math(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 @torch.no_grad()

@@ -236,13 +236,17 @@ def worker_budget(cfg: Config, on_this_machine: bool) -> float | None:
 def warm_up(cfg: Config, vocab_size: int, eot: int, parent: Path | None,
             steps: int) -> tuple[float, float | None]:
     """(seconds per optimizer step, bytes the model added to this process at its peak) of one
-    worker's model trained here on random tokens; the first step is not timed. The peak needs
-    Linux (None elsewhere)."""
+    worker's model trained here, by the loop's own step, on random tokens; the first step is not
+    timed. The peak needs Linux (None elsewhere)."""
+    import numpy as np
     import torch
 
     from lm_pipeline.model.backends import build_model
     from lm_pipeline.training.parallel import checkpoint_activations
+    from lm_pipeline.training.step import train_step, with_precision
 
+    device = torch.device("cpu")
+    cfg = with_precision(cfg, device)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     before = reset_peak()
     model = build_model(cfg.model, cfg.lora, vocab_size, eot, parent, cfg.train.seed)
@@ -250,15 +254,11 @@ def warm_up(cfg: Config, vocab_size: int, eot: int, parent: Path | None,
         checkpoint_activations(model)
     optimizer = model.configure_optimizer(cfg.train.lr, cfg.train.weight_decay,
                                           (cfg.train.beta1, cfg.train.beta2))
-    batch = torch.randint(0, vocab_size, (cfg.train.batch_size, cfg.model.block_size + 1))
+    tokens = np.random.default_rng(cfg.train.seed).integers(0, vocab_size, 4 * (cfg.model.block_size + 1))
     times = []
-    for _ in range(steps + 1):
+    for step in range(steps + 1):
         start = time.perf_counter()
-        for _ in range(cfg.train.grad_accum_steps):
-            _, loss, _ = model(batch[:, :-1], batch[:, 1:])
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, tokens, [cfg.train.seed, step], cfg.train.lr, cfg, device)
         times.append(time.perf_counter() - start)
     return min(times[1:]), (proc_status("VmHWM") - before if before else None)
 

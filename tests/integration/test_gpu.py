@@ -9,8 +9,8 @@ import torch
 
 from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
-from lm_pipeline.training.loop import autocast, enable_fast_math, train_step
 from lm_pipeline.training.plan import peak_tflops
+from lm_pipeline.training.step import autocast, enable_fast_math, train_step
 from tests.integration.conftest import UNVALIDATED, make_project, tiny_params
 from tests.services import BIN
 

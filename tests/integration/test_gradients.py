@@ -45,8 +45,8 @@ class RecordingOptimizer(torch.optim.SGD):
 def step_gradients(world: int, strategy: str, batch: int, accum: int, clip: float) -> dict:
     """The gradients of one train_step. The model dies on return: a DDP reducer that outlives its
     process group can hang its process at exit (seen here, about one run in two)."""
-    from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.parallel import parallelize
+    from lm_pipeline.training.step import train_step
 
     cfg = Config.model_validate({"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
                                  "train": {"batch_size": batch, "grad_accum_steps": accum,

@@ -32,9 +32,9 @@ from lm_pipeline.model.pretrained import save_pretrained
 from lm_pipeline.model.sharded import INDEX_FILE, ShardedLoadError, load_parent_shards, meta_model
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
-from lm_pipeline.training.loop import train_step
 from lm_pipeline.training.parallel import checkpoint_activations, parallelize
 from lm_pipeline.training.state import TrainState
+from lm_pipeline.training.step import train_step
 from tests.services import free_port, spawn
 
 pytestmark = [pytest.mark.scale, pytest.mark.distributed]

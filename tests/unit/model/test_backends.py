@@ -171,8 +171,8 @@ def test_the_training_step_learns_on_either_backend_with_bf16_accumulation_and_c
     import numpy as np
 
     from lm_pipeline.config import Config
-    from lm_pipeline.training.loop import train_step
     from lm_pipeline.training.parallel import checkpoint_activations
+    from lm_pipeline.training.step import train_step
 
     cfg = Config.model_validate({"model": SHAPES[backend].model_dump(), "train": {
         "precision": "bf16", "grad_accum_steps": 2, "batch_size": 4, "lr": 3e-3}})

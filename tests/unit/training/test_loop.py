@@ -6,8 +6,9 @@ from lm_pipeline.config import Config
 from lm_pipeline.model.transformer import GPT, GPTConfig
 from lm_pipeline.training import state as checkpoint_state
 from lm_pipeline.training.batches import random_batch
-from lm_pipeline.training.loop import autocast, guarded_step
+from lm_pipeline.training.loop import guarded_step
 from lm_pipeline.training.state import TrainState
+from lm_pipeline.training.step import autocast
 
 CFG = Config.model_validate({"model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
                              "train": {"batch_size": 4}})

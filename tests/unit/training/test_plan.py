@@ -13,6 +13,7 @@ from lm_pipeline.training.plan import (
     make_plan,
     shape_of,
     training_flops_per_token,
+    warm_up,
 )
 
 MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16}
@@ -65,3 +66,15 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_settings_to_change():
                                         r"train.batch_size \(now 64.*train.strategy: fsdp"):
         check_fits(plan)
     check_fits(make_plan(cfg, plan.shape, budget=64 * GiB))  # the same run on a larger worker
+
+
+def test_smoke_the_warm_up_times_the_loops_own_step_with_the_runs_settings():
+    """`lmp plan --warmup-steps N` runs the training loop's step (accumulation, bf16 autocast, label
+    smoothing, clipping as configured); what it measures is the benchmarks' (benchmarks/plan.py)."""
+    cfg = config(grad_accum_steps=2, precision="bf16", label_smoothing=0.1, batch_size=4)
+    threads = torch.get_num_threads()
+    try:
+        seconds, peak = warm_up(cfg, VOCAB, 0, None, steps=2)
+    finally:
+        torch.set_num_threads(threads)  # warm_up takes the worker's threads, as a run does
+    assert seconds > 0 and (peak is None or peak > 0)

@@ -313,7 +313,7 @@ def test_the_old_use_gpu_key_is_read_as_a_device_and_says_what_replaced_it():
 def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
     import torch
 
-    from lm_pipeline.training.loop import with_precision
+    from lm_pipeline.training.step import with_precision
 
     cfg = Config()
     assert cfg.train.precision == "auto" and cfg.train.device == "auto"
