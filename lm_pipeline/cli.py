@@ -4,7 +4,8 @@ COMMANDS maps each subcommand to its function; each imports its stage or command
 runs (the one place project modules are imported inside functions), so `lmp --help` and the small
 stages do not pay for torch, Ray, Prefect or Great Expectations.
 
-Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config.
+Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config,
+130 Ctrl-C (128 + the signal: `lmp serve` stopped by SIGTERM while starting exits 143).
 
 What it prints can quote a corpus, a drop or a model: errors always show control characters
 escaped, and output does on a terminal (piped, it is the exact text: see `show`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "tuned", False):
             cfg = tuned_config(cfg)
         output = COMMANDS[args.command](cfg, args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C; or a stop signal a command turned into one (serve)
+        if str(stop):
+            print(f"lmp {args.command}: {stop}", file=sys.stderr)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
         if debug:
             sys.stderr.write(terminal_safe(traceback.format_exc()))

@@ -191,12 +191,15 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def process_group(pgid: int) -> list[int]:
-    """The live processes of a group, e.g. a server started by `process` and the workers it forked."""
+def process_group(pgid: int, of: str = "group") -> list[int]:
+    """The live processes of a group, e.g. a server started by `process` and the workers it forked;
+    or, `of="session"`, of a session (`start_new_session`), which Ray's workers, in groups of their
+    own, stay in."""
+    # Fields after the command's closing parenthesis: state, ppid, pgrp, session, ...
+    field = {"group": 2, "session": 3}[of]
     pids = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            # Fields after the command's closing parenthesis: state, ppid, pgrp, ...
-            if int(Path(stat).read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+            if int(Path(stat).read_text().rsplit(")", 1)[1].split()[field]) == pgid:
                 pids.append(int(stat.split("/")[2]))
     return pids

@@ -51,22 +51,54 @@ def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
     # A loaded 2-core machine can take longer than Serve's 5 s to start its proxy.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     init_ray(cfg.ray_address, int(serve_cfg.replicas * serve_cfg.cpus_per_replica + 0.999))
+    signals = StopSignals()  # after ray.init, which installs Ray's own
     from ray import serve
 
-    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port,
-                              "request_timeout_s": serve_cfg.request_timeout_s})
-    app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
-                      serve_cfg.max_queued_requests, worker_env())
-    serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
+    log.info("deploying %s: %d replica(s) at %s", settings.source, serve_cfg.replicas, settings.endpoint)
+    try:
+        serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port,
+                                  "request_timeout_s": serve_cfg.request_timeout_s})
+        app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
+                          serve_cfg.max_queued_requests, worker_env())
+        serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
+    except Stopped:
+        if not detach:  # detached, what Serve began is the cluster's to finish
+            serve.shutdown()
+        raise
+    signals.started = True
     log.info("serving %s at %s (OpenAI API: /v1/models, /v1/completions, "
              "/v1/chat/completions)%s%s", settings.source, settings.endpoint,
              ", bearer token required" if os.environ.get(TOKEN_ENV) else "",
              f" on the cluster at {cfg.ray_address}" if detach else "; Ctrl-C stops")
     if detach:
         return
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    signals.requested.wait()
     log.info("stopping the endpoint")
     serve.shutdown()
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM while the endpoint was starting. A KeyboardInterrupt, so that no
+    `except Exception` inside Ray swallows it on its way out of start-up."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} while starting")
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop the endpoint cleanly, starting or started. Ray's handlers would not:
+    its C++ one for SIGTERM aborts the process mid-start-up (exit 134, a stack dump) and leaves
+    Ray's agents running for a minute. While starting, a signal unwinds start-up (Stopped); once
+    started, it ends `requested.wait()`."""
+
+    def __init__(self):
+        self.started = False
+        self.requested = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame) -> None:
+        self.requested.set()
+        if not self.started:
+            raise Stopped(signum)

@@ -5,6 +5,7 @@ The session's application (`endpoint`: two replicas, a bearer token, shared with
 module), on the registry module's project (three registered versions; tests/conftest.py runs the
 three modules on one lane, registry first)."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ import yaml
 
 from tests.integration.conftest import Endpoint, lmp, replica_pids, two_ray_nodes, wait_for
 from tests.integration.test_models import corpus_texts, hub_folder
-from tests.services import BIN, free_port
+from tests.services import BIN, free_port, process_group
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -234,6 +235,34 @@ def test_a_tampered_version_is_refused_and_the_previous_one_keeps_serving(endpoi
         weights.write_bytes(original)
         lmp(project, "promote", before, "--reason", "serving test: back to the trusted version")
     wait_for(lambda: endpoint.served() == f"{MODEL}/{before}", 30, "the trusted version served")
+
+
+def test_a_stop_signal_while_starting_ends_start_up_cleanly(registered_project, tmp_path):
+    """SIGTERM, as a container runtime or systemd stops a service, while the endpoint is still
+    starting: exit 143 with a line saying so, and nothing of its Ray left. Ray's own handler
+    aborted the process instead (exit 134, a C++ stack dump)."""
+    params = yaml.safe_load((registered_project / "params.yaml").read_text())
+    params["serve"] |= {"port": free_port(), "replicas": 1, "cpus_per_replica": 0.5}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "lmp"), "--params", str(tmp_path / "serve.yaml"), "serve"],
+                                cwd=registered_project, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: "deploying" in log.read_text() or proc.poll() is not None, 120, "start-up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]
+        output = log.read_text()
+        assert "lmp serve: stopped by SIGTERM while starting" in output, output[-3000:]
+        assert "SIGTERM received" not in output  # Ray's C++ handler's stack dump
+        wait_for(lambda: not process_group(proc.pid, of="session"), 20, "every process of its Ray gone")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in process_group(proc.pid, of="session"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.metrics
