@@ -78,7 +78,9 @@ def sample_next(
     """logits (B, V) -> next token ids (B, 1)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # Shifted so the largest is 0 before dividing: a tiny temperature sends the others to -inf
+    # (greedy, its limit) instead of overflowing, and one below the float's smallest divides by it.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -9,6 +9,7 @@ Fields OpenAI defines that change nothing here at their defaults (`user`, `prese
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def parse_chat(body: object, limits: Limits) -> ChatRequest:
     if body.get("logprobs"):
         raise RequestError("logprobs are not supported on chat completions (use /v1/completions)", "logprobs")
     request = ChatRequest(model=model_field(body), messages=messages_field(body.get("messages")),
-                          sampling=sampling_fields(body, limits, tokens_key="max_completion_tokens"),
+                          sampling=sampling_fields(body, limits, "max_completion_tokens", limits.max_tokens),
                           n=n_field(body, limits), stream=bool_field(body, "stream"))
     check_one_stream(request.stream, request.n)
     return request
@@ -147,9 +148,12 @@ def messages_field(messages: object) -> tuple[dict, ...]:
     return tuple({"role": m["role"], "content": m["content"]} for m in messages)
 
 
-def sampling_fields(body: dict, limits: Limits, tokens_key: str = "max_tokens") -> Sampling:
+def sampling_fields(body: dict, limits: Limits, tokens_key: str = "max_tokens",
+                    default_tokens: int = 16) -> Sampling:
+    """`default_tokens`: OpenAI's when the request sets none (completions 16, chat as many as allowed),
+    within the endpoint's bound."""
     key = tokens_key if tokens_key in body else "max_tokens"
-    max_tokens = number_field(body, key, 16, int, 0, limits.max_tokens)
+    max_tokens = number_field(body, key, min(default_tokens, limits.max_tokens), int, 0, limits.max_tokens)
     return Sampling(max_tokens=max_tokens,
                     temperature=float(number_field(body, "temperature", 1.0, float, 0.0, 2.0)),
                     top_p=float(number_field(body, "top_p", 1.0, float, 0.0, 1.0, low_open=True)),
@@ -163,6 +167,8 @@ def number_field(body: dict, key: str, default, kind: type, low, high, low_open:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and
                                                                           not isinstance(value, int)):
         raise RequestError(f"{key} must be {'an integer' if kind is int else 'a number'}", key)
+    if isinstance(value, float) and not math.isfinite(value):  # NaN compares false with any bound
+        raise RequestError(f"{key} is {value}; it must be a finite number", key)
     if value < low or value > high or (low_open and value == low):
         bound = f"in ({low}, {high}]" if low_open else f"in [{low}, {high}]"
         raise RequestError(f"{key} is {value}; it must be {bound}", key)
@@ -198,8 +204,8 @@ def stop_field(stop: object) -> tuple[str, ...]:
 def seed_field(seed: object) -> int | None:
     if seed is None:
         return None
-    if not is_token(seed):
-        raise RequestError("seed must be a non-negative integer", "seed")
+    if not is_token(seed) or seed >= 2**63:  # a 64-bit integer, as OpenAI's and torch's seeds
+        raise RequestError("seed must be an integer in [0, 2**63)", "seed")
     return seed
 
 

@@ -104,3 +104,10 @@ def test_echoed_logprobs_are_the_models_log_softmax_for_given_tokens(served):
     assert logprobs["token_logprobs"][-1] == pytest.approx(float(expected[-1].max()), abs=1e-5)
     assert logprobs["token_logprobs"][-1] == max(logprobs["top_logprobs"][-1].values())
     assert reply.choices[0].text.startswith("a tuple is")
+
+
+def test_a_vanishing_temperature_samples_the_greedy_answer(served):
+    """A temperature inside the allowed range but below float32's smallest (1e-50) divided the logits
+    by 0; the answer is the greedy one, not an error for the batch it joined."""
+    greedy = answer(served, prompt="a tuple").choices[0].text
+    assert answer(served, prompt="a tuple", temperature=1e-50, seed=3).choices[0].text == greedy

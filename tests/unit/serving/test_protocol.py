@@ -18,6 +18,10 @@ OK = {"model": "m", "prompt": "hi"}
     ({**OK, "best_of": 2}, "best_of"), ({**OK, "stream": True, "n": 2}, "n"),
     ({**OK, "stream": True, "logprobs": 1}, "stream"),
     ({**OK, "frequency_penalty": 0.5}, "frequency_penalty"),
+    # JSON's NaN (Python's json reads it) compares false both ways, so a bounds check alone lets it
+    # through; a seed past 64 bits is one torch cannot take. Either failed the whole batch it joined.
+    ({**OK, "temperature": float("nan")}, "temperature"), ({**OK, "top_p": float("nan")}, "top_p"),
+    ({**OK, "seed": 2**63}, "seed"),
 ])
 def test_a_bad_completion_request_names_its_field(body, param):
     with pytest.raises(RequestError) as refused:
@@ -42,3 +46,11 @@ def test_chat_messages_are_checked_one_by_one():
     parsed = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                          "max_completion_tokens": 7}, LIMITS)
     assert parsed.sampling.max_tokens == 7
+
+
+def test_an_unset_max_tokens_stays_within_the_endpoints_bound():
+    """OpenAI's completions default to 16 tokens, its chat to as many as the model allows: here,
+    serve.max_tokens, which bounds both."""
+    assert parse_completion(OK, Limits(max_tokens=8, max_n=1)).sampling.max_tokens == 8
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert parse_chat(chat, LIMITS).sampling.max_tokens == LIMITS.max_tokens
