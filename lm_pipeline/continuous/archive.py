@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 
 import yaml
+from fsspec.implementations.local import LocalFileSystem
 
 from lm_pipeline.config import Config, inside_project
-from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.continuous.drops import Drop, FileDigests, links_leaving, read_drop
 from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import atomic_path, filesystem, read_json, write_json
+from lm_pipeline.text import terminal_safe
 
 CYCLE_FILE = "cycle.json"
 DROP_DIR = "drop"
@@ -40,9 +42,17 @@ def archive_cycle(cfg: Config, drop: Drop, corpus: Path, parent: str, promoted: 
     the ledger entries of the drops promoted so far, in order (those archived are corpus parts)."""
     parts = [base_corpus(cfg, corpus)] + [e["archive"] for e in promoted if "archive" in e]
     folder = Path(cfg.ct.archive_dir) / f"{drop.name}-{drop.digest[:12]}"
+    if leaving := links_leaving(drop.url):  # hygiene refuses these first; the remote must never get one
+        raise ArchiveError(f"drop {drop.name}: {terminal_safe(', '.join(leaving[:5]))}: a link leading "
+                           "outside the drop: not archived")
     with atomic_path(folder) as tmp:
         fs, root = filesystem(drop.url)
         fs.get(root.rstrip("/") + "/", str(tmp / DROP_DIR), recursive=True)
+        copied = read_drop(LocalFileSystem(), str((tmp / DROP_DIR).resolve()), drop.url, FileDigests(None))
+        if copied is None or copied.digest != drop.digest:  # the cycle trains on the copy
+            raise ArchiveError(f"drop {drop.name} changed since it was found (its files' digest is "
+                               f"not the {drop.digest[:12]} checked): not archived; what it holds now "
+                               "is a new drop")
         write_json(tmp / CYCLE_FILE, {"drop": {"name": drop.name, "digest": drop.digest},
                                       "parent": parent, "corpus": parts,
                                       "params": cfg.model_dump(by_alias=True, mode="json")})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -73,6 +74,20 @@ def read_drop(fs, path: str, url: str, digests: FileDigests) -> Drop | None:
         return None
     digest = hashlib.sha256("\n".join(sorted(files.values())).encode()).hexdigest()
     return Drop(drop_name(path), url, digest, len(corpus))
+
+
+def links_leaving(url: str) -> list[str]:
+    """The links in a local drop that lead outside it, relative to it (a bucket prefix has none).
+    Whatever a copy of the drop follows them to would be archived and pushed with it."""
+    if is_url(url):
+        return []
+    root, leaving = Path(url).resolve(), []
+    for folder, dirs, files in os.walk(url):  # links to folders are listed, not walked into
+        for name in dirs + files:
+            path = Path(folder, name)
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                leaving.append(path.relative_to(url).as_posix())
+    return sorted(leaving)
 
 
 def drop_name(path: str) -> str:

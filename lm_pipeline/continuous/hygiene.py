@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lm_pipeline.config import Config
-from lm_pipeline.continuous.drops import Drop
+from lm_pipeline.continuous.drops import Drop, links_leaving
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.expectations import check_documents
 from lm_pipeline.data.features import near_duplicates, overlap_shares
@@ -28,6 +28,7 @@ from lm_pipeline.data.sources.corpus import iter_documents
 from lm_pipeline.data.sources.problems import IngestError, Problem
 from lm_pipeline.data.split import assign_split, text_digest
 from lm_pipeline.io import filesystem, is_url, write_json
+from lm_pipeline.text import terminal_safe
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ def check_drop(cfg: Config, drop: Drop, corpus: Path, work: Path) -> tuple[Hygie
 def read_drop_documents(cfg: Config, drop: Drop) -> list[dict]:
     """Every document of the drop, read as ingest reads a corpus; a bad file or record refuses
     the whole drop (half a drop is not what was sent)."""
+    if leaving := links_leaving(drop.url):
+        raise IngestError(f"drop {drop.name}: {terminal_safe(', '.join(leaving[:5]))}: a link leading "
+                          "outside the drop (never followed: what it points at is not the drop's to send)")
     documents = []
     for item in iter_documents(drop.url, cfg.data.min_doc_chars, cfg.data.max_document_bytes):
         if isinstance(item, Problem):

@@ -69,6 +69,39 @@ def test_a_cycle_is_archived_pushed_and_comes_back_from_the_remote_alone(project
     assert restored.read_bytes() == (first / "part-0.jsonl").read_bytes()
 
 
+@pytest.mark.security
+def test_a_drop_with_a_link_out_of_it_is_not_archived(project, tmp_path):
+    """The archive is pushed to the DVC remote: a link in the drop to a file elsewhere on this
+    machine would push that file (hygiene refuses such a drop first; this is the archive's own check)."""
+    cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "drops"}})
+    corpus = project / "ct" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text(documents(["the corpus so far"]))
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = not-for-the-remote\n")
+    folder = write_drop(project / "incoming", "monday", documents(["a drop's own document"]))
+    (folder / "notes").symlink_to(secret)
+    (monday,), _ = find_drops("incoming")
+    with pytest.raises(ArchiveError, match="notes.*outside the drop"):
+        archive_cycle(cfg, monday, corpus, "models:/lm/3", [])
+    assert not list((project / "drops").glob("monday*"))
+
+
+def test_a_drop_changed_since_it_was_found_is_not_archived(project):
+    """What the cycle trains on is the archived copy: it must be the drop whose digest was checked
+    and recorded, not what a producer rewrote in place since."""
+    cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "drops"}})
+    corpus = project / "ct" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text(documents(["the corpus so far"]))
+    folder = write_drop(project / "incoming", "monday", documents(["a drop's own document"]))
+    (monday,), _ = find_drops("incoming")
+    (folder / "part-0.jsonl").write_text(documents(["rewritten after it was found"]))
+    with pytest.raises(ArchiveError, match="changed since"):
+        archive_cycle(cfg, monday, corpus, "models:/lm/3", [])
+    assert not list((project / "drops").glob("monday*"))
+
+
 def test_a_dvc_file_naming_other_content_is_refused_not_overwritten(project):
     cfg = Config.model_validate({"ct": {"state_dir": "ct", "archive_dir": "drops"}})
     corpus = project / "corpus.jsonl"

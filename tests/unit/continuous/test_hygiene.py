@@ -76,3 +76,16 @@ def test_a_drop_that_cannot_be_read_is_refused_naming_the_file(project):
     (root / "incoming" / "broken" / "part-1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": \xff\xfe}\n')
     _, report, _ = checked(root, cfg, "broken")
     assert not report.passed and "part-1.jsonl" in report.problems[0]
+
+
+@pytest.mark.security
+def test_a_drop_holding_a_link_out_of_it_is_refused_naming_the_link(project, tmp_path):
+    """Only corpus files are read as documents, so a link beside them (notes -> a credentials file)
+    passed, and the archive then copied what it points at to the DVC remote."""
+    root, cfg, _ = project
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = not-for-the-remote\n")
+    drop(root, "linked", documents(BIRDS, 5, seed=5))
+    (root / "incoming" / "linked" / "notes").symlink_to(secret)
+    _, report, _ = checked(root, cfg, "linked")
+    assert not report.passed and "notes" in report.problems[0] and "outside the drop" in report.problems[0]
