@@ -73,11 +73,15 @@ def write_json(location: str | Path, data) -> None:
 
 
 def read_json(location: str | Path):
-    if not is_url(location):
-        return json.loads(Path(location).read_text())
-    fs, path = filesystem(location)
-    with fs.open(path, "rb") as f:
-        return json.load(f)
+    """A JSON record; one that does not parse is named, with where it breaks."""
+    try:
+        if not is_url(location):
+            return json.loads(Path(location).read_text())
+        fs, path = filesystem(location)
+        with fs.open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise json.JSONDecodeError(f"{location}: {err.msg}", err.doc, err.pos) from None
 
 
 def private_dir(folder: Path) -> Path:

@@ -32,6 +32,16 @@ def test_json_round_trip(tmp_path):
     assert read_json(tmp_path / "a" / "b.json") == {"x": [1, 2]}
 
 
+def test_a_json_file_that_does_not_parse_is_named_with_where_it_breaks(tmp_path):
+    """State files people edit by hand (ct's drops.json, to retry a drop) stopped every run with
+    json's own message, which names no file."""
+    broken = tmp_path / "ct" / "drops.json"
+    broken.parent.mkdir()
+    broken.write_text('{"abc": {"outcome": "failed",}}')
+    with pytest.raises(ValueError, match=f"{broken}: .*line 1 column 30"):
+        read_json(broken)
+
+
 @pytest.mark.security
 @pytest.mark.parametrize("name", [".", "", ".."])
 def test_an_output_that_names_the_working_directory_is_refused_and_nothing_is_deleted(
