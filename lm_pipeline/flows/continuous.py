@@ -11,11 +11,13 @@ A cycle (continuous/ holds each step's rules):
               the evaluated model's log-probabilities, without errors or slowness; else the
               champion is rolled back (the endpoint follows); a promoted drop that stays joins the
               corpus
-Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted, rolled_back or
-failed (a stage of the retraining failed: its log names it; the drop is not retried), in
-the ledger (ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version
-was registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order, and
-ct.archive: the DVC entry `lmp lineage --rebuild` trains it again from).
+Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted, rolled_back,
+rollback_refused (the canary failed and the registry refused to roll back: the version stays
+champion, and the log says why) or failed (a stage of the retraining failed: its log names it;
+the drop is not retried), in the ledger (ct.state_dir/drops.json), on the flow run (a markdown
+artifact) and, when a version was registered, on it (tag ct.outcome, with ct.drop and ct.drops:
+which drops, in which order, and ct.archive: the DVC entry `lmp lineage --rebuild` trains it
+again from).
 
     lmp ct                       # one pass over ct.watch (`lmp run` is unchanged)
     lmp deploy --continuous      # or on a Prefect server: a run on each drop the watcher announces
@@ -54,7 +56,8 @@ from lm_pipeline.serving.protocol import TOKEN_ENV
 from lm_pipeline.stages import STAGES
 from lm_pipeline.text import markdown_literal
 
-OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back", "failed")
+OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back", "rollback_refused",
+            "failed")
 
 
 @flow(name="lm-continuous-training", log_prints=True)
@@ -95,8 +98,7 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
         canary = check_canary(cfg, version, documents, corpus)
         details["canary"] = asdict(canary)
         if not canary.passed:
-            reason = roll_back(cfg, version, canary)
-            outcome = "rolled_back"
+            outcome, reason = roll_back(cfg, version, canary)
     if outcome == "promoted":
         extend_corpus(corpus, documents)
     tag_version(cfg, version, drop, outcome, ledger, archive)
@@ -165,21 +167,22 @@ def check_canary(cfg: Config, version: str, documents: list[dict], corpus: Path)
 
 
 @task(task_run_name="roll back version {version}")
-def roll_back(cfg: Config, version: str, canary: Canary) -> str:
+def roll_back(cfg: Config, version: str, canary: Canary) -> tuple[str, str]:
     """Give champion back to the version before, unless someone has moved it since; the endpoint
-    follows. The reason, as the promotion log has it."""
+    follows. The outcome (rolled_back, or rollback_refused: the registry said no) and the reason,
+    as the promotion log has it."""
     name = cfg.register_.model_name
     reason = f"continuous training: the canary of version {version} failed: {'; '.join(canary.problems)}"
     try:
         entry = rollback(cfg, reason, expected=version)
     except RegistryError as err:  # moved since by someone else (theirs stands), or nothing trusted before it
         get_run_logger().warning("%s (%s)", err, reason)
-        return f"{reason}; {err}"
+        return "rollback_refused", f"{reason}; {err}"
     previous = f"{name}/{entry['champion_after']}"
     served = wait_for_version(cfg.ct.endpoint.rstrip("/"), os.environ.get(TOKEN_ENV), previous,
                               cfg.ct.canary_timeout_s)
     get_run_logger().warning("rolled back to %s (the endpoint serves %s): %s", previous, served, reason)
-    return reason
+    return "rolled_back", reason
 
 
 def mlflow_client(cfg: Config):

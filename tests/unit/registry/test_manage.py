@@ -116,6 +116,23 @@ def test_rollback_without_a_champion_fails(cfg):
         manage.rollback(cfg, "why not")
 
 
+@pytest.mark.continuous
+def test_a_cycles_refused_rollback_is_not_recorded_as_rolled_back(cfg):
+    """A failed canary whose rollback the registry refuses (nothing trusted before it) leaves the
+    version champion: the cycle says so, where it used to record `rolled_back` regardless."""
+    from prefect.logging import disable_run_logger
+
+    from lm_pipeline.continuous.canary import Canary
+    from lm_pipeline.flows.continuous import roll_back
+
+    manage.promote(cfg, "2", "first")
+    canary = Canary(served=f"{NAME}/2", requests=4, errors=4, problems=["4 of 4 requests failed"])
+    with disable_run_logger():
+        outcome, reason = roll_back.fn(cfg, "2", canary)
+    assert outcome == "rollback_refused" and "no earlier champion" in reason
+    assert champion(cfg) == "2"
+
+
 def test_rollback_of_the_first_champion_fails_and_keeps_it(cfg):
     manage.promote(cfg, "2", "first")
     with pytest.raises(RegistryError, match="no earlier champion"):
