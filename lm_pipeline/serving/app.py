@@ -57,6 +57,11 @@ async def json_body(request: Request) -> object:
         raise protocol.RequestError(f"the request body is not valid JSON: {err}") from None
 
 
+def server_error() -> protocol.RequestError:
+    return protocol.RequestError("the endpoint failed to answer this request (its replica logged why)",
+                                 status=500, kind="server_error")
+
+
 # Defined before the deployment: @serve.ingress freezes the routes (and what they refer to) as it runs.
 api = FastAPI(title="lm-pipeline", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -179,6 +184,9 @@ class LanguageModelServer:
                 raise reply
         except protocol.RequestError as err:
             return self.refuse(served, err, started)
+        except Exception:  # ours, not the request's: the reason stays in the replica's log
+            log.exception("failed to answer a request with %s", served.model_id)
+            return self.refuse(served, server_error(), started)
         self.stats.request(200, time.monotonic() - started, reply.usage()["completion_tokens"])
         return JSONResponse(body_of(reply), headers={VERSION_HEADER: served.model_id})
 
@@ -191,14 +199,21 @@ class LanguageModelServer:
             if obj == "chat.completion.chunk":
                 opening = protocol.chat_chunk(stream_id, served.model_id, {"role": "assistant"}, None)
                 yield protocol.sse(opening)
-            while (item := await asyncio.to_thread(next, pieces, None)) is not None:
-                text, finish = item
-                count += bool(text)
-                if obj == "chat.completion.chunk":
-                    delta = {"content": text} if text else {}
-                    yield protocol.sse(protocol.chat_chunk(stream_id, served.model_id, delta, finish))
-                else:
-                    yield protocol.sse(protocol.completion_chunk(stream_id, served.model_id, text, finish))
+            try:
+                while (item := await asyncio.to_thread(next, pieces, None)) is not None:
+                    text, finish = item
+                    count += bool(text)
+                    if obj == "chat.completion.chunk":
+                        delta = {"content": text} if text else {}
+                        chunk = protocol.chat_chunk(stream_id, served.model_id, delta, finish)
+                    else:
+                        chunk = protocol.completion_chunk(stream_id, served.model_id, text, finish)
+                    yield protocol.sse(chunk)
+            except Exception:  # the status is sent: an error event ends the stream, without [DONE]
+                log.exception("failed in a stream of %s", served.model_id)
+                self.stats.request(500, time.monotonic() - started, count)
+                yield protocol.sse(server_error().body())
+                return
             self.stats.request(200, time.monotonic() - started, count)
             yield protocol.SSE_DONE
 
