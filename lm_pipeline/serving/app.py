@@ -169,7 +169,7 @@ class LanguageModelServer:
                              served.special_tokens or {})
         ids = tuple(served.tokenizer.encode(prompt, add_special_tokens=False).ids)
         return protocol.CompletionRequest(parsed.model, (ids,), parsed.sampling, parsed.n,
-                                          stream=parsed.stream)
+                                          stream=parsed.stream, include_usage=parsed.include_usage)
 
     async def respond(self, request: Request, parse, body_of, chunk_kind: str) -> Response:
         """One request, answered by the version served when it arrived, from its first token to its last."""
@@ -191,19 +191,22 @@ class LanguageModelServer:
         return JSONResponse(body_of(reply), headers={VERSION_HEADER: served.model_id})
 
     def streamed(self, served, request: protocol.CompletionRequest, obj: str, started: float) -> Response:
-        """Server-sent events, one per piece of text, then the finish reason and [DONE]."""
+        """Server-sent events, one per piece of text, then the finish reason, the usage if asked
+        (stream_options.include_usage), and [DONE]."""
         engine.plan(served, request)  # a request that cannot be answered is refused before the stream starts
 
         async def events():
-            stream_id, pieces, count = protocol.new_id("cmpl"), engine.stream(served, request), 0
-            if obj == "chat.completion.chunk":
+            chat = obj == "chat.completion.chunk"
+            stream_id = protocol.new_id("chatcmpl" if chat else "cmpl")
+            pieces, usage = engine.stream(served, request), {"completion_tokens": 0}
+            if chat:
                 opening = protocol.chat_chunk(stream_id, served.model_id, {"role": "assistant"}, None)
                 yield protocol.sse(opening)
             try:
                 while (item := await asyncio.to_thread(next, pieces, None)) is not None:
-                    text, finish = item
-                    count += bool(text)
-                    if obj == "chat.completion.chunk":
+                    text, finish, last_usage = item
+                    usage = last_usage or usage
+                    if chat:
                         delta = {"content": text} if text else {}
                         chunk = protocol.chat_chunk(stream_id, served.model_id, delta, finish)
                     else:
@@ -211,10 +214,12 @@ class LanguageModelServer:
                     yield protocol.sse(chunk)
             except Exception:  # the status is sent: an error event ends the stream, without [DONE]
                 log.exception("failed in a stream of %s", served.model_id)
-                self.stats.request(500, time.monotonic() - started, count)
+                self.stats.request(500, time.monotonic() - started)
                 yield protocol.sse(server_error().body())
                 return
-            self.stats.request(200, time.monotonic() - started, count)
+            self.stats.request(200, time.monotonic() - started, usage["completion_tokens"])
+            if request.include_usage:
+                yield protocol.sse(protocol.usage_chunk(stream_id, served.model_id, obj, usage))
             yield protocol.SSE_DONE
 
         return StreamingResponse(events(), media_type="text/event-stream",

@@ -158,10 +158,10 @@ def reply(served: Served, request: CompletionRequest, units: list[Unit]) -> Repl
     return out
 
 
-def stream(served: Served, request: CompletionRequest) -> Iterator[tuple[str, str | None]]:
-    """(text, None) pieces as tokens are generated, then ("", finish_reason): the text of one
-    choice, the same as its non-streamed answer. Text that could begin a stop string is held back
-    until it is clear whether it does."""
+def stream(served: Served, request: CompletionRequest) -> Iterator[tuple[str, str | None, dict | None]]:
+    """(text, None, None) pieces as tokens are generated, then ("", finish_reason, usage): the text
+    of one choice and its usage, the same as its non-streamed answer's. Text that could begin a stop
+    string is held back until it is clear whether it does."""
     (unit,) = plan(served, request)
     held = max((len(s) - 1 for s in request.sampling.stop), default=0)
     generated, sent = [], 0
@@ -175,12 +175,13 @@ def stream(served: Served, request: CompletionRequest) -> Iterator[tuple[str, st
         done = finished(served, generated, request.sampling.stop)
         safe = len(text) if done else max(sent, len(text) - held)
         if text[sent:safe] and not text[sent:safe].endswith("\ufffd"):  # not half a UTF-8 character
-            yield text[sent:safe], None
+            yield text[sent:safe], None, None
             sent = safe
         if done:
             break
     n, reason = ends(served, generated, request.sampling.stop)
     text = cut_at_stop(served.tokenizer.decode(generated[:n]), request.sampling.stop)
     if text[sent:]:
-        yield text[sent:], None
-    yield "", reason
+        yield text[sent:], None, None
+    unit.generated = generated
+    yield "", reason, reply(served, request, [unit]).usage()

@@ -63,6 +63,7 @@ class CompletionRequest:
     logprobs: int | None = None  # how many alternatives per position (0: only the chosen token's)
     echo: bool = False
     stream: bool = False
+    include_usage: bool = False  # a stream's last chunk: its usage (stream_options.include_usage)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ChatRequest:
     sampling: Sampling
     n: int = 1
     stream: bool = False
+    include_usage: bool = False
 
 
 def parse_completion(body: object, limits: Limits) -> CompletionRequest:
@@ -79,7 +81,7 @@ def parse_completion(body: object, limits: Limits) -> CompletionRequest:
     request = CompletionRequest(model=model_field(body), prompts=prompts_field(body.get("prompt")),
                                 sampling=sampling_fields(body, limits), n=n_field(body, limits),
                                 logprobs=logprobs_field(body), echo=bool_field(body, "echo"),
-                                stream=bool_field(body, "stream"))
+                                stream=bool_field(body, "stream"), include_usage=include_usage_field(body))
     if request.stream and (request.echo or request.logprobs is not None):
         raise RequestError("stream cannot be combined with echo or logprobs here", "stream")
     check_one_stream(request.stream, len(request.prompts) * request.n)
@@ -97,7 +99,8 @@ def parse_chat(body: object, limits: Limits) -> ChatRequest:
         raise RequestError("logprobs are not supported on chat completions (use /v1/completions)", "logprobs")
     request = ChatRequest(model=model_field(body), messages=messages_field(body.get("messages")),
                           sampling=sampling_fields(body, limits, "max_completion_tokens", limits.max_tokens),
-                          n=n_field(body, limits), stream=bool_field(body, "stream"))
+                          n=n_field(body, limits), stream=bool_field(body, "stream"),
+                          include_usage=include_usage_field(body))
     check_one_stream(request.stream, request.n)
     return request
 
@@ -189,6 +192,19 @@ def bool_field(body: dict, key: str) -> bool:
     if not isinstance(value, bool):
         raise RequestError(f"{key} must be true or false", key)
     return value
+
+
+def include_usage_field(body: dict) -> bool:
+    """stream_options, OpenAI's: {"include_usage": true} asks a stream to end with its usage."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not bool_field(body, "stream"):
+        raise RequestError("stream_options is only allowed with stream: true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
+            options.get("include_usage", False), bool):
+        raise RequestError('stream_options must be {"include_usage": true or false}', "stream_options")
+    return options.get("include_usage", False)
 
 
 def stop_field(stop: object) -> tuple[str, ...]:

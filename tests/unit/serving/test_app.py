@@ -1,9 +1,11 @@
-"""A request the endpoint fails on (a model whose forward raises, as running out of memory does):
-OpenAI's error body with status 500 and the version header, counted as a server error; a stream
-ends with an error event. Starlette's plain-text page named no version, and the replica's
-statistics counted nothing, so a replica failing every request logged "0 server errors"."""
+"""The endpoint's handlers on a real tiny GPT, without a replica. A request it fails on (a forward
+that raises, as running out of memory does) gets OpenAI's error body with status 500 and the
+version header, counted as a server error, and a stream ends with an error event: Starlette's
+plain-text page named no version, and the replica's statistics counted nothing, so a replica
+failing every request logged "0 server errors". A stream asked for its usage ends with it."""
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -16,25 +18,30 @@ from lm_pipeline.serving.stats import Stats
 
 
 @pytest.fixture(scope="module")
-def failing():
-    """The endpoint's request handling, on a real tiny GPT whose forward fails."""
+def server():
     from lm_pipeline.config import TokenizerConfig
     from lm_pipeline.data.tokenizer import train_tokenizer
     from lm_pipeline.model.transformer import GPT, GPTConfig
 
     tokenizer = train_tokenizer(["a tuple is an immutable sequence"], TokenizerConfig(kind="char"))
     gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=16, n_layer=1, n_head=1, n_embd=8))
-
-    def out_of_memory(module, args):
-        raise RuntimeError("out of memory")
-
-    gpt.register_forward_pre_hook(out_of_memory)
     server = object.__new__(LanguageModelServer.func_or_class)  # its handlers, without a replica
     server.settings = Settings(source="models:/tiny@champion", tracking_uri="", registered_name="tiny")
     server.served, server.token = engine.Served(gpt.eval(), tokenizer, "tiny/1"), None
     server.limits, server.stats = protocol.Limits(max_tokens=8, max_n=1), Stats()
-    server.batcher = Batcher(engine.answer, max_batch_size=4, wait_s=0)
     return server
+
+
+@contextlib.contextmanager
+def failing_forward(server):
+    def out_of_memory(module, args):
+        raise RuntimeError("out of memory")
+
+    hook = server.served.model.register_forward_pre_hook(out_of_memory)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def post(body: dict) -> Request:
@@ -46,20 +53,46 @@ def post(body: dict) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive)
 
 
-def test_a_request_the_endpoint_fails_on_gets_openais_error_body_and_is_counted(failing):
-    response = asyncio.run(failing.completions(post({"model": "tiny", "prompt": "a tuple"})))
+def respond(server, body: dict):
+    async def answer():
+        server.batcher = Batcher(engine.answer, max_batch_size=4, wait_s=0)  # on this event loop
+        return await server.completions(post(body))
+
+    return asyncio.run(answer())
+
+
+def events(server, body: dict) -> list[str]:
+    async def stream() -> list[str]:
+        response = await server.completions(post(body | {"stream": True}))
+        return [chunk async for chunk in response.body_iterator]
+
+    return asyncio.run(stream())
+
+
+def test_a_request_the_endpoint_fails_on_gets_openais_error_body_and_is_counted(server):
+    before = server.stats.counts["server_error"]
+    with failing_forward(server):
+        response = respond(server, {"model": "tiny", "prompt": "a tuple"})
     assert response.status_code == 500 and response.headers[VERSION_HEADER] == "tiny/1"
     error = json.loads(response.body)["error"]
     assert error["type"] == "server_error" and "out of memory" not in error["message"]  # logged, not sent
-    assert failing.stats.counts["server_error"] == 1
+    assert server.stats.counts["server_error"] == before + 1
 
 
-def test_a_stream_the_endpoint_fails_in_ends_with_an_error_event(failing):
-    async def events() -> list[str]:
-        response = await failing.completions(post({"model": "tiny", "prompt": "a tuple", "stream": True}))
-        return [chunk async for chunk in response.body_iterator]
+def test_a_stream_the_endpoint_fails_in_ends_with_an_error_event(server):
+    before = server.stats.counts["server_error"]
+    with failing_forward(server):
+        sent = "".join(events(server, {"model": "tiny", "prompt": "a tuple"}))
+    assert '"type": "server_error"' in sent and "[DONE]" not in sent
+    assert server.stats.counts["server_error"] == before + 1
 
-    before = failing.stats.counts["server_error"]
-    sent = "".join(asyncio.run(events()))
-    assert '"type": "server_error"' in sent.replace('":"', '": "') and "[DONE]" not in sent
-    assert failing.stats.counts["server_error"] == before + 1
+
+def test_a_stream_asked_for_its_usage_ends_with_the_answers_usage(server):
+    body = {"model": "tiny", "prompt": "a tuple", "max_tokens": 6, "temperature": 0}
+    answered = respond(server, body)
+    sent = events(server, body | {"stream_options": {"include_usage": True}})
+    *pieces, last, done = sent
+    assert done == protocol.SSE_DONE and all("usage" not in p for p in pieces)
+    usage_chunk = json.loads(last.removeprefix("data: "))
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == json.loads(answered.body)["usage"]
+    assert "usage" not in "".join(events(server, body))  # only when asked

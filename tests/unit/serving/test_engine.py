@@ -80,15 +80,17 @@ def test_seeded_sampling_does_not_depend_on_the_batch_and_n_gives_distinct_draws
 
 
 def test_a_stream_is_the_answer_in_pieces_and_a_stop_string_ends_both(served):
-    full = answer(served, prompt="a tuple", max_tokens=20).choices[0]
+    whole = answer(served, prompt="a tuple", max_tokens=20)
+    full = whole.choices[0]
     pieces = list(engine.stream(served, request(prompt="a tuple", max_tokens=20, stream=True)))
-    assert "".join(text for text, _ in pieces) == full.text and pieces[-1] == ("", full.finish_reason)
-    assert len(pieces) > 3
+    assert "".join(text for text, _, _ in pieces) == full.text
+    assert pieces[-1] == ("", full.finish_reason, whole.usage())  # its usage, counted as the answer's
+    assert len(pieces) > 3 and all(usage is None for _, _, usage in pieces[:-1])
     stop = full.text[5:7]
     cut = answer(served, prompt="a tuple", max_tokens=20, stop=[stop]).choices[0]
     assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
     streamed = list(engine.stream(served, request(prompt="a tuple", max_tokens=20, stop=[stop], stream=True)))
-    assert "".join(t for t, _ in streamed) == cut.text and streamed[-1] == ("", "stop")
+    assert "".join(t for t, _, _ in streamed) == cut.text and streamed[-1][:2] == ("", "stop")
 
 
 @torch.no_grad()

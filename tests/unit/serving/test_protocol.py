@@ -22,6 +22,8 @@ OK = {"model": "m", "prompt": "hi"}
     # through; a seed past 64 bits is one torch cannot take. Either failed the whole batch it joined.
     ({**OK, "temperature": float("nan")}, "temperature"), ({**OK, "top_p": float("nan")}, "top_p"),
     ({**OK, "seed": 2**63}, "seed"),
+    ({**OK, "stream_options": {"include_usage": True}}, "stream_options"),  # not a stream
+    ({**OK, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
 ])
 def test_a_bad_completion_request_names_its_field(body, param):
     with pytest.raises(RequestError) as refused:
@@ -54,3 +56,11 @@ def test_an_unset_max_tokens_stays_within_the_endpoints_bound():
     assert parse_completion(OK, Limits(max_tokens=8, max_n=1)).sampling.max_tokens == 8
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert parse_chat(chat, LIMITS).sampling.max_tokens == LIMITS.max_tokens
+
+
+def test_a_stream_asks_for_its_usage_with_stream_options():
+    assert parse_completion({**OK, "stream": True, "stream_options": {"include_usage": True}},
+                            LIMITS).include_usage
+    assert not parse_completion({**OK, "stream": True}, LIMITS).include_usage
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    assert parse_chat(chat | {"stream_options": {"include_usage": True}}, LIMITS).include_usage
