@@ -42,6 +42,15 @@ class Served:
     def eot(self) -> int:
         return eot_id(self.tokenizer)
 
+    @property
+    def ends_at(self) -> set[int]:
+        """The tokens that end an answer: end-of-text, and the eos_token a chat template ends turns
+        with where that is another token (an instruct model's <|im_end|>), as Hugging Face's
+        generate stops at it."""
+        eos = (self.special_tokens or {}).get("eos_token")
+        eos_id = self.tokenizer.token_to_id(eos) if eos else None
+        return {self.eot} if eos_id is None else {self.eot, eos_id}
+
 
 @dataclass
 class Unit:
@@ -128,13 +137,15 @@ def run_units(served: Served, units: list[Unit]) -> None:
 
 
 def finished(served: Served, generated: list[int], stop: tuple[str, ...]) -> bool:
-    return served.eot in generated or (bool(stop) and ends(served, generated, stop)[1] == "stop")
+    ended = not served.ends_at.isdisjoint(generated)
+    return ended or (bool(stop) and ends(served, generated, stop)[1] == "stop")
 
 
 def ends(served: Served, generated: list[int], stop: tuple[str, ...]) -> tuple[int, str]:
-    """How many generated tokens a choice keeps, and why it ends: at <|endoftext|> or the token
-    that completes a stop string ("stop"), else at max_tokens ("length")."""
-    kept = generated[:generated.index(served.eot)] if served.eot in generated else generated
+    """How many generated tokens a choice keeps, and why it ends: at an end token (Served.ends_at)
+    or the token that completes a stop string ("stop"), else at max_tokens ("length")."""
+    end = served.ends_at
+    kept = generated[:next((i for i, token in enumerate(generated) if token in end), len(generated))]
     for n in range(1, len(kept) + 1) if stop else ():
         if any(s in served.tokenizer.decode(kept[:n]) for s in stop):
             return n, "stop"
@@ -149,7 +160,8 @@ def reply(served: Served, request: CompletionRequest, units: list[Unit]) -> Repl
         text = cut_at_stop(served.tokenizer.decode(unit.generated[:n]), request.sampling.stop)
         logprobs = None
         if request.logprobs is not None:  # <|endoftext|> included when generated: it was chosen
-            scored = unit.generated[:n + (unit.generated[n:n + 1] == [served.eot])]
+            ended = n < len(unit.generated) and unit.generated[n] in served.ends_at
+            scored = unit.generated[:n + ended]
             logprobs = choice_logprobs(served, unit.ids, scored, unit.echo_from, request.echo,
                                        request.logprobs)
         if request.echo:

@@ -113,3 +113,18 @@ def test_a_vanishing_temperature_samples_the_greedy_answer(served):
     by 0; the answer is the greedy one, not an error for the batch it joined."""
     greedy = answer(served, prompt="a tuple").choices[0].text
     assert answer(served, prompt="a tuple", temperature=1e-50, seed=3).choices[0].text == greedy
+
+
+def test_an_answer_ends_at_the_eos_token_a_chat_template_ends_turns_with(served):
+    """An instruct model's eos_token (ChatML's <|im_end|>) ends its turn, as in Hugging Face's
+    generate; only <|endoftext|> did, so an answer ran on past the turn, inventing the next ones.
+    Here the eos_token is a character the greedy answer holds, so where it must stop is known."""
+    import dataclasses
+
+    full = answer(served, prompt="a tuple", max_tokens=20).choices[0]
+    eos = next(c for c in full.text if full.text.index(c) >= 3 and not c.isspace())  # a few tokens in
+    turned = dataclasses.replace(served, special_tokens={"eos_token": eos})
+    cut = answer(turned, prompt="a tuple", max_tokens=20).choices[0]
+    assert cut.text == full.text[:full.text.index(eos)] and cut.finish_reason == "stop"
+    streamed = list(engine.stream(turned, request(prompt="a tuple", max_tokens=20, stream=True)))
+    assert "".join(t for t, _, _ in streamed) == cut.text and streamed[-1][1] == "stop"
