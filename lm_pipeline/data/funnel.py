@@ -57,7 +57,8 @@ class Funnel:
         count.reasons[kind] = count.reasons.get(kind, 0) + 1
         if len(count.examples) < self.examples:
             count.examples.append({"id": str(doc.get("id", "")), "reason": reason,
-                                   "text": redact_all(doc["text"][:EXAMPLE_CHARS])})
+                                   # redacted whole, then cut: a cut secret no longer matches
+                                   "text": redact_all(doc["text"])[:EXAMPLE_CHARS]})
 
     def rows(self) -> list[dict]:
         """Per step: documents and characters in, removed, trimmed, left."""

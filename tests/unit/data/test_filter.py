@@ -263,3 +263,19 @@ def test_filter_steps_are_known_once_each_and_dedup_comes_last(tmp_path):
             load_config(tmp_path / "params.yaml")
     cfg = FilterConfig(steps=["language", "near_dedup", "exact_dedup"])  # either dedup order
     assert cfg.steps[-2:] == ["near_dedup", "exact_dedup"]
+
+
+@pytest.mark.security
+def test_a_removed_documents_example_in_the_report_is_redacted_before_it_is_cut():
+    """The report shows the first 300 characters of removed documents: cut first, a private key
+    starting near the top lost its END line, no longer matched, and its lines were printed."""
+    from lm_pipeline.data.funnel import Funnel
+
+    key_lines = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + str(i) * 12 for i in range(12)]
+    text = ("config notes\n-----BEGIN PRIVATE KEY-----\n" + "\n".join(key_lines)
+            + "\n-----END PRIVATE KEY-----\n" + "more text " * 30)
+    funnel = Funnel(["pii"], examples=3)
+    funnel.read(len(text), {}, {})
+    funnel.remove("pii", "private key", {"id": "doc-1", "text": text})
+    report = funnel.markdown()
+    assert "&lt;SECRET&gt;" in report and not any(line[:40] in report for line in key_lines)
