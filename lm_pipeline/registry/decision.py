@@ -33,14 +33,21 @@ class Decision:
     model_uri: str
 
 
-def recorded_decision(client, name: str, version: str) -> Decision | None:
-    """The decision an earlier attempt recorded for this version, if the champion is still the
-    one it decided against (else it is decided again: compare-and-set)."""
+def recorded_decision(client, name: str, version: str, log: list[dict]) -> Decision | None:
+    """The decision an earlier attempt recorded for this version, if nothing has moved the champion
+    since (else it is decided again: compare-and-set). An attempt killed between recording and
+    moving finishes what it decided; a champion since rolled back or promoted by hand (the
+    promotion log, `log`, says so after the decision's entry) is not moved back by a rerun."""
     record = client.get_model_version(name, version).tags.get(DECISION_TAG)
     if not record:
         return None
     decision = Decision(**json.loads(record))
-    return decision if current_champion(client, name) in (decision.champion_before, version) else None
+    if current_champion(client, name) not in (decision.champion_before, version):
+        return None
+    logged = [i for i, e in enumerate(log) if e.get("action") == "register" and e.get("version") == version
+              and e.get("champion_before") == decision.champion_before]
+    since = log[logged[-1] + 1:] if logged else []
+    return None if any(e["champion_before"] != e["champion_after"] for e in since) else decision
 
 
 def decide(client, cfg: Config, version: str, checks: list[gating.Gate], candidate) -> Decision:

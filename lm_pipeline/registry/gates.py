@@ -20,6 +20,7 @@ from lm_pipeline.evaluation.bootstrap import bootstrap_ci
 from lm_pipeline.evaluation.metrics import MODEL_KEY
 from lm_pipeline.evaluation.scoring import document_bits
 from lm_pipeline.model.backends import weights_sha256
+from lm_pipeline.registry import history
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ def metrics_of(stamped: dict, model, path) -> dict:
         raise ValueError(f"register: {path} measured other weights ({measured[:12]}...) than the model "
                          f"to register has ({actual[:12]}...): run `lmp evaluate` (or `dvc repro`) first")
     return metrics
+
+
+def trust_gate(version: str, log: list[dict]) -> Gate:
+    """Not rolled back from since it last took over (the promotion log): a rerun of register must
+    not hand champion back to a version someone took it away from; `lmp promote` trusts it again."""
+    rolled_back = version in history.champions(log)[1]
+    return Gate("not_rolled_back", float(rolled_back), 0.0, not rolled_back,
+                "rolled back from since it was champion (`lmp promote` makes it champion again)"
+                if rolled_back else "never rolled back from")
 
 
 def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:

@@ -168,6 +168,7 @@ def champions(entries: list[dict]) -> tuple[list[str], set[str]]:
             continue
         if e["action"] == "rollback":
             rolled_back.add(before)
+            rolled_back.discard(after)  # put back by hand (`rollback --to`): trusted again
             continue
         if before is not None and (not order or order[-1] != before):  # by a rollback, or before the log
             order.append(before)

@@ -49,12 +49,14 @@ def run(cfg: Config) -> Decision:
     # Decide, record, then move: under one lock, and each step safe to repeat, so a stage killed
     # anywhere and rerun ends with one version, one log entry and the aliases its decision says.
     with history.registry_lock(tracking.tracking_uri(cfg), name):
-        decision = recorded_decision(client, name, version) or decide(client, cfg, version, checks, candidate)
-        record_gates(client, decision)
         log_run = history.log_run_id(client, experiment_id, name)
+        entries = history.read_log(client, log_run)
+        decision = recorded_decision(client, name, version, entries) or decide(
+            client, cfg, version, [*checks, gating.trust_gate(version, entries)], candidate)
+        record_gates(client, decision)
         if not any(e.get("action") == "register" and e.get("version") == version
                    and e.get("champion_before") == decision.champion_before
-                   for e in history.read_log(client, log_run)):  # not logged by an earlier attempt
+                   for e in entries):  # not logged by an earlier attempt
             history.append(client, log_run, {"action": "register"} | asdict(decision))
         client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(asdict(decision)))
         client.set_registered_model_alias(name, CHALLENGER, version)

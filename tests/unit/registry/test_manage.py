@@ -11,7 +11,7 @@ import yaml
 
 from lm_pipeline import cli, tracking
 from lm_pipeline.config import Config
-from lm_pipeline.registry import history, manage
+from lm_pipeline.registry import gates, history, manage
 from lm_pipeline.registry.aliases import CHAMPION, RegistryError
 
 pytestmark = pytest.mark.registry
@@ -143,6 +143,43 @@ def test_rollback_of_the_first_champion_fails_and_keeps_it(cfg):
 def promote_in_turn(cfg, *versions: str) -> None:
     for version in versions:
         manage.promote(cfg, version, f"version {version}")
+
+
+def test_a_former_champion_put_back_by_hand_is_the_next_rollbacks_target(cfg):
+    """3 rolled back from, then put back with `rollback --to 3`, then 4 took over: rolling back
+    from 4 goes to 3, the champion before it, not past it to 1."""
+    promote_in_turn(cfg, "1", "2", "3")
+    manage.rollback(cfg, "3 misbehaves")
+    manage.rollback(cfg, "it was the load balancer, not 3", to="3")
+    with history.registry_lock(tracking.tracking_uri(cfg), NAME):
+        registry(cfg.mlflow.tracking_uri).create_model_version(NAME, source="unused")  # version 4
+    promote_in_turn(cfg, "4")
+    assert manage.rollback(cfg, "4 misbehaves")["champion_after"] == "3"
+
+
+def test_a_rerun_register_does_not_undo_a_rollback_with_its_recorded_decision(cfg):
+    """register promoted 2 over 1 and recorded its decision; 2 was rolled back. A rerun of the
+    register stage on the same model (dvc repro after a params change) found that decision, the
+    champion again its `champion_before`, and moved champion back to 2: unlogged, on old gates."""
+    import json
+    from dataclasses import asdict
+
+    from lm_pipeline.registry.aliases import set_champion
+    from lm_pipeline.registry.decision import DECISION_TAG, Decision, recorded_decision
+
+    client = registry(cfg.mlflow.tracking_uri)
+    promote_in_turn(cfg, "1")
+    decision = Decision(NAME, "2", True, "all 3 gates passed", "1", "2", [], f"models:/{NAME}/2")
+    log_run = history.log_run_id(client, tracking.setup(cfg), NAME)
+    with history.registry_lock(tracking.tracking_uri(cfg), NAME):  # as the register stage does
+        history.append(client, log_run, {"action": "register"} | asdict(decision))
+        client.set_model_version_tag(NAME, "2", DECISION_TAG, json.dumps(asdict(decision)))
+        set_champion(client, NAME, "2", decision.reason)
+    assert recorded_decision(client, NAME, "2", history.read_log(client, log_run)) == decision  # a retry
+    manage.rollback(cfg, "2 misbehaves in production")
+    entries = history.read_log(client, log_run)
+    assert recorded_decision(client, NAME, "2", entries) is None  # decided again
+    assert not gates.trust_gate("2", entries).passed and gates.trust_gate("1", entries).passed
 
 
 @pytest.mark.security
