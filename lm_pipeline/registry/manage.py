@@ -81,9 +81,14 @@ def move_champion(client, log_run: str, name: str, version: str, reason: str, ac
 
 
 def promote(cfg: Config, version: str, reason: str) -> dict:
+    """Make `version` champion by hand, once its weights are checked against the hash recorded at
+    its registration (a version serving and the champion gate would refuse is refused here)."""
+    from lm_pipeline.registry.decision import load_registered
+
     client, log_run = _client_and_log(cfg)
     name = cfg.register_.model_name
     with history.registry_lock(tracking.tracking_uri(cfg), name):
+        load_registered(name, version, refusal="refusing to promote it")
         return move_champion(client, log_run, name, version, reason, "promote")
 
 
@@ -93,7 +98,7 @@ def rollback(cfg: Config, reason: str, expected: str | None = None, to: str | No
     registration; the champion and the log are read under the same lock as the move. With
     `expected`, only if that version is still champion (an automatic rollback must not undo
     someone's promotion since)."""
-    from lm_pipeline.registry.decision import load_registered  # torch: promote and lineage need none
+    from lm_pipeline.registry.decision import load_registered  # torch: lineage needs none
 
     client, log_run = _client_and_log(cfg)
     name = cfg.register_.model_name

@@ -146,15 +146,13 @@ def promote_in_turn(cfg, *versions: str) -> None:
 
 
 def test_a_former_champion_put_back_by_hand_is_the_next_rollbacks_target(cfg):
-    """3 rolled back from, then put back with `rollback --to 3`, then 4 took over: rolling back
-    from 4 goes to 3, the champion before it, not past it to 1."""
+    """3 rolled back from, then put back with `rollback --to 3`, then 2 took over again: rolling
+    back from 2 goes to 3, the champion before it, not past it to 1."""
     promote_in_turn(cfg, "1", "2", "3")
     manage.rollback(cfg, "3 misbehaves")
     manage.rollback(cfg, "it was the load balancer, not 3", to="3")
-    with history.registry_lock(tracking.tracking_uri(cfg), NAME):
-        registry(cfg.mlflow.tracking_uri).create_model_version(NAME, source="unused")  # version 4
-    promote_in_turn(cfg, "4")
-    assert manage.rollback(cfg, "4 misbehaves")["champion_after"] == "3"
+    promote_in_turn(cfg, "2")
+    assert manage.rollback(cfg, "2 misbehaves")["champion_after"] == "3"
 
 
 def test_a_rerun_register_does_not_undo_a_rollback_with_its_recorded_decision(cfg):
@@ -226,6 +224,17 @@ def test_rollback_refuses_a_version_whose_weights_changed_since_registration(cfg
     with pytest.raises(RegistryError, match="models:/m/2: its weights hash .* refusing to roll back to it"):
         manage.rollback(cfg, "bad outputs from 3", to=to)
     assert champion(cfg) == "3" and len(log(cfg)) == 3
+
+
+@pytest.mark.security
+def test_promote_refuses_a_version_whose_weights_changed_since_registration(cfg, tmp_path):
+    """Serving, the champion gate and drift all refuse such a version: promoted, it would have
+    been a champion nothing could use, and every later register would fail against it."""
+    promote_in_turn(cfg, "1")
+    tamper(tmp_path / "v2")
+    with pytest.raises(RegistryError, match="models:/m/2: its weights hash .* refusing to promote it"):
+        manage.promote(cfg, "2", "looks good")
+    assert champion(cfg) == "1" and len(log(cfg)) == 1
 
 
 def test_an_automatic_rollback_leaves_a_champion_someone_moved_since(cfg):
