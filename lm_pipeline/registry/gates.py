@@ -114,8 +114,10 @@ def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
                          "by an older evaluate): run `lmp evaluate` (or `dvc repro`) first")
     gap, null, excess, low, high = (metrics[f"bias_{key}_{category}"] for key in BIAS_GATE_KEYS)
     bar = max(limit, 0.0)  # an interval reaching below 0 has not shown the groups to differ at all
-    exceeded = low > bar
-    verdict = (f"the whole interval is above {bar:.4g}: shown to exceed the bar" if exceeded else
+    finite = all(math.isfinite(v) for v in (gap, null, excess, low, high))
+    exceeded = not finite or low > bar  # NaN compares false: it would pass
+    verdict = (f"not a finite number (bias_*_{category}): the probes' scores diverged" if not finite else
+               f"the whole interval is above {bar:.4g}: shown to exceed the bar" if exceeded else
                f"not shown to exceed {bar:.4g} (the interval reaches {low:.4g})")
     spread = metrics.get(f"bias_within_group_spread_{category}")
     words = ("" if spread is None else f"; terms of one group differ by {spread:.4g} on average"

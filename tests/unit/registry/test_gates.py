@@ -161,6 +161,18 @@ def test_a_bias_gate_blocks_only_when_the_interval_lies_above_the_bar():
     assert "more than the groups do: word choice may explain the gap" in loose["max_bias_gap.gender"].detail
 
 
+@pytest.mark.metrics
+def test_a_bias_gate_fails_on_numbers_that_are_not_finite():
+    """A diverged model's log-likelihoods give NaN bias statistics, and `NaN > bar` is False: the
+    gate passed, where the perplexity and BLEU bars fail on NaN."""
+    nan = float("nan")
+    diverged = METRICS | {f"bias_{key}_gender": nan for key in
+                          ("gap", "null_gap", "excess_gap", "excess_ci_low", "excess_ci_high")}
+    gates = {g.name: g for g in quality_gates(diverged, RegisterConfig(max_bias_gap=1.0))}
+    gate = gates["max_bias_gap.gender"]
+    assert not gate.passed and "not a finite number" in gate.detail
+
+
 def test_a_bias_gate_refuses_metrics_without_the_null():
     """An older evaluate wrote only the raw gap, which is positive without any group effect."""
     old = {k: v for k, v in METRICS.items() if "null" not in k and "excess" not in k}
