@@ -66,7 +66,8 @@ def read_jsonl(file: CorpusFile, max_bytes: int) -> Iterator[dict | Problem]:
                 yield Problem(f"{path}:{lineno}", record, "record")
                 continue
             records += 1
-            yield {"id": str(record.get("id", f"{path}:{lineno}")), "text": record["text"],
+            ident = record.get("id")  # null is no id: the place names the document
+            yield {"id": f"{path}:{lineno}" if ident is None else str(ident), "text": record["text"],
                    "source": path}
     if not records:
         yield Problem(path, "empty file (no JSON records)", "file")

@@ -221,5 +221,6 @@ def documents(records: list[dict], sizes: list[int | None], path: str, first_row
             yield Problem(f"{path}:row {row}", too_large(size, max_bytes), "record")
         else:
             record = next(kept)
-            yield {"id": str(record["id"]) if "id" in record else f"{path}:{row}", "text": record["text"],
+            ident = record.get("id")  # null is no id: the place names the document
+            yield {"id": f"{path}:{row}" if ident is None else str(ident), "text": record["text"],
                    "source": path}

@@ -155,6 +155,16 @@ def test_an_empty_row_group_is_read_as_no_rows_not_as_corrupt_data(tmp_path):
                                                                            "the last document"]
 
 
+def test_a_null_id_is_a_missing_id_not_the_string_none(tmp_path):
+    """Every null id became "None": all one id, so the checks keyed by id (a drop's leaked test
+    documents, the filter's "duplicate of") took different documents for one."""
+    (tmp_path / "n.jsonl").write_text('{"id": null, "text": "first"}\n{"id": null, "text": "second"}\n')
+    pq.write_table(pa.table({"text": ["first", "second"], "id": pa.array([None, 7], pa.int64())}),
+                   tmp_path / "n.parquet")
+    assert [i for i, _ in read(tmp_path / "n.jsonl")] == [f"{tmp_path}/n.jsonl:1", f"{tmp_path}/n.jsonl:2"]
+    assert [i for i, _ in read(tmp_path / "n.parquet")] == [f"{tmp_path}/n.parquet:0", "7"]
+
+
 def test_columns_that_cannot_be_documents_are_named(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     assert read(tmp_path / "ints.parquet") == [
