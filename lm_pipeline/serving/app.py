@@ -62,6 +62,10 @@ def server_error() -> protocol.RequestError:
                                  status=500, kind="server_error")
 
 
+def model_object(served) -> dict:
+    return {"id": served.model_id, "object": "model", "created": 0, "owned_by": "lm-pipeline"}
+
+
 # Defined before the deployment: @serve.ingress freezes the routes (and what they refer to) as it runs.
 api = FastAPI(title="lm-pipeline", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -143,9 +147,18 @@ class LanguageModelServer:
             self.authorize(request)
         except protocol.RequestError as err:
             return self.refuse(served, err, time.monotonic())
-        body = {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": 0,
-                                            "owned_by": "lm-pipeline"}]}
+        body = {"object": "list", "data": [model_object(served)]}
         return JSONResponse(body, headers={VERSION_HEADER: served.model_id})
+
+    @api.get("/v1/models/{model_id:path}")  # ids hold a slash: lm-pipeline/3
+    async def model(self, request: Request, model_id: str) -> Response:
+        served, started = self.served, time.monotonic()
+        try:
+            self.authorize(request)
+            self.check_model(served, model_id)
+        except protocol.RequestError as err:
+            return self.refuse(served, err, started)
+        return JSONResponse(model_object(served), headers={VERSION_HEADER: served.model_id})
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:

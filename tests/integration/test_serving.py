@@ -69,6 +69,10 @@ def test_the_openai_client_gets_completions_and_streams_that_equal_lmp_generate(
                                          stream=True)
     pieces = [chunk.choices[0].text for chunk in streamed]
     assert len(pieces) > 2 and "".join(pieces) == answer.choices[0].text
+    *_, counted = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=16, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    assert counted.choices == [] and counted.usage == answer.usage  # the client's own parsing
+    assert client.models.retrieve(f"{MODEL}/{version}").id == f"{MODEL}/{version}"
     sampled = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=0.9,
                                         seed=7)
     assert sampled.choices[0].text == generate(endpoint.project, version, PROMPTS[1], "--temperature", "0.9",
@@ -216,7 +220,8 @@ def test_a_tampered_version_is_refused_and_the_previous_one_keeps_serving(endpoi
     tensors[name] = tensors[name] + 0.01  # a valid model, not the registered one
     save_file(tensors, weights, metadata={"format": "pt"})
     try:
-        lmp(project, "promote", target, "--reason", "serving test: a tampered version")
+        # `lmp promote` refuses it too: the alias moved by hand, as anyone who can write to the store could
+        registry(project).set_registered_model_alias(MODEL, "champion", target)
         wait_for(lambda: f"keeping {MODEL}/{before}" in endpoint.log.read_text(), 60, "the refusal logged")
         assert endpoint.served() == f"{MODEL}/{before}"
         code, answer, headers = endpoint.post("/v1/completions", {"model": MODEL, "prompt": "The"},

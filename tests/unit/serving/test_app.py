@@ -96,3 +96,17 @@ def test_a_stream_asked_for_its_usage_ends_with_the_answers_usage(server):
     usage_chunk = json.loads(last.removeprefix("data: "))
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == json.loads(answered.body)["usage"]
     assert "usage" not in "".join(events(server, body))  # only when asked
+
+
+def test_a_model_is_retrieved_by_its_id_or_the_registered_name(server):
+    """`client.models.retrieve(...)` calls GET /v1/models/{id}: it answered FastAPI's
+    {"detail": "Not Found"}, which OpenAI's clients cannot read."""
+    def get(model_id: str):
+        scope = {"type": "http", "method": "GET", "path": f"/v1/models/{model_id}", "headers": []}
+        return asyncio.run(server.model(Request(scope), model_id))
+
+    for name in ("tiny/1", "tiny"):
+        found = get(name)
+        assert found.status_code == 200 and json.loads(found.body)["id"] == "tiny/1"
+    missing = get("gpt-4")
+    assert missing.status_code == 404 and json.loads(missing.body)["error"]["param"] == "model"
