@@ -88,8 +88,9 @@ class Stopped(KeyboardInterrupt):
 
 class StopSignals:
     """SIGINT and SIGTERM stop the endpoint cleanly, starting or started. Ray's handlers would not:
-    its C++ one for SIGTERM aborts the process mid-start-up (exit 134, a stack dump) and leaves
-    Ray's agents running for a minute. While starting, a signal unwinds start-up (Stopped); once
+    its C++ one for SIGTERM aborts the process mid-start-up (exit 134, a stack dump). Installed
+    once ray.init has returned: inside it, a signal is still Ray's (exit 15, and its agents outlive
+    the process by about a minute). While starting, a signal unwinds start-up (Stopped); once
     started, it ends `requested.wait()`."""
 
     def __init__(self):
