@@ -4,6 +4,7 @@ loopback unless told otherwise; anywhere else only with a bearer token."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -56,16 +57,16 @@ def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
 
     log.info("deploying %s: %d replica(s) at %s", settings.source, serve_cfg.replicas, settings.endpoint)
     try:
-        serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port,
-                                  "request_timeout_s": serve_cfg.request_timeout_s})
-        app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
-                          serve_cfg.max_queued_requests, worker_env())
-        serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
+        with signals.starting():
+            serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port,
+                                      "request_timeout_s": serve_cfg.request_timeout_s})
+            app = application(settings, serve_cfg.replicas, serve_cfg.cpus_per_replica,
+                              serve_cfg.max_queued_requests, worker_env())
+            serve.run(app, name=APP_NAME, route_prefix="/")  # returns once every replica is up
     except Stopped:
         if not detach:  # detached, what Serve began is the cluster's to finish
             serve.shutdown()
         raise
-    signals.started = True
     log.info("serving %s at %s (OpenAI API: /v1/models, /v1/completions, "
              "/v1/chat/completions)%s%s", settings.source, settings.endpoint,
              ", bearer token required" if os.environ.get(TOKEN_ENV) else "",
@@ -95,11 +96,26 @@ class StopSignals:
 
     def __init__(self):
         self.started = False
+        self.received: int | None = None
         self.requested = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle)
 
     def handle(self, signum: int, frame) -> None:
+        self.received = signum
         self.requested.set()
         if not self.started:
             raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def starting(self):
+        """Start-up, which a signal stops. Ray's C++ waits (ray.get in serve.start and serve.run)
+        poll for signals and raise what the handler raised as a plain KeyboardInterrupt
+        (_raylet.check_signals), which would exit 130 for a SIGTERM: it is named again here."""
+        try:
+            yield
+            self.started = True
+        except KeyboardInterrupt:
+            if self.received is None:
+                raise
+            raise Stopped(self.received) from None
