@@ -30,7 +30,7 @@ from lm_pipeline.config import Config, SplitConfig
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.parallel import ray_map_lines
 from lm_pipeline.data.split import assign_split, text_digest
-from lm_pipeline.data.tokenizer import UNK, eot_id
+from lm_pipeline.data.tokenizer import UNK, eot_id, reading_text
 
 log = logging.getLogger(__name__)
 
@@ -94,4 +94,4 @@ def encode_lines(batch: dict[str, np.ndarray], tokenizer_json: str, split: dict,
 @functools.lru_cache(maxsize=2)
 def tokenizer_from_json(tokenizer_json: str) -> Tokenizer:
     """A worker builds the tokenizer once and reuses it for every task it runs."""
-    return Tokenizer.from_str(tokenizer_json)
+    return reading_text(Tokenizer.from_str(tokenizer_json))

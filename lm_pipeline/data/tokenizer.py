@@ -35,7 +35,29 @@ def train_tokenizer(texts: Iterable[str], tokenizer: TokenizerConfig) -> Tokeniz
         trained.decoder = decoders.Fuse()
         trainer = trainers.WordLevelTrainer(special_tokens=[EOT, UNK], show_progress=False)
     trained.train_from_iterator(texts, trainer=trainer)
-    return trained
+    return reading_text(trained)
+
+
+def read_tokenizer(path) -> Tokenizer:
+    """A tokenizer.json, to encode corpus text (reading_text)."""
+    return reading_text(Tokenizer.from_file(str(path)))
+
+
+def reading_text(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer`, encoding text as text: a document that quotes <|endoftext|> (or </s>) gets those
+    characters, not the token that ends documents, which would cut it in two in the token stream
+    and let a corpus write the separator the model is trained and scored on. tokenizer.json does
+    not keep this setting, so every load for corpus text sets it (read_tokenizer)."""
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def reading_prompts(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer`, encoding a prompt as Hugging Face and vLLM do: a special token written in it is
+    that token. A prompt is its writer's to format (a chat prompt formatted by hand), and a chat
+    template's rendering writes the model's turn tokens."""
+    tokenizer.encode_special_tokens = False
+    return tokenizer
 
 
 def eot_id(tokenizer: Tokenizer) -> int:

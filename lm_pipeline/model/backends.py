@@ -15,7 +15,7 @@ import torch.nn as nn
 from tokenizers import Tokenizer
 
 from lm_pipeline.config import LoraConfig, ModelConfig
-from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, eot_id, read_tokenizer
 from lm_pipeline.io import atomic_path, write_json
 from lm_pipeline.model import hf
 from lm_pipeline.model import lora as lora_adapters
@@ -77,7 +77,7 @@ def save_model(model: nn.Module, tokenizer_dir: Path, out_dir: Path, run_info: d
             return
         model.hf.save_pretrained(str(tmp), safe_serialization=True)
         shutil.copyfile(tokenizer_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-        tokenizer = Tokenizer.from_file(str(tokenizer_dir / TOKENIZER_FILE))
+        tokenizer = read_tokenizer(tokenizer_dir / TOKENIZER_FILE)
         kept = [name for name in HF_TOKENIZER_FILES if parent and (parent / name).is_file()]
         for name in kept:
             shutil.copyfile(parent / name, tmp / name)
@@ -105,7 +105,7 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer]
         return load_pretrained(folder, device)
     run_info = read_run_info(folder) if (folder / RUN_FILE).is_file() else {}
     model = hf.from_pretrained(folder, run_info.get("block_size"))
-    return model.to(device).eval(), Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    return model.to(device).eval(), read_tokenizer(folder / TOKENIZER_FILE)
 
 
 def weights_sha256(model: nn.Module) -> str:

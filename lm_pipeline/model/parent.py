@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from lm_pipeline.config import HF_PREFIX, TokenizerConfig
-from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id, read_tokenizer
 from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.model.folder import (
@@ -87,9 +87,7 @@ def fetch_hf_folder(src: Path, dest: Path, ref: str) -> dict:
 
 def check_end_of_text(folder: Path, ref: str) -> None:
     """The token the pipeline ends documents with must be the one the model declares as eos."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    tokenizer = read_tokenizer(folder / TOKENIZER_FILE)
     try:
         ours = tokenizer.id_to_token(eot_id(tokenizer))
     except ValueError as err:

@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_file, load_model, save_file
 from tokenizers import Tokenizer
 
-from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id
+from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id, read_tokenizer
 from lm_pipeline.io import atomic_path, read_json, write_json
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
@@ -37,7 +37,7 @@ def save_pretrained(model: GPT, tokenizer_file: Path, out_dir: Path, run_info: d
 
 def write_folder(model: GPT, tokenizer_file: Path, folder: Path, run_info: dict | None) -> None:
     """The model folder's files, into an existing folder."""
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer = read_tokenizer(tokenizer_file)
     eot = eot_id(tokenizer)
     save_file(to_gpt2_state_dict(model.state_dict()), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     write_json(folder / CONFIG_FILE, gpt2_config(model.config, eot))
@@ -65,7 +65,7 @@ def load_pretrained(model_dir: Path, device: str = "cpu") -> tuple[GPT, Tokenize
     model = GPT(gpt_config(read_json(model_dir / CONFIG_FILE)))
     load_weights(model, model_dir / WEIGHTS_FILE)
     model.to(device).eval()
-    return model, Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+    return model, read_tokenizer(model_dir / TOKENIZER_FILE)
 
 
 def load_weights(model: GPT, path: Path) -> None:

@@ -13,13 +13,15 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
+from lm_pipeline.data.tokenizer import reading_prompts
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.model.generate import complete_batch
 
 
 class LanguageModel(PythonModel):
     def load_context(self, context):
-        self.model, self.tokenizer = load_model(context.artifacts["model_dir"], device=resolve_device("auto"))
+        self.model, tokenizer = load_model(context.artifacts["model_dir"], device=resolve_device("auto"))
+        self.tokenizer = reading_prompts(tokenizer)  # as the endpoint reads them
         recorded = (context.model_config or {}).get("weights_sha256")
         if recorded != weights_sha256(self.model):  # the weights file was changed after registration
             raise ValueError(f"model_dir: its weights hash is not the one recorded at registration "

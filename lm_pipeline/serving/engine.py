@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lm_pipeline.data.tokenizer import eot_id
+from lm_pipeline.data.tokenizer import eot_id, reading_prompts
 from lm_pipeline.model.generate import cut_at_stop, generate_tokens, left_padded
 from lm_pipeline.model.transformer import device_of
 from lm_pipeline.serving.logprobs import choice_logprobs
@@ -33,6 +33,9 @@ class Served:
     model_id: str  # what /v1/models lists and every response names: "<name>/<version>" or a folder's name
     chat_template: str | None = None
     special_tokens: dict | None = None  # bos_token, eos_token: what a chat template refers to
+
+    def __post_init__(self):
+        reading_prompts(self.tokenizer)  # the tokenizer is this version's own, for prompts only
 
     @property
     def context(self) -> int:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from lm_pipeline.config import Config, corpus_description
 from lm_pipeline.data import canaries
@@ -30,7 +29,7 @@ from lm_pipeline.data.quality import check_validation_passed, source_of
 from lm_pipeline.data.shards import ShardWriter
 from lm_pipeline.data.split import SPLITS
 from lm_pipeline.data.tokenized import tokenizer_coverage, tokenizer_sample, write_shards
-from lm_pipeline.data.tokenizer import eot_id, train_tokenizer
+from lm_pipeline.data.tokenizer import eot_id, read_tokenizer, train_tokenizer
 from lm_pipeline.hashing import file_sha256
 from lm_pipeline.io import atomic_path, remove_leftovers
 from lm_pipeline.model import parent as parents
@@ -56,7 +55,7 @@ def run(cfg: Config) -> PreprocessResult:
         tmp.mkdir()
         parent = fetch_parent(cfg, tmp / parents.PARENT_DIR) if cfg.train.init_from else None
         if parent:
-            tokenizer = Tokenizer.from_file(str(tokenizer_path(tmp / parents.PARENT_DIR)))
+            tokenizer = read_tokenizer(tokenizer_path(tmp / parents.PARENT_DIR))
             log.info("preprocess: fine-tuning %s: its tokenizer (%d tokens) encodes this corpus; "
                      "the tokenizer section of params.yaml is not used", parents.describe(parent),
                      tokenizer.get_vocab_size())

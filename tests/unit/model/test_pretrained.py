@@ -1,7 +1,7 @@
 """The exported model folder: what save_pretrained writes, load_pretrained reads back exactly."""
 
 from lm_pipeline.config import TokenizerConfig
-from lm_pipeline.data.tokenizer import train_tokenizer
+from lm_pipeline.data.tokenizer import EOT, eot_id, train_tokenizer
 from lm_pipeline.model.backends import weights_sha256
 from lm_pipeline.model.folder import (
     GENERATION_CONFIG_FILE,
@@ -30,3 +30,8 @@ def test_a_saved_model_folder_loads_back_with_the_same_weights_tokenizer_and_run
     assert loaded_tokenizer.to_str() == tokenizer.to_str()
     assert read_run_info(tmp_path / "model") == run_info
     assert not list(tmp_path.glob(".model.*"))  # written atomically: no temporary left beside it
+    # what evaluation scores and continuous training measures is corpus text: a quoted
+    # <|endoftext|> is its characters, not the token that ends the document
+    quoted = loaded_tokenizer.encode(f"ends with {EOT} here", add_special_tokens=False).ids
+    assert eot_id(loaded_tokenizer) not in quoted
+    assert loaded_tokenizer.decode(quoted) == f"ends with {EOT} here"

@@ -128,3 +128,12 @@ def test_an_answer_ends_at_the_eos_token_a_chat_template_ends_turns_with(served)
     assert cut.text == full.text[:full.text.index(eos)] and cut.finish_reason == "stop"
     streamed = list(engine.stream(turned, request(prompt="a tuple", max_tokens=20, stream=True)))
     assert "".join(t for t, _, _ in streamed) == cut.text and streamed[-1][1] == "stop"
+
+
+def test_a_prompt_reads_special_tokens_as_written_where_corpus_text_does_not(served):
+    """A prompt is its writer's to format, as Hugging Face and vLLM read it: a special token
+    written in it is that token (a chat prompt formatted by hand for /v1/completions). Corpus
+    text is read as text by the same model's tokenizer elsewhere (evaluation, training data)."""
+    ids, start = engine.prompt_ids(served, "a tuple<|endoftext|>a list")
+    assert ids[start:].count(served.eot) == 1
+    assert served.tokenizer.decode(ids[start:], skip_special_tokens=False) == "a tuple<|endoftext|>a list"

@@ -116,3 +116,38 @@ def test_filter_and_preprocess_read_only_the_corpus_validation_passed(tmp_path):
         preprocess.run(cfg)
     filtered.write_text(kept)
     assert preprocess.run(cfg).tokens["train"] > 0
+
+
+@pytest.mark.bad_input
+def test_a_document_quoting_the_end_of_text_token_stays_one_document(tmp_path):
+    """Corpus text is text: a document that writes <|endoftext|> (a page about tokenizers) gets
+    its characters, not the token that ends documents, which cut it in two in the token stream
+    and let the corpus write the separator the model is trained and scored on."""
+    from tokenizers import Tokenizer
+
+    from lm_pipeline.config import Config
+    from lm_pipeline.data.documents import DOCUMENTS_FILE
+    from lm_pipeline.data.processed import load_documents, read_meta, tokenizer_path
+    from lm_pipeline.data.split import assign_split
+    from lm_pipeline.data.tokenizer import EOT
+    from lm_pipeline.stages import preprocess
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    texts = [f"document {i} lists {i % 7} tuples and {i % 5} lists. " * 3 +
+             (f"GPT-2 ends each document with {EOT} and starts the next." if i % 3 == 0 else "")
+             for i in range(300)]
+    (raw / DOCUMENTS_FILE).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                                              for i, t in enumerate(texts)))
+    cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
+                                 "data": {"processed_dir": str(tmp_path / "processed")},
+                                 "validate": {"report_dir": str(tmp_path / "validation"), "required": False},
+                                 "tokenizer": {"vocab_size": 300}, "canaries": {"count": 0}})
+    preprocess.run(cfg)
+    meta = read_meta(cfg.data.processed_dir)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path(cfg.data.processed_dir)))
+    for split in ("val", "test"):
+        expected = sorted(t for t in texts if assign_split(t, cfg.split) == split)
+        documents = load_documents(cfg.data.processed_dir, split)
+        assert sorted(tokenizer.decode(d.tolist(), skip_special_tokens=False) for d in documents) == expected
+        assert meta.documents[split] == len(expected)
