@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lm_pipeline.config import HF_PREFIX, TokenizerConfig
 from lm_pipeline.data.tokenizer import TOKENIZER_FILE, UNK, eot_id, read_tokenizer
-from lm_pipeline.hashing import file_sha256
+from lm_pipeline.hashing import file_sha256, tree_sha256
 from lm_pipeline.io import read_json, write_json
 from lm_pipeline.model.folder import (
     CONFIG_FILE,
@@ -107,6 +107,13 @@ def safetensors_sha256(folder: Path) -> str:
     if [f.name for f in files] == [WEIGHTS_FILE]:
         return file_sha256(files[0])
     return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
+def model_files_sha256(folder: Path) -> str:
+    """The hash of everything in the model folder but its weights files (config, tokenizer,
+    chat template, run.json, adapter): what the weights hashes leave out."""
+    weights = frozenset(p.name for p in Path(folder).glob("*.safetensors"))
+    return tree_sha256(folder, skip=weights)
 
 
 def copy_model_folder(src: Path, dest: Path, ref: str) -> None:

@@ -16,7 +16,7 @@ from lm_pipeline.data.split import assign_split
 from lm_pipeline.model.backends import load_model, resolve_device, weights_sha256
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry.aliases import RegistryError, current_champion
-from lm_pipeline.registry.downloads import download_version_folder
+from lm_pipeline.registry.downloads import check_model_files, download_version_folder
 
 DECISION_TAG = "promotion.record"  # the whole decision, as JSON: what a retried register finishes
 
@@ -105,13 +105,20 @@ def load_registered(name: str, version: str, device: str = "cpu",
                     refusal: str = "refusing to compare with it"):
     """A registered version's (model, tokenizer), read from its safetensors folder, never through
     its pyfunc loader (code from the artifact store would run here, with this stage's
-    credentials); refused unless its weights are the ones whose hash was recorded at registration
-    (RegistryError, ending in `refusal`)."""
+    credentials); refused unless it is the one registered (load_checked)."""
     import mlflow
 
     mv = mlflow.MlflowClient().get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_model(download_version_folder(mv, Path(tmp)), device)
+        return load_checked(mv, download_version_folder(mv, Path(tmp)), device, refusal)
+
+
+def load_checked(mv, folder: Path, device: str, refusal: str):
+    """Version `mv`'s downloaded folder as (model, tokenizer), refused (RegistryError, ending in
+    `refusal`) unless its files beside the weights and its weights are the ones whose hashes were
+    recorded at registration."""
+    check_model_files(mv, folder, refusal)
+    model, tokenizer = load_model(folder, device)
     check_weights(mv, model, refusal)
     return model, tokenizer
 

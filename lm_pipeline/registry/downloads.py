@@ -5,6 +5,7 @@ pins a registered parent through this module without depending on the model's co
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from lm_pipeline.model import parent as parents
 from lm_pipeline.model.folder import WEIGHTS_FILE
 from lm_pipeline.registry.aliases import RegistryError, model_version
 
+log = logging.getLogger(__name__)
+
 FILES_TAG = "safetensors_sha256"  # the weights files' hash, recorded at registration (pyfunc.py)
+MODEL_FILES_TAG = "model_files_sha256"  # the hash of the folder's other files: config, tokenizer...
 
 
 def download_version_folder(mv, dest: Path) -> Path:
@@ -41,6 +45,21 @@ def check_files(mv, folder: Path) -> None:
                                   "the artifact store since); refusing to fine-tune from it")
 
 
+def check_model_files(mv, folder: Path, refusal: str) -> None:
+    """The files beside the weights must be the ones registered: a tokenizer with two ids swapped,
+    or a config with another layer-norm epsilon, changes every answer and no weights hash.
+    A version registered before the tag was recorded is checked on its weights only."""
+    pinned, recorded = f"models:/{mv.name}/{mv.version}", mv.tags.get(MODEL_FILES_TAG)
+    if recorded is None:
+        log.warning("%s has no %s tag (registered before lm-pipeline recorded it): its config and "
+                    "tokenizer cannot be checked, only its weights; register it again",
+                    pinned, MODEL_FILES_TAG)
+    elif parents.model_files_sha256(folder) != recorded:
+        raise RegistryError(f"{pinned}: its model files (config, tokenizer, chat template, run.json) are "
+                            "not the ones recorded at registration: changed in the artifact store since; "
+                            f"{refusal}")
+
+
 def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
     """The registered version `uri` names (an alias resolved once, to its number), copied into
     `dest` and pinned there as the fine-tuning parent; returns its record."""
@@ -61,6 +80,10 @@ def fetch_parent(cfg: Config, uri: str, dest: Path) -> dict:
         except RegistryError as err:
             raise parents.ParentError(str(err)) from None
         check_files(mv, folder)
+        try:
+            check_model_files(mv, folder, "refusing to fine-tune from it")
+        except RegistryError as err:
+            raise parents.ParentError(str(err)) from None
         parents.copy_model_folder(folder, dest, pinned)
     return parents.pin(dest, {"init_from": uri, "model_version": pinned, "name": mv.name,
                               "version": str(mv.version), "run_id": mv.run_id})

@@ -13,13 +13,13 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from lm_pipeline.hashing import tree_sha256
-from lm_pipeline.model.parent import safetensors_sha256
-from lm_pipeline.registry.downloads import FILES_TAG
+from lm_pipeline.model.parent import model_files_sha256, safetensors_sha256
+from lm_pipeline.registry.downloads import FILES_TAG, MODEL_FILES_TAG
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CODE_TAG = "code_sha256"
-WEIGHTS_FOLDER = "artifacts"  # the model folder: safetensors, tokenizer, config; checked by weights_sha256
+WEIGHTS_FOLDER = "artifacts"  # the model folder: checked by weights_sha256 and model_files_sha256
 # Not code: the weights, and the note MLflow's client writes into a models:/ download (name, version).
 NOT_CODE = frozenset({WEIGHTS_FOLDER, "registered_model_meta"})
 
@@ -31,7 +31,8 @@ def register_pyfunc(model_dir: Path, name: str, run_id: str, tags: dict[str, str
 
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(model_dir, tags["weights_sha256"])  # copies files; its example check loads, frees
-    tags = tags | {CODE_TAG: logged_code_sha256(info), FILES_TAG: safetensors_sha256(model_dir)}
+    tags = tags | {CODE_TAG: logged_code_sha256(info), FILES_TAG: safetensors_sha256(model_dir),
+                   MODEL_FILES_TAG: model_files_sha256(model_dir)}
     return str(mlflow.register_model(info.model_uri, name, tags=tags).version)
 
 

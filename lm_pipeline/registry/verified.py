@@ -12,9 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from lm_pipeline.model.backends import load_model
 from lm_pipeline.registry.aliases import RegistryError, model_version
-from lm_pipeline.registry.decision import check_weights
+from lm_pipeline.registry.decision import load_checked
 from lm_pipeline.registry.downloads import download_version_folder
 from lm_pipeline.registry.pyfunc import CODE_TAG, code_sha256
 
@@ -43,7 +42,7 @@ def verify(uri: str, dest: Path | None = None) -> str:
                                 f"registration ({recorded[:12]}...): MLmodel, the loader, code/ or the "
                                 "requirements changed in the artifact store after it was registered; "
                                 "refusing it")
-        check_weights(mv, load_model(model_dir, "cpu")[0], "refusing it")
+        load_checked(mv, model_dir, "cpu", "refusing it")
         if dest:
             if dest.exists():
                 dest.rmdir()  # empty (checked above)

@@ -1,7 +1,8 @@
 """What a replica serves, loaded and checked: a model folder, or a registered version read as
-plain safetensors and refused unless its weights hash is the one recorded at registration
-(registry/decision.check_weights). A version's MLflow loader, Python code in the artifact store,
-is never run; an alias is resolved to a version number each time it is looked at."""
+plain safetensors and refused unless its weights and its other files (config, tokenizer) hash
+to the values recorded at registration (registry/decision.load_checked). A version's MLflow
+loader, Python code in the artifact store, is never run; an alias is resolved to a version
+number each time it is looked at."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from lm_pipeline.model.backends import load_model, resolve_device
 from lm_pipeline.registry.aliases import model_version
-from lm_pipeline.registry.decision import check_weights
+from lm_pipeline.registry.decision import load_checked
 from lm_pipeline.registry.downloads import download_version_folder
 from lm_pipeline.serving.chat import chat_template, special_tokens
 from lm_pipeline.serving.engine import Served
@@ -48,9 +49,8 @@ def load(source: str, device: str = "auto") -> Served:
     mv = model_version(mlflow.MlflowClient(), source)
     with tempfile.TemporaryDirectory(prefix="lmp-serve-") as tmp:
         folder = download_version_folder(mv, Path(tmp))
-        model, tokenizer = load_model(folder, device)
+        model, tokenizer = load_checked(mv, folder, device, "refusing to serve it")
         template, special = chat_template(folder), special_tokens(folder)
-    check_weights(mv, model, "refusing to serve it")
     return Served(model, tokenizer, f"{mv.name}/{mv.version}", template, special)
 
 

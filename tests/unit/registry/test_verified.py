@@ -81,3 +81,48 @@ def test_a_registered_parent_whose_weights_changed_in_the_store_is_refused(regis
     with pytest.raises(ParentError, match=r"models:/tiny/1: its safetensors .* not the ones registered"):
         fetch_parent(cfg, "models:/tiny/1", tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def swap_two_tokens(path: Path) -> None:
+    """tokenizer.json with two tokens' ids swapped: it loads, the weights are untouched, and every
+    text with those tokens means something else to the model."""
+    import json
+
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(tokenizer))
+
+
+def widen_layer_norm(path: Path) -> None:
+    import json
+
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(config | {"layer_norm_epsilon": 0.5}))
+
+
+@pytest.mark.parametrize("change", [swap_two_tokens, widen_layer_norm], ids=["tokenizer", "config"])
+def test_a_version_whose_tokenizer_or_config_changed_in_the_store_is_refused_by_every_reader(
+        registered, tmp_path, mlflow_uri, change):
+    """The weights hash covers the weights only: a tokenizer or config changed in the store was
+    served, compared with and fine-tuned from as the version registered."""
+    from lm_pipeline.config import Config
+    from lm_pipeline.model.parent import ParentError
+    from lm_pipeline.registry.decision import load_registered
+    from lm_pipeline.registry.downloads import fetch_parent
+    from lm_pipeline.serving import source
+
+    folder = next(registered.glob("artifacts/*/model.safetensors")).parent
+    change(folder / ("tokenizer.json" if change is swap_two_tokens else "config.json"))
+    changed = r"models:/tiny/1: its model files .* not the ones recorded at registration"
+    with pytest.raises(RegistryError, match=changed):
+        verify("models:/tiny/1")
+    with pytest.raises(RegistryError, match=changed):
+        load_registered("tiny", "1")
+    with pytest.raises(RegistryError, match=changed):
+        source.load("models:/tiny/1")
+    with pytest.raises(ParentError, match=changed):
+        fetch_parent(Config.model_validate({"mlflow": {"tracking_uri": mlflow_uri}}), "models:/tiny/1",
+                     tmp_path / "parent")
+    assert not (tmp_path / "parent").exists()
