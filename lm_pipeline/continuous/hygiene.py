@@ -94,7 +94,8 @@ def check_against_corpus(cfg: Config, texts: list[str], corpus_file: Path, repor
         report.problems.append(f"{report.repeats} of {report.documents} documents "
                                f"({report.repeat_share:.0%}) repeat the corpus, exactly or nearly "
                                f"(ct.max_duplicate_share {cfg.ct.max_duplicate_share:.0%})")
-    test = {d["id"]: d["text"] for d in corpus if assign_split(d["text"], cfg.split) == "test"}
+    # Pairs, not a dict by id: ids repeat in a corpus ingested from files that each count from 0.
+    test = [(d["id"], d["text"]) for d in corpus if assign_split(d["text"], cfg.split) == "test"]
     report.leaked_test_documents = leaked(test, texts, cfg.validate_.contamination_ngram,
                                           cfg.validate_.contamination_overlap)
     if len(report.leaked_test_documents) > cfg.ct.max_leaked_test_documents:
@@ -116,11 +117,11 @@ def count_repeats(corpus: list[str], texts: list[str], jaccard: float, seed: int
     return sum(e or n for e, n in zip(exact, near, strict=True))
 
 
-def leaked(test: dict[str, str], texts: list[str], ngram: int, overlap: float) -> list[str]:
-    """Ids of the test documents whose word n-grams the drop's texts cover by `overlap` or more."""
-    ids = list(test)
-    shares = overlap_shares(dict(enumerate(test.values())), texts, ngram)
-    return [ids[i] for i, share in shares.items() if share >= overlap]
+def leaked(test: list[tuple[str, str]], texts: list[str], ngram: int, overlap: float) -> list[str]:
+    """Ids of the test documents ((id, text) pairs) whose word n-grams the drop's texts cover by
+    `overlap` or more."""
+    shares = overlap_shares({i: text for i, (_, text) in enumerate(test)}, texts, ngram)
+    return [test[i][0] for i, share in shares.items() if share >= overlap]
 
 
 def quarantine(cfg: Config, drop: Drop, report: Hygiene) -> Path:

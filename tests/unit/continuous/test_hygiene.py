@@ -89,3 +89,18 @@ def test_a_drop_holding_a_link_out_of_it_is_refused_naming_the_link(project, tmp
     (root / "incoming" / "linked" / "notes").symlink_to(secret)
     _, report, _ = checked(root, cfg, "linked")
     assert not report.passed and "notes" in report.problems[0] and "outside the drop" in report.problems[0]
+
+
+def test_test_documents_sharing_an_id_are_each_checked_for_leaks(project, tmp_path):
+    """Ids repeat in a corpus ingested from several files (each numbering its documents from 0):
+    keyed by id, only the last test document of each id was checked, so a drop holding the others
+    passed."""
+    root, cfg, corpus = project
+    merged = tmp_path / "documents.jsonl"
+    merged.write_text("".join(json.dumps({"id": str(i % 2), "text": t}) + "\n" for i, t in enumerate(corpus)))
+    test_texts = [t for t in corpus if assign_split(t, cfg.split) == "test"]
+    assert len(test_texts) >= 4  # precondition: several test documents share each id
+    drop(root, "leak-shared-ids", documents(BIRDS, 40, seed=4) + test_texts[:3])
+    (target,) = [d for d in find_drops(cfg.ct.watch)[0] if d.name == "leak-shared-ids"]
+    report, _ = check_drop(cfg, target, merged, tmp_path / "work")
+    assert len(report.leaked_test_documents) == 3 and not report.passed
