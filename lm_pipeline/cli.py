@@ -21,10 +21,10 @@ import traceback
 from pathlib import Path
 
 from lm_pipeline import env, tracking
-from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, build_parser
+from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.progress import ticking
-from lm_pipeline.text import terminal_safe
+from lm_pipeline.text import terminal_safe, without_url_credentials
 from lm_pipeline.training.tuned import tuned_config
 
 
@@ -38,13 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("lm_pipeline").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
-        if args.overrides and args.command in FLOW_COMMANDS:
-            raise ConfigError(f"--set is for one command's own settings; `lmp {args.command}` runs its "
-                              "stages in processes that read the project's params.yaml: change the "
-                              "file, or run `dvc exp run -S KEY=VALUE`")
+        if args.command in FLOW_COMMANDS:
+            check_flow_settings(args)
         cfg = load_config(args.params, args.overrides)
     except ConfigError as err:
-        print(f"lmp: config error: {terminal_safe(err)}", file=sys.stderr)
+        print(f"lmp: config error: {printable(err)}", file=sys.stderr)
         return 2
     try:
         if getattr(args, "tuned", False):
@@ -56,13 +54,31 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + getattr(stop, "signum", signal.SIGINT)
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
         if debug:
-            sys.stderr.write(terminal_safe(traceback.format_exc()))
-        print(f"lmp {args.command}: {type(err).__name__}: {terminal_safe(err)}" + ("" if debug else
+            sys.stderr.write(printable(traceback.format_exc()))
+        print(f"lmp {args.command}: {type(err).__name__}: {printable(err)}" + ("" if debug else
               f" (the traceback: --debug or {DEBUG_ENV}=1)"), file=sys.stderr)
         return 1
     if output:
         show(output)
     return 0
+
+
+def check_flow_settings(args) -> None:
+    """A flow's stages run in processes of their own (`dvc repro`, `lmp <stage>`) that read the
+    project's params.yaml: settings given any other way would not reach them."""
+    if args.overrides:
+        raise ConfigError(f"--set is for one command's own settings; `lmp {args.command}` runs its "
+                          "stages in processes that read the project's params.yaml: change the "
+                          "file, or run `dvc exp run -S KEY=VALUE`")
+    if Path(args.params).resolve() != Path(PARAMS_FILE).resolve():
+        raise ConfigError(f"--params {args.params}: `lmp {args.command}` runs its stages in processes "
+                          f"that read the project's {PARAMS_FILE}: put the settings there (or run a "
+                          f"stage with --params)")
+
+
+def printable(value) -> str:
+    """An error as the terminal, and a flow's logs, may show it: no escape sequence, no password."""
+    return terminal_safe(without_url_credentials(value))
 
 
 def show(text: str, stream=None) -> None:

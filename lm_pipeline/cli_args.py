@@ -10,6 +10,7 @@ from pathlib import Path
 from lm_pipeline.stages import STAGES
 
 FLOW_COMMANDS = ("run", "tune", "ct", "deploy")  # their stages run in processes of their own
+PARAMS_FILE = "params.yaml"  # what the stages under dvc repro read
 DEBUG_ENV = "LMP_DEBUG"
 
 
@@ -20,8 +21,9 @@ def common_options(defaults: bool) -> argparse.ArgumentParser:
         return value if defaults else argparse.SUPPRESS
 
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--params", type=Path, default=default(Path("params.yaml")),
-                         help="the params file (default: params.yaml)")
+    options.add_argument("--params", type=Path, default=default(Path(PARAMS_FILE)),
+                         help=f"the params file (default: {PARAMS_FILE}; the flow commands read "
+                              f"{PARAMS_FILE} only)")
     # After the command, its own list: argparse would otherwise replace the one given before it.
     options.add_argument("--set", dest="overrides" if defaults else "overrides_after", action="append",
                          metavar="SECTION.KEY=VALUE",

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from lm_pipeline.text import without_url_credentials
+
 HF_PREFIX = "hf:"  # train.init_from: hf:<folder> is a local Hugging Face model
 # What the stages write, each replaced whole: none may be inside another, or the project itself.
 OUTPUTS = ("data.raw_dir", "data.processed_dir", "data.report_file", "validate.report_dir",
@@ -890,7 +892,7 @@ def _describe(error: dict) -> str:
 
 def shown(value) -> str:
     """A value as an error message echoes it, URL credentials (//user:password@) masked."""
-    return repr(re.sub(r"//[^/\s]*@", "//***@", value) if isinstance(value, str) else value)
+    return repr(without_url_credentials(value) if isinstance(value, str) else value)
 
 
 PARAMS_HEADER = """\

@@ -20,6 +20,7 @@ MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
 TERMINAL_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 CONTROLS = re.compile(f"[{TERMINAL_CONTROLS}]")
 CONTROLS_AND_LINE_BREAKS = re.compile(f"[{TERMINAL_CONTROLS}\n\u2028\u2029]")
+URL_CREDENTIALS = re.compile(r"//[^/\s]*@")  # //user:password@ (a password's own / or @ is %-escaped)
 
 
 def markdown_literal(value) -> str:
@@ -35,6 +36,13 @@ def terminal_safe(value, one_line: bool = False) -> str:
     a field quoted in one line of a message, which a newline would let forge the next line)."""
     controls = CONTROLS_AND_LINE_BREAKS if one_line else CONTROLS
     return controls.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), str(value))
+
+
+def without_url_credentials(value) -> str:
+    """`value` as text with every URL's credentials masked (//***@): a client's error quotes the
+    URL it was given (MLflow's, the tracking server's with its password), and an error line goes
+    to the terminal and, from a flow's stage, to its logs and artifacts."""
+    return URL_CREDENTIALS.sub("//***@", str(value))
 
 
 def fenced(text: str) -> str:

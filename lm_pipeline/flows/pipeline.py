@@ -31,7 +31,7 @@ from lm_pipeline.flows.temporary_server import temporary_server
 from lm_pipeline.io import read_json, without_credentials
 from lm_pipeline.registry.aliases import current_champion
 from lm_pipeline.stages import STAGES
-from lm_pipeline.text import fenced
+from lm_pipeline.text import fenced, without_url_credentials
 from lm_pipeline.tracking import FLOW_RUN_ENV
 from lm_pipeline.training.tuned import best_values, tuned_config
 
@@ -113,7 +113,7 @@ def champion_status(project_dir: str) -> str:
         version = current_champion(mlflow.MlflowClient(uri, registry_uri=uri), name)
         return f"{name} champion is version {version}" if version else f"{name} has no champion"
     except Exception as err:  # the hook reports; it must not fail itself
-        return f"the champion could not be read ({err})"
+        return f"the champion could not be read ({without_url_credentials(err)})"
 
 
 @flow(name="lm-pipeline", log_prints=True, on_failure=[report_failure])

@@ -74,6 +74,45 @@ def test_set_is_refused_where_the_stages_would_not_see_it(tmp_path):
     assert out.returncode == 2 and "dvc exp run -S" in out.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "tune", "ct", "deploy"])
+def test_another_params_file_is_refused_where_the_stages_would_not_read_it(tmp_path, command):
+    """A flow's stages run `dvc repro` and `lmp` in processes that read params.yaml: another file
+    given with --params ran the default pipeline (or scheduled the watcher with its interval)."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "other.yaml").write_text("train:\n  lr: 0.02\n")
+    for args in (["--params", "other.yaml", command], [command, "--params", "other.yaml"]):
+        out = lmp(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "--params other.yaml" in out.stderr and "params.yaml" in out.stderr, \
+            out.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.security
+def test_an_error_line_masks_the_password_of_a_url_it_quotes(tmp_path):
+    """MLflow's errors quote the tracking URL with its password; the line goes to the terminal, and
+    from a flow's stage to its logs and its failure artifact."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    env = os.environ | {"MLFLOW_TRACKING_URI": "http://alice:s3cret@127.0.0.1:9",  # nothing listens
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    out = subprocess.run([LMP, "--debug", "promote", "1", "--reason", "r"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "http://***@127.0.0.1:9/api" in out.stderr, \
+        out.stderr
+    assert "s3cret" not in out.stderr
+
+
+@pytest.mark.security
+def test_the_champion_a_failed_flow_reports_masks_the_password_of_the_store(tmp_path, monkeypatch):
+    from lm_pipeline.flows.pipeline import champion_status
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    status = champion_status(str(tmp_path))
+    assert status.startswith("the champion could not be read") and "//***@127.0.0.1:9" in status
+    assert "s3cret" not in status
+
+
 def test_a_failure_is_one_line_and_debug_adds_its_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     failing = ["generate", "--model", str(tmp_path / "no-such-model"), "The"]  # fails in its first read
