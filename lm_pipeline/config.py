@@ -98,7 +98,7 @@ class DataConfig(Section):
                                      "when not empty: [{source: ..., weight: ...}, ...]; each source is "
                                      "sampled down (never repeated) so its characters make its weight's "
                                      "share")
-    mix_seed: int = Field(1337, description="seeds which documents each source of a mixture gives")
+    mix_seed: int = Field(1337, ge=0, description="seeds which documents each source of a mixture gives")
     raw_dir: Path = Field(Path("data/raw"), description="where ingest writes documents.jsonl")
     processed_dir: Path = Field(Path("data/processed"), description="tokenizer and token files")
     min_doc_chars: int = Field(1, ge=0, description="python-docs only: skip docstrings shorter than this")
@@ -162,7 +162,7 @@ class ValidateConfig(Section):
                                           "contaminated test documents")
     sample_documents: int = Field(20_000, ge=1, description="documents whose features are checked "
                                   "one by one (a seeded sample beyond this); counters see them all")
-    seed: int = Field(1337, description="seeds the sample and the MinHash permutations")
+    seed: int = Field(1337, ge=0, description="seeds the sample and the MinHash permutations")
     report_dir: Path = Field(Path("reports/validation"), description="result JSON and Data Docs")
     required: bool = Field(True, description="filter and preprocess read only the corpus the last "
                            "validation passed (by its documents' sha256); false lets them read a corpus "
@@ -256,7 +256,7 @@ class NearDedupFilter(Section):
     ngram: int = Field(5, ge=1)
     bands: int = Field(14, ge=1)
     rows: int = Field(8, ge=1)
-    seed: int = 1
+    seed: int = Field(1, ge=0)
 
 
 class FilterConfig(Section):
@@ -314,7 +314,7 @@ class SplitConfig(Section):
 
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for validation")
     test_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents for test")
-    seed: int = Field(1337, description="seeds the hash that assigns documents to splits")
+    seed: int = Field(1337, ge=0, description="seeds the hash that assigns documents to splits")
 
 
 class CanaryConfig(Section):
@@ -327,7 +327,7 @@ class CanaryConfig(Section):
     repeats: int = Field(1, ge=1, description="how often each is planted (exposure grows with it)")
     digits: int = Field(9, ge=4, le=18, description="digits of each secret: 10^digits possible secrets, "
                         "so at most digits x log2(10) bits of exposure")
-    seed: int = Field(1337, description="seeds the secrets")
+    seed: int = Field(1337, ge=0, description="seeds the secrets")
 
 
 class PrivacyConfig(Section):
@@ -344,7 +344,7 @@ class PrivacyConfig(Section):
                                "(at most half the context)")
     suffix_tokens: int = Field(32, ge=1, description="extraction: the next tokens greedy decoding must "
                                "reproduce exactly")
-    seed: int = Field(1337, description="seeds the references and the sample")
+    seed: int = Field(1337, ge=0, description="seeds the references and the sample")
 
 
 class ModelConfig(Section):
@@ -438,7 +438,7 @@ class TrainConfig(Section):
                                   "models:/<name>/<version>, a folder `lmp train` wrote, or hf:<folder> "
                                   "(a local Hugging Face model, with model.backend: hf); null trains "
                                   "from scratch")
-    seed: int = Field(1337, description="seeds the initial weights and every batch")
+    seed: int = Field(1337, ge=0, description="seeds the initial weights and every batch")
     model_dir: Path = Field(Path("models/model"), description="final safetensors, config, tokenizer")
     checkpoint_dir: Location = Field("checkpoints", description="Ray Train storage (checkpoints): a folder, "
                                      "or an object-storage URL every worker reaches (s3://bucket/prefix; "
@@ -496,7 +496,7 @@ class EvaluateConfig(Section):
                                 description="source/target JSONL pairs for BLEU")
     parallel_template: str = Field("{source}\n>>> ", description="prompt built from each source")
     bootstrap_resamples: int = Field(1000, ge=10, description="for confidence intervals")
-    seed: int = Field(1337, description="seeds the bootstrap")
+    seed: int = Field(1337, ge=0, description="seeds the bootstrap")
     metrics_file: Path = Field(Path("reports/metrics.json"), description="every test metric (dvc metrics)")
     report_dir: Path = Field(Path("reports/evaluation"), description="report.md/.html, plots, CSVs")
     harness_tasks: list[str] = Field(
@@ -588,7 +588,7 @@ class TuneConfig(Section):
                                  "still running then are stopped")
     grace_period: int = Field(100, ge=1, description="steps every trial trains before ASHA may stop it")
     reduction_factor: float = Field(2, gt=1, description="ASHA keeps 1/reduction_factor at each rung")
-    seed: int = Field(1337, description="seeds the sampling of the space")
+    seed: int = Field(1337, ge=0, description="seeds the sampling of the space")
     space: dict[str, dict[Literal[SEARCH_KINDS], list]] = Field(
         default_factory=lambda: {"train.lr": {"loguniform": [0.001, 0.006]},
                                  "train.weight_decay": {"choice": [0.0, 0.1]},
@@ -729,7 +729,7 @@ class ContinuousConfig(Section):
     canary_max_error_rate: float = Field(0.0, ge=0, le=1, description="share of canary requests that may "
                                          "fail")
     canary_max_p95_ms: float = Field(5000.0, gt=0, description="slowest p95 latency of the canary's requests")
-    seed: int = Field(1337, description="seeds the drift samples and their bootstrap")
+    seed: int = Field(1337, ge=0, description="seeds the drift samples and their bootstrap")
 
     @field_validator("archive_dir")
     @classmethod

@@ -1,7 +1,7 @@
 """What identifies a training run and what it records in MLflow: the digest that names its
 checkpoint folder (so the same run resumes), the MLflow run an earlier attempt left, and the
-params, tags and system information every run logs the same way (pipeline runs, DVC experiments
-and Tune trials compare side by side)."""
+params and tags (the system information among them) every run logs the same way (pipeline
+runs, DVC experiments and Tune trials compare side by side)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ from lm_pipeline.model import parent as parents
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the Ray run folder: which MLflow run a resume continues
-# What may differ between attempts of one run (none changes what it trains: run_digest):
-# logged as tags, which show the latest attempt's, since MLflow refuses to change a param.
+# What may differ between attempts of one run (none changes what it trains: run_digest), and
+# the machine each ran on: logged as tags, which show the latest attempt's, since MLflow refuses
+# to change a param (a resume after a torch upgrade, or on another host, failed before training).
 ATTEMPT_SETTINGS = ("run_on", "max_failures", "checkpoints_to_keep", "model_dir", "curves_dir",
-                    "max_minutes")
+                    "max_minutes", "checkpoint_dir")
 
 
 def attempt_tags(cfg: Config) -> dict[str, str]:
-    return {f"train.{key}": str(getattr(cfg.train, key)) for key in ATTEMPT_SETTINGS}
+    return {f"train.{key}": str(getattr(cfg.train, key)) for key in ATTEMPT_SETTINGS} | system_info()
 
 
 def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
@@ -42,7 +43,7 @@ def run_params(cfg: Config, meta: ProcessedMeta) -> dict:
         "train": cfg.train.model_dump(mode="json", exclude=set(ATTEMPT_SETTINGS)),
         "tokenizer": {"kind": meta.tokenizer_kind},
         "data": {"source": meta.source, "vocab_size": meta.vocab_size, "train_tokens": meta.tokens["train"],
-                 "val_tokens": meta.tokens["val"]}}) | system_info()
+                 "val_tokens": meta.tokens["val"]}})
 
 
 def run_tags(cfg: Config, meta: ProcessedMeta) -> dict[str, str]:
@@ -73,7 +74,7 @@ def run_digest(cfg: Config, meta: ProcessedMeta) -> str:
     Where checkpoints go, how many failures to tolerate and where the loop runs (in this process
     or on Ray: the checkpoints are the same files) do not change the run.
     """
-    operational = {*ATTEMPT_SETTINGS, "checkpoint_dir"}
+    operational = set(ATTEMPT_SETTINGS)
     recipe = {"model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(),
               "hf_config": hf_config_json(cfg.model.hf_config),
               "train": cfg.train.model_dump(mode="json", exclude=operational),

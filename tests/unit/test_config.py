@@ -134,3 +134,17 @@ def test_a_registered_model_name_beyond_letters_digits_and_dot_dash_underscore_i
     with pytest.raises(ConfigError, match=r"register\.model_name: "):
         load_config(write(tmp_path, {"register": {"model_name": name}}))
     assert load_config(write(tmp_path, {"register": {"model_name": "lm-pipeline_v2.1"}}))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("key", ["train.seed", "validate.seed", "evaluate.seed", "ct.seed", "data.mix_seed",
+                                 "filter.near_dedup.seed", "split.seed", "canaries.seed", "tune.seed"])
+def test_a_negative_seed_is_refused_at_load_naming_it(tmp_path, key):
+    """numpy's generators take no negative seed: train.seed -1 failed every Ray worker (until
+    max_failures ran out) with numpy's error, which names no setting."""
+    section, *path = key.split(".")
+    value: dict = {path[-1]: -1}
+    for part in reversed(path[:-1]):
+        value = {part: value}
+    with pytest.raises(ConfigError, match=re.escape(key) + r": .*greater than or equal to 0"):
+        load_config(write(tmp_path, {section: value}))

@@ -159,16 +159,35 @@ def test_run_params_describe_model_recipe_data_and_system():
                                  "tokenizer": {"kind": "bpe", "vocab_size": 4096}})
     params = run_params(cfg, META)
     assert params["model.n_layer"] == 2 and params["train.lr"] == 1e-3
-    assert params["train.checkpoint_dir"] == "checkpoints" and params["train.init_from"] is None
+    assert params["train.init_from"] is None
     # A resumed attempt may change these (a param never changes): they are tags.
-    assert not {"train.run_on", "train.max_failures", "train.model_dir"} & params.keys()
+    per_attempt = {"train.run_on", "train.max_failures", "train.model_dir", "train.checkpoint_dir"}
+    assert not per_attempt & params.keys()
     assert attempt_tags(cfg)["train.run_on"] == "auto"
     # The data as preprocess made it, not the tokenizer section (bpe, 4096).
     assert params["tokenizer.kind"] == "char" and params["data.vocab_size"] == 512
     assert params["data.source"] == "python-docs"
     assert params["data.train_tokens"] == 9000 and params["data.val_tokens"] == 500
-    assert {"system.python", "system.torch", "system.ray", "system.gpu"} <= params.keys()
-    assert not any(key.startswith(("data.processed_dir", "mlflow.", "tune.")) for key in params)
+    assert not any(key.startswith(("data.processed_dir", "mlflow.", "tune.", "system.")) for key in params)
+    assert {"system.python", "system.torch", "system.ray", "system.gpu"} <= attempt_tags(cfg).keys()
+
+
+def test_a_run_resumed_after_an_upgrade_or_from_another_spelling_of_its_folder_logs_again(cfg, monkeypatch):
+    """MLflow refuses to change a param, and the run a resume continues is found by its digest,
+    which neither the machine nor how checkpoint_dir is written changes: torch upgraded (or
+    another host, another GPU) failed every later attempt of the run before it trained."""
+    run_id = tracking.start_run(cfg, run_name="train-1", tags={})
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(run_params(cfg, META))
+        mlflow.set_tags(attempt_tags(cfg))
+    upgraded = {"system.torch": "9.9.9", "system.gpu": "NVIDIA H100"}
+    monkeypatch.setattr(run_record, "system_info", lambda: upgraded)
+    again = with_(cfg, "train", checkpoint_dir="./checkpoints")
+    assert run_record.run_digest(again, META) == run_record.run_digest(cfg, META)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(run_params(again, META))
+        mlflow.set_tags(attempt_tags(again))
+    assert mlflow.get_run(run_id).data.tags["system.torch"] == "9.9.9"  # the latest attempt's
 
 
 def log_history(run_id: str, key: str, values: dict[int, float]) -> None:
