@@ -120,7 +120,7 @@ def test_language_keeps_the_configured_languages_above_their_confidence():
 
 POSITIVES = {
     "email": ["jane.doe@example.com", "ops+alerts@mail.example.co.uk"],
-    "phone": ["(555) 123-4567", "555-123-4567", "+1 555 123 4567", "+44 20 7946 0958"],
+    "phone": ["(555) 123-4567", "555-123-4567", "+1 555 123 4567", "+44 20 7946 0958", "1-800-555-1234"],
     "ip_address": ["192.168.10.24", "8.8.8.8", "2001:db8:85a3::8a2e:370:7334"],
     "credit_card": ["4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005"],
     "secret": ["AKIAIOSFODNN7EXAMPLE", "ghp_" + "a1B2" * 9, "sk-proj-" + "x9Y8" * 8,
@@ -128,17 +128,30 @@ POSITIVES = {
 }
 LOOK_ALIKES = ["version 3.11.2", "999.12.1.1", "the slice a[::2]", "at 12:30:45", "on 2024-01-15",
                "ISBN 978-3-16-148410-0", "order 4111 1111 1111 1112", "user@localhost",
-               "the task-12345-67890 id", "pi is 3.14159265358979", "sk-short", "AKIA-NOT-A-KEY"]
+               "the task-12345-67890 id", "pi is 3.14159265358979", "sk-short", "AKIA-NOT-A-KEY",
+               "sales in 2019 2020 2021 rose", "version 20.100.2024", "values 10 100 1000",
+               "2**45 is 35184372088832"]  # passes Luhn, as a tenth of all numbers do; no issuer's
 
 
 def test_personal_data_is_found_with_full_precision_and_recall_on_positives_and_look_alikes():
-    """The fixture's numbers, stated in docs/data.md: 16 positives, 12 look-alikes."""
+    """The fixture's numbers, stated in docs/filter.md: 17 positives, 16 look-alikes."""
     found = {(category, value) for category, values in POSITIVES.items() for value in values
              if [m.group() for m in pii.find(f"write to {value} today", category)] == [value]}
     false = [(c, t) for t in LOOK_ALIKES for c in pii.PATTERNS if pii.find(t, c)]
     positives = sum(map(len, POSITIVES.values()))
     recall, precision = len(found) / positives, len(found) / (len(found) + len(false))
-    assert (recall, precision) == (1.0, 1.0), (set(POSITIVES.items()) - found, false)
+    missed = {(category, value) for category, values in POSITIVES.items() for value in values} - found
+    assert (recall, precision) == (1.0, 1.0), (missed, false)
+
+
+@pytest.mark.parametrize("text, address", [
+    ("My server is 192.168.1.1.", "192.168.1.1"), ("connect to 10.0.0.1:8080", "10.0.0.1"),
+    ("see http://192.168.0.10:8000/api", "192.168.0.10"), ("ip 2001:db8::1:2:3.", "2001:db8::1:2:3"),
+    ("IP: 8.8.8.8.\nNext", "8.8.8.8")])
+def test_an_address_ending_a_sentence_or_before_its_port_is_found(text, address):
+    """A full stop or a :port after an address made its pattern's look-ahead refuse every match:
+    the default filter let them through."""
+    assert [m.group() for m in pii.find(text, "ip_address")] == [address]
 
 
 def test_personal_data_is_redacted_to_typed_placeholders_or_the_document_dropped_per_category():
