@@ -37,9 +37,27 @@ def continuations(model, tokenizer, docs: list[np.ndarray],
     return predictions, references
 
 
-def parallel_bleu(model, tokenizer, evaluate: EvaluateConfig) -> dict:
+def read_parallel_pairs(path: Path) -> list[dict]:
+    """evaluate.parallel_data: JSON lines of {"source": ..., "target": ...}, blank lines skipped."""
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"evaluate.parallel_data: {path}:{number}"
+        try:
+            pair = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in ("source", "target")):
+            raise ValueError(f"{where}: needs source and target, each a string (got {line[:80]!r})")
+        pairs.append(pair)
+    if not pairs:
+        raise ValueError(f"evaluate.parallel_data: {path}: no source/target pairs")
+    return pairs
+
+
+def parallel_bleu(model, tokenizer, pairs: list[dict], evaluate: EvaluateConfig) -> dict:
     """Source -> target pairs through the prompt template; the first generated line is the output."""
-    pairs = [json.loads(line) for line in Path(evaluate.parallel_data).read_text().splitlines() if line]
     prompts = [evaluate.parallel_template.format(source=pair["source"]) for pair in pairs]
     outputs = [text.strip().split("\n")[0] for text in complete_batch(
         model, tokenizer, prompts, evaluate.continuation_tokens, batch_size=evaluate.batch_size)]

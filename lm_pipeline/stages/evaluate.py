@@ -31,7 +31,7 @@ from lm_pipeline.config import Config
 from lm_pipeline.data.processed import load_documents, load_tokens, read_meta
 from lm_pipeline.evaluation import harness, privacy, report
 from lm_pipeline.evaluation.bootstrap import bootstrap_ci, corpus_bleu_of, perplexity_of
-from lm_pipeline.evaluation.continuations import continuations, parallel_bleu
+from lm_pipeline.evaluation.continuations import continuations, parallel_bleu, read_parallel_pairs
 from lm_pipeline.evaluation.metrics import MODEL_KEY, load_metric
 from lm_pipeline.evaluation.probes import bias_metrics, bias_probe, crows_pairs, crows_pairs_prefix
 from lm_pipeline.evaluation.scoring import sequence_nll, stride_for, unigram_nll
@@ -50,7 +50,8 @@ def run(cfg: Config) -> dict:
     meta = read_meta(cfg.data.processed_dir)
     test_docs = load_documents(cfg.data.processed_dir, "test")
     e = cfg.evaluate
-    # First: a misnamed task fails in seconds, before the rest of the evaluation.
+    # First: a misnamed task or a bad input file fails in seconds, before the rest of the evaluation.
+    pairs = read_parallel_pairs(e.parallel_data)
     harness_data = harness.task_data(test_docs, tokenizer, e.harness_tasks, e, model.block_size)
     tasks = harness.run(cfg.train.model_dir, harness_data, e.harness_tasks, e) if e.harness_tasks else None
 
@@ -64,7 +65,7 @@ def run(cfg: Config) -> dict:
     unigram = load_metric("perplexity").compute(nll=base_nll, n_tokens=base_counts)
     predictions, references = continuations(model, tokenizer, test_docs, cfg.evaluate)
     bleu = load_metric("bleu").compute(predictions=predictions, references=references)
-    parallel = parallel_bleu(model, tokenizer, cfg.evaluate)
+    parallel = parallel_bleu(model, tokenizer, pairs, cfg.evaluate)
     bias = bias_probe(model, tokenizer, cfg.evaluate)
     crows = crows_pairs(model, tokenizer, cfg.evaluate)
     crows_prefix = crows_pairs_prefix(e.crows_pairs)  # crows_pairs_sample for the built-in pairs

@@ -419,3 +419,28 @@ def test_a_stride_beyond_the_context_is_refused_not_silently_skipping_tokens():
     # n=10, block 4, stride 6 would score positions 0-3 and 8-9 only
     with pytest.raises(ValueError, match=r"stride 6 must be in 1..block_size \(4\)"):
         sequence_nll(UniformLM(50), docs([9]), eot=0, block_size=4, stride=6)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("content, says", [
+    ('{"source": "a", "target": "b"}\n{"source": "c" "target": "d"}\n', r"p\.jsonl:2: not JSON"),
+    ('{"source": "a", "target": "b"}\n\n{"target": "d"}\n', r"p\.jsonl:3: .*source"),
+    ('{"source": "a", "target": 7}\n', r"p\.jsonl:1: needs source and target, each a string"),
+    ("\n  \n", r"p\.jsonl: no source/target pairs"),
+])
+def test_a_bad_parallel_data_file_is_refused_naming_its_line_before_any_compute(tmp_path, content, says):
+    """It was read after perplexity, the continuations and the harness had run, and failed with
+    json's line 1 for any row, a bare KeyError, or an IndexError for an empty file."""
+    from lm_pipeline.evaluation.continuations import read_parallel_pairs
+
+    (tmp_path / "p.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=r"evaluate.parallel_data: .*" + says):
+        read_parallel_pairs(tmp_path / "p.jsonl")
+
+
+def test_the_sample_parallel_data_reads_as_pairs():
+    from lm_pipeline.config import EvaluateConfig
+    from lm_pipeline.evaluation.continuations import read_parallel_pairs
+
+    pairs = read_parallel_pairs(EvaluateConfig().parallel_data)
+    assert pairs and all(isinstance(p["source"], str) and isinstance(p["target"], str) for p in pairs)
