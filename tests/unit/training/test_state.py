@@ -150,3 +150,46 @@ def test_a_metadata_naming_a_file_outside_the_checkpoint_is_refused(checkpoints,
     outside = r"\.metadata: '\.\./b/__0_0\.distcp' is not a file of the checkpoint"
     with pytest.raises(CheckpointError, match=outside):
         checkpoint_state.load_weights(a, model_and_optimizer(7)[0])
+
+
+class OneVisibleGpu:
+    """torch.cuda's generator calls as a worker sees them with one GPU visible (this machine has
+    none): a device index past the visible ones fails as torch's does."""
+
+    def __init__(self):
+        self.states = {0: torch.tensor([0], dtype=torch.uint8)}
+
+    def index(self, device) -> int:
+        index = 0 if device in ("cuda", None) else torch.device(device).index if isinstance(device, str) \
+            else (device.index if isinstance(device, torch.device) else device)
+        if index >= len(self.states):
+            raise IndexError("tuple index out of range")
+        return index
+
+    def get_rng_state(self, device="cuda"):
+        return self.states[self.index(device)].clone()
+
+    def set_rng_state(self, new_state, device="cuda"):
+        self.states[self.index(device)] = new_state.clone()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_checkpoint_resumes_where_fewer_gpus_are_visible_than_where_it_was_written(monkeypatch):
+    """Each rank saved the generator of every GPU it could see and restored them by index: resumed
+    where fewer are visible (CUDA_VISIBLE_DEVICES=0, a Ray worker given one GPU) every attempt
+    failed with an IndexError naming nothing. A rank's own device's generator is what it uses."""
+    gpu = OneVisibleGpu()
+    for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
+                        "device_count": lambda: 1, "current_device": lambda: 0}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    for module in (torch.cuda, torch.cuda.random):
+        monkeypatch.setattr(module, "get_rng_state", gpu.get_rng_state)
+        monkeypatch.setattr(module, "set_rng_state", gpu.set_rng_state)
+    written = checkpoint_state.rng_state()
+    mine = torch.tensor([7], dtype=torch.uint8)
+    two_gpus = written | {"cuda": [mine, torch.tensor([9], dtype=torch.uint8)]}  # as written before
+    checkpoint_state.set_rng_state(two_gpus)
+    assert gpu.states[0].tolist() == [7]
+    checkpoint_state.set_rng_state(written | {"cuda": torch.tensor([5], dtype=torch.uint8)})
+    assert gpu.states[0].tolist() == [5]
+    assert isinstance(checkpoint_state.rng_state()["cuda"], torch.Tensor)  # this device's alone
