@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lm_pipeline.training.checkpoints import RunCheckpoints
+from lm_pipeline.training.state import CheckpointError
 
 
 class RaySession:
@@ -57,7 +58,17 @@ def as_folder(checkpoint) -> Iterator[Path | None]:
         yield None
         return
     with checkpoint.as_directory() as d:
-        yield Path(d)
+        try:
+            yield Path(d)
+        except CheckpointError as err:  # it names the local copy of a bucket's, gone once it is read
+            raise CheckpointError(str(err).replace(str(d), stored_path(checkpoint))) from None
+
+
+def stored_path(checkpoint) -> str:
+    """Where the checkpoint is kept: its URL (ours), or its filesystem's path and scheme (Ray's)."""
+    path, fs = str(checkpoint.path), getattr(checkpoint, "filesystem", None)
+    scheme = getattr(fs, "type_name", "local") if fs is not None else "local"
+    return path if "://" in path or scheme == "local" else f"{scheme}://{path}"
 
 
 def with_placement_group(metrics: dict) -> dict:

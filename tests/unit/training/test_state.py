@@ -193,3 +193,23 @@ def test_a_checkpoint_resumes_where_fewer_gpus_are_visible_than_where_it_was_wri
     checkpoint_state.set_rng_state(written | {"cuda": torch.tensor([5], dtype=torch.uint8)})
     assert gpu.states[0].tolist() == [5]
     assert isinstance(checkpoint_state.rng_state()["cuda"], torch.Tensor)  # this device's alone
+
+
+def test_an_altered_checkpoint_in_a_bucket_is_named_by_its_key_not_the_local_copy(checkpoints):
+    """A bucket's checkpoint is read through a temporary local copy, gone by the time the error is
+    read: the message must name the checkpoint someone can find and remove."""
+    import fsspec
+
+    from lm_pipeline.training.checkpoints import StoredCheckpoint
+    from lm_pipeline.training.session import as_folder
+
+    a, b = checkpoints
+    fs = fsspec.filesystem("memory")
+    for file in a.iterdir():
+        source = b / file.name if file.name.endswith(".distcp") else file  # a shard swapped in
+        fs.pipe(f"/bucket/run/checkpoint_000003/{file.name}", source.read_bytes())
+    model, optimizer = model_and_optimizer(7)
+    named = r"checkpoint memory://bucket/run/checkpoint_000003 was altered"
+    with pytest.raises(CheckpointError, match=named):
+        with as_folder(StoredCheckpoint("memory://bucket/run/checkpoint_000003")) as folder:
+            checkpoint_state.load(folder, model, optimizer, 0, NONE)
