@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from lm_pipeline import env, tracking
-from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, build_parser
+from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, POOL, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.progress import ticking
 from lm_pipeline.text import terminal_safe, without_url_credentials
@@ -74,6 +74,8 @@ def check_flow_settings(args) -> None:
         raise ConfigError(f"--params {args.params}: `lmp {args.command}` runs its stages in processes "
                           f"that read the project's {PARAMS_FILE}: put the settings there (or run a "
                           f"stage with --params)")
+    if args.command == "deploy":
+        check_deploy_options(args)
 
 
 def printable(value) -> str:
@@ -162,16 +164,24 @@ def tune_flow(cfg: Config, args) -> None:
         tune(force=args.force)
 
 
-def deploy_flow(cfg: Config, args) -> str:
+def check_deploy_options(args) -> None:
     if args.continuous and (args.serve or args.image):
         raise ConfigError("deploy --continuous runs on a Prefect server's process pool, in this checkout: "
                           "its ledger, announcements and corpus so far (ct.state_dir) must outlive each "
                           "run, which a container per run (--image) does not keep; --serve runs the "
                           "pipeline flow alone")
+    given = [option for option, value, default in (("--image", args.image, None), ("--pool", args.pool, POOL))
+             if value != default]
+    if args.serve and given:
+        raise ConfigError(f"deploy --serve runs the flow in this process, with no worker: "
+                          f"{' and '.join(given)} would be ignored; leave out --serve to deploy to a pool")
+
+
+def deploy_flow(cfg: Config, args) -> str:
     if args.serve:
         from lm_pipeline.flows.pipeline import serve
 
-        serve(name=args.name, cron=args.cron)
+        serve(name=args.name, cron=args.cron, timezone=args.timezone)
         return "stopped serving"
     from lm_pipeline.flows.deploy import deploy
 

@@ -11,6 +11,7 @@ from lm_pipeline.stages import STAGES
 
 FLOW_COMMANDS = ("run", "tune", "ct", "deploy")  # their stages run in processes of their own
 PARAMS_FILE = "params.yaml"  # what the stages under dvc repro read
+POOL = "lm-pipeline"  # lmp deploy's default work pool
 DEBUG_ENV = "LMP_DEBUG"
 
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)s)")
     deploy.add_argument("--timezone", default="UTC", help="of the cron schedule (default: %(default)s)")
     deploy.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
-    deploy.add_argument("--pool", default="lm-pipeline", help="work pool (default: %(default)s)")
+    deploy.add_argument("--pool", default=POOL, help="work pool (default: %(default)s)")
     deploy.add_argument("--image", default=None, help="run in this image, on a Docker or Kubernetes "
                         "pool (default: a process pool running in this checkout)")
     deploy.add_argument("--serve", action="store_true", help="serve from this process (blocks)")

@@ -164,10 +164,13 @@ def ui_hint(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}  -> http://127.0.0.1:5000"
 
 
-def serve(name: str = "nightly", cron: str = "0 2 * * *") -> None:
+def serve(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC") -> None:
     """Serve the flow from this process with a cron schedule (Ctrl-C stops it)."""
-    pipeline.serve(name=name, cron=cron, parameters={"project_dir": str(Path.cwd())},
-                   tags=["lm-pipeline"], limit=1)  # one run at a time: DVC locks the workspace
+    from prefect.schedules import Cron
+
+    # One run at a time: DVC locks the workspace.
+    pipeline.serve(name=name, schedule=Cron(cron, timezone=timezone), tags=["lm-pipeline"],
+                   parameters={"project_dir": str(Path.cwd())}, limit=1)
 
 
 if __name__ == "__main__":

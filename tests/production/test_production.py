@@ -177,6 +177,27 @@ def test_image_deployment_targets_a_kubernetes_pool_with_the_project_image(deplo
     assert dep.global_concurrency_limit.limit == 1
 
 
+def test_a_served_schedule_keeps_its_timezone(deployment, services_dir):
+    """`lmp deploy --serve` (no worker: this process runs the flow); --timezone was dropped, so a
+    schedule meant for 02:00 in Berlin ran at 02:00 UTC."""
+    env = prefect_env(services_dir, deployment.api_url)
+    client = prefect_client(deployment.api_url)
+    cron = far_from_now_cron()
+    with process([str(BIN / "lmp"), "deploy", "--serve", "--name", "served", "--cron", cron,
+                  "--timezone", "Europe/Berlin"], services_dir / "lmp-deploy-serve.log", env=env,
+                 cwd=deployment.project):
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(Exception):
+                dep = client.read_deployment_by_name("lm-pipeline/served")
+                break
+            assert time.monotonic() < deadline, (services_dir / "lmp-deploy-serve.log").read_text()[-2000:]
+            time.sleep(1)
+    (schedule,) = [s.schedule for s in dep.schedules]
+    assert (schedule.cron, schedule.timezone) == (cron, "Europe/Berlin")
+    assert dep.parameters == {"project_dir": str(deployment.project)}
+
+
 HOLD_LOCK = """
 import sys, time
 from lm_pipeline.registry import history

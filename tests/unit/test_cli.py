@@ -113,6 +113,14 @@ def test_the_champion_a_failed_flow_reports_masks_the_password_of_the_store(tmp_
     assert "s3cret" not in status
 
 
+@pytest.mark.parametrize("option", [["--image", "lm-pipeline:latest"], ["--pool", "gpu-pool"]])
+def test_a_served_flow_refuses_the_options_of_a_worker_pool(tmp_path, option):
+    """--serve runs the flow in this process: an image or a pool given with it was ignored."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = lmp("deploy", "--serve", *option, cwd=tmp_path)
+    assert out.returncode == 2 and option[0] in out.stderr and "--serve" in out.stderr, out.stderr
+
+
 def test_a_failure_is_one_line_and_debug_adds_its_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     failing = ["generate", "--model", str(tmp_path / "no-such-model"), "The"]  # fails in its first read
@@ -174,7 +182,7 @@ def test_evaluating_the_tuned_model_before_any_search_says_what_to_run(tmp_path)
 def test_continuous_deploy_refuses_a_container_per_run_before_any_server_is_called(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     out = lmp("deploy", "--continuous", "--image", "lm-pipeline:latest", cwd=tmp_path)
-    assert out.returncode == 1 and "ct.state_dir" in out.stderr and "--image" in out.stderr
+    assert out.returncode == 2 and "ct.state_dir" in out.stderr and "--image" in out.stderr
 
 
 ESCAPES = "\x1b]52;c;ZXZpbA==\x07\x1b[2J"
