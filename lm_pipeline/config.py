@@ -865,6 +865,10 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or "." not in key:
         raise ConfigError(f"--set {override}: expected SECTION.KEY=VALUE (e.g. train.lr=3e-4)")
     try:
+        node = yaml.compose(value) if value.strip() else None
+        if value.strip() and (comment := value[node.end_mark.index if node else 0:]).strip():
+            raise ConfigError(f"--set {override}: {comment!r} would be read as a YAML comment and "
+                              f"dropped; quote the value: {key}='\"{value}\"'")
         return key.strip().split("."), yaml.safe_load(value) if value.strip() else value
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {override}: the value is not valid YAML: {err}") from None

@@ -60,6 +60,8 @@ def test_set_overrides_one_key_typed_by_the_config_before_or_after_the_command(t
     ("train.lr=fast", "train.lr: Input should be a valid number"),
     ("trainlr", "--set trainlr: expected SECTION.KEY=VALUE"),
     ("train.lr.x=1", "--set train.lr.x: train.lr is not a section"),
+    ("data.source=corpora/run #7", "--set data.source=corpora/run #7: ' #7' would be read as a YAML comment"),
+    ("data.source=#7", "--set data.source=#7: '#7' would be read as a YAML comment"),
 ])
 def test_a_bad_set_is_a_usage_error_naming_the_key(tmp_path, setting, says):
     (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n")
