@@ -867,8 +867,9 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     try:
         node = yaml.compose(value) if value.strip() else None
         if value.strip() and (comment := value[node.end_mark.index if node else 0:]).strip():
+            quoted = "'" + value.replace("'", "''") + "'"  # YAML's single quotes: no escapes
             raise ConfigError(f"--set {override}: {comment!r} would be read as a YAML comment and "
-                              f"dropped; quote the value: {key}='\"{value}\"'")
+                              f"dropped; quote the value in YAML: {key}={quoted}")
         return key.strip().split("."), yaml.safe_load(value) if value.strip() else value
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {override}: the value is not valid YAML: {err}") from None

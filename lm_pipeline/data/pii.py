@@ -37,26 +37,38 @@ PATTERNS = {
     # A sentence's full stop may follow either; a :port may follow v4 (v6 writes [addr]:port).
     "ip_address": re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\d)"  # v4
                              r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])(?!\.\w))"),  # v6
-    # The area code: any after a country code; without one, three digits (North America, with
-    # its trunk 1 or not), one in parentheses, or one after a trunk 0 (020 7946 0958): runs of
-    # numbers (2019 2020 2021, version 20.100.2024) have none of these shapes.
-    "phone": re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
-                        r"|(?:1[ .-])?(?:\(\d{2,4}\)[ .-]?|\d{3}[ .-]|0\d{1,3}[ .-]))"
+    # The area code: any after a country code (+44, (+44), with a trunk (0) or not); without one,
+    # three digits, one in parentheses, one after a trunk 0 (020 7946 0958), or North America's
+    # after its trunk 1 (1-800-...: from 2 to 9). Runs of numbers (2019 2020 2021, version
+    # 20.100.2024, 1 128 256 1024) have none of these shapes.
+    "phone": re.compile(r"(?<![\w+])(?<!\d[ .-])"
+                        r"(?:(?:\+\d{1,3}|\(\+\d{1,3}\))[ .-]?(?:\(0\)[ .-]?)?"
+                        r"(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
+                        r"|\(\d{2,4}\)[ .-]?|\d{3}[ .-]|0\d{1,3}[ .-]"
+                        r"|1[ .-](?:\([2-9]\d{2}\)[ .-]?|[2-9]\d{2}[ .-]))"
                         r"\d{3,4}[ .-]\d{4}(?![ .-]?\d)(?!\w)"),
 }
 
 
-# Card issuers' number prefixes (IIN ranges) and lengths: Visa, Mastercard, American Express,
-# Discover, Diners Club, JCB, UnionPay. A tenth of all numbers pass Luhn; few also look issued.
-CARD_ISSUERS = ((("4",), (13, 16, 19)), ((*map(str, range(51, 56)), *map(str, range(2221, 2721))), (16,)),
-                (("34", "37"), (15,)), (("6011", "644", "645", "646", "647", "648", "649", "65"), (16, 19)),
-                (("300", "301", "302", "303", "304", "305", "36", "38", "39"), (14, 16, 19)),
-                (tuple(map(str, range(3528, 3590))), (16, 19)), (("62",), (16, 19)))
+def prefixes(*ranges: tuple[int, int]) -> tuple[str, ...]:
+    return tuple(str(n) for low, high in ranges for n in range(low, high + 1))
+
+
+# Card issuers' number prefixes (IIN ranges) and lengths: Visa; Mastercard; American Express;
+# Discover; Diners Club; JCB; UnionPay; Maestro; Mir; RuPay. A tenth of all numbers pass Luhn;
+# few also look issued.
+CARD_ISSUERS = ((prefixes((4, 4)), range(13, 20)), (prefixes((51, 55), (2221, 2720)), range(16, 17)),
+                (prefixes((34, 34), (37, 37)), range(15, 16)),
+                (prefixes((6011, 6011), (644, 649), (65, 65)), range(16, 20)),
+                (prefixes((300, 305), (3095, 3095), (36, 36), (38, 39)), range(14, 20)),
+                (prefixes((3528, 3589)), range(16, 20)), (prefixes((62, 62), (81, 81)), range(16, 20)),
+                (prefixes((50, 50), (56, 69)), range(12, 20)), (prefixes((2200, 2204)), range(16, 20)),
+                (prefixes((508, 508), (60, 60), (82, 82)), range(16, 17)))
 
 
 def card_valid(candidate: str) -> bool:
     digits = "".join(c for c in candidate if c.isdigit())
-    issued = any(digits.startswith(prefixes) and len(digits) in lengths for prefixes, lengths in CARD_ISSUERS)
+    issued = any(digits.startswith(starts) and len(digits) in lengths for starts, lengths in CARD_ISSUERS)
     return issued and luhn_valid(digits)
 
 

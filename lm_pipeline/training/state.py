@@ -199,7 +199,8 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
-        if isinstance(cuda, list):  # written before: every visible device's, this rank's among them
+        if isinstance(cuda, list):  # written before: every visible device's, by index (the same
+            # device's where the placement did not change)
             cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
         if cuda is not None:
             torch.cuda.set_rng_state(cuda)
