@@ -34,8 +34,9 @@ PATTERNS = {
     "secret": re.compile("|".join(SECRET_PATTERNS)),
     "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     "credit_card": re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?![\d-])(?!\.\d)"),
-    # A sentence's full stop may follow either; a :port may follow v4 (v6 writes [addr]:port).
-    "ip_address": re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\d)"  # v4
+    # A sentence's full stop may follow either; a :port may follow v4 (v6 writes [addr]:port);
+    # a dot and a word (a host name's next label, a fifth version part) may not.
+    "ip_address": re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\w)"  # v4
                              r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])(?!\.\w))"),  # v6
     # The area code: any after a country code (+44, (+44), with a trunk (0) or not); without one,
     # three digits, one in parentheses, one after a trunk 0 (020 7946 0958), or North America's

@@ -133,11 +133,12 @@ LOOK_ALIKES = ["version 3.11.2", "999.12.1.1", "the slice a[::2]", "at 12:30:45"
                "the task-12345-67890 id", "pi is 3.14159265358979", "sk-short", "AKIA-NOT-A-KEY",
                "sales in 2019 2020 2021 rose", "version 20.100.2024", "values 10 100 1000",
                "2**45 is 35184372088832",  # passes Luhn, as a tenth of all numbers do; no issuer's
-               "batch sizes 1 128 256 1024", "version 1.100.200.3000"]
+               "batch sizes 1 128 256 1024", "version 1.100.200.3000",
+               "the host 1.0.0.127.in-addr.arpa"]  # a name's labels (reverse DNS), not an address
 
 
 def test_personal_data_is_found_with_full_precision_and_recall_on_positives_and_look_alikes():
-    """The fixture's numbers, stated in docs/filter.md: 24 positives, 18 look-alikes."""
+    """The fixture's numbers, stated in docs/filter.md: 24 positives, 19 look-alikes."""
     found = {(category, value) for category, values in POSITIVES.items() for value in values
              if [m.group() for m in pii.find(f"write to {value} today", category)] == [value]}
     false = [(c, t) for t in LOOK_ALIKES for c in pii.PATTERNS if pii.find(t, c)]
