@@ -49,7 +49,8 @@ def temporary_server() -> Iterator[str | None]:
     process = start_server(port, settings.to_environment_variables(exclude_unset=True))
     try:
         if not wait_until_healthy(process, url):
-            yield None  # Prefect starts its own
+            with prefects_own_given_as_long(settings):
+                yield None  # Prefect starts its own
             return
         with temporary_settings({PREFECT_API_URL: url}):
             try:
@@ -59,6 +60,15 @@ def temporary_server() -> Iterator[str | None]:
     finally:
         stop(process)
         log.info("Stopped temporary Prefect server on %s", address)
+
+
+def prefects_own_given_as_long(settings):
+    """Prefect's own temporary server, allowed as long as ours to answer: its 20 s run out when a
+    busy machine starts it cold (seen on CI). A longer setting of the user's stands."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    seconds = max(settings.server.ephemeral.startup_timeout_seconds, STARTUP_SECONDS)
+    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: seconds})
 
 
 def drain_prefect_workers() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lm_pipeline.flows.temporary_server import STARTUP_SECONDS
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 FLOW = """
 import json, sys
 from prefect import flow
+from prefect.settings import get_current_settings
 import lm_pipeline.flows.temporary_server as server
 {patch}
 
@@ -29,7 +31,9 @@ def hello():
 
 with server.temporary_server() as url:
     state = hello(return_state=True)
+    startup = get_current_settings().server.ephemeral.startup_timeout_seconds
 print(json.dumps({{"url": url, "result": state.result(), "completed": state.is_completed(),
+                  "startup_timeout_s": startup,
                   "server_package_here": "prefect.server.api.server" in sys.modules}}))
 """
 FAILING_SERVER = """
@@ -72,3 +76,5 @@ def test_a_server_that_fails_to_start_leaves_prefects_own(tmp_path):
     out = run_flow(tmp_path, FAILING_SERVER)
     assert out["url"] is None and out["completed"] and out["result"] == 42
     assert out["server_package_here"]  # Prefect started its own, as it does without us
+    # given as long as ours to answer: its 20 s ran out on a busy CI machine
+    assert out["startup_timeout_s"] == STARTUP_SECONDS
