@@ -18,6 +18,9 @@ DEFAULTS = {
     "HF_DATASETS_OFFLINE": "1",
     "HF_EVALUATE_OFFLINE": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the local server's telemetry tries the network
+    # A temporary server's cold start migrates a new database: Prefect's 20 s ran out on a busy
+    # 2-core CI machine (flows/temporary_server.py waits as long for its own).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "DVC_NO_ANALYTICS": "1",  # else every dvc command leaves a daemon process calling home
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",  # Ray's default, said explicitly (it warns otherwise)

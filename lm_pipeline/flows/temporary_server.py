@@ -27,7 +27,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 log = logging.getLogger("lm_pipeline.flows")  # shown at lmp's own log level
-STARTUP_SECONDS = 120  # a cold first start migrates a new database; Prefect allows 20 s by default
 # What Prefect sets for its temporary server: no UI, no background services, settings final.
 SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
@@ -48,9 +47,8 @@ def temporary_server() -> Iterator[str | None]:
     log.info("Starting temporary Prefect server on %s", address)
     process = start_server(port, settings.to_environment_variables(exclude_unset=True))
     try:
-        if not wait_until_healthy(process, url):
-            with prefects_own_given_as_long(settings):
-                yield None  # Prefect starts its own
+        if not wait_until_healthy(process, url, settings.server.ephemeral.startup_timeout_seconds):
+            yield None  # Prefect starts its own
             return
         with temporary_settings({PREFECT_API_URL: url}):
             try:
@@ -60,15 +58,6 @@ def temporary_server() -> Iterator[str | None]:
     finally:
         stop(process)
         log.info("Stopped temporary Prefect server on %s", address)
-
-
-def prefects_own_given_as_long(settings):
-    """Prefect's own temporary server, allowed as long as ours to answer: its 20 s run out when a
-    busy machine starts it cold (seen on CI). A longer setting of the user's stands."""
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
-
-    seconds = max(settings.server.ephemeral.startup_timeout_seconds, STARTUP_SECONDS)
-    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: seconds})
 
 
 def drain_prefect_workers() -> None:
@@ -100,8 +89,9 @@ def start_server(port: int, settings_env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=os.environ | SERVER_ENV | settings_env)
 
 
-def wait_until_healthy(process: subprocess.Popen, url: str) -> bool:
-    deadline = time.monotonic() + STARTUP_SECONDS
+def wait_until_healthy(process: subprocess.Popen, url: str, seconds: int) -> bool:
+    """Prefect's own allowance (env.py gives 120 s: a cold first start migrates a new database)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log.warning("the temporary Prefect server exited (%s) before answering (its error is "
@@ -115,7 +105,7 @@ def wait_until_healthy(process: subprocess.Popen, url: str) -> bool:
             pass
         time.sleep(0.1)
     log.warning("the temporary Prefect server did not answer within %d s; Prefect starts its own",
-                STARTUP_SECONDS)
+                seconds)
     return False
 
 
