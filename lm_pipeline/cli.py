@@ -149,10 +149,19 @@ def ct_flow(cfg: Config, args) -> None:
     from lm_pipeline.flows.temporary_server import temporary_server
 
     with temporary_server():
-        from lm_pipeline.flows.continuous import continuous_training
+        from lm_pipeline.flows.continuous import CyclesNeedAPerson, continuous_training
 
-        for result in continuous_training():
-            show(f"{result['drop']}: {result['outcome']} ({result['reason']})")
+        try:
+            results = continuous_training()
+        except CyclesNeedAPerson as err:  # every outcome, then the error: exit 1
+            show_outcomes(err.results)
+            raise
+        show_outcomes(results)
+
+
+def show_outcomes(results: list[dict]) -> None:
+    for result in results:
+        show(f"{result['drop']}: {result['outcome']} ({result['reason']})")
 
 
 def tune_flow(cfg: Config, args) -> None:

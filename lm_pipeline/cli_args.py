@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Run the continuous-training flow once: each new drop is checked "
                    "(quarantined if bad), the champion is scored on it, and only a drift retrains it "
                    "(from the champion, with a replay of the corpus so far; promoted only if it does "
-                   "not forget). Outcomes go to ct.state_dir/drops.json and the flow run.")
+                   "not forget). Outcomes go to ct.state_dir/drops.json and the flow run; exit status 1 "
+                   "when a cycle failed or a rollback was refused.")
     deploy = sub.add_parser("deploy", help="deploy the flow to a Prefect server on a cron schedule",
                             description="Create or update a Prefect deployment of the pipeline with a "
                             "cron schedule, a process work pool and a concurrency limit of 1, on the "

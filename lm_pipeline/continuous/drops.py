@@ -6,11 +6,12 @@ do), or a `manifest.json` listing each file with its sha256, all present and mat
 still uploading does not match). A drop is known by the digest of its files' contents, not by
 any name, so the same documents renamed or moved are not taken twice.
 
-The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it and again when the
-cycle ends, with its outcome: a watcher killed mid-cycle finds the claimed drop unfinished and
-takes it up again. The watcher's announcements (ct.state_dir/announced.json) and its memory of
-file digests (digests.json) are files of their own: the watcher and a cycle run at once, and each
-file has one writer.
+The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it, the steps the cycle
+reaches (flows/continuous.py: retraining, verdict) and its outcome when it ends: a watcher killed
+mid-cycle finds the claimed drop unfinished and takes it up again, before newer drops, from the
+last step recorded. The watcher's
+announcements (ct.state_dir/announced.json) and its memory of file digests (digests.json) are
+files of their own: the watcher and a cycle run at once, and each file has one writer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lm_pipeline.data.sources.files import SUPPORTED_SUFFIXES
 from lm_pipeline.io import filesystem, is_url, read_json, write_json
@@ -156,13 +158,19 @@ class Ledger:
         self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
 
     def pending(self, drops: list[Drop]) -> list[Drop]:
-        """Drops never claimed, or claimed by a cycle that did not finish; each digest once."""
+        """Drops never claimed, or claimed by a cycle that did not finish; each digest once, those
+        claimed first (in `drops`' order otherwise): the drops after an interrupted cycle were to
+        start from its champion and join the corpus after it."""
         seen, out = set(), []
         for drop in drops:
             if drop.digest not in seen and "outcome" not in self.entries.get(drop.digest, {}):
                 out.append(drop)
             seen.add(drop.digest)
-        return out
+        return sorted(out, key=lambda drop: drop.digest not in self.entries)
+
+    def claims(self, drop: Drop) -> int:
+        """How many cycles have claimed the drop and died without an error (see release)."""
+        return self.entries.get(drop.digest, {}).get("claims", 0)
 
     def promoted(self) -> list[dict]:
         """The entries of the drops promoted so far, in the order they were promoted (the order
@@ -173,7 +181,23 @@ class Ledger:
     def claim(self, drop: Drop) -> None:
         entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})
         entry["claimed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entry["claims"] = entry.get("claims", 0) + 1
         self.save()
+
+    def release(self, drop: Drop) -> None:
+        """The claim ended in an error or an interrupt this process saw (its run says which): it
+        does not count as a death. The drop stays pending, from the steps recorded."""
+        self.entries[drop.digest]["claims"] -= 1
+        self.save()
+
+    def record(self, drop: Drop, **details) -> None:
+        """What a claimed cycle has done so far, kept if it is taken up again."""
+        self.entries[drop.digest] |= details
+        self.save()
+
+    def step(self, drop: Drop, name: str) -> Any:
+        """What a claimed cycle recorded when it reached step `name` (see flows/continuous.py)."""
+        return self.entries.get(drop.digest, {}).get(name)
 
     def finish(self, drop: Drop, outcome: str, **details) -> None:
         entry = self.entries.setdefault(drop.digest, {"name": drop.name, "url": drop.url})

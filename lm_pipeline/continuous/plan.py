@@ -78,8 +78,13 @@ def corpus_so_far(cfg: Config) -> Path:
     return path
 
 
-def extend_corpus(corpus: Path, documents: list[dict]) -> None:
-    """Append a promoted drop's documents to the corpus so far (whole or not at all)."""
+def extend_corpus(corpus: Path, documents: list[dict], at_bytes: int) -> None:
+    """Append a promoted drop's documents to the corpus so far, which held `at_bytes` bytes when
+    the drop was judged: whole or not at all, and once (longer already, it has them: only the
+    drop's own cycle, taken up again, writes the corpus in between; the corpus is only appended
+    to, unless someone deletes it and corpus_so_far starts it again)."""
+    if corpus.stat().st_size > at_bytes:
+        return
     with atomic_path(corpus) as tmp:
         shutil.copyfile(corpus, tmp)
         with open(tmp, "a", encoding="utf-8") as f:

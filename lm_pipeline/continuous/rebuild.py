@@ -112,5 +112,5 @@ def assemble_corpus(parts: list[dict], path: Path) -> Path:
     for entry in drops:
         folder = restore(entry)
         settings = Config.model_validate(read_cycle(folder)["params"])
-        extend_corpus(path, read_drop_documents(settings, archived_drop(folder)))
+        extend_corpus(path, read_drop_documents(settings, archived_drop(folder)), path.stat().st_size)
     return path

@@ -13,11 +13,14 @@ A cycle (continuous/ holds each step's rules):
               corpus
 Each cycle ends in a named outcome: quarantined, no_drift, not_promoted, promoted, rolled_back,
 rollback_refused (the canary failed and the registry refused to roll back: the version stays
-champion, and the log says why) or failed (a stage of the retraining failed: its log names it;
-the drop is not retried), in the ledger (ct.state_dir/drops.json), on the flow run (a markdown
-artifact) and, when a version was registered, on it (tag ct.outcome, with ct.drop and ct.drops:
-which drops, in which order, and ct.archive: the DVC entry `lmp lineage --rebuild` trains it
-again from).
+champion, and the log says why) or failed (a stage of the retraining failed, its log names it,
+or the cycle could not go on safely, the reason says why; the drop is not retried), in the ledger
+(ct.state_dir/drops.json), on the flow run (a markdown artifact) and, when a version was
+registered, on it (tag ct.outcome, with ct.drop and ct.drops: which drops, in which order, and
+ct.archive: the DVC entry `lmp lineage --rebuild` trains it again from). A pass in which a cycle
+failed or a rollback was refused ends Failed, once every drop has its outcome (`lmp ct` exits 1):
+those wait on a person. A cycle interrupted after its register stage decided is taken up from
+there by the next pass (the ledger records each step: drops.py).
 
     lmp ct                       # one pass over ct.watch (`lmp run` is unchanged)
     lmp deploy --continuous      # or on a Prefect server: a run on each drop the watcher announces
@@ -41,7 +44,7 @@ from lm_pipeline.continuous.archive import ArchiveError, archive_cycle, archived
 from lm_pipeline.continuous.canary import Canary, probe, probe_texts, wait_for_version
 from lm_pipeline.continuous.drift import Drift, measure_drift
 from lm_pipeline.continuous.drops import Drop, Ledger
-from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine
+from lm_pipeline.continuous.hygiene import Hygiene, check_drop, quarantine, read_drop_documents
 from lm_pipeline.continuous.plan import corpus_so_far, cycle_config, extend_corpus, write_params
 from lm_pipeline.data.documents import read_documents
 from lm_pipeline.data.split import assign_split
@@ -58,25 +61,60 @@ from lm_pipeline.text import markdown_literal
 
 OUTCOMES = ("quarantined", "no_drift", "not_promoted", "promoted", "rolled_back", "rollback_refused",
             "failed")
+NEEDS_A_PERSON = ("failed", "rollback_refused")
+MAX_CLAIMS = 3  # a drop whose cycles died this often ends failed: the drops after it are not held up
+
+
+class CyclesNeedAPerson(RuntimeError):
+    """A pass ended with outcomes that wait on a person; `results` holds every drop's."""
+
+    def __init__(self, results: list[dict]):
+        self.results = results
+        super().__init__("; ".join(f"drop {r['drop']}: {r['outcome']} ({r['reason']})"
+                                   for r in results if r["outcome"] in NEEDS_A_PERSON))
+
+    def __reduce__(self):  # pickled with its results (Prefect may keep a run's exception)
+        return type(self), (self.results,)
 
 
 @flow(name="lm-continuous-training", log_prints=True)
 def continuous_training(project_dir: str = ".") -> list[dict]:
-    """Every new, complete drop under ct.watch, one cycle each, in name order."""
+    """Every new, complete drop under ct.watch, one cycle each: those a cycle claimed before first,
+    then in name order."""
     with contextlib.chdir(project_dir):
         cfg = load_config("params.yaml")
         ledger = Ledger(cfg.ct.state_dir)
-        results = [cycle(cfg, ledger, drop, str(Path.cwd())) for drop in pending_drops(cfg, ledger)]
+        results = [claimed_cycle(cfg, ledger, drop, str(Path.cwd())) for drop in pending_drops(cfg, ledger)]
     if not results:
         get_run_logger().info("no new drop under %s", cfg.ct.watch)
     create_markdown_artifact(markdown=outcome_table(results, cfg.ct.watch), key="lm-continuous-training",
                              description="what each drop led to")
+    if any(r["outcome"] in NEEDS_A_PERSON for r in results):
+        raise CyclesNeedAPerson(results)  # the run shows Failed; the next drops were not held up
     return results
 
 
-def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
+def claimed_cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
+    """The drop's cycle under a claim in the ledger. A claim that ends in an error or an interrupt
+    is released (the run shows it; the next pass takes the drop up again); one whose process died
+    unseen (killed, out of memory) stays, and after MAX_CLAIMS of those the drop ends failed."""
     ledger.claim(drop)
+    try:
+        return cycle(cfg, ledger, drop, project_dir)
+    except BaseException:
+        ledger.release(drop)
+        raise
+
+
+def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     corpus = corpus_so_far(cfg)
+    if registered := registration(ledger.step(drop, "retraining")):  # interrupted after its register stage
+        get_run_logger().warning("drop %s: taken up again after version %s was registered", drop.name,
+                                 registered["version"])
+        return conclude(cfg, ledger, drop, corpus, registered, read_drop_documents(cfg, drop))
+    if ledger.claims(drop) > MAX_CLAIMS:
+        return finish(ledger, drop, "failed", f"claimed {MAX_CLAIMS} times by cycles that died without an "
+                      "error (killed, or out of memory): not taken again")
     work = Path(cfg.ct.state_dir) / "cycles" / f"{drop.name}-{drop.digest[:12]}"
     report, documents = check_hygiene(cfg, drop, corpus, work)
     if not report.passed:
@@ -89,20 +127,54 @@ def cycle(cfg: Config, ledger: Ledger, drop: Drop, project_dir: str) -> dict:
     try:
         archive = archive_inputs(cfg, drop, corpus, parent, ledger.promoted())
         # Trained from the archived copy: what the rebuild restores, at the same path.
-        decision = retrain(cfg, archived_drop(archive["path"]), corpus, work, project_dir, parent)
+        cycle_cfg = cycle_config(cfg, archived_drop(archive["path"]), corpus.resolve(), work, parent)
+        retraining = {"archive": archive, "gap": drift.gap, "record": str(cycle_cfg.register_.record_file)}
+        ledger.record(drop, retraining=retraining)
+        retrain(cycle_cfg, drop, work, project_dir)
     except (StageFailed, ArchiveError) as err:  # recorded: the next drops are not held up behind it
-        return finish(ledger, drop, "failed", str(err).splitlines()[0], gap=drift.gap)
-    version, reason = decision["version"], decision["reason"]
-    outcome, details = ("promoted" if decision["promoted"] else "not_promoted"), {"archive": archive}
-    if decision["promoted"] and cfg.ct.endpoint:
-        canary = check_canary(cfg, version, documents, corpus)
-        details["canary"] = asdict(canary)
-        if not canary.passed:
-            outcome, reason = roll_back(cfg, version, canary)
-    if outcome == "promoted":
-        extend_corpus(corpus, documents)
-    tag_version(cfg, version, drop, outcome, ledger, archive)
-    return finish(ledger, drop, outcome, reason, version=version, gap=drift.gap, **details)
+        return finish(ledger, drop, "failed", str(err).splitlines()[0].rstrip(":"), gap=drift.gap)
+    return conclude(cfg, ledger, drop, corpus, registration(retraining), documents)
+
+
+def registration(retraining: dict | None) -> dict | None:
+    """What the retraining's register stage decided (its record file), with what the cycle
+    archived and measured; None before it decided (retrain removes an older record first)."""
+    if retraining is None or not Path(retraining["record"]).is_file():
+        return None
+    decision = read_json(retraining["record"])
+    return {key: decision[key] for key in ("version", "promoted", "reason")} | {
+        "archive": retraining["archive"], "gap": retraining["gap"]}
+
+
+def conclude(cfg: Config, ledger: Ledger, drop: Drop, corpus: Path, registered: dict,
+             documents: list[dict]) -> dict:
+    """What follows the registration: the verdict (recorded once reached), the corpus, the
+    version's tags, the outcome. A cycle interrupted after registering resumes here, and each step
+    may run again."""
+    verdict = ledger.step(drop, "verdict")
+    if verdict is None:
+        verdict = judge(cfg, registered, documents, corpus)
+        ledger.record(drop, verdict=verdict, corpus_bytes=corpus.stat().st_size)
+    if verdict["outcome"] == "promoted":
+        extend_corpus(corpus, documents, ledger.step(drop, "corpus_bytes"))
+    version, archive = registered["version"], registered["archive"]
+    tag_version(cfg, version, drop, verdict["outcome"], ledger, archive)
+    return finish(ledger, drop, **verdict, version=version, gap=registered["gap"], archive=archive)
+
+
+def judge(cfg: Config, registered: dict, documents: list[dict], corpus: Path) -> dict:
+    """The register stage's decision; with ct.endpoint, a promoted version's canary too, rolled
+    back if it fails: the outcome and the reason, and the canary's numbers if it ran."""
+    version, reason = registered["version"], registered["reason"]
+    if not (registered["promoted"] and cfg.ct.endpoint):
+        return {"outcome": "promoted" if registered["promoted"] else "not_promoted", "reason": reason}
+    champion = current_champion(mlflow_client(cfg), cfg.register_.model_name)
+    if champion != version:  # rolled back by an interrupted pass, or moved by someone since
+        return {"outcome": "failed", "reason": f"version {version} was promoted, and version {champion} is "
+                                               "champion now: no canary ran on it; the champion stays"}
+    canary = check_canary(cfg, version, documents, corpus)
+    outcome, reason = ("promoted", reason) if canary.passed else roll_back(cfg, version, canary)
+    return {"outcome": outcome, "reason": reason, "canary": asdict(canary)}
 
 
 @task(task_run_name="hygiene of {drop.name}")
@@ -140,14 +212,13 @@ def archive_inputs(cfg: Config, drop: Drop, corpus: Path, parent: str, promoted:
 
 
 @task(task_run_name="retrain on {drop.name}")
-def retrain(cfg: Config, drop: Drop, corpus: Path, work: Path, project_dir: str, parent: str) -> dict:
-    """The stages with the cycle's params; the register stage's decision."""
-    cycle_cfg = cycle_config(cfg, drop, corpus.resolve(), work, parent)
+def retrain(cycle_cfg: Config, drop: Drop, work: Path, project_dir: str) -> None:
+    """The stages with the cycle's params, up to the register stage's record of its decision."""
+    Path(cycle_cfg.register_.record_file).unlink(missing_ok=True)  # a retry's record is its own
     params = write_params(cycle_cfg, work / "params.yaml")
     lmp = str(Path(sys.executable).parent / "lmp")
     for stage in STAGES:
         run_command(stage, [lmp, "--params", str(params), stage], project_dir)
-    return read_json(cycle_cfg.register_.record_file)
 
 
 @task(task_run_name="canary of version {version}")

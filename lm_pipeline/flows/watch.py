@@ -46,8 +46,8 @@ def watch_drops(project_dir: str = ".") -> list[str]:
 
 
 def pending_drops(cfg: Config, ledger: Ledger, digests: FileDigests | None = None) -> list[Drop]:
-    """The complete drops under ct.watch that the ledger has not seen to an end, in name order
-    (`digests`: the watcher's memory of the files it read before)."""
+    """The complete drops under ct.watch that the ledger has not seen to an end, those claimed
+    before first, then in name order (`digests`: the watcher's memory of the files it read before)."""
     drops, waiting = find_drops(cfg.ct.watch, digests)
     for name in waiting:
         get_run_logger().info("drop %s is not complete yet (no _SUCCESS, or its manifest does not "

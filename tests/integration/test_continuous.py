@@ -9,6 +9,7 @@ the corpus; a canary failure rolls back; a version of two cycles is rebuilt from
 import contextlib
 import json
 import shutil
+import sys
 import threading
 import time
 import urllib.error
@@ -22,6 +23,7 @@ import yaml
 
 from lm_pipeline.config import load_config
 from lm_pipeline.continuous.canary import wait_for_version
+from lm_pipeline.continuous.drops import Ledger, find_drops
 from lm_pipeline.data.split import assign_split
 from tests.integration.conftest import lmp
 from tests.unit.continuous.corpora import (
@@ -191,16 +193,86 @@ def test_a_challenger_trained_without_replay_learns_the_drop_but_the_forgetting_
 
 
 @pytest.mark.usefixtures("forget_mlflow_uri")
+def test_a_failed_retraining_is_recorded_and_the_pass_fails_with_lmp_ct_exiting_1(
+        project, monkeypatch, capsys):
+    """A stage that fails (injected: the retraining's first command is replaced by a process that
+    exits 3) ends the cycle `failed`, as does a drop whose cycles died 3 times without an error
+    (its ledger entry says so), taken up first; the pass ends Failed in Prefect and `lmp ct` exits
+    1 after printing every outcome. A failed drop is not taken again: the next pass is clean."""
+    from lm_pipeline import cli
+    from lm_pipeline.flows import continuous
+
+    champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
+    before = versions(project)
+    drop(project, "h-stage-fails", word_salad(NATURE, 64, seed=10))
+    drop(project, "i-died-thrice", word_salad(SKY, 8, seed=11))
+    ledger = Ledger(project / "ct")
+    (died,) = [d for d in find_drops(str(project / "incoming"))[0] if d.name == "i-died-thrice"]
+    for _ in range(3):
+        ledger.claim(died)
+    run_command = continuous.run_command
+    monkeypatch.setattr(continuous, "run_command", lambda step, command, cwd: run_command(
+        step, [sys.executable, "-c", "raise SystemExit(3)"], cwd))
+    monkeypatch.chdir(project)
+    assert cli.main(["ct"]) == 1
+    out, err = capsys.readouterr()
+    shown = [line for line in out.splitlines() if line.startswith(("h-", "i-"))]  # the claimed drop first
+    assert shown[0].startswith("i-died-thrice: failed (claimed 3 times by cycles that died without an "
+                               "error"), shown
+    assert shown[1:] == ["h-stage-fails: failed (stage ingest failed (exit 3))"]
+    assert "lmp ct: CyclesNeedAPerson: drop i-died-thrice: failed (claimed 3 times" in err
+    assert "; drop h-stage-fails: failed (stage ingest failed (exit 3))" in err
+    assert latest_run_state("lm-continuous-training") == "FAILED"  # visible in Prefect's UI
+    ledger = json.loads((project / "ct/drops.json").read_text())
+    assert [e["outcome"] for e in ledger.values() if e["name"].startswith(("h-", "i-"))] == ["failed"] * 2
+    assert versions(project) == before  # nothing registered, the champion untouched
+    assert str(registry(project).get_model_version_by_alias(MODEL, "champion").version) == champion
+    assert cli.main(["ct"]) == 0 and latest_run_state("lm-continuous-training") == "COMPLETED"
+
+
+class Died(Exception):
+    """The process running a cycle died here (injected)."""
+
+
+@contextlib.contextmanager
+def dying_at(step: str):
+    """In the block, the process dies when the cycle reaches `step` (a function of
+    flows/continuous.py)."""
+    from lm_pipeline.flows import continuous
+
+    def die(*args, **kwargs):
+        raise Died(step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(continuous, step, die)
+        yield
+
+
+def latest_run_state(flow_name: str) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                       sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+    return run.state.type.value
+
+
+@pytest.mark.usefixtures("forget_mlflow_uri")
 def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_joins_the_corpus(
         project, served, monkeypatch):
     url, token = served
     monkeypatch.setenv("LMP_SERVE_TOKEN", token)
     champion = str(registry(project).get_model_version_by_alias(MODEL, "champion").version)
-    corpus_before = (project / "ct/corpus.jsonl").read_text().count("\n")
+    corpus_before, before = (project / "ct/corpus.jsonl").read_text().count("\n"), versions(project)
     drop(project, "f-birds", word_salad(NATURE, 120, seed=8))
     with ct_params(project, endpoint=url), client_load(url, token) as answers:
-        result = cycle(project)["f-birds"]
+        with dying_at("tag_version"), pytest.raises(Died):  # after the canary, the corpus has grown
+            cycle(project)
+        result = cycle(project)["f-birds"]  # taken up after the registration: not trained again
     assert result["outcome"] == "promoted", result
+    assert len(versions(project) - before) == 1
     # A client calling all through the cycle: never failed, answered by the old champion, then the new.
     assert [status for status, _ in answers if status != 200] == [], answers[-5:]
     seen = [model for _, model in answers]
@@ -216,7 +288,7 @@ def test_a_drop_from_a_new_domain_is_trained_on_with_replay_promoted_served_and_
     assert json.loads(new.tags["ct.drops"]) == ["f-birds"]
     assert new.tags["parent_model"] == f"models:/{MODEL}/{champion}"  # warm start from the champion
     assert "pass does_not_forget" in new.description and "pass beats_champion" in new.description
-    assert (project / "ct/corpus.jsonl").read_text().count("\n") == corpus_before + 120
+    assert (project / "ct/corpus.jsonl").read_text().count("\n") == corpus_before + 120  # once
     params = yaml.safe_load(next((project / "ct/cycles").glob("f-birds-*/params.yaml")).read_text())
     assert [s["name"] for s in params["data"]["sources"]] == ["drop f-birds", "replay"]
 
@@ -233,7 +305,9 @@ def test_a_canary_failure_rolls_the_champion_back_and_serving_follows(project, s
     # enough of them for the gain over the champion to be shown (120 left its interval at -0.02).
     drop(project, "g-sky", word_salad(SKY, 240, seed=9))
     with ct_params(project, endpoint=url, canary_max_p95_ms=1.0):
-        result = cycle(project)["g-sky"]
+        with dying_at("roll_back"), pytest.raises(Died):  # the canary failed; the champion not moved yet
+            cycle(project)
+        result = cycle(project)["g-sky"]  # taken up after the registration: judged again
     assert result["outcome"] == "rolled_back", result
     assert result["canary"]["served"] == f"{MODEL}/{result['version']}"  # it was served, then judged
     assert "p95 latency" in result["reason"] and "ct.canary_max_p95_ms" in result["reason"]

@@ -54,10 +54,20 @@ def test_a_drop_is_taken_once_whatever_its_name_and_again_if_its_cycle_did_not_f
     (drop,) = ledger.pending(drops)
     ledger.claim(drop)
     assert Ledger(state).pending(drops) == [drop]  # the watcher died mid-cycle: taken up again
+    assert Ledger(state).step(drop, "retraining") is None  # from the start: no step recorded
+    ledger.record(drop, retraining={"record": "ct/cycles/monday/registry.json"})
+    write_drop(watch, "a-later", DOCS.replace("tuple", "frozenset"))  # named before it, found after
+    pending = Ledger(state).pending(find_drops(str(watch))[0])
+    assert [d.name for d in pending] == ["monday", "a-later"]  # the interrupted cycle first,
+    assert Ledger(state).step(drop, "retraining") == {"record": "ct/cycles/monday/registry.json"}  # there
+    assert Ledger(state).claims(drop) == 1 and Ledger(state).claims(pending[1]) == 0  # a death, unseen
+    ledger.claim(drop)
+    ledger.release(drop)  # this one ended in an error the process saw: not counted
+    assert Ledger(state).claims(drop) == 1
     ledger.finish(drop, "no_drift", gap=0.01)
     assert Ledger(state).pending(drops) == []
     write_drop(watch, "tuesday", DOCS.replace("tuple", "deque"))
-    assert [d.name for d in Ledger(state).pending(find_drops(str(watch))[0])] == ["tuesday"]
+    assert [d.name for d in Ledger(state).pending(find_drops(str(watch))[0])] == ["a-later", "tuesday"]
     entry = Ledger(state).entries[drop.digest]
     assert entry["outcome"] == "no_drift" and entry["gap"] == 0.01 and entry["name"] == "monday"
 

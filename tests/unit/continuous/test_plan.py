@@ -45,6 +45,10 @@ def test_the_corpus_so_far_starts_as_the_filtered_corpus_and_grows_by_promoted_d
     cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
                                  "ct": {"state_dir": str(tmp_path / "ct")}})
     corpus = corpus_so_far(cfg)
-    extend_corpus(corpus, [{"id": "drop:b", "text": "two"}])
+    judged_at = corpus.stat().st_size
+    extend_corpus(corpus, [{"id": "drop:b", "text": "two"}], judged_at)
     assert [json.loads(line)["text"] for line in corpus.read_text().splitlines()] == ["one", "two"]
+    extend_corpus(corpus, [{"id": "drop:b", "text": "two"}], judged_at)  # its cycle taken up again
+    extend_corpus(corpus, [{"id": "drop:c", "text": "two"}], corpus.stat().st_size)  # the next drop
+    assert [json.loads(line)["id"] for line in corpus.read_text().splitlines()] == ["a", "drop:b", "drop:c"]
     assert corpus_so_far(cfg) == corpus and (raw / "documents.jsonl").read_text().count("\n") == 1
