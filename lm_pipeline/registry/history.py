@@ -78,9 +78,12 @@ def lock_file(tracking_uri: str, model_name: str) -> Path:
 
 
 def prefect_api_url() -> str | None:
-    from prefect.settings import get_current_settings  # only here: importing Prefect takes ~2 s
+    """The Prefect server configured for every process (the environment, the Prefect profile), not
+    a temporary server this process set for itself (`lmp ct`'s): the lock must be the one that the
+    stages, `lmp promote` and other machines take."""
+    from prefect.settings import Settings  # only here: importing Prefect takes ~2 s
 
-    return get_current_settings().api.url
+    return Settings().api.url
 
 
 @contextmanager

@@ -141,6 +141,22 @@ def test_a_truncated_entry_is_named_and_skipped_not_fatal(store, caplog):
     assert broken.name in caplog.text and "skipped" in caplog.text
 
 
+def test_a_temporary_prefect_server_of_this_process_does_not_choose_the_lock(tmp_path, monkeypatch):
+    """`lmp ct` runs its flow on a temporary Prefect server of its own (an in-process setting): a
+    rollback there must take the lock its stages, `lmp promote` and every other process take, the
+    file lock beside the store, not a concurrency limit on a server nobody else talks to."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens there
+        assert history.prefect_api_url() is None
+        with history.registry_lock(uri, "m"):
+            assert (tmp_path / f".{history.lock_name('m')}.lock").is_file()
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.internal:4200/api")  # a configured one counts
+    assert history.prefect_api_url() == "http://prefect.internal:4200/api"
+
+
 @pytest.mark.security
 def test_the_lock_of_a_local_store_sits_beside_it_where_no_other_user_plants_anything(tmp_path, monkeypatch):
     """A lock in the shared temporary folder could be made first by another user (blocking every
