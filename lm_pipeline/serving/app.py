@@ -53,7 +53,7 @@ class Settings:
 async def json_body(request: Request) -> object:
     try:
         return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a number past Python's digits
         raise protocol.RequestError(f"the request body is not valid JSON: {err}") from None
 
 
@@ -181,6 +181,9 @@ class LanguageModelServer:
         prompt = chat.render(served.chat_template, parsed.messages, served.model_id,
                              served.special_tokens or {})
         ids = tuple(served.tokenizer.encode(prompt, add_special_tokens=False).ids)
+        if not ids:
+            raise protocol.RequestError(f"the chat template of {served.model_id} renders these messages "
+                                        "as an empty prompt: nothing to continue", "messages")
         return protocol.CompletionRequest(parsed.model, (ids,), parsed.sampling, parsed.n,
                                           stream=parsed.stream, include_usage=parsed.include_usage)
 

@@ -44,8 +44,8 @@ def failing_forward(server):
         hook.remove()
 
 
-def post(body: dict) -> Request:
-    sent = json.dumps(body).encode()
+def post(body: dict | bytes) -> Request:
+    sent = body if isinstance(body, bytes) else json.dumps(body).encode()
 
     async def receive():
         return {"type": "http.request", "body": sent, "more_body": False}
@@ -53,10 +53,10 @@ def post(body: dict) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive)
 
 
-def respond(server, body: dict):
+def respond(server, body: dict | bytes, handler: str = "completions"):
     async def answer():
         server.batcher = Batcher(engine.answer, max_batch_size=4, wait_s=0)  # on this event loop
-        return await server.completions(post(body))
+        return await getattr(server, handler)(post(body))
 
     return asyncio.run(answer())
 
@@ -110,3 +110,28 @@ def test_a_model_is_retrieved_by_its_id_or_the_registered_name(server):
         assert found.status_code == 200 and json.loads(found.body)["id"] == "tiny/1"
     missing = get("gpt-4")
     assert missing.status_code == 404 and json.loads(missing.body)["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("body", [b'{"model": "tiny", "prompt": "a", "max_tokens": ' + b"9" * 5000 + b"}",
+                                  b"[" * 100_000 + b"]" * 100_000])
+def test_a_body_python_cannot_hold_gets_400_not_500(server, body):
+    """A number past Python's digit limit raises ValueError, nesting past its recursion limit
+    RecursionError: the client's mistake, not the endpoint's failure."""
+    before = server.stats.counts["server_error"]
+    response = respond(server, body)
+    assert response.status_code == 400, response.body
+    assert json.loads(response.body)["error"]["type"] == "invalid_request_error"
+    assert server.stats.counts["server_error"] == before
+
+
+def test_a_chat_the_template_renders_as_nothing_gets_400_naming_messages(server, monkeypatch):
+    """A template that prints user turns only, given a system message alone: an empty prompt,
+    which failed the forward (and every request batched with it) with a 500."""
+    only_users = "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
+    served = server.served
+    monkeypatch.setattr(server, "served", engine.Served(served.model, served.tokenizer, "tiny/1", only_users))
+    response = respond(server, {"model": "tiny", "messages": [{"role": "system", "content": "be brief"}]},
+                       handler="chat_completions")
+    assert response.status_code == 400, response.body
+    error = json.loads(response.body)["error"]
+    assert error["param"] == "messages" and "empty" in error["message"]
