@@ -102,8 +102,10 @@ class LanguageModelServer:
                         self.settings.endpoint, err)
 
     async def follow(self) -> None:
-        """Swap to the version the alias points at whenever it moves; keep serving on any failure
-        (a refused version is not tried again until the alias moves on)."""
+        """Swap to the version the alias points at whenever it moves; keep serving on any failure.
+        A version refused for what it is (ValueError: its files are not the ones registered, or
+        not a model) is not tried again until the alias moves on; one the registry or the store
+        failed to deliver is tried again at the next interval."""
         refused = None
         while True:
             await asyncio.sleep(self.settings.follow_interval_s)
@@ -119,9 +121,12 @@ class LanguageModelServer:
                 self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
                 log.info("serving %s", self.served.model_id)
                 await self.record()
-            except Exception as err:  # a refused or unreachable version must not stop the endpoint
+            except ValueError as err:  # RegistryError among them
                 refused = current
                 log.error("keeping %s: %s", self.served.model_id, err)
+            except Exception as err:  # an unreachable registry or store must not stop the endpoint
+                log.error("keeping %s for now (%s is tried again in %g s): %s", self.served.model_id,
+                          current, self.settings.follow_interval_s, err)
 
     async def log_stats(self) -> None:
         while True:

@@ -11,7 +11,8 @@ import json
 import pytest
 from starlette.requests import Request
 
-from lm_pipeline.serving import engine, protocol
+from lm_pipeline.registry.aliases import RegistryError
+from lm_pipeline.serving import engine, protocol, source
 from lm_pipeline.serving.app import VERSION_HEADER, LanguageModelServer, Settings
 from lm_pipeline.serving.batcher import Batcher
 from lm_pipeline.serving.stats import Stats
@@ -135,3 +136,49 @@ def test_a_chat_the_template_renders_as_nothing_gets_400_naming_messages(server,
     assert response.status_code == 400, response.body
     error = json.loads(response.body)["error"]
     assert error["param"] == "messages" and "empty" in error["message"]
+
+
+def follow_for(server, seconds: float, until=lambda: False) -> None:
+    """The replica's follow loop, run until `until()` holds or `seconds` pass."""
+    async def watch():
+        task = asyncio.create_task(server.follow())
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not until() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(watch())
+
+
+def test_a_new_champion_that_fails_to_download_is_tried_again_and_a_refused_one_is_not(server, monkeypatch):
+    """The registry (a stand-in here: the swap itself runs in tests/integration/test_serving.py)
+    names version 2. A download that fails for a passing reason is tried at the next interval:
+    it was taken as a refusal, and the replica kept version 1 until the alias moved again, while
+    the others served 2. A version refused for what it is (files not the ones registered) is not
+    downloaded again and again."""
+    follower = object.__new__(LanguageModelServer.func_or_class)
+    follower.settings = Settings(source="models:/tiny@champion", tracking_uri="", registered_name="tiny",
+                                 follow_interval_s=0.01)
+    old = follower.served = server.served
+    new = engine.Served(old.model, old.tokenizer, "tiny/2")
+    loads = []
+
+    def flaky(name, device):
+        loads.append(name)
+        if len(loads) == 1:
+            raise ConnectionError("the artifact store did not answer")
+        return new
+
+    monkeypatch.setattr(source, "version_id", lambda name: "tiny/2")
+    monkeypatch.setattr(source, "load", flaky)
+    follow_for(follower, 5, until=lambda: follower.served is new)
+    assert follower.served is new and len(loads) == 2
+
+    def refuse(name, device):
+        loads.append(name)
+        raise RegistryError("models:/tiny/2: its weights hash is not the one registered; refusing it")
+
+    follower.served, loads[:] = old, []
+    monkeypatch.setattr(source, "load", refuse)
+    follow_for(follower, 0.3)
+    assert follower.served is old and len(loads) == 1
