@@ -77,9 +77,13 @@ class LanguageModelServer:
         import mlflow
 
         self.settings = Settings(**settings)
+        self.token = os.environ.get(TOKEN_ENV) or None
+        if self.token is None and self.settings.endpoint and protocol.needs_token(self.settings.endpoint):
+            raise RuntimeError(f"{TOKEN_ENV} is not set on this node, and clients beyond it call "
+                               f"{self.settings.endpoint}: refusing to answer them unauthenticated (set it "
+                               "on every node of the cluster)")
         mlflow.set_tracking_uri(tracking.with_own_credentials(self.settings.tracking_uri))
         self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
-        self.token = os.environ.get(TOKEN_ENV) or None
         self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)
         self.stats = Stats()
         self.batcher = Batcher(engine.answer, self.settings.max_batch_size, self.settings.batch_wait_s,

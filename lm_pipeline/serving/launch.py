@@ -15,10 +15,10 @@ from lm_pipeline.cluster import init_ray, worker_env
 from lm_pipeline.config import Config, ConfigError
 from lm_pipeline.serving import source
 from lm_pipeline.serving.app import TOKEN_ENV, Settings, application
+from lm_pipeline.serving.protocol import needs_token
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 APP_NAME = "lm-pipeline"
 
 
@@ -26,14 +26,19 @@ def settings_of(cfg: Config, model: str | None = None) -> Settings:
     serve = cfg.serve
     return Settings(source=model or serve.model or f"models:/{cfg.register_.model_name}@champion",
                     tracking_uri=tracking.shown_uri(cfg), registered_name=cfg.register_.model_name,
-                    endpoint=f"http://{serve.host}:{serve.port}/v1",
+                    endpoint=endpoint_of(serve.host, serve.port),
                     device=serve.device, max_tokens=serve.max_tokens, max_n=serve.max_n,
                     max_batch_size=serve.max_batch_size, batch_wait_s=serve.batch_wait_ms / 1000,
                     follow_interval_s=serve.follow_interval_s, log_interval_s=serve.log_interval_s)
 
 
-def check_binding(host: str) -> None:
-    if host not in LOOPBACK and not os.environ.get(TOKEN_ENV):
+def endpoint_of(host: str, port: int) -> str:
+    """The address clients call (an IPv6 host in brackets)."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
+
+def check_binding(endpoint: str, host: str) -> None:
+    if needs_token(endpoint) and not os.environ.get(TOKEN_ENV):
         raise ConfigError(f"serve.host {host}: the endpoint would answer beyond this machine without a "
                           f"token; set {TOKEN_ENV} in the environment (clients send it as a bearer token) "
                           "or bind 127.0.0.1")
@@ -46,7 +51,7 @@ def run(cfg: Config, model: str | None = None, detach: bool = False) -> None:
         raise ConfigError("serve --detach leaves the endpoint on a cluster: set ray.address (RAY_ADDRESS); "
                           "on this machine, run `lmp serve` in the foreground")
     settings, serve_cfg = settings_of(cfg, model), cfg.serve
-    check_binding(serve_cfg.host)
+    check_binding(settings.endpoint, serve_cfg.host)
     if source.is_registered(settings.source):
         tracking.existing_store_uri(cfg)  # refused here, not by every replica once Ray is up
     # A loaded 2-core machine can take longer than Serve's 5 s to start its proxy.

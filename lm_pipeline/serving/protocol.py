@@ -13,9 +13,11 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 # Accepted at these values only: anything else would silently not do what the client asked.
 TOKEN_ENV = "LMP_SERVE_TOKEN"  # the bearer token, read from the environment of each process that needs it
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 VERSION_HEADER = "X-Model-Version"  # the version that answered, on every response
 
 UNSUPPORTED = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
@@ -75,6 +77,11 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
 
+
+
+def needs_token(endpoint: str) -> bool:
+    """Whether clients beyond this machine can call `endpoint` (an http URL): all but loopback."""
+    return urlsplit(endpoint).hostname not in LOOPBACK
 
 def parse_completion(body: object, limits: Limits) -> CompletionRequest:
     body = as_object(body)

@@ -7,6 +7,7 @@ failing every request logged "0 server errors". A stream asked for its usage end
 import asyncio
 import contextlib
 import json
+from dataclasses import asdict
 
 import pytest
 from starlette.requests import Request
@@ -182,3 +183,27 @@ def test_a_new_champion_that_fails_to_download_is_tried_again_and_a_refused_one_
     monkeypatch.setattr(source, "load", refuse)
     follow_for(follower, 0.3)
     assert follower.served is old and len(loads) == 1
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("endpoint", ["http://0.0.0.0:8000/v1", "http://10.0.0.7:8000/v1", "http://[::]:8000/v1"])
+def test_a_replica_without_the_token_refuses_to_start_where_clients_beyond_its_machine_call(endpoint,
+                                                                                            monkeypatch):
+    """The driver checks its own environment (launch.check_binding); a replica on a node started
+    without the token answered every request unauthenticated while the others asked for it."""
+    monkeypatch.delenv(protocol.TOKEN_ENV, raising=False)
+    monkeypatch.setattr(source, "load", lambda name, device: pytest.fail("loaded before the check"))
+    replica = object.__new__(LanguageModelServer.func_or_class)
+    settings = Settings(source="models:/tiny@champion", tracking_uri="", registered_name="tiny",
+                        endpoint=endpoint)
+    with pytest.raises(RuntimeError, match=f"{protocol.TOKEN_ENV} is not set on this node"):
+        asyncio.run(replica.__init__(asdict(settings)))
+
+
+def test_only_a_loopback_endpoint_may_answer_without_a_token():
+    from lm_pipeline.serving.launch import endpoint_of
+
+    assert endpoint_of("::1", 8000) == "http://[::1]:8000/v1"  # a URL clients can call, and parse
+    loopback = ("127.0.0.1", "localhost", "::1")
+    assert not any(protocol.needs_token(endpoint_of(host, 8000)) for host in loopback)
+    assert all(protocol.needs_token(endpoint_of(host, 8000)) for host in ("0.0.0.0", "::", "10.0.0.7"))
