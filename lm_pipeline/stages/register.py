@@ -54,9 +54,7 @@ def run(cfg: Config) -> Decision:
         decision = recorded_decision(client, name, version, entries) or decide(
             client, cfg, version, [*checks, gating.trust_gate(version, entries)], candidate)
         record_gates(client, decision)
-        if not any(e.get("action") == "register" and e.get("version") == version
-                   and e.get("champion_before") == decision.champion_before
-                   for e in entries):  # not logged by an earlier attempt
+        if not logged_already(entries, decision):
             history.append(client, log_run, {"action": "register"} | asdict(decision))
         client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(asdict(decision)))
         client.set_registered_model_alias(name, CHALLENGER, version)
@@ -67,6 +65,14 @@ def run(cfg: Config) -> Decision:
     write_json(cfg.register_.record_file, asdict(decision))
     log.info("register: %s version %s: %s", name, version, decision.reason)
     return decision
+
+
+def logged_already(entries: list[dict], decision: Decision) -> bool:
+    """An earlier attempt logged this very decision (a retry that decided otherwise logs its own:
+    the log is what rollbacks read the champions from)."""
+    keys = ("version", "promoted", "champion_before", "champion_after")
+    return any(e.get("action") == "register" and all(e.get(k) == getattr(decision, k) for k in keys)
+               for e in entries)
 
 
 def own_version(client, name: str, run_id: str, weights: str) -> str | None:
