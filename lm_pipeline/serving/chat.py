@@ -11,6 +11,7 @@ from lm_pipeline.serving.protocol import RequestError
 
 TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves it
 TOKENIZER_CONFIG = "tokenizer_config.json"  # where older folders keep it, as "chat_template"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 
 
 def chat_template(folder: Path) -> str | None:
@@ -22,13 +23,24 @@ def chat_template(folder: Path) -> str | None:
 
 
 def special_tokens(folder: Path) -> dict[str, str]:
-    """bos_token and eos_token as a template refers to them."""
-    config = read_tokenizer_config(folder)
-    return {k: v for k in ("bos_token", "eos_token") if isinstance(v := config.get(k), str)}
+    """bos_token and eos_token as a template refers to them: from tokenizer_config.json, else
+    special_tokens_map.json, each a string or an AddedToken object ({"content": ...}) as older
+    folders keep them (Llama 2's)."""
+    found = {}
+    for config in (read_json(folder / SPECIAL_TOKENS_MAP), read_tokenizer_config(folder)):  # the last wins
+        for key in ("bos_token", "eos_token"):
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                found[key] = value
+    return found
 
 
 def read_tokenizer_config(folder: Path) -> dict:
-    path = folder / TOKENIZER_CONFIG
+    return read_json(folder / TOKENIZER_CONFIG)
+
+
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

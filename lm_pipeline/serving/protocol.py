@@ -148,14 +148,29 @@ def is_token(value: object) -> bool:
 
 
 def messages_field(messages: object) -> tuple[dict, ...]:
+    """Each message as {role, content: text} for the template: OpenAI's developer role is its
+    system role's new name, and content given as text parts is their text, joined."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list of {role, content}", "messages")
+    turns = []
     for i, message in enumerate(messages):
-        if (not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant")
-                or not isinstance(message.get("content"), str)):
-            raise RequestError(f"messages[{i}] must be {{role: system|user|assistant, content: string}}",
-                               f"messages[{i}]")
-    return tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        role = message.get("role") if isinstance(message, dict) else None
+        content = text_of(message.get("content")) if role else None
+        if role not in ("system", "developer", "user", "assistant") or content is None:
+            raise RequestError(f"messages[{i}] must be {{role: system|developer|user|assistant, content: "
+                               "a string or a list of text parts only}", f"messages[{i}]")
+        turns.append({"role": "system" if role == "developer" else role, "content": content})
+    return tuple(turns)
+
+
+def text_of(content: object) -> str | None:
+    """A message's text: a string, or a list of {"type": "text", "text": ...} parts; else None."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) and content else [None]
+    if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+        return "".join(p["text"] for p in parts)
+    return None
 
 
 def sampling_fields(body: dict, limits: Limits, tokens_key: str = "max_tokens",

@@ -1,6 +1,8 @@
 """The serving engine on a small GPT with few steps of training (so its answers follow the prompt):
 batched answers equal answers alone, streams equal answers, logprobs equal an independent forward."""
 
+import json
+
 import pytest
 import torch
 
@@ -137,3 +139,23 @@ def test_a_prompt_reads_special_tokens_as_written_where_corpus_text_does_not(ser
     ids, start = engine.prompt_ids(served, "a tuple<|endoftext|>a list")
     assert ids[start:].count(served.eot) == 1
     assert served.tokenizer.decode(ids[start:], skip_special_tokens=False) == "a tuple<|endoftext|>a list"
+
+
+def test_special_tokens_are_read_as_older_model_folders_keep_them(tmp_path):
+    """Llama 2's tokenizer_config.json holds bos and eos as AddedToken objects, and some folders
+    name them in special_tokens_map.json alone: every chat request got 400 ('bos_token' is
+    undefined in the template) and answers ran to max_tokens, with no end of turn to stop at."""
+    from lm_pipeline.serving.chat import special_tokens
+
+    def added(text: str) -> dict:
+        return {"__type": "AddedToken", "content": text, "lstrip": False, "normalized": False,
+                "rstrip": False, "single_word": False}
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": added("<s>"),
+                                                                "eos_token": added("</s>")}))
+    assert special_tokens(tmp_path) == {"bos_token": "<s>", "eos_token": "</s>"}
+    mapped = tmp_path / "mapped"
+    mapped.mkdir()
+    (mapped / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>",
+                                                               "eos_token": added("</s>")}))
+    assert special_tokens(mapped) == {"bos_token": "<s>", "eos_token": "</s>"}

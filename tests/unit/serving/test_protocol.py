@@ -64,3 +64,18 @@ def test_a_stream_asks_for_its_usage_with_stream_options():
     assert not parse_completion({**OK, "stream": True}, LIMITS).include_usage
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     assert parse_chat(chat | {"stream_options": {"include_usage": True}}, LIMITS).include_usage
+
+
+def test_chat_messages_in_openais_other_forms_read_as_text_turns():
+    """Content as a list of text parts (what OpenAI's SDKs send for multi-part messages) and the
+    developer role (OpenAI's name for system instructions since o1) were refused with 400."""
+    parts = {"role": "user", "content": [{"type": "text", "text": "What is "},
+                                         {"type": "text", "text": "a tuple?"}]}
+    developer = {"role": "developer", "content": "Be brief."}
+    parsed = parse_chat({"model": "m", "messages": [developer, parts]}, LIMITS)
+    assert parsed.messages == ({"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "What is a tuple?"})
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+    with pytest.raises(RequestError, match="text parts only") as refused:
+        parse_chat({"model": "m", "messages": [image]}, LIMITS)
+    assert refused.value.param == "messages[0]"
