@@ -149,9 +149,12 @@ def ends(served: Served, generated: list[int], stop: tuple[str, ...]) -> tuple[i
     or the token that completes a stop string ("stop"), else at max_tokens ("length")."""
     end = served.ends_at
     kept = generated[:next((i for i, token in enumerate(generated) if token in end), len(generated))]
-    for n in range(1, len(kept) + 1) if stop else ():
-        if any(s in served.tokenizer.decode(kept[:n]) for s in stop):
-            return n, "stop"
+    # One decode of the whole answer says whether a stop string has appeared (checked at every
+    # step); only then is its first prefix looked for.
+    if stop and any(s in served.tokenizer.decode(kept) for s in stop):
+        for n in range(1, len(kept) + 1):
+            if any(s in served.tokenizer.decode(kept[:n]) for s in stop):
+                return n, "stop"
     return len(kept), "stop" if len(kept) < len(generated) else "length"
 
 
