@@ -64,10 +64,15 @@ class Batcher:
             results = await asyncio.to_thread(self.run, [job for job, _ in waiting])
             if len(results) != len(waiting):
                 raise RuntimeError(f"{len(results)} answers for a batch of {len(waiting)} requests")
-        except Exception as err:  # every request of a failed batch learns why
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(err)
+        except Exception as err:
+            if len(waiting) > 1:  # one request may have failed them all: each alone, so only it fails
+                log.warning("a batch of %d requests failed (%s): answering each alone", len(waiting), err)
+                for one in waiting:
+                    await self.answer([one])
+                return
+            (_, future), = waiting
+            if not future.done():
+                future.set_exception(err)
             return
         for (_, future), result in zip(waiting, results, strict=True):
             if not future.done():
