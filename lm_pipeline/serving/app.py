@@ -253,8 +253,9 @@ class LanguageModelServer:
     def authorize(self, request: Request) -> None:
         if self.token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        bearer = scheme.lower() == "bearer"  # schemes are case-insensitive (RFC 9110)
+        if not (hmac.compare_digest(given.strip().encode(), self.token.encode()) and bearer):
             raise protocol.RequestError("a bearer token is required (Authorization: Bearer <token>)",
                                         "Authorization", status=401, kind="authentication_error")
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 # Accepted at these values only: anything else would silently not do what the client asked.
 TOKEN_ENV = "LMP_SERVE_TOKEN"  # the bearer token, read from the environment of each process that needs it
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_PROMPTS = 2048  # in one completion request, as OpenAI bounds it
 VERSION_HEADER = "X-Model-Version"  # the version that answered, on every response
 
 UNSUPPORTED = {"best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
@@ -129,7 +130,12 @@ def model_field(body: dict) -> str:
 
 
 def prompts_field(prompt: object) -> tuple[str | tuple[int, ...], ...]:
-    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids; at most
+    MAX_PROMPTS prompts, as OpenAI allows."""
+    several = isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list))
+    if several and len(prompt) > MAX_PROMPTS:
+        raise RequestError(f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS} in one request",
+                           "prompt")
     if isinstance(prompt, str):
         return (prompt,)
     if isinstance(prompt, list) and prompt and all(is_token(t) for t in prompt):
@@ -177,7 +183,7 @@ def sampling_fields(body: dict, limits: Limits, tokens_key: str = "max_tokens",
                     default_tokens: int = 16) -> Sampling:
     """`default_tokens`: OpenAI's when the request sets none (completions 16, chat as many as allowed),
     within the endpoint's bound."""
-    key = tokens_key if tokens_key in body else "max_tokens"
+    key = tokens_key if body.get(tokens_key) is not None else "max_tokens"  # null is unset, as in OpenAI
     max_tokens = number_field(body, key, min(default_tokens, limits.max_tokens), int, 0, limits.max_tokens)
     return Sampling(max_tokens=max_tokens,
                     temperature=float(number_field(body, "temperature", 1.0, float, 0.0, 2.0)),

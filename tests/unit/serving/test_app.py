@@ -46,19 +46,20 @@ def failing_forward(server):
         hook.remove()
 
 
-def post(body: dict | bytes) -> Request:
+def post(body: dict | bytes, authorization: str | None = None) -> Request:
     sent = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = [(b"authorization", authorization.encode())] if authorization else []
 
     async def receive():
         return {"type": "http.request", "body": sent, "more_body": False}
 
-    return Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive)
+    return Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": headers}, receive)
 
 
-def respond(server, body: dict | bytes, handler: str = "completions"):
+def respond(server, body: dict | bytes, handler: str = "completions", authorization: str | None = None):
     async def answer():
         server.batcher = Batcher(engine.answer, max_batch_size=4, wait_s=0)  # on this event loop
-        return await getattr(server, handler)(post(body))
+        return await getattr(server, handler)(post(body, authorization))
 
     return asyncio.run(answer())
 
@@ -207,3 +208,14 @@ def test_only_a_loopback_endpoint_may_answer_without_a_token():
     loopback = ("127.0.0.1", "localhost", "::1")
     assert not any(protocol.needs_token(endpoint_of(host, 8000)) for host in loopback)
     assert all(protocol.needs_token(endpoint_of(host, 8000)) for host in ("0.0.0.0", "::", "10.0.0.7"))
+
+
+@pytest.mark.security
+def test_the_token_is_taken_under_any_spelling_of_the_bearer_scheme_and_nothing_else(server, monkeypatch):
+    """HTTP's authentication schemes are case-insensitive (RFC 9110): `bearer <token>` was refused."""
+    monkeypatch.setattr(server, "token", "s3cret")
+    body = {"model": "tiny", "prompt": "a tuple", "max_tokens": 2, "temperature": 0}
+    for given in ("Bearer s3cret", "bearer s3cret", "BEARER  s3cret"):
+        assert respond(server, body, authorization=given).status_code == 200, given
+    for given in (None, "Bearer s3cre", "Basic s3cret", "s3cret", "Bearer s3cret extra"):
+        assert respond(server, body, authorization=given).status_code == 401, given

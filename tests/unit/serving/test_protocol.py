@@ -21,7 +21,7 @@ OK = {"model": "m", "prompt": "hi"}
     # JSON's NaN (Python's json reads it) compares false both ways, so a bounds check alone lets it
     # through; a seed past 64 bits is one torch cannot take. Either failed the whole batch it joined.
     ({**OK, "temperature": float("nan")}, "temperature"), ({**OK, "top_p": float("nan")}, "top_p"),
-    ({**OK, "seed": 2**63}, "seed"),
+    ({**OK, "seed": 2**63}, "seed"), ({**OK, "prompt": ["a"] * 2049}, "prompt"),  # OpenAI's bound
     ({**OK, "stream_options": {"include_usage": True}}, "stream_options"),  # not a stream
     ({**OK, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
 ])
@@ -48,6 +48,9 @@ def test_chat_messages_are_checked_one_by_one():
     parsed = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                          "max_completion_tokens": 7}, LIMITS)
     assert parsed.sampling.max_tokens == 7
+    parsed = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],  # null: unset
+                         "max_completion_tokens": None, "max_tokens": 5}, LIMITS)
+    assert parsed.sampling.max_tokens == 5
 
 
 def test_an_unset_max_tokens_stays_within_the_endpoints_bound():
