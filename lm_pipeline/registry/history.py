@@ -1,11 +1,11 @@
 """The champion's history: an append-only promotion log, and a lock around alias moves.
 
 The log is one MLflow run per registered model (tag `lmp.promotion_log`), so it lives wherever
-the registry lives. Every decision is one JSON artifact of its own in `promotion_log/` (named by
-time, so they list in order): which version was champion before and after, why, and each gate's
-value, threshold and result. Nothing is ever rewritten, so concurrent writers lose nothing and a
-writer killed mid-upload spoils its own entry only (readers name it and skip it). Logs written
-before this layout (`promotion_log.jsonl`) are still read, first.
+the registry lives. Every decision is one JSON artifact of its own in `promotion_log/` (numbered
+under the lock, one past the last, so they list in the order written): which version was champion
+before and after, why, and each gate's value, threshold and result. Nothing is ever rewritten, so
+concurrent writers lose nothing and a writer killed mid-upload spoils its own entry only (readers
+name it and skip it). Logs written before this layout (`promotion_log.jsonl`) are still read, first.
 
 Deciding and moving `champion` happens under one exclusive lock per model name, so two
 registrations cannot interleave their read-compare-move. With a Prefect server configured
@@ -184,7 +184,17 @@ def append(client, run_id: str, entry: dict) -> list[dict]:
     """Add one entry as its own artifact (call under registry_lock); returns the whole log."""
     entry = entry | {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": getpass.getuser()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"  # sorts by time
+        path = Path(tmp) / f"{next_number(client, run_id):020d}-{uuid.uuid4().hex[:8]}.json"
         path.write_text(json.dumps(entry, sort_keys=True) + "\n")
         client.log_artifact(run_id, str(path), LOG_DIR)
     return read_log(client, run_id)
+
+
+def next_number(client, run_id: str) -> int:
+    """One past the last entry's number: under the lock, entries sort in the order they were
+    written, whatever the writers' clocks say (they were named by the clock, and a machine whose
+    clock is behind wrote entries that sorted before earlier ones). Past the clock's nanoseconds,
+    so it sorts after entries named that way."""
+    numbers = [int(m.group(1)) for info in client.list_artifacts(run_id, LOG_DIR)
+               if (m := re.fullmatch(r"(\d{20})-[0-9a-f]{8}\.json", Path(info.path).name))]
+    return max([*numbers, time.time_ns()]) + 1

@@ -97,6 +97,19 @@ def test_log_entries_round_trip_in_order_with_time_and_user(store):
     assert all(STAMP.fullmatch(e["time"]) and e["user"] == getpass.getuser() for e in entries)
 
 
+def test_entries_keep_the_order_they_were_written_in_whatever_the_writers_clocks_say(store, monkeypatch):
+    """Entries were named by the writer's clock: a rollback from a machine whose clock is behind
+    sorted before the registration it undid, the version it rolled back from counted as trusted
+    again, and a rerun of that registration moved the champion back to it."""
+    client, experiment_id = store
+    run_id = history.log_run_id(client, experiment_id, "m")
+    history.append(client, run_id, {"action": "register", "n": 0})
+    behind = history.time.time_ns() - 3_600 * 10**9  # another machine, an hour behind
+    monkeypatch.setattr(history.time, "time_ns", lambda: behind)
+    history.append(client, run_id, {"action": "rollback", "n": 1})
+    assert [e["n"] for e in history.read_log(client, run_id)] == [0, 1]
+
+
 def entry_files(client, run_id: str) -> list[Path]:
     root = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
     return sorted(root.rglob("*.json"))
