@@ -121,8 +121,12 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def log_run_id(client, experiment_id: str, model_name: str) -> str:
-    """The run that holds this model's log, created on first use."""
-    runs = client.search_runs([experiment_id],
+    """The run that holds this model's log, in whichever experiment it was started (a model's name
+    is the registry's, not an experiment's); created in `experiment_id` on first use (call under
+    registry_lock, so that two first writers do not start two). Where two exist (made before
+    this), the first started."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments or [experiment_id], order_by=["attributes.start_time ASC"],
                               filter_string=f"tags.`{LOG_TAG}` = {tracking.filter_literal(model_name)}")
     if runs:
         return runs[0].info.run_id

@@ -61,12 +61,11 @@ def lineage_tags(cfg: Config, run_id: str, metrics: dict, weights: str) -> dict[
     }
 
 
-def _client_and_log(cfg: Config):
+def _client_and_experiment(cfg: Config):
     import mlflow
 
     experiment_id = tracking.setup(cfg, existing=True)
-    client = mlflow.MlflowClient()
-    return client, history.log_run_id(client, experiment_id, cfg.register_.model_name)
+    return mlflow.MlflowClient(), experiment_id
 
 
 def move_champion(client, log_run: str, name: str, version: str, reason: str, action: str) -> dict:
@@ -85,10 +84,11 @@ def promote(cfg: Config, version: str, reason: str) -> dict:
     its registration (a version serving and the champion gate would refuse is refused here)."""
     from lm_pipeline.registry.decision import load_registered
 
-    client, log_run = _client_and_log(cfg)
+    client, experiment_id = _client_and_experiment(cfg)
     name = cfg.register_.model_name
     with history.registry_lock(tracking.tracking_uri(cfg), name):
         load_registered(name, version, refusal="refusing to promote it")
+        log_run = history.log_run_id(client, experiment_id, name)
         return move_champion(client, log_run, name, version, reason, "promote")
 
 
@@ -100,9 +100,10 @@ def rollback(cfg: Config, reason: str, expected: str | None = None, to: str | No
     someone's promotion since)."""
     from lm_pipeline.registry.decision import load_registered  # torch: lineage needs none
 
-    client, log_run = _client_and_log(cfg)
+    client, experiment_id = _client_and_experiment(cfg)
     name = cfg.register_.model_name
     with history.registry_lock(tracking.tracking_uri(cfg), name):
+        log_run = history.log_run_id(client, experiment_id, name)
         current = current_champion(client, name)
         if expected is not None and current != expected:
             raise RegistryError(f"{name}: champion is version {current}, not {expected}: not rolling back")

@@ -75,6 +75,18 @@ def test_log_run_is_created_once_per_model(store):
     assert len(client.search_runs([experiment_id], f"tags.`{history.LOG_TAG}` = 'm'")) == 1
 
 
+def test_a_model_has_one_log_whichever_experiment_registers_it(store):
+    """The registry is one per store, its models' names global; a log per experiment let a run of
+    another mlflow.experiment start a second log for the same model, and a rollback in one was
+    not seen by the gates reading the other. Where two logs exist already, the first is the one."""
+    client, experiment_id = store
+    first = history.log_run_id(client, experiment_id, "m")
+    other = client.create_experiment("another")
+    assert history.log_run_id(client, other, "m") == first
+    split = client.create_run(other, tags={history.LOG_TAG: "m"}).info.run_id  # as an older version made
+    assert split != first and history.log_run_id(client, other, "m") == first
+
+
 @pytest.mark.security
 def test_a_model_name_with_quotes_finds_its_own_log_run_only(store):
     """The name is a value in an MLflow filter: a quote in it must neither break nor widen the query."""
