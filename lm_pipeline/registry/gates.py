@@ -69,6 +69,18 @@ def trust_gate(version: str, log: list[dict]) -> Gate:
                 if rolled_back else "never rolled back from")
 
 
+def champion_alias_gate(champion: str | None, log: list[dict]) -> Gate:
+    """A champion the promotion log knows still holds the alias: with it gone (its version deleted
+    in MLflow, which takes its aliases along), a candidate would pass as a first version,
+    compared with nothing."""
+    order, _ = history.champions(log)
+    lost = champion is None and bool(order)
+    return Gate("champion_alias_held", float(lost), 0.0, not lost,
+                f"no version holds the champion alias, and the promotion log's last champion was version "
+                f"{order[-1]}: make one champion by hand (`lmp promote VERSION`)" if lost else
+                "the champion alias is where the promotion log leaves it, or the model has none yet")
+
+
 def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
     gates = []
     if register.max_perplexity is not None:

@@ -20,7 +20,7 @@ from lm_pipeline.model.backends import load_model, resolve_device, weights_sha25
 from lm_pipeline.model.folder import read_run_info
 from lm_pipeline.registry import gates as gating
 from lm_pipeline.registry import history
-from lm_pipeline.registry.aliases import CHALLENGER, set_champion, tag_decision
+from lm_pipeline.registry.aliases import CHALLENGER, current_champion, set_champion, tag_decision
 from lm_pipeline.registry.decision import DECISION_TAG, Decision, decide, record_gates, recorded_decision
 from lm_pipeline.registry.manage import lineage_tags
 from lm_pipeline.registry.pyfunc import register_pyfunc
@@ -51,8 +51,10 @@ def run(cfg: Config) -> Decision:
     with history.registry_lock(tracking.tracking_uri(cfg), name):
         log_run = history.log_run_id(client, experiment_id, name)
         entries = history.read_log(client, log_run)
+        history_gates = [gating.trust_gate(version, entries),
+                         gating.champion_alias_gate(current_champion(client, name), entries)]
         decision = recorded_decision(client, name, version, entries) or decide(
-            client, cfg, version, [*checks, gating.trust_gate(version, entries)], candidate)
+            client, cfg, version, [*checks, *history_gates], candidate)
         record_gates(client, decision)
         if not logged_already(entries, decision):
             history.append(client, log_run, {"action": "register"} | asdict(decision))

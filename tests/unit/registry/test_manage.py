@@ -311,3 +311,16 @@ def test_lineage_quotes_the_model_folder_in_its_python_command(cfg):
     assert (program, flag) == ("python", "-c")
     constants = {node.value for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Constant)}
     assert constants == {"models/it's \"mine\"", 0}
+
+
+@pytest.mark.security
+def test_a_champion_the_log_knows_but_the_alias_lost_is_not_replaced_unseen(cfg):
+    """The champion version deleted in MLflow's UI takes its alias with it: the next registration
+    passing the quality bars became champion as a "first version", compared with nothing."""
+    client = registry(cfg.mlflow.tracking_uri)
+    promote_in_turn(cfg, "1", "2")
+    entries = history.read_log(client, history.log_run_id(client, tracking.setup(cfg), NAME))
+    assert gates.champion_alias_gate("2", entries).passed
+    lost = gates.champion_alias_gate(None, entries)
+    assert not lost.passed and "version 2" in lost.detail and "lmp promote" in lost.detail
+    assert gates.champion_alias_gate(None, []).passed  # the first version of a model
