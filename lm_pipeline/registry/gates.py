@@ -69,12 +69,13 @@ def trust_gate(version: str, log: list[dict]) -> Gate:
                 if rolled_back else "never rolled back from")
 
 
-def champion_alias_gate(champion: str | None, log: list[dict]) -> Gate:
+def champion_alias_gate(champion: str | None, log: list[dict], version: str | None = None) -> Gate:
     """A champion the promotion log knows still holds the alias: with it gone (its version deleted
     in MLflow, which takes its aliases along), a candidate would pass as a first version,
-    compared with nothing."""
+    compared with nothing. Unless the log's last champion is `version` itself: an earlier attempt
+    of its registration logged the move and died before making it."""
     order, _ = history.champions(log)
-    lost = champion is None and bool(order)
+    lost = champion is None and bool(order) and order[-1] != version
     return Gate("champion_alias_held", float(lost), 0.0, not lost,
                 f"no version holds the champion alias, and the promotion log's last champion was version "
                 f"{order[-1]}: make one champion by hand (`lmp promote VERSION`)" if lost else

@@ -1,11 +1,12 @@
 """The champion's history: an append-only promotion log, and a lock around alias moves.
 
-The log is one MLflow run per registered model (tag `lmp.promotion_log`), so it lives wherever
-the registry lives. Every decision is one JSON artifact of its own in `promotion_log/` (numbered
-under the lock, one past the last, so they list in the order written): which version was champion
-before and after, why, and each gate's value, threshold and result. Nothing is ever rewritten, so
-concurrent writers lose nothing and a writer killed mid-upload spoils its own entry only (readers
-name it and skip it). Logs written before this layout (`promotion_log.jsonl`) are still read, first.
+The log is one MLflow run per registered model (tag `lmp.promotion_log`; the registered model
+names it in its tag `lmp.promotion_log_run`), so it lives wherever the registry lives. Every
+decision is one JSON artifact of its own in `promotion_log/` (numbered under the lock, one past
+the last, so they list in the order written): which version was champion before and after, why,
+and each gate's value, threshold and result. Nothing is ever rewritten, so concurrent writers lose
+nothing and a writer killed mid-upload spoils its own entry only (readers name it and skip it).
+Logs written before this layout (`promotion_log.jsonl`) are still read, first.
 
 Deciding and moving `champion` happens under one exclusive lock per model name, so two
 registrations cannot interleave their read-compare-move. With a Prefect server configured
@@ -39,7 +40,8 @@ from lm_pipeline.io import private_dir
 
 LOG_DIR = "promotion_log"  # one JSON artifact per entry
 LOG_FILE = "promotion_log.jsonl"  # the older layout: one file, rewritten on every append
-LOG_TAG = "lmp.promotion_log"
+LOG_TAG = "lmp.promotion_log"  # on the log's run: the model it is the log of
+LOG_RUN_TAG = "lmp.promotion_log_run"  # on the registered model: its log's run
 log = logging.getLogger(__name__)
 
 
@@ -121,19 +123,32 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def log_run_id(client, experiment_id: str, model_name: str) -> str:
-    """The run that holds this model's log, in whichever experiment it was started (a model's name
-    is the registry's, not an experiment's); created in `experiment_id` on first use (call under
-    registry_lock, so that two first writers do not start two). Where two exist (made before
-    this), the first started."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments or [experiment_id], order_by=["attributes.start_time ASC"],
+    """The run that holds this model's log: the one the registered model names (tag
+    lmp.promotion_log_run, set when the log is started: a model's name is the registry's, not an
+    experiment's), else the one in `experiment_id` (a log started before the tag), else a new one
+    there. Call under registry_lock, so that two first writers do not start two."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        model = None  # nothing registered under the name yet: its log is found by experiment
+    if model is not None and model.tags.get(LOG_RUN_TAG):
+        return model.tags[LOG_RUN_TAG]
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"],
                               filter_string=f"tags.`{LOG_TAG}` = {tracking.filter_literal(model_name)}")
     if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"promotion-log-{model_name}",
-                            tags={LOG_TAG: model_name})
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        run_id = runs[0].info.run_id
+    else:
+        run = client.create_run(experiment_id, run_name=f"promotion-log-{model_name}",
+                                tags={LOG_TAG: model_name})
+        client.set_terminated(run.info.run_id)
+        run_id = run.info.run_id
+    if model is not None:
+        client.set_registered_model_tag(model_name, LOG_RUN_TAG, run_id)
+    return run_id
 
 
 def read_log(client, run_id: str) -> list[dict]:

@@ -52,7 +52,7 @@ def run(cfg: Config) -> Decision:
         log_run = history.log_run_id(client, experiment_id, name)
         entries = history.read_log(client, log_run)
         history_gates = [gating.trust_gate(version, entries),
-                         gating.champion_alias_gate(current_champion(client, name), entries)]
+                         gating.champion_alias_gate(current_champion(client, name), entries, version)]
         decision = recorded_decision(client, name, version, entries) or decide(
             client, cfg, version, [*checks, *history_gates], candidate)
         record_gates(client, decision)

@@ -324,3 +324,6 @@ def test_a_champion_the_log_knows_but_the_alias_lost_is_not_replaced_unseen(cfg)
     lost = gates.champion_alias_gate(None, entries)
     assert not lost.passed and "version 2" in lost.detail and "lmp promote" in lost.detail
     assert gates.champion_alias_gate(None, []).passed  # the first version of a model
+    first = [{"action": "register", "version": "1", "champion_before": None, "champion_after": "1"}]
+    assert gates.champion_alias_gate(None, first, "1").passed  # its own attempt logged it, then died
+    assert not gates.champion_alias_gate(None, first, "2").passed
