@@ -30,6 +30,7 @@ from lm_pipeline.serving.stats import Stats
 
 log = logging.getLogger("lm_pipeline.serving")
 
+MAX_BACKOFF_S = 600.0
 TOKEN_ENV, VERSION_HEADER = protocol.TOKEN_ENV, protocol.VERSION_HEADER  # each replica reads its own env
 
 
@@ -62,6 +63,28 @@ def server_error() -> protocol.RequestError:
                                  status=500, kind="server_error")
 
 
+@dataclass
+class Backoff:
+    """When a version that failed to load for a passing reason is tried again: one interval after
+    its first failure, twice that after its second, and so on up to MAX_BACKOFF_S (a store down
+    for an hour is not asked for the whole model every few seconds); another version at once."""
+
+    interval_s: float
+    version: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def due(self, version: str | None, now: float) -> bool:
+        return version != self.version or now >= self.retry_at
+
+    def failed(self, version: str | None, now: float) -> float:
+        self.failures = self.failures + 1 if version == self.version else 1
+        self.version = version
+        pause = min(self.interval_s * 2 ** (self.failures - 1), MAX_BACKOFF_S)
+        self.retry_at = now + pause
+        return pause
+
+
 def model_object(served) -> dict:
     return {"id": served.model_id, "object": "model", "created": 0, "owned_by": "lm-pipeline"}
 
@@ -77,11 +100,12 @@ class LanguageModelServer:
         import mlflow
 
         self.settings = Settings(**settings)
-        self.token = os.environ.get(TOKEN_ENV) or None
-        if self.token is None and self.settings.endpoint and protocol.needs_token(self.settings.endpoint):
-            raise RuntimeError(f"{TOKEN_ENV} is not set on this node, and clients beyond it call "
-                               f"{self.settings.endpoint}: refusing to answer them unauthenticated (set it "
-                               "on every node of the cluster)")
+        self.token = os.environ.get(TOKEN_ENV, "").strip() or None  # a secret file's newline is not the token
+        if self.token is None and protocol.needs_token(self.settings.endpoint):
+            called = self.settings.endpoint or "this endpoint (no endpoint given)"
+            raise RuntimeError(f"{TOKEN_ENV} is not set on this node, and clients beyond it may call "
+                               f"{called}: refusing to answer them unauthenticated (set it on every node "
+                               "of the cluster, or give a loopback endpoint)")
         mlflow.set_tracking_uri(tracking.with_own_credentials(self.settings.tracking_uri))
         self.served = await asyncio.to_thread(source.load, self.settings.source, self.settings.device)
         self.limits = protocol.Limits(self.settings.max_tokens, self.settings.max_n)
@@ -108,9 +132,10 @@ class LanguageModelServer:
     async def follow(self) -> None:
         """Swap to the version the alias points at whenever it moves; keep serving on any failure.
         A version refused for what it is (ValueError: its files are not the ones registered, or
-        not a model) is not tried again until the alias moves on; one the registry or the store
-        failed to deliver is tried again at the next interval."""
-        refused = None
+        not a model) is not tried again until the alias moves on; one that failed to load for
+        another reason (the registry or the store unreachable, no memory for it yet) is tried
+        again after a pause that doubles with each failure (Backoff)."""
+        refused, backoff = None, Backoff(self.settings.follow_interval_s)
         while True:
             await asyncio.sleep(self.settings.follow_interval_s)
             current = None
@@ -118,7 +143,7 @@ class LanguageModelServer:
                 current = await asyncio.to_thread(source.version_id, self.settings.source)
                 if current == self.served.model_id:
                     refused = None  # moved back: a version refused before gets a new check if it returns
-                if current in (self.served.model_id, refused):
+                if current in (self.served.model_id, refused) or not backoff.due(current, time.monotonic()):
                     continue
                 log.info("%s moved to %s: loading it beside %s", self.settings.source, current,
                          self.served.model_id)
@@ -129,8 +154,9 @@ class LanguageModelServer:
                 refused = current
                 log.error("keeping %s: %s", self.served.model_id, err)
             except Exception as err:  # an unreachable registry or store must not stop the endpoint
-                log.error("keeping %s for now (%s is tried again in %g s): %s", self.served.model_id,
-                          current, self.settings.follow_interval_s, err)
+                pause = backoff.failed(current, time.monotonic())
+                log.error("keeping %s for now (%s is tried again in %.0f s): %s", self.served.model_id,
+                          current, pause, err)
 
     async def log_stats(self) -> None:
         while True:

@@ -68,7 +68,8 @@ class Batcher:
             if len(waiting) > 1:  # one request may have failed them all: each alone, so only it fails
                 log.warning("a batch of %d requests failed (%s): answering each alone", len(waiting), err)
                 for one in waiting:
-                    await self.answer([one])
+                    if not one[1].done():  # not given up on meanwhile (a timeout, a client gone)
+                        await self.answer([one])
                 return
             (_, future), = waiting
             if not future.done():

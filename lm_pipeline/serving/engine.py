@@ -128,12 +128,15 @@ def run_units(served: Served, units: list[Unit]) -> None:
     first = units[0]
     batch, mask = left_padded([u.ids for u in units], served.eot, device_of(served.model))
     rows: list[list[int]] = [[] for _ in units]
+    done = [False] * len(units)  # a row that has ended is not checked again (a stop string costs decodes)
     steps = generate_tokens(served.model, batch, first.sampling.max_tokens, first.sampling.temperature,
                             None, first.sampling.top_p, first.generator, attention_mask=mask)
     for tokens in steps:
         for row, token in zip(rows, tokens[:, 0].tolist(), strict=True):
             row.append(token)
-        if all(finished(served, row, first.sampling.stop) for row in rows):
+        done = [ended or finished(served, row, first.sampling.stop)
+                for ended, row in zip(done, rows, strict=True)]
+        if all(done):
             break
     for unit, row in zip(units, rows, strict=True):
         unit.generated = row

@@ -81,7 +81,8 @@ class ChatRequest:
 
 
 def needs_token(endpoint: str) -> bool:
-    """Whether clients beyond this machine can call `endpoint` (an http URL): all but loopback."""
+    """Whether clients beyond this machine can call `endpoint` (an http URL): all but loopback
+    (and an endpoint not given, as far as anyone can tell)."""
     return urlsplit(endpoint).hostname not in LOOPBACK
 
 def parse_completion(body: object, limits: Limits) -> CompletionRequest:
@@ -155,7 +156,7 @@ def is_token(value: object) -> bool:
 
 def messages_field(messages: object) -> tuple[dict, ...]:
     """Each message as {role, content: text} for the template: OpenAI's developer role is its
-    system role's new name, and content given as text parts is their text, joined."""
+    system role's new name, and content given as text parts is their text."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list of {role, content}", "messages")
     turns = []
@@ -170,12 +171,13 @@ def messages_field(messages: object) -> tuple[dict, ...]:
 
 
 def text_of(content: object) -> str | None:
-    """A message's text: a string, or a list of {"type": "text", "text": ...} parts; else None."""
+    """A message's text: a string, or a list of {"type": "text", "text": ...} parts joined by
+    newlines (as vLLM joins them); else None."""
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) and content else [None]
     if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
-        return "".join(p["text"] for p in parts)
+        return "\n".join(p["text"] for p in parts)
     return None
 
 

@@ -185,14 +185,24 @@ def test_a_new_champion_that_fails_to_download_is_tried_again_and_a_refused_one_
     follow_for(follower, 0.3)
     assert follower.served is old and len(loads) == 1
 
+    def unreachable(name, device):
+        loads.append(name)
+        raise ConnectionError("the artifact store did not answer")
+
+    loads[:] = []  # a store down for long: tried again ever less often, not a download each interval
+    monkeypatch.setattr(source, "load", unreachable)
+    follow_for(follower, 0.64)
+    assert follower.served is old and 2 <= len(loads) <= 8  # 0.01 s doubling; each interval: 64
+
 
 @pytest.mark.security
-@pytest.mark.parametrize("endpoint", ["http://0.0.0.0:8000/v1", "http://10.0.0.7:8000/v1", "http://[::]:8000/v1"])
+@pytest.mark.parametrize("endpoint", ["http://0.0.0.0:8000/v1", "http://10.0.0.7:8000/v1", "http://[::]:8000/v1",
+                                      ""])  # a Serve config (KubeRay's) that names none
 def test_a_replica_without_the_token_refuses_to_start_where_clients_beyond_its_machine_call(endpoint,
                                                                                             monkeypatch):
     """The driver checks its own environment (launch.check_binding); a replica on a node started
     without the token answered every request unauthenticated while the others asked for it."""
-    monkeypatch.delenv(protocol.TOKEN_ENV, raising=False)
+    monkeypatch.setenv(protocol.TOKEN_ENV, "\n")  # a token file's newline alone is no token
     monkeypatch.setattr(source, "load", lambda name, device: pytest.fail("loaded before the check"))
     replica = object.__new__(LanguageModelServer.func_or_class)
     settings = Settings(source="models:/tiny@champion", tracking_uri="", registered_name="tiny",

@@ -72,12 +72,12 @@ def test_a_stream_asks_for_its_usage_with_stream_options():
 def test_chat_messages_in_openais_other_forms_read_as_text_turns():
     """Content as a list of text parts (what OpenAI's SDKs send for multi-part messages) and the
     developer role (OpenAI's name for system instructions since o1) were refused with 400."""
-    parts = {"role": "user", "content": [{"type": "text", "text": "What is "},
-                                         {"type": "text", "text": "a tuple?"}]}
+    parts = {"role": "user", "content": [{"type": "text", "text": "What is a tuple?"},
+                                         {"type": "text", "text": "In one line."}]}
     developer = {"role": "developer", "content": "Be brief."}
     parsed = parse_chat({"model": "m", "messages": [developer, parts]}, LIMITS)
     assert parsed.messages == ({"role": "system", "content": "Be brief."},
-                               {"role": "user", "content": "What is a tuple?"})
+                               {"role": "user", "content": "What is a tuple?\nIn one line."})  # as vLLM
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
     with pytest.raises(RequestError, match="text parts only") as refused:
         parse_chat({"model": "m", "messages": [image]}, LIMITS)
