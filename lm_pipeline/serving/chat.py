@@ -4,9 +4,9 @@ template is data from the model folder: the sandbox lets it format, not reach in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from lm_pipeline.io import read_json
 from lm_pipeline.serving.protocol import RequestError
 
 TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves it
@@ -27,7 +27,8 @@ def special_tokens(folder: Path) -> dict[str, str]:
     special_tokens_map.json, each a string or an AddedToken object ({"content": ...}) as older
     folders keep them (Llama 2's)."""
     found = {}
-    for config in (read_json(folder / SPECIAL_TOKENS_MAP), read_tokenizer_config(folder)):  # the last wins
+    configs = (read_json_if_there(folder / SPECIAL_TOKENS_MAP), read_tokenizer_config(folder))
+    for config in configs:  # the tokenizer config's win
         for key in ("bos_token", "eos_token"):
             value = config.get(key)
             value = value.get("content") if isinstance(value, dict) else value
@@ -37,11 +38,11 @@ def special_tokens(folder: Path) -> dict[str, str]:
 
 
 def read_tokenizer_config(folder: Path) -> dict:
-    return read_json(folder / TOKENIZER_CONFIG)
+    return read_json_if_there(folder / TOKENIZER_CONFIG)
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def read_json_if_there(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}
 
 
 def render(template: str | None, messages: tuple[dict, ...], model_id: str, special: dict[str, str]) -> str:
