@@ -9,9 +9,9 @@ any name, so the same documents renamed or moved are not taken twice.
 The ledger (ct.state_dir/drops.json) records a drop when a cycle claims it, the steps the cycle
 reaches (flows/continuous.py: retraining, verdict) and its outcome when it ends: a watcher killed
 mid-cycle finds the claimed drop unfinished and takes it up again, before newer drops, from the
-last step recorded. The watcher's
-announcements (ct.state_dir/announced.json) and its memory of file digests (digests.json) are
-files of their own: the watcher and a cycle run at once, and each file has one writer.
+last step recorded. The watcher's announcements (ct.state_dir/announced.json) and its memory of
+file digests (digests.json) are files of their own: the watcher and a cycle run at once, and each
+file has one writer.
 """
 
 from __future__ import annotations
