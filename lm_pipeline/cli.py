@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in FLOW_COMMANDS:
             check_flow_settings(args)
-        cfg = load_config(args.params, args.overrides)
+        cfg = load_config(args.params, args.overrides, command_settings(args))
     except ConfigError as err:
         print(f"lmp: config error: {printable(err)}", file=sys.stderr)
         return 2
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "tuned", False):
             cfg = tuned_config(cfg)
         output = COMMANDS[args.command](cfg, args)
+    except ConfigError as err:  # a setting the command found wrong when it looked (a store, a host)
+        print(f"lmp {args.command}: config error: {printable(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as stop:  # Ctrl-C; or a stop signal a command turned into one (serve)
         if str(stop):
             print(f"lmp {args.command}: {stop}", file=sys.stderr)
@@ -76,6 +79,13 @@ def check_flow_settings(args) -> None:
                           f"stage with --params)")
     if args.command == "deploy":
         check_deploy_options(args)
+
+
+def command_settings(args) -> dict[str, object]:
+    """Settings a command's own flags give (`lmp serve --port`), by key: checked as params.yaml's are."""
+    if args.command != "serve":
+        return {}
+    return {f"serve.{k}": v for k in ("host", "port", "replicas") if (v := getattr(args, k)) is not None}
 
 
 def printable(value) -> str:
@@ -184,14 +194,25 @@ def check_deploy_options(args) -> None:
     if args.serve and given:
         raise ConfigError(f"deploy --serve runs the flow in this process, with no worker: "
                           f"{' and '.join(given)} would be ignored; leave out --serve to deploy to a pool")
+    check_schedule(args.cron, args.timezone)
+
+
+def check_schedule(cron: str, timezone: str) -> None:
+    """Prefect's own check of --cron and --timezone, before any server is called."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as err:  # pydantic's ValidationError
+        raise ConfigError("; ".join(f"--{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}"
+                                    for e in err.errors())) from None
 
 
 def deploy_flow(cfg: Config, args) -> str:
     if args.serve:
         from lm_pipeline.flows.pipeline import serve
 
-        serve(name=args.name, cron=args.cron, timezone=args.timezone)
-        return "stopped serving"
+        return serve(name=args.name, cron=args.cron, timezone=args.timezone)  # until stopped: it raises
     from lm_pipeline.flows.deploy import deploy
 
     deployment_id = deploy(args.name, args.cron, args.pool, args.timezone, args.image)
@@ -285,10 +306,7 @@ def generate_text(cfg: Config, args) -> str:
 def serve_endpoint(cfg: Config, args) -> None:
     from lm_pipeline.serving import launch
 
-    overrides = {k: v for k in ("host", "port", "replicas") if (v := getattr(args, k)) is not None}
-    if overrides:
-        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update=overrides)})
-    launch.run(cfg, args.model, args.detach)
+    launch.run(cfg, args.model, args.detach)  # --host, --port, --replicas: in cfg (command_settings)
 
 
 def show_config(cfg: Config, args) -> str:

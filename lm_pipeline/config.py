@@ -669,6 +669,11 @@ class ServeConfig(Section):
     log_interval_s: float = Field(30.0, gt=0, description="how often a replica logs its request statistics")
 
 
+def absolute(path: Path) -> Path:
+    """`path` from the working directory (the project), '..' folded, links not followed."""
+    return Path(os.path.abspath(path))
+
+
 def inside_project(path: Path) -> bool:
     """Whether `path` names something below the working directory (the project): relative, no '..'."""
     return not path.is_absolute() and ".." not in path.parts and path.name not in ("", ".")
@@ -773,14 +778,19 @@ class Config(Section):
         """Stages replace their outputs whole: an output that is the project (`.`), outside it
         (`..`), or inside or around another stage's output would delete what it covers."""
         outputs = {key: self.path(key) for key in OUTPUTS if "://" not in self.value(key)}  # URLs: elsewhere
+        project = Path.cwd()
         for key, path in outputs.items():
-            if path.name in ("", ".", "..") or (".." in path.parts and not path.is_absolute()):
+            if not path.is_absolute() and (path.name in ("", ".", "..") or ".." in path.parts):
                 raise ValueError(f"{key}: {str(path)!r} must name a file or folder inside the project "
                                  "(not '.', '..' or empty; an absolute path to go elsewhere)")
+            if (where := absolute(path)) == project or where in project.parents:
+                raise ValueError(f"{key}: {str(path)!r} is the project or a folder around it, which "
+                                 "the stage would replace whole")
+        # Compared as absolute paths: `/path/to/project/reports` is `reports`.
         for (a, pa), (b, pb) in combinations(outputs.items(), 2):
-            if pa == pb or pa in pb.parents or pb in pa.parents:
-                raise ValueError(f"{a} ({pa}) and {b} ({pb}) overlap: each stage replaces its "
-                                 "outputs whole, so one would delete the other")
+            if (wa := absolute(pa)) == (wb := absolute(pb)) or wa in wb.parents or wb in wa.parents:
+                raise ValueError(f"{a} ({os.path.normpath(pa)}) and {b} ({os.path.normpath(pb)}) overlap: "
+                                 "each stage replaces its outputs whole, so one would delete the other")
         return self
 
     def path(self, key: str) -> Path:
@@ -837,9 +847,10 @@ class Config(Section):
         return os.environ.get("RAY_ADDRESS") or self.ray.address
 
 
-def load_config(path: str | os.PathLike = "params.yaml", overrides: Iterable[str] = ()) -> Config:
-    """Read and validate params.yaml, with `section.key=value` overrides (`lmp --set`) on top;
-    raise ConfigError naming each bad key."""
+def load_config(path: str | os.PathLike = "params.yaml", overrides: Iterable[str] = (),
+                settings: dict[str, Any] | None = None) -> Config:
+    """Read and validate params.yaml, with `section.key=value` overrides (`lmp --set`) on top, then
+    `settings` (already typed: a command's own flags); raise ConfigError naming each bad key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
@@ -851,7 +862,10 @@ def load_config(path: str | os.PathLike = "params.yaml", overrides: Iterable[str
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         set_key(raw, *parse_override(override))
-    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    for key, value in (settings or {}).items():
+        set_key(raw, key.split("."), value)
+    given = [f"--set {o}" for o in overrides] + [f"{key}={value}" for key, value in (settings or {}).items()]
+    where = f"{path} with {' '.join(given)}" if given else str(path)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

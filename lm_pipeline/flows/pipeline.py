@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -165,12 +166,25 @@ def ui_hint(uri: str) -> str:
 
 
 def serve(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC") -> None:
-    """Serve the flow from this process with a cron schedule (Ctrl-C stops it)."""
+    """Serve the flow from this process with a cron schedule until Ctrl-C or SIGTERM, which end
+    it as an interrupt (KeyboardInterrupt, its `signum` the signal's)."""
     from prefect.schedules import Cron
 
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
     # One run at a time: DVC locks the workspace.
     pipeline.serve(name=name, schedule=Cron(cron, timezone=timezone), tags=["lm-pipeline"],
                    parameters={"project_dir": str(Path.cwd())}, limit=1)
+    # Prefect's serve returns only once stopped, and says nothing of why: it catches Ctrl-C, and
+    # SIGTERM is its runner's graceful shutdown. A stop is no success, for a shell or a supervisor.
+    stop = KeyboardInterrupt("stopped serving")
+    stop.signum = signal.SIGINT if interrupted else signal.SIGTERM
+    raise stop
 
 
 if __name__ == "__main__":

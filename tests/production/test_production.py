@@ -5,6 +5,7 @@ import base64
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -177,22 +178,25 @@ def test_image_deployment_targets_a_kubernetes_pool_with_the_project_image(deplo
     assert dep.global_concurrency_limit.limit == 1
 
 
-def test_a_served_schedule_keeps_its_timezone(deployment, services_dir):
+def test_a_served_schedule_keeps_its_timezone_and_ctrl_c_exits_130(deployment, services_dir):
     """`lmp deploy --serve` (no worker: this process runs the flow); --timezone was dropped, so a
-    schedule meant for 02:00 in Berlin ran at 02:00 UTC."""
+    schedule meant for 02:00 in Berlin ran at 02:00 UTC. Prefect's serve catches Ctrl-C itself:
+    the command exited 0, as if it had succeeded."""
     env = prefect_env(services_dir, deployment.api_url)
     client = prefect_client(deployment.api_url)
-    cron = far_from_now_cron()
+    cron, log = far_from_now_cron(), services_dir / "lmp-deploy-serve.log"
     with process([str(BIN / "lmp"), "deploy", "--serve", "--name", "served", "--cron", cron,
-                  "--timezone", "Europe/Berlin"], services_dir / "lmp-deploy-serve.log", env=env,
-                 cwd=deployment.project):
+                  "--timezone", "Europe/Berlin"], log, env=env, cwd=deployment.project) as proc:
         deadline = time.monotonic() + 120
         while True:
             with contextlib.suppress(Exception):
                 dep = client.read_deployment_by_name("lm-pipeline/served")
                 break
-            assert time.monotonic() < deadline, (services_dir / "lmp-deploy-serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
+    assert "lmp deploy: stopped serving" in log.read_text()
     (schedule,) = [s.schedule for s in dep.schedules]
     assert (schedule.cron, schedule.timezone) == (cron, "Europe/Berlin")
     assert dep.parameters == {"project_dir": str(deployment.project)}

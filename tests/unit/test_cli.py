@@ -162,9 +162,27 @@ def test_a_command_reading_the_registry_refuses_a_local_store_that_is_not_there(
     version was not found."""
     (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///typo/mlfow.db\n")
     out = lmp(*command, cwd=tmp_path)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # a setting
     assert f"mlflow.tracking_uri sqlite:///{tmp_path / 'typo/mlfow.db'}: no MLflow store there" in out.stderr
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("command, says", [
+    (["deploy", "--cron", "99 2 * * *"], "--cron: Invalid cron string: \"99 2 * * *\""),
+    (["deploy", "--timezone", "Mars/Olympus"], "--timezone: Invalid timezone: \"Mars/Olympus\""),
+    (["serve", "--port", "70000"], "serve.port: Input should be less than or equal to 65535 (got 70000)"),
+    (["serve", "--replicas", "0"], "serve.replicas: Input should be greater than or equal to 1 (got 0)"),
+    (["serve", "--detach"], "serve --detach leaves the endpoint on a cluster: set ray.address"),
+])
+def test_a_setting_found_wrong_after_the_params_are_read_is_a_usage_error_too(tmp_path, command, says):
+    """Exit 2 and one line naming the setting, whether params.yaml, --set or a command's own flag
+    gave it, and whether it is checked on loading or when the command looks (nothing started)."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    out = subprocess.run([LMP, *command], capture_output=True, text=True, cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_unknown_command_is_a_usage_error():

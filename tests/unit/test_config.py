@@ -109,6 +109,25 @@ def test_an_absolute_output_path_outside_the_project_is_allowed_on_purpose(tmp_p
     assert Config.model_validate({"train": {"checkpoint_dir": str(tmp_path / "ckpt")}})
 
 
+@pytest.mark.security
+@pytest.mark.parametrize("spelling, message", [
+    ("{project}", "is the project or a folder around it"),
+    ("{project}/.", "is the project or a folder around it"),
+    ("{project}/..", "is the project or a folder around it"),
+    ("/", "is the project or a folder around it"),
+    ("{project}/reports", "evaluate.report_dir ({project}/reports) overlap"),
+    ("{project}/models/../data/raw/x",
+     "data.raw_dir (data/raw) and evaluate.report_dir ({project}/data/raw/x)"),
+])
+def test_an_absolute_spelling_of_the_project_or_of_another_output_is_refused(tmp_path, monkeypatch,
+                                                                             spelling, message):
+    """A stage replaces its output whole: `evaluate.report_dir: /path/to/project` would delete the
+    checkout, and an absolute spelling of another stage's output would delete that output."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=re.escape(message.format(project=tmp_path))):
+        Config.model_validate({"evaluate": {"report_dir": spelling.format(project=tmp_path)}})
+
+
 @pytest.mark.bad_input
 def test_a_search_space_with_a_model_no_trial_could_build_is_refused_at_load():
     space = {"model.n_head": {"choice": [2, 3]}, "model.n_embd": {"choice": [64, 128]}}
