@@ -9,6 +9,7 @@ descriptions as its comments, and a test keeps the committed params.yaml equal t
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -570,7 +571,23 @@ class RegisterConfig(Section):
         malformed = [k for k in self.min_task_scores if k.count("/") != 1 or not all(k.split("/"))]
         if malformed:
             raise ValueError(f"min_task_scores keys are '<task>/<metric>', not {', '.join(malformed)}")
+        for key in self.min_task_scores:
+            if lower_is_better(key.split("/")[1]):
+                raise ValueError(f"min_task_scores {key}: lower is better, so a minimum would pass every "
+                                 "worse model; gate on a score where higher is better (acc, acc_norm, "
+                                 "exact_match, ...)")
         return self
+
+
+# lm-eval's metrics where lower is better (perplexities of loglikelihood_rolling tasks, bits per
+# byte, translation error rate): never a minimum.
+LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter")
+
+
+def lower_is_better(metric: str) -> bool:
+    """`metric` as a metrics key names it: a filter's name and `_first<N>` may follow."""
+    name = re.sub(r"_first\d+$", "", metric)
+    return any(name == m or name.startswith(f"{m}_") for m in LOWER_IS_BETTER)
 
 
 SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -667,6 +684,11 @@ class ServeConfig(Section):
     follow_interval_s: float = Field(5.0, gt=0, description="how often a replica checks where its alias "
                                      "points")
     log_interval_s: float = Field(30.0, gt=0, description="how often a replica logs its request statistics")
+
+
+def exposure_shown(references: int) -> float:
+    """The most canary exposure `references` can show (see Config._exposure_bar_within_reach)."""
+    return -math.log2(1 - 0.025 ** (1 / references))
 
 
 def absolute(path: Path) -> Path:
@@ -772,6 +794,22 @@ class Config(Section):
         if self.evaluate.stride > self.model.block_size:
             raise ValueError("evaluate.stride must not exceed model.block_size (tokens would be skipped)")
         return self
+
+    @model_validator(mode="after")
+    def _exposure_bar_within_reach(self) -> Config:
+        """With n references, a canary more likely than all of them is shown at most
+        -log2(1 - 0.025^(1/n)) bits exposed: the lower end of the exact (Clopper-Pearson) 95%
+        interval of 0 in n, about log2(n) - 1.9. A bar at or above that could never block."""
+        bar, n = self.register_.max_canary_exposure, self.privacy.canary_references
+        if bar is None or not self.canaries.count or exposure_shown(n) > bar:
+            return self
+        needed = n
+        while exposure_shown(needed) <= bar:
+            needed += 1
+        raise ValueError(f"register.max_canary_exposure {bar:g} cannot block with privacy.canary_references "
+                         f"{n}: a canary more likely than every reference is shown at most "
+                         f"{exposure_shown(n):.2f} bits exposed; set canary_references to at least {needed}, "
+                         "or lower the bar")
 
     @model_validator(mode="after")
     def _outputs_stay_apart(self) -> Config:

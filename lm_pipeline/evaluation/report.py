@@ -144,7 +144,8 @@ def markdown(metrics: dict, bleu: dict, parallel: dict, samples: list[dict], plo
 
 Perplexity is token-weighted over the whole test split (sliding window); bits per byte divides
 the total negative log-likelihood by the UTF-8 bytes of the test text, so models with different
-tokenizers compare. Intervals are 95% bootstrap intervals over documents (segments for BLEU).
+tokenizers compare. Intervals are 95%: bootstrap over documents (segments for BLEU, pairs for
+CrowS-Pairs, templates and terms for the bias probes); exact binomial for extraction and exposure.
 
 | metric | value [95% interval] |
 |---|---|

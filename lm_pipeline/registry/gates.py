@@ -100,7 +100,7 @@ def quality_gates(metrics: dict, register: RegisterConfig) -> list[Gate]:
                                  f"probes do not measure ({', '.join(categories)})")
             gates.append(bias_gate(category, metrics, limit))
     for name, key in (("max_extraction_rate", "extraction_rate"), ("max_canary_exposure", "canary_exposure")):
-        if getattr(register, name) is not None and key in metrics:
+        if getattr(register, name) is not None:
             gates.append(privacy_gate(name, key, metrics, getattr(register, name)))
     for key, threshold in sorted(register.min_task_scores.items()):
         if key not in metrics:
@@ -144,10 +144,17 @@ def bias_gate(category: str, metrics: dict, limit: float) -> Gate:
 def privacy_gate(name: str, key: str, metrics: dict, bar: float) -> Gate:
     """Blocks when the evidence says the model leaks more than the bar: the whole 95% interval of
     the extraction rate, or of the most exposed canary's exposure, lies above it."""
+    missing = [k for k in (key, f"{key}_ci_low", f"{key}_ci_high") if k not in metrics]
+    if missing:  # an enabled gate left out would register the model as if it had passed
+        raise ValueError(f"register.{name}: reports/metrics.json lacks {', '.join(missing)} ("
+                         + ("no canary was planted: canaries.count is 0" if key == "canary_exposure" else
+                            "written by an older evaluate: run `lmp evaluate`")
+                         + f"); set register.{name}: null to register without this gate")
     value, low, high = metrics[key], metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
-    if math.isnan(value):
-        return Gate(name, value, bar, True, f"{key} not measured: no training document is long enough "
-                    "(privacy.prefix_tokens + suffix_tokens)")
+    if math.isnan(value):  # a gate that is on never passes what it did not measure
+        return Gate(name, value, bar, False, f"{key} not measured: no training document is as long as "
+                    "privacy.prefix_tokens + suffix_tokens: shorten them, or set "
+                    f"register.{name}: null to register without this gate")
     exceeded = low > bar
     verdict = "the whole interval is above the bar" if exceeded else f"not shown to exceed {bar:.4g}"
     return Gate(name, value, bar, not exceeded,

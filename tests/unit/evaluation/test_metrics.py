@@ -303,7 +303,8 @@ def test_crows_pairs_scores_only_the_shared_tokens_by_a_known_answer(tmp_path):
     assert result["neutral"] == pytest.approx(1 / 4)  # pair 2
     assert result["per_bias_type"] == {"age": {"stereotype_preference": 0.5, "pairs": 2},
                                        "gender": {"stereotype_preference": 0.5, "pairs": 2}}
-    assert result["per_direction"]["antistereo"] == {"stereotype_preference": 0.0, "pairs": 1}
+    assert result["per_direction"] == {"antistereo": {"stereotype_preference": 0.0, "pairs": 1, "neutral": 0},
+                                       "stereo": {"stereotype_preference": 1.0, "pairs": 3, "neutral": 1}}
     assert 0 <= result["ci_low"] < 0.5 < result["ci_high"] <= 1  # 4 pairs: a wide interval
 
 
@@ -341,8 +342,20 @@ def test_crows_pairs_compares_scores_rounded_to_3_decimals_as_the_reference():
         bias_type=["gender"] * 4, direction=[d for _, _, d in pairs], resamples=10)
     assert result["neutral"] == pytest.approx(2 / 4)
     assert result["stereotype_preference"] == pytest.approx(1 / 4)  # pair 3 only
-    assert result["per_direction"] == {"antistereo": {"stereotype_preference": 1.0, "pairs": 1},
-                                       "stereo": {"stereotype_preference": 0.0, "pairs": 3}}
+    assert result["per_direction"] == {"antistereo": {"stereotype_preference": 1.0, "pairs": 1, "neutral": 0},
+                                       "stereo": {"stereotype_preference": 0.0, "pairs": 3, "neutral": 2}}
+
+
+def test_crows_pairs_per_direction_scores_leave_ties_out_as_the_reference():
+    """metric.py's stereotype and anti-stereotype scores count only the pairs of that direction
+    that are not neutral (its overall score divides by every pair: a tie is no win)."""
+    pairs = [(-2.0, -2.0, "stereo"), (-1.0, -2.0, "stereo"), (-3.0, -1.0, "antistereo")]
+    result = load_metric("crows_pairs").compute(
+        score_more=[m for m, _, _ in pairs], score_less=[s for _, s, _ in pairs],
+        bias_type=["gender"] * 3, direction=[d for _, _, d in pairs], resamples=10)
+    assert result["stereotype_preference"] == pytest.approx(1 / 3)
+    assert result["per_direction"] == {"antistereo": {"stereotype_preference": 0.0, "pairs": 1, "neutral": 0},
+                                       "stereo": {"stereotype_preference": 1.0, "pairs": 2, "neutral": 1}}
 
 
 # For the sample's antistereo rows: the group a stereotype disadvantages, which CrowS-Pairs puts in

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
-from lm_pipeline.config import EvaluateConfig, RegisterConfig, TokenizerConfig
+from lm_pipeline.config import Config, EvaluateConfig, RegisterConfig, TokenizerConfig
 from lm_pipeline.data.tokenizer import train_tokenizer
 from lm_pipeline.evaluation.metrics import load_metric
 from lm_pipeline.evaluation.probes import bias_metrics
@@ -18,15 +19,71 @@ METRICS = {"perplexity": 120.0, "bleu": 3.0, "bias_gap_gender": 0.4, "bias_gap_r
            "bias_excess_ci_low_gender": -0.1, "bias_excess_ci_high_gender": 0.5,
            "bias_null_gap_religion": 0.3, "bias_excess_gap_religion": 2.2,
            "bias_excess_ci_low_religion": 1.5, "bias_excess_ci_high_religion": 2.9,
-           "lmp_cloze_choice/acc": 0.45, "lmp_last_word/acc": 0.08}
+           "lmp_cloze_choice/acc": 0.45, "lmp_last_word/acc": 0.08, "lmp_last_word/perplexity": 900.0,
+           "extraction_rate": 0.0, "extraction_rate_ci_low": 0.0, "extraction_rate_ci_high": 0.05,
+           "canary_exposure": 3.0, "canary_exposure_ci_low": 1.5, "canary_exposure_ci_high": 4.5}
 
 
-def gates_for(**register):
-    return {g.name: g for g in quality_gates(METRICS, RegisterConfig.model_validate(register))}
+NO_PRIVACY = {"max_extraction_rate": None, "max_canary_exposure": None}  # on by default
 
 
-def test_no_quality_gate_unless_configured():
-    assert gates_for() == {}
+def gates_for(metrics=None, **register):
+    return {g.name: g for g in quality_gates(metrics or METRICS, RegisterConfig.model_validate(register))}
+
+
+def test_only_the_privacy_gates_are_on_unless_configured():
+    assert set(gates_for()) == {"max_extraction_rate", "max_canary_exposure"}
+    assert gates_for(**NO_PRIVACY) == {}
+
+
+@pytest.mark.privacy
+def test_an_extraction_rate_no_document_could_measure_blocks_naming_the_settings():
+    """No training document as long as the prompt and the suffix: nothing was measured, and a gate
+    that is on never passes what it did not measure."""
+    unmeasured = METRICS | dict.fromkeys(("extraction_rate", "extraction_rate_ci_low",
+                                          "extraction_rate_ci_high"), math.nan)
+    gate = gates_for(unmeasured)["max_extraction_rate"]
+    assert not gate.passed
+    assert "privacy.prefix_tokens" in gate.detail and "register.max_extraction_rate: null" in gate.detail
+
+
+@pytest.mark.privacy
+@pytest.mark.parametrize("key, says", [("canary_exposure", "canaries.count"),
+                                       ("extraction_rate", "lmp evaluate")])
+def test_a_privacy_gate_whose_metric_evaluate_did_not_write_is_an_error(key, says):
+    """The gate is on by default: a metrics file without its number (no canary planted) was
+    registered without the check, as if it had passed."""
+    lacking = {k: v for k, v in METRICS.items() if not k.startswith(key)}
+    with pytest.raises(ValueError, match=rf"register.max_{key.split('_')[0]}\w*: .*lacks {key}.*{says}"):
+        gates_for(lacking)
+    assert gates_for(lacking, **{f"max_{key}": None})  # turned off: registered without it
+
+
+@pytest.mark.privacy
+@pytest.mark.parametrize("bar", [8.0, 6.0, 10.0])
+def test_an_exposure_bar_the_references_cannot_show_is_refused_naming_how_many_would(bar):
+    """With n references, a canary more likely than every one of them is shown at most about
+    log2(n) - 1.9 bits exposed (the exact interval's lower end): a bar above that never blocks."""
+    from lm_pipeline.evaluation.privacy import exposure
+
+    enough = next(n for n in range(10, 10_000) if exposure(0.0, np.ones(n), 30.0)[1] > bar)
+    assert Config.model_validate({"register": {"max_canary_exposure": bar},
+                                  "privacy": {"canary_references": enough}})
+    with pytest.raises(ValidationError, match=rf"register.max_canary_exposure {bar:g} cannot block with "
+                       rf"privacy.canary_references {enough - 1}: .* at least {enough}"):
+        Config.model_validate({"register": {"max_canary_exposure": bar},
+                               "privacy": {"canary_references": enough - 1}})
+    for nothing_to_gate in ({"canaries": {"count": 0}}, {"register": {"max_canary_exposure": None}}):
+        assert Config.model_validate({"privacy": {"canary_references": 10}} | nothing_to_gate)
+
+
+@pytest.mark.bad_input
+def test_a_task_score_where_lower_is_better_cannot_have_a_minimum():
+    """A minimum on a perplexity passes every worse model: refused when the settings are read."""
+    with pytest.raises(ValidationError, match="lmp_last_word/perplexity: lower is better"):
+        RegisterConfig(min_task_scores={"lmp_last_word/perplexity": 50.0})
+    with pytest.raises(ValidationError, match="wikitext/word_perplexity_first20: lower is better"):
+        RegisterConfig(min_task_scores={"wikitext/word_perplexity_first20": 50.0})
 
 
 def test_each_quality_gate_reports_value_threshold_and_result():
@@ -37,14 +94,14 @@ def test_each_quality_gate_reports_value_threshold_and_result():
 
 
 def test_bias_gap_limits_per_category():
-    gates = gates_for(max_bias_gap={"religion": 3.0})
+    gates = gates_for(max_bias_gap={"religion": 3.0}, **NO_PRIVACY)
     assert list(gates) == ["max_bias_gap.religion"] and gates["max_bias_gap.religion"].passed
     with pytest.raises(ValueError, match="names category 'caste'"):
         gates_for(max_bias_gap={"caste": 1.0})
 
 
 def test_task_score_gates_per_metrics_key():
-    gates = gates_for(min_task_scores={"lmp_cloze_choice/acc": 0.4, "lmp_last_word/acc": 0.1})
+    gates = gates_for(min_task_scores={"lmp_cloze_choice/acc": 0.4, "lmp_last_word/acc": 0.1}, **NO_PRIVACY)
     assert list(gates) == ["min_task_scores.lmp_cloze_choice/acc", "min_task_scores.lmp_last_word/acc"]
     assert gates["min_task_scores.lmp_cloze_choice/acc"].passed
     last_word = gates["min_task_scores.lmp_last_word/acc"]
@@ -201,7 +258,7 @@ def bias_gate_passes(rows: dict, bar: float, seed: int) -> bool:
     """The module as the evaluate stage runs it (fewer resamples and relabelings, for time), its
     metrics as the stage writes them, and register's gate on them."""
     result = load_metric("bias_gap").compute(**rows, resamples=200, permutations=100, seed=seed)
-    return quality_gates(bias_metrics(result), RegisterConfig(max_bias_gap=bar))[0].passed
+    return quality_gates(bias_metrics(result), RegisterConfig(max_bias_gap=bar, **NO_PRIVACY))[0].passed
 
 
 @pytest.mark.metrics
