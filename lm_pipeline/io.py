@@ -72,6 +72,18 @@ def write_json(location: str | Path, data) -> None:
         f.write(text.encode())
 
 
+def json_line(record) -> str:
+    """`record` as one line of a UTF-8 JSON Lines file: characters as they are, but a lone
+    surrogate (a corpus may hold one, escaped; UTF-8 cannot) stays escaped."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(record)
+    return line
+
+
 def read_json(location: str | Path):
     """A JSON record; one that does not parse is named, with where it breaks."""
     try:

@@ -21,23 +21,31 @@ PLACEHOLDERS = {"email": "<EMAIL>", "phone": "<PHONE>", "ip_address": "<IP_ADDRE
                 "credit_card": "<CREDIT_CARD>", "secret": "<SECRET>"}
 
 SECRET_PATTERNS = (
-    r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
-    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
+    r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"  # PEM, and PGP's KEY BLOCK
+    r"-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----",
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id (ASIA: temporary credentials)
     r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",  # GitHub token
+    r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b",  # GitHub fine-grained token
     r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",  # Slack token
     r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}\b",  # OpenAI / Anthropic style API key
     r"\bAIza[0-9A-Za-z_-]{35}\b",  # Google API key
-    r"\bglpat-[A-Za-z0-9_-]{20}\b",  # GitLab token
+    r"\bglpat-[A-Za-z0-9_-]{20,}",  # GitLab token (20 characters, more in newer ones)
 )
 
 PATTERNS = {
     "secret": re.compile("|".join(SECRET_PATTERNS)),
-    "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-    "credit_card": re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?![\d-])(?!\.\d)"),
+    # Starting only where the run of local-part characters starts (not at each word inside it,
+    # as \b would: quadratic in a run such as `a.a.a.`, minutes for a document of 1 MB).
+    "email": re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+                        r"\.[A-Za-z]{2,}\b"),
+    # Up to 19 digits and the other digits beside them: find_cards looks for the card inside.
+    "credit_card": re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,}(?![\d-])(?!\.\d)"),
     # A sentence's full stop may follow either; a :port may follow v4 (v6 writes [addr]:port);
-    # a dot and a word (a host name's next label, a fifth version part) may not.
-    "ip_address": re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\w)"  # v4
-                             r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])(?!\.\w))"),  # v6
+    # a dot and a word (a host name's next label, a fifth version part) may not. v4 may follow a
+    # label's colon (`addr:10.0.0.1`), not a hexadecimal digit's (the end of an IPv6 address).
+    "ip_address": re.compile(r"(?<![\w.])(?<![0-9A-Fa-f]:)\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\w)"  # v4
+                             r"|(?<![\w.:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"  # v6
+                             r"(?![\w:])(?!\.\w)"),
     # The area code: any after a country code (+44, (+44), with a trunk (0) or not); without one,
     # three digits, one in parentheses, one after a trunk 0 (020 7946 0958), or North America's
     # after its trunk 1 (1-800-...: from 2 to 9). Runs of numbers (2019 2020 2021, version
@@ -80,6 +88,8 @@ def luhn_valid(candidate: str) -> bool:
 
 
 def ip_valid(candidate: str) -> bool:
+    if ":" not in candidate:  # v4: ipaddress refuses zero-padded octets (192.168.001.010)
+        return all(int(octet) <= 255 for octet in candidate.split("."))
     try:
         address = ipaddress.ip_address(candidate)
     except ValueError:
@@ -87,14 +97,40 @@ def ip_valid(candidate: str) -> bool:
     return address.version == 4 or sum(1 for g in candidate.split(":") if g) >= 3
 
 
-CONFIRM: dict[str, Callable[[str], bool]] = {"credit_card": card_valid, "ip_address": ip_valid}
+CONFIRM: dict[str, Callable[[str], bool]] = {"ip_address": ip_valid}
 # Secrets first: a key block may hold anything; cards before phones (a card's digits hold phone shapes).
 ORDER = ("secret", "email", "credit_card", "ip_address", "phone")
+DIGIT_GROUP, DIGIT_GROUPS = re.compile(r"\d+"), re.compile(r"\d(?:[ -]?\d)*")
 
 
 def find(text: str, category: str) -> list[re.Match]:
+    if category == "credit_card":
+        return [card for run in PATTERNS[category].finditer(text) for card in find_cards(text, run)]
     confirm = CONFIRM.get(category, bool)
     return [m for m in PATTERNS[category].finditer(text) if confirm(m.group())]
+
+
+def find_cards(text: str, run: re.Match) -> list[re.Match]:
+    """The cards in a run of digit groups: the longest valid number of whole groups from each
+    group on (`Qty 2 4111 1111 1111 1111`, `4111 1111 1111 1111 123`: a count or a CVV beside it)."""
+    groups = [(m.start(), m.end()) for m in DIGIT_GROUP.finditer(text, run.start(), run.end())]
+    cards, i = [], 0
+    while i < len(groups):
+        if text[groups[i][0]] in "0179":  # no issuer's prefix starts so
+            i += 1
+            continue
+        ends, digits = [], 0  # the groups a card from group i could end with: 13 to 19 digits
+        for j in range(i, len(groups)):
+            digits += groups[j][1] - groups[j][0]
+            if digits > 19:
+                break
+            if digits >= 13:
+                ends.append(j)
+        j = next((j for j in reversed(ends) if card_valid(text[groups[i][0]:groups[j][1]])), None)
+        if j is not None:
+            cards.append(DIGIT_GROUPS.fullmatch(text, groups[i][0], groups[j][1]))
+        i = i + 1 if j is None else j + 1
+    return cards
 
 
 def scrub(text: str, actions: dict[str, str]) -> tuple[str, dict[str, int], str | None]:

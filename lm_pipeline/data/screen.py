@@ -27,6 +27,7 @@ import numpy as np
 from lm_pipeline.config import FilterConfig
 from lm_pipeline.data import pii
 from lm_pipeline.data.dedup import dedup_keys
+from lm_pipeline.io import json_line
 
 DEDUP_STEPS = ("exact_dedup", "near_dedup")  # corpus-wide: they run after the document steps
 DATATROVE = {"gopher_quality": "GopherQualityFilter", "gopher_repetition": "GopherRepetitionFilter",
@@ -59,7 +60,7 @@ def screen_lines(batch: dict[str, np.ndarray], cfg: dict) -> dict[str, np.ndarra
             record, keys = doc | {"text": text, "filter": step, "reason": reason}, b""
         else:
             record, keys = doc | {"text": text}, dedup_keys(text, config).tobytes()
-        out["line"].append(json.dumps(record, ensure_ascii=False))
+        out["line"].append(json_line(record))
         out["step"].append(step)
         out["reason"].append(reason)
         out["trimmed"].append(json.dumps(trimmed))
@@ -135,9 +136,11 @@ def datatrove_step(name: str, params: dict) -> Step:
     rule = datatrove_rule(name, params)
 
     def step(text: str):
-        doc = Document(text=text, id="")
+        # datatrove splits lines on "\n" only: judged with "\r\n", every line would end in "\r".
+        judged = text.replace("\r\n", "\n")
+        doc = Document(text=judged, id="")
         verdict = rule.filter(doc)  # True, or (False, reason); C4 also rewrites doc.text
         if verdict is True:
-            return doc.text, "", {}
+            return (text if doc.text == judged else doc.text), "", {}
         return None, verdict[1] if isinstance(verdict, tuple) else name, {}
     return step

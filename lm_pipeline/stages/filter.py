@@ -31,7 +31,7 @@ from lm_pipeline.data.parallel import line_batches, local_map, ray_map_lines, us
 from lm_pipeline.data.quality import check_validation_passed, record_source
 from lm_pipeline.data.screen import COLUMNS, DEDUP_STEPS, screen_lines
 from lm_pipeline.hashing import file_sha256
-from lm_pipeline.io import atomic_path, remove_leftovers
+from lm_pipeline.io import atomic_path, json_line, remove_leftovers
 from lm_pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -134,4 +134,4 @@ def write_unique(candidates: Path, keys: KeyFile, steps: list[str], tmp: Path, f
             kind = "exact" if step == "exact_dedup" else "near"
             reason = f"{kind} duplicate of {ids[int(first[step][i])]}"
             funnel.remove(step, reason, doc)
-            removed.write(json.dumps(doc | {"filter": step, "reason": reason}, ensure_ascii=False) + "\n")
+            removed.write(json_line(doc | {"filter": step, "reason": reason}) + "\n")
