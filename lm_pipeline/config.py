@@ -797,19 +797,29 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _exposure_bar_within_reach(self) -> Config:
-        """With n references, a canary more likely than all of them is shown at most
-        -log2(1 - 0.025^(1/n)) bits exposed: the lower end of the exact (Clopper-Pearson) 95%
-        interval of 0 in n, about log2(n) - 1.9. A bar at or above that could never block."""
+        """The canary gate must be able to block. With n references, a canary more likely than
+        all of them is shown at most -log2(1 - 0.025^(1/n)) bits exposed (the lower end of the
+        exact 95% interval of 0 in n: about log2(n) - 1.9), and never more than its secrets'
+        digits x log2(10) bits; with no canary, nothing is measured."""
         bar, n = self.register_.max_canary_exposure, self.privacy.canary_references
-        if bar is None or not self.canaries.count or exposure_shown(n) > bar:
+        if bar is None:
             return self
-        needed = n
-        while exposure_shown(needed) <= bar:
-            needed += 1
-        raise ValueError(f"register.max_canary_exposure {bar:g} cannot block with privacy.canary_references "
-                         f"{n}: a canary more likely than every reference is shown at most "
-                         f"{exposure_shown(n):.2f} bits exposed; set canary_references to at least {needed}, "
-                         "or lower the bar")
+        off = "or set register.max_canary_exposure: null to register without this gate"
+        if not self.canaries.count:
+            raise ValueError(f"register.max_canary_exposure {bar:g} gates on canaries, and canaries.count is "
+                             f"0: plant some, {off}")
+        if bar >= (most := self.canaries.digits * math.log2(10)):
+            raise ValueError(f"register.max_canary_exposure {bar:g} cannot block: a canary of "
+                             f"canaries.digits {self.canaries.digits} digits is shown at most "
+                             f"{most:.1f} bits exposed; lower the bar, {off}")
+        if exposure_shown(n) <= bar:
+            needed = math.ceil(math.log(0.025) / math.log1p(-(2.0 ** -bar)))
+            needed += exposure_shown(needed) <= bar  # rounding at the boundary
+            raise ValueError(f"register.max_canary_exposure {bar:g} cannot block with "
+                             f"privacy.canary_references {n}: a canary more likely than every reference "
+                             f"is shown at most {exposure_shown(n):.2f} bits exposed; set "
+                             f"canary_references to at least {needed}, or lower the bar")
+        return self
 
     @model_validator(mode="after")
     def _outputs_stay_apart(self) -> Config:

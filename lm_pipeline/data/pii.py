@@ -42,8 +42,8 @@ PATTERNS = {
     "credit_card": re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,}(?![\d-])(?!\.\d)"),
     # A sentence's full stop may follow either; a :port may follow v4 (v6 writes [addr]:port);
     # a dot and a word (a host name's next label, a fifth version part) may not. v4 may follow a
-    # label's colon (`addr:10.0.0.1`), not a hexadecimal digit's (the end of an IPv6 address).
-    "ip_address": re.compile(r"(?<![\w.])(?<![0-9A-Fa-f]:)\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\w)"  # v4
+    # label's colon (`addr:10.0.0.1`), not an IPv6 group's (`::10.0.0.1`: not half an address).
+    "ip_address": re.compile(r"(?<![\w.])(?<![0-9A-Fa-f:]:)\d{1,3}(?:\.\d{1,3}){3}(?!\w)(?!\.\w)"  # v4
                              r"|(?<![\w.:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"  # v6
                              r"(?![\w:])(?!\.\w)"),
     # The area code: any after a country code (+44, (+44), with a trunk (0) or not); without one,
@@ -101,18 +101,40 @@ CONFIRM: dict[str, Callable[[str], bool]] = {"ip_address": ip_valid}
 # Secrets first: a key block may hold anything; cards before phones (a card's digits hold phone shapes).
 ORDER = ("secret", "email", "credit_card", "ip_address", "phone")
 DIGIT_GROUP, DIGIT_GROUPS = re.compile(r"\d+"), re.compile(r"\d(?:[ -]?\d)*")
+EMAIL_HERE = re.compile(PATTERNS["email"].pattern.removeprefix("(?<![A-Za-z0-9._%+-])"))
+
+
+def card_shaped(lengths: list[int]) -> bool:
+    """How cards are printed: in fours (the last group shorter), or 4-6-5 and 4-6-4 (Amex, Diners)."""
+    return (len(lengths) >= 4 and set(lengths[:-1]) == {4} and lengths[-1] <= 4) or \
+        lengths in ([4, 6, 5], [4, 6, 4])
 
 
 def find(text: str, category: str) -> list[re.Match]:
+    if category == "email":
+        return find_emails(text)
     if category == "credit_card":
         return [card for run in PATTERNS[category].finditer(text) for card in find_cards(text, run)]
     confirm = CONFIRM.get(category, bool)
     return [m for m in PATTERNS[category].finditer(text) if confirm(m.group())]
 
 
+def find_emails(text: str) -> list[re.Match]:
+    """The email pattern's matches, and an address right after one (`a@x.com-b@y.org`), which its
+    look-behind refuses: it sees a local-part character there."""
+    found, pos = [], 0
+    while m := PATTERNS["email"].search(text, pos):
+        found.append(m)
+        while joined := EMAIL_HERE.match(text, found[-1].end()):
+            found.append(joined)
+        pos = found[-1].end()
+    return found
+
+
 def find_cards(text: str, run: re.Match) -> list[re.Match]:
-    """The cards in a run of digit groups: the longest valid number of whole groups from each
-    group on (`Qty 2 4111 1111 1111 1111`, `4111 1111 1111 1111 123`: a count or a CVV beside it)."""
+    """The cards in a run of digit groups: the whole run if it is one, else the longest valid
+    number of whole groups, grouped as cards are printed, from each group on (`Qty 2 4111 1111
+    1111 1111`, `4111 1111 1111 1111 123`: a count or a CVV beside it; not `1 2 4 8 ... 2048`)."""
     groups = [(m.start(), m.end()) for m in DIGIT_GROUP.finditer(text, run.start(), run.end())]
     cards, i = [], 0
     while i < len(groups):
@@ -124,7 +146,8 @@ def find_cards(text: str, run: re.Match) -> list[re.Match]:
             digits += groups[j][1] - groups[j][0]
             if digits > 19:
                 break
-            if digits >= 13:
+            whole = i == 0 and j == len(groups) - 1
+            if digits >= 13 and (whole or card_shaped([b - a for a, b in groups[i:j + 1]])):
                 ends.append(j)
         j = next((j for j in reversed(ends) if card_valid(text[groups[i][0]:groups[j][1]])), None)
         if j is not None:

@@ -140,7 +140,9 @@ def datatrove_step(name: str, params: dict) -> Step:
         judged = text.replace("\r\n", "\n")
         doc = Document(text=judged, id="")
         verdict = rule.filter(doc)  # True, or (False, reason); C4 also rewrites doc.text
-        if verdict is True:
-            return (text if doc.text == judged else doc.text), "", {}
+        if verdict is True and doc.text == judged:
+            return text, "", {}  # as written
+        if verdict is True:  # as C4 trimmed it, with the document's own line ends
+            return (doc.text.replace("\n", "\r\n") if judged != text else doc.text), "", {}
         return None, verdict[1] if isinstance(verdict, tuple) else name, {}
     return step

@@ -172,14 +172,17 @@ def serve(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC")
 
     interrupted = []
 
-    def on_interrupt(signum, frame):
+    def on_interrupt(signum, frame):  # Ctrl-C as Python's own handler takes it, and noted
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_interrupt)
-    # One run at a time: DVC locks the workspace.
-    pipeline.serve(name=name, schedule=Cron(cron, timezone=timezone), tags=["lm-pipeline"],
-                   parameters={"project_dir": str(Path.cwd())}, limit=1)
+    previous = signal.signal(signal.SIGINT, on_interrupt)  # the CLI's main thread
+    try:
+        # One run at a time: DVC locks the workspace.
+        pipeline.serve(name=name, schedule=Cron(cron, timezone=timezone), tags=["lm-pipeline"],
+                       parameters={"project_dir": str(Path.cwd())}, limit=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # Prefect's serve returns only once stopped, and says nothing of why: it catches Ctrl-C, and
     # SIGTERM is its runner's graceful shutdown. A stop is no success, for a shell or a supervisor.
     stop = KeyboardInterrupt("stopped serving")

@@ -73,8 +73,15 @@ def test_an_exposure_bar_the_references_cannot_show_is_refused_naming_how_many_w
                        rf"privacy.canary_references {enough - 1}: .* at least {enough}"):
         Config.model_validate({"register": {"max_canary_exposure": bar},
                                "privacy": {"canary_references": enough - 1}})
-    for nothing_to_gate in ({"canaries": {"count": 0}}, {"register": {"max_canary_exposure": None}}):
-        assert Config.model_validate({"privacy": {"canary_references": 10}} | nothing_to_gate)
+    assert Config.model_validate({"privacy": {"canary_references": 10},
+                                  "register": {"max_canary_exposure": None}})  # no gate: any number
+    with pytest.raises(ValidationError, match="canaries.count is 0: plant some, or set "
+                       "register.max_canary_exposure: null"):
+        Config.model_validate({"canaries": {"count": 0}})
+    with pytest.raises(ValidationError, match="canaries.digits 4 digits is shown at most 13.3 bits"):
+        Config.model_validate({"canaries": {"digits": 4}, "register": {"max_canary_exposure": 14.0}})
+    with pytest.raises(ValidationError, match=r"at least \d{9}"):  # computed, not searched one by one
+        Config.model_validate({"canaries": {"digits": 18}, "register": {"max_canary_exposure": 29.0}})
 
 
 @pytest.mark.bad_input

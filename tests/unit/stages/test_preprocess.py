@@ -142,7 +142,8 @@ def test_a_document_quoting_the_end_of_text_token_stays_one_document(tmp_path):
     cfg = Config.model_validate({"filter": {"output_dir": str(raw)},
                                  "data": {"processed_dir": str(tmp_path / "processed")},
                                  "validate": {"report_dir": str(tmp_path / "validation"), "required": False},
-                                 "tokenizer": {"vocab_size": 300}, "canaries": {"count": 0}})
+                                 "tokenizer": {"vocab_size": 300}, "canaries": {"count": 0},
+                                 "register": {"max_canary_exposure": None}})
     preprocess.run(cfg)
     meta = read_meta(cfg.data.processed_dir)
     tokenizer = Tokenizer.from_file(str(tokenizer_path(cfg.data.processed_dir)))
