@@ -5,7 +5,8 @@ runs (the one place project modules are imported inside functions), so `lmp --he
 stages do not pay for torch, Ray, Prefect or Great Expectations.
 
 Exit codes: 0 success, 1 the stage failed (bad data, failed training, ...), 2 bad usage or config,
-130 Ctrl-C (128 + the signal: `lmp serve` stopped by SIGTERM while starting exits 143).
+75 a failure that may pass (may_pass: the flows retry only these), 130 Ctrl-C (128 + the signal:
+`lmp serve` stopped by SIGTERM while starting exits 143, `lmp deploy --serve` once serving too).
 
 What it prints can quote a corpus, a drop or a model: errors always show control characters
 escaped, and output does on a terminal (piped, it is the exact text: see `show`).
@@ -21,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from lm_pipeline import env, tracking
-from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, POOL, build_parser
+from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, POOL, TEMPORARY_FAILURE, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
 from lm_pipeline.progress import ticking
 from lm_pipeline.text import terminal_safe, without_url_credentials
@@ -58,12 +59,35 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every stage error ends here: one clear line, non-zero exit
         if debug:
             sys.stderr.write(printable(traceback.format_exc()))
-        print(f"lmp {args.command}: {type(err).__name__}: {printable(err)}" + ("" if debug else
-              f" (the traceback: --debug or {DEBUG_ENV}=1)"), file=sys.stderr)
-        return 1
+        passing = may_pass(err)
+        print(f"lmp {args.command}: {type(err).__name__}: {printable(err)}"
+              + (" (it may pass: worth retrying)" if passing else "")
+              + ("" if debug else f" (the traceback: --debug or {DEBUG_ENV}=1)"), file=sys.stderr)
+        return TEMPORARY_FAILURE if passing else 1
     if output:
         show(output)
     return 0
+
+
+# Raised by the libraries under us when a server did not answer in time or at all: requests and
+# urllib3 (MLflow's client), botocore (buckets). Named, not imported: none is needed to tell.
+UNANSWERED = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "RetryError", "MaxRetryError",
+              "NewConnectionError", "ProtocolError", "EndpointConnectionError", "ConnectTimeoutError",
+              "ReadTimeoutError", "ConnectionClosedError"}
+
+
+def may_pass(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, may pass when tried again: the network, a
+    server that did not answer, a database busy with another writer. Not bad input or settings."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__name__ in UNANSWERED:
+            return True
+        if type(err).__name__ == "OperationalError" and any(w in str(err) for w in ("locked", "busy")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def check_flow_settings(args) -> None:

@@ -27,6 +27,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from lm_pipeline.cli_args import TEMPORARY_FAILURE
 from lm_pipeline.config import load_config
 from lm_pipeline.flows.temporary_server import temporary_server
 from lm_pipeline.io import read_json, without_credentials
@@ -36,13 +37,23 @@ from lm_pipeline.text import fenced, without_url_credentials
 from lm_pipeline.tracking import FLOW_RUN_ENV
 from lm_pipeline.training.tuned import best_values, tuned_config
 
-IO_BOUND = {"ingest", "register"}  # transient file/database errors are worth a retry
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
-              "retry_jitter_factor": 0.5}  # waits of about 5, 10, 20 s
+IO_BOUND = {"ingest", "register"}  # a bucket, a tracking server: failures that may pass
 
 
 class StageFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, may_pass: bool = False):
+        super().__init__(message)
+        self.may_pass = may_pass
+
+
+def failed_for_a_passing_reason(task, task_run, state) -> bool:
+    """Retry only what `lmp` said may pass (exit 75): bad input or settings fail the same again."""
+    return getattr(state.result(raise_on_failure=False), "may_pass", False)
+
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+              "retry_jitter_factor": 0.5,  # waits of about 5, 10, 20 s
+              "retry_condition_fn": failed_for_a_passing_reason}
 
 
 @task(task_run_name="{stage}")
@@ -80,7 +91,10 @@ def run_command(step: str, cmd: list[str], project_dir: str) -> list[str]:
             logger.info(line)
             tail = (tail + [line])[-20:]
     if proc.wait() != 0:
-        raise StageFailed(f"stage {step} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        # lmp's own exit, or as `dvc repro` reports it: "failed to run: lmp <stage>, exited with 75"
+        passing = proc.returncode == TEMPORARY_FAILURE or \
+            any(line.endswith(f"exited with {TEMPORARY_FAILURE}") for line in tail[-3:])
+        raise StageFailed(f"stage {step} failed (exit {proc.returncode}):\n" + "\n".join(tail), passing)
     return tail
 
 

@@ -313,6 +313,31 @@ def validation_loss_on(project: Path, model, params: dict) -> float:
 
 
 @pytest.mark.bad_input
+def test_only_a_stage_that_failed_for_a_passing_reason_is_retried(tmp_path, prefect_server):
+    """The retried stages (ingest, register) are tried again only after a failure that may pass,
+    which `lmp` says by exiting 75 (EX_TEMPFAIL), through `dvc repro`: a missing corpus or a bad
+    record was read four times over 35 s before the run failed."""
+    from prefect import flow
+
+    from lm_pipeline.flows.pipeline import IO_RETRIES, run_stage
+
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "passing": {"cmd": "echo attempt >> passing.log; test -f tried || { touch tried; exit 75; }"},
+        "lasting": {"cmd": "echo attempt >> lasting.log; exit 1"}}}))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+
+    @flow
+    def two_stages():
+        return [run_stage.with_options(**IO_RETRIES)(stage, str(tmp_path), return_state=True)
+                for stage in ("passing", "lasting")]
+
+    passing, lasting = two_stages()
+    assert passing.is_completed() and (tmp_path / "passing.log").read_text().count("attempt") == 2
+    assert lasting.is_failed() and (tmp_path / "lasting.log").read_text().count("attempt") == 1
+
+
+@pytest.mark.bad_input
 def test_broken_corpus_stops_at_validate(tmp_path, prefect_server):
     from lm_pipeline.flows.pipeline import pipeline
 

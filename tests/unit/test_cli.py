@@ -137,6 +137,47 @@ def test_a_failure_is_one_line_and_debug_adds_its_traceback(tmp_path):
     assert "Traceback (most recent call last)" in with_env.stderr
 
 
+@pytest.mark.bad_input
+def test_a_failure_that_may_pass_exits_75_and_one_that_will_not_exits_1(tmp_path):
+    """EX_TEMPFAIL (sysexits.h), which the flows retry: a server that did not answer, found through
+    what MLflow raised (its error names the connection's only as the exception it came from)."""
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: http://127.0.0.1:9\n")
+    env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    unreachable = subprocess.run([LMP, "promote", "1", "--reason", "r"], capture_output=True, text=True,
+                                 cwd=tmp_path, env=env)
+    assert unreachable.returncode == 75, unreachable.stderr
+    assert "failed with exception" in unreachable.stderr and "worth retrying" in unreachable.stderr
+    missing = lmp("generate", "--model", str(tmp_path / "no-such-model"), "The", cwd=tmp_path)
+    assert missing.returncode == 1
+
+
+def test_errors_that_may_pass_are_told_from_those_that_will_not():
+    import sqlite3
+
+    from lm_pipeline.cli import may_pass
+
+    def raised(make):
+        try:
+            make()
+        except Exception as err:  # noqa: BLE001
+            return err
+
+    def chained(inner):
+        def make():
+            try:
+                raise inner
+            except Exception:
+                raise RuntimeError("API request to http://host failed")  # noqa: B904
+        return make
+
+    assert may_pass(raised(chained(ConnectionRefusedError(111, "refused"))))
+    assert may_pass(TimeoutError("read timed out"))
+    assert may_pass(sqlite3.OperationalError("database is locked"))
+    assert not may_pass(sqlite3.OperationalError("no such table: runs"))
+    assert not may_pass(raised(chained(ValueError("bad record"))))
+    assert not may_pass(FileNotFoundError(2, "No such file", "corpus.jsonl"))
+
+
 def test_version():
     from importlib.metadata import version
 
