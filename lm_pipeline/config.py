@@ -580,8 +580,8 @@ class RegisterConfig(Section):
 
 
 # lm-eval's metrics where lower is better (perplexities of loglikelihood_rolling tasks, bits per
-# byte, translation error rate): never a minimum.
-LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter")
+# byte, translation error rate, Brier score): never a minimum.
+LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")
 
 
 def lower_is_better(metric: str) -> bool:
