@@ -22,8 +22,9 @@ import traceback
 from pathlib import Path
 
 from lm_pipeline import env, tracking
-from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, POOL, TEMPORARY_FAILURE, build_parser
+from lm_pipeline.cli_args import DEBUG_ENV, FLOW_COMMANDS, PARAMS_FILE, POOL, build_parser
 from lm_pipeline.config import Config, ConfigError, load_config
+from lm_pipeline.failures import TEMPORARY_FAILURE, may_pass
 from lm_pipeline.progress import ticking
 from lm_pipeline.text import terminal_safe, without_url_credentials
 from lm_pipeline.training.tuned import tuned_config
@@ -67,27 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     if output:
         show(output)
     return 0
-
-
-# Raised by the libraries under us when a server did not answer in time or at all: requests and
-# urllib3 (MLflow's client), botocore (buckets). Named, not imported: none is needed to tell.
-UNANSWERED = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "RetryError", "MaxRetryError",
-              "NewConnectionError", "ProtocolError", "EndpointConnectionError", "ConnectTimeoutError",
-              "ReadTimeoutError", "ConnectionClosedError"}
-
-
-def may_pass(err: BaseException) -> bool:
-    """Whether `err`, or an error it was raised from, may pass when tried again: the network, a
-    server that did not answer, a database busy with another writer. Not bad input or settings."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__name__ in UNANSWERED:
-            return True
-        if type(err).__name__ == "OperationalError" and any(w in str(err) for w in ("locked", "busy")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def check_flow_settings(args) -> None:

@@ -13,9 +13,6 @@ FLOW_COMMANDS = ("run", "tune", "ct", "deploy")  # their stages run in processes
 PARAMS_FILE = "params.yaml"  # what the stages under dvc repro read
 POOL = "lm-pipeline"  # lmp deploy's default work pool
 DEBUG_ENV = "LMP_DEBUG"
-# sysexits.h's EX_TEMPFAIL: failed for a reason that may pass (the network, a busy database), so
-# trying again is worth it; the flows retry a stage only then (flows/pipeline.py).
-TEMPORARY_FAILURE = 75
 
 
 def common_options(defaults: bool) -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ STAGES_PACKAGE = "lm_pipeline.stages"
 # Same-layer imports are allowed (the cycle test keeps them one-way).
 LAYERS = (
     ("lm_pipeline.config", "lm_pipeline.io", "lm_pipeline.env", "lm_pipeline.lineage", "lm_pipeline.hashing",
-     "lm_pipeline.progress", "lm_pipeline.text"),
+     "lm_pipeline.progress", "lm_pipeline.text", "lm_pipeline.failures"),
     ("lm_pipeline.tracking", "lm_pipeline.storage", "lm_pipeline.cluster"),
     ("lm_pipeline.data",),
     ("lm_pipeline.model",),

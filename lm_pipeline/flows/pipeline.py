@@ -27,8 +27,8 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from lm_pipeline.cli_args import TEMPORARY_FAILURE
 from lm_pipeline.config import load_config
+from lm_pipeline.failures import TEMPORARY_FAILURE
 from lm_pipeline.flows.temporary_server import temporary_server
 from lm_pipeline.io import read_json, without_credentials
 from lm_pipeline.registry.aliases import current_champion
