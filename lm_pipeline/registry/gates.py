@@ -147,7 +147,8 @@ def privacy_gate(name: str, key: str, metrics: dict, bar: float) -> Gate:
     missing = [k for k in (key, f"{key}_ci_low", f"{key}_ci_high") if k not in metrics]
     if missing:  # an enabled gate left out would register the model as if it had passed
         raise ValueError(f"register.{name}: reports/metrics.json lacks {', '.join(missing)} ("
-                         + ("no canary was planted: canaries.count is 0" if key == "canary_exposure" else
+                         + ("no canary was planted: the processed data was made with canaries.count 0"
+                            if key == "canary_exposure" else
                             "written by an older evaluate: run `lmp evaluate`")
                          + f"); set register.{name}: null to register without this gate")
     value, low, high = metrics[key], metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
